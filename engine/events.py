@@ -1,0 +1,65 @@
+"""Small typed events that sampling and training generators yield."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class Preview:
+    """A latent (or pixel) tensor and the previewer that turns it into an image.
+
+    The conversion runs on first use of :meth:`array`, in the consumer's thread,
+    so the denoising loop never waits for it.
+    """
+
+    tensor: Any  # (B, C, h, w), detached
+    previewer: Callable[[Any], np.ndarray]
+
+    @functools.cached_property
+    def _array(self) -> np.ndarray:
+        return self.previewer(self.tensor)
+
+    def array(self) -> np.ndarray:
+        """The preview as a (H, W, 3) uint8 array."""
+        return self._array
+
+
+@dataclass(frozen=True)
+class Started:
+    """The run is set up: the resolved settings and the timesteps it will visit."""
+
+    total: int
+    timesteps: tuple[int, ...]
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class Step:
+    """One denoising step has finished."""
+
+    step: int  # 1-based
+    total: int
+    timestep: float
+    preview_xt: Preview | None
+    preview_x0: Preview | None
+    elapsed: float  # seconds since the loop started
+
+    @property
+    def eta(self) -> float:
+        """Seconds left, estimated from the mean time per step so far."""
+        return self.elapsed / max(self.step, 1) * (self.total - self.step)
+
+
+@dataclass(frozen=True, eq=False)
+class Done:
+    """The run finished: final images, the parameters used and every step's event."""
+
+    images: tuple  # PIL images
+    info: dict
+    steps: tuple[Step, ...] = ()
+    paths: tuple[str, ...] = ()

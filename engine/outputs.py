@@ -1,0 +1,58 @@
+"""Write final images as PNG with A1111-style ``parameters`` text chunks."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import tempfile
+import threading
+from datetime import date
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+_lock = threading.Lock()
+
+
+def a1111_parameters(info: dict) -> str:
+    """The ``parameters`` chunk A1111 writes (and PNG Info readers parse)."""
+    lines = [info.get("prompt", "")]
+    if info.get("negative_prompt"):
+        lines.append(f"Negative prompt: {info['negative_prompt']}")
+    fields = [
+        ("Steps", info.get("steps")),
+        ("Sampler", info.get("scheduler")),
+        ("CFG scale", info.get("guidance_scale")),
+        ("Seed", info.get("seed")),
+        ("Size", f"{info['width']}x{info['height']}" if "width" in info else None),
+        ("Model", info.get("model")),
+        ("Batch size", info.get("batch_size")),
+    ]
+    lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None))
+    return "\n".join(lines)
+
+
+def save_png(image: Image.Image, info: dict, outputs_dir: str | Path, kind: str) -> Path:
+    """Save under ``outputs_dir/kind/YYYY-MM-DD/NNNNN-seed.png``, written atomically."""
+    folder = Path(outputs_dir) / kind / date.today().isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("parameters", a1111_parameters(info))
+    with _lock:
+        numbers = [int(m.group(1)) for p in folder.iterdir() if (m := re.match(r"(\d+)-", p.name))]
+        start = max(numbers, default=0) + 1
+        for n in itertools.count(start):
+            path = folder / f"{n:05d}-{info.get('seed', 0)}.png"
+            if not path.exists():
+                break
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".png")
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", pnginfo=meta)
+        os.replace(tmp, path)
+    return path
+
+
+def read_parameters(path: str | Path) -> str | None:
+    with Image.open(path) as im:
+        return im.text.get("parameters") if hasattr(im, "text") else im.info.get("parameters")

@@ -1,0 +1,127 @@
+"""Previewers: turn a latent or pixel tensor into a small uint8 RGB image.
+
+A previewer is any callable ``(tensor (B, C, h, w)) -> (H, W, 3) uint8``. It is
+called off the denoising loop (see :class:`engine.events.Preview`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Linear latent-to-RGB for SD 1.x latents; rows: latent channels, columns: R, G, B.
+# ComfyUI's refit (comfy/latent_formats.py, SD15), applied to the unscaled latents.
+SD15_LATENT_RGB = (
+    (0.3512, 0.2297, 0.3227),
+    (0.3250, 0.4974, 0.2350),
+    (-0.2829, 0.1762, 0.2721),
+    (-0.2120, -0.2616, -0.7177),
+)
+LATENT_RGB_FILE = "latent_rgb.json"  # stored beside a model's vae/ when fitted for it
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3|1, H, W) in [-1, 1] -> (H, W, 3) uint8 of the first image (or a grid)."""
+    images = images.detach().float()
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    grid = make_grid(images)  # (3, H, W)
+    # Clamp and round before casting (ComfyUI latent_preview.py::preview_to_image).
+    grid = ((grid / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    return grid.permute(1, 2, 0).cpu().numpy()
+
+
+def make_grid(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (C, rows*H, cols*W), as square as the batch allows."""
+    b, c, h, w = images.shape
+    if b == 1:
+        return images[0]
+    cols = math.ceil(math.sqrt(b))
+    rows = math.ceil(b / cols)
+    grid = images.new_zeros((c, rows * h, cols * w))
+    for i in range(b):
+        r, k = divmod(i, cols)
+        grid[:, r * h : (r + 1) * h, k * w : (k + 1) * w] = images[i]
+    return grid
+
+
+def upscale_nearest(image: np.ndarray, min_side: int) -> np.ndarray:
+    """Repeat pixels by an integer factor so the short side reaches ``min_side``."""
+    factor = max(1, math.ceil(min_side / max(1, min(image.shape[:2]))))
+    if factor == 1:
+        return image
+    return image.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+class LatentRGBPreviewer:
+    """x -> x @ M + b at latent resolution, then a nearest upscale (A1111/ComfyUI style)."""
+
+    def __init__(self, matrix=SD15_LATENT_RGB, bias=(0.0, 0.0, 0.0), min_side: int = 256):
+        self.matrix = torch.tensor(matrix, dtype=torch.float32)  # (C, 3)
+        self.bias = torch.tensor(bias, dtype=torch.float32)  # (3,)
+        self.min_side = min_side
+
+    @classmethod
+    def for_model(cls, model_dir: str | Path | None, latent_channels: int) -> "LatentRGBPreviewer":
+        """The fitted matrix stored with a model, else SD 1.x's (4 channels), else a channel mean."""
+        if model_dir is not None:
+            path = Path(model_dir) / LATENT_RGB_FILE
+            if path.is_file():
+                data = json.loads(path.read_text())
+                return cls(data["matrix"], data.get("bias", (0.0, 0.0, 0.0)))
+        if latent_channels == 4:
+            return cls()
+        return cls([[1.0 / latent_channels] * 3] * latent_channels)
+
+    def __call__(self, latents: torch.Tensor) -> np.ndarray:
+        x = latents.detach().float()[:4].cpu()  # (B, C, h, w)
+        rgb = torch.einsum("bchw,cd->bdhw", x, self.matrix) + self.bias[None, :, None, None]
+        return upscale_nearest(to_uint8(rgb), self.min_side)
+
+
+class PixelPreviewer:
+    """For pixel-space models (UNet2DModel): the tensor already is an image in [-1, 1]."""
+
+    def __init__(self, min_side: int = 256):
+        self.min_side = min_side
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        return upscale_nearest(to_uint8(images[:16]), self.min_side)
+
+
+class VaePreviewer:
+    """Full VAE decode: exact but costly; used every N steps when asked for."""
+
+    def __init__(self, vae, min_side: int = 256):
+        self.vae = vae
+        self.min_side = min_side
+
+    @torch.no_grad()
+    def __call__(self, latents: torch.Tensor) -> np.ndarray:
+        latents = latents[:4].to(self.vae.device, self.vae.dtype)
+        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return upscale_nearest(to_uint8(images), self.min_side)
+
+
+def predict_x0(scheduler, model_output: torch.Tensor, sample: torch.Tensor, timestep) -> torch.Tensor:
+    """The predicted clean sample x0 for alpha-parameterised schedulers.
+
+    Ho et al. 2020, eq. 15: x0 = (x_t - sqrt(1 - alpha_bar_t) * eps) / sqrt(alpha_bar_t);
+    for v-prediction (Salimans & Ho 2022, sec. 4): x0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v.
+    Used where ``scheduler.step`` does not return ``pred_original_sample``.
+    """
+    alphas_cumprod = scheduler.alphas_cumprod
+    t = int(timestep)
+    alpha_bar = alphas_cumprod[min(max(t, 0), len(alphas_cumprod) - 1)].to(sample.device, torch.float32)
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    x, out = sample.float(), model_output.float()
+    if kind == "v_prediction":
+        return a * x - s * out
+    if kind == "sample":
+        return out
+    return (x - s * out) / a

@@ -1,0 +1,54 @@
+"""Schedulers by the names users know from A1111, built with ``from_config``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import diffusers
+
+from engine.errors import InputError
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    cls_name: str  # a diffusers scheduler class
+    kwargs: dict = field(default_factory=dict)  # overrides on top of the model's config
+    stochastic: bool = False  # draws noise in step(): needs the generator
+
+
+SCHEDULERS: dict[str, SchedulerSpec] = {
+    "DDIM": SchedulerSpec("DDIMScheduler"),
+    "DDPM": SchedulerSpec("DDPMScheduler", stochastic=True),
+    "PNDM": SchedulerSpec("PNDMScheduler"),
+    "LMS": SchedulerSpec("LMSDiscreteScheduler"),
+    "Euler": SchedulerSpec("EulerDiscreteScheduler"),
+    "Euler a": SchedulerSpec("EulerAncestralDiscreteScheduler", stochastic=True),
+    "Heun": SchedulerSpec("HeunDiscreteScheduler"),
+    "DPM++ 2M": SchedulerSpec("DPMSolverMultistepScheduler"),
+    "DPM++ 2M Karras": SchedulerSpec("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "DPM++ 2M SDE": SchedulerSpec(
+        "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, stochastic=True
+    ),
+    "UniPC": SchedulerSpec("UniPCMultistepScheduler"),
+}
+
+
+def scheduler_spec(name: str) -> SchedulerSpec:
+    try:
+        return SCHEDULERS[name]
+    except KeyError:
+        raise InputError(f"unknown scheduler {name!r}; allowed: {', '.join(SCHEDULERS)}") from None
+
+
+def make_scheduler(name: str, config):
+    """A fresh scheduler of kind ``name`` from a model's scheduler ``config``."""
+    spec = scheduler_spec(name)
+    cls = getattr(diffusers, spec.cls_name)
+    return cls.from_config(config, **spec.kwargs)
+
+
+def scheduler_code(name: str, config_expr: str = "pipe.scheduler.config") -> tuple[str, str]:
+    """(class name, expression) that build the scheduler in plain diffusers code."""
+    spec = scheduler_spec(name)
+    extra = "".join(f", {k}={v!r}" for k, v in spec.kwargs.items())
+    return spec.cls_name, f"{spec.cls_name}.from_config({config_expr}{extra})"

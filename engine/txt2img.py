@@ -1,0 +1,211 @@
+"""Text to image: the explicit denoising loop of the diffusers docs, streamed step by step.
+
+The loop is the one a learner writes (tokenize, encode, ``init_noise_sigma``,
+``scale_model_input``, UNet on the [uncond, text] batch, classifier-free guidance,
+``scheduler.step``, VAE decode) and gives the same image as diffusers'
+``StableDiffusionPipeline`` for the same components, settings and seed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import secrets
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from engine.cancel import CancelToken, check
+from engine.errors import InputError
+from engine.events import Done, Preview, Started, Step
+from engine.outputs import save_png
+from engine.preview import LatentRGBPreviewer, VaePreviewer, predict_x0
+from engine.schedulers import SCHEDULERS, make_scheduler, scheduler_code
+
+MAX_STEPS = 150
+MAX_GUIDANCE = 20.0
+MAX_SIDE = 2048
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Txt2ImgRequest:
+    prompt: str
+    negative_prompt: str = ""
+    num_inference_steps: int = 25  # enough for multistep solvers; diffusers' docs use 25 with UniPC
+    guidance_scale: float = 7.5  # SD 1.x's default; 1 turns classifier-free guidance off
+    scheduler: str = "DPM++ 2M Karras"  # good images in 20-30 steps, A1111's default
+    seed: int = -1  # -1 draws a random seed; the one used is reported back
+    width: int | None = None  # None: the model's own size (unet sample_size * vae scale factor)
+    height: int | None = None
+    vae_preview_every: int = 0  # full VAE decode of x0 every N steps; 0 = never (3x slower, REFERENCE.md)
+    model: str = ""  # the model string, for the image's metadata
+
+    def __post_init__(self):
+        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
+            raise InputError("prompt and negative prompt must be text")
+        _check_int("steps", self.num_inference_steps, 1, MAX_STEPS)
+        g = self.guidance_scale
+        if not isinstance(g, (int, float)) or isinstance(g, bool) or not math.isfinite(g) or not 1 <= g <= MAX_GUIDANCE:
+            raise InputError(f"guidance scale must be a number from 1 (no guidance) to {MAX_GUIDANCE:g}; got {g!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise InputError(f"unknown scheduler {self.scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
+        _check_int("seed", self.seed, -1, MAX_SEED)
+        for side in ("width", "height"):
+            value = getattr(self, side)
+            if value is None:
+                continue
+            _check_int(side, value, 8, MAX_SIDE)
+            if value % 8:
+                raise InputError(f"{side} must be a multiple of 8 (8 to {MAX_SIDE}); got {value}")
+        _check_int("VAE preview interval", self.vae_preview_every, 0, MAX_STEPS)
+
+    def resolved(self, pipe) -> "Txt2ImgRequest":
+        """A copy with the seed drawn and the size taken from the model where not given."""
+        default = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        return replace(
+            self,
+            seed=self.seed if self.seed >= 0 else secrets.randbelow(2**32),
+            width=self.width or default,
+            height=self.height or default,
+        )
+
+
+def _check_int(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise InputError(f"{name} must be a whole number from {lo} to {hi}; got {value!r}")
+
+
+def encode_prompt(pipe, prompt: str, negative_prompt: str, do_cfg: bool) -> torch.Tensor:
+    """Text embeddings (B, seq, dim): [uncond, text] when guiding, else [text]."""
+
+    def encode(text: str) -> torch.Tensor:
+        tokens = pipe.tokenizer(
+            [text], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        )
+        mask = None
+        if getattr(pipe.text_encoder.config, "use_attention_mask", False):
+            mask = tokens.attention_mask.to(pipe.device)
+        embeds = pipe.text_encoder(tokens.input_ids.to(pipe.device), attention_mask=mask)[0]
+        return embeds.to(dtype=pipe.text_encoder.dtype, device=pipe.device)
+
+    text = encode(prompt)
+    if not do_cfg:
+        return text
+    return torch.cat([encode(negative_prompt), text])
+
+
+def iter_txt2img(
+    request: Txt2ImgRequest,
+    *,
+    pipe,
+    cancel: CancelToken | None = None,
+    outputs_dir: str | Path | None = None,
+) -> Iterator[Started | Step | Done]:
+    """Denoise step by step, yielding ``Started``, one ``Step`` per timestep, then ``Done``."""
+    # 1. Resolve the seed and size, build a fresh scheduler from the model's config.
+    request = request.resolved(pipe)
+    scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
+    device, unet, vae = pipe.device, pipe.unet, pipe.vae
+    generator = torch.Generator("cpu").manual_seed(request.seed)
+    do_cfg = request.guidance_scale > 1 and unet.config.time_cond_proj_dim is None
+
+    with torch.no_grad():
+        # 2. Encode the prompt and the negative prompt.
+        embeds = encode_prompt(pipe, request.prompt, request.negative_prompt, do_cfg)  # (B, seq, dim)
+
+        # 3. Timesteps and the initial noise, scaled by the scheduler's init_noise_sigma.
+        scheduler.set_timesteps(request.num_inference_steps, device=device)
+        timesteps = scheduler.timesteps
+        shape = (1, unet.config.in_channels, request.height // pipe.vae_scale_factor,
+                 request.width // pipe.vae_scale_factor)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=embeds.dtype)  # (1, 4, h, w)
+        latents = latents * scheduler.init_noise_sigma
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        info = _info(request, scheduler)
+        yield Started(total=len(timesteps), timesteps=tuple(int(t) for t in timesteps.tolist()), info=info)
+
+        # 4. The denoising loop.
+        previewer = LatentRGBPreviewer.for_model(_model_dir(pipe), unet.config.in_channels)
+        vae_previewer = VaePreviewer(vae) if request.vae_preview_every else None
+        steps: list[Step] = []
+        start = time.perf_counter()
+        for i, t in enumerate(timesteps):
+            check(cancel, i)
+            model_input = torch.cat([latents] * 2) if do_cfg else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            noise_pred = unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+            if do_cfg:  # classifier-free guidance (Ho & Salimans 2022, eq. 6)
+                noise_uncond, noise_text = noise_pred.chunk(2)
+                noise_pred = noise_uncond + request.guidance_scale * (noise_text - noise_uncond)
+            out = scheduler.step(noise_pred, t, latents, **step_kwargs)
+            x0 = getattr(out, "pred_original_sample", None)
+            if x0 is None:
+                x0 = predict_x0(scheduler, noise_pred, latents, t)
+            latents = out.prev_sample
+            use_vae = vae_previewer is not None and (i + 1) % request.vae_preview_every == 0
+            step = Step(
+                step=i + 1, total=len(timesteps), timestep=float(t),
+                preview_xt=Preview(latents, previewer),
+                preview_x0=Preview(x0, vae_previewer if use_vae else previewer),
+                elapsed=time.perf_counter() - start,
+            )
+            steps.append(step)
+            yield step
+        check(cancel, len(timesteps))
+
+        # 5. Decode with the VAE's scaling factor and post-process as the pipeline does.
+        image = vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+        images = pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True])
+    info["elapsed"] = round(time.perf_counter() - start, 3)
+    info["code"] = diffusers_code(pipe, request)
+    paths = tuple(str(save_png(im, info, outputs_dir, "txt2img")) for im in images) if outputs_dir else ()
+    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths)
+
+
+def _info(request: Txt2ImgRequest, scheduler) -> dict:
+    info = asdict(request)
+    info["steps"] = info.pop("num_inference_steps")
+    info["scheduler_class"] = type(scheduler).__name__
+    return info
+
+
+def _model_dir(pipe) -> str | None:
+    ref = getattr(pipe, "workbench_ref", None)
+    return ref.location if ref is not None and ref.source in ("builtin", "folder") else None
+
+
+def diffusers_code(pipe, request: Txt2ImgRequest) -> str:
+    """A plain-diffusers snippet that reproduces ``request``'s image."""
+    ref = getattr(pipe, "workbench_ref", None)
+    location = ref.location if ref is not None else "<model folder>"
+    dtype = ", dtype=torch.float16" if pipe.unet.dtype == torch.float16 else ""
+    if ref is not None and ref.source == "single_file":
+        load = (f"StableDiffusionPipeline.from_single_file({location!r}, config=<a diffusers SD folder>{dtype},\n"
+                "    safety_checker=None, requires_safety_checker=False)")
+    else:
+        load = (f"StableDiffusionPipeline.from_pretrained({location!r}{dtype},\n"
+                "    safety_checker=None, requires_safety_checker=False)")
+    cls_name, build = scheduler_code(request.scheduler)
+    return (
+        "import torch\n"
+        f"from diffusers import StableDiffusionPipeline, {cls_name}\n\n"
+        f"pipe = {load}.to({pipe.device.type!r})\n"
+        f"pipe.scheduler = {build}\n"
+        "image = pipe(\n"
+        f"    {request.prompt!r},\n"
+        f"    negative_prompt={request.negative_prompt!r},\n"
+        f"    num_inference_steps={request.num_inference_steps},\n"
+        f"    guidance_scale={request.guidance_scale!r},\n"
+        f"    width={request.width}, height={request.height},\n"
+        f"    generator=torch.Generator('cpu').manual_seed({request.seed}),\n"
+        ").images[0]\n"
+        + "image.save('image.png')\n"
+    )

@@ -1,0 +1,22 @@
+"""Test-wide settings: offline, quiet, temp dirs; shared tiny models."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # read by huggingface_hub at import: no test may download
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_sd():
+    from engine.tiny import tiny_sd_pipeline
+
+    pipe = tiny_sd_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
