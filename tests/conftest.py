@@ -20,3 +20,6 @@ def tiny_sd():
     pipe = tiny_sd_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+from tests.conftest_app import app_dirs, client, running_app  # noqa: E402,F401  (shared by ui/ and browser/)

@@ -1,0 +1,76 @@
+"""Diffusion Workbench: parse the command line, build the engine and the tabs, launch."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from engine.devices import DEVICE_CHOICES
+
+log = logging.getLogger("workbench")
+
+CSS = """
+.wb-progress-text { font-family: ui-monospace, monospace; font-size: 0.9em; }
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Diffusion Workbench: watch diffusion models denoise, step by step.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--models-dir", type=Path, default=Path("models"), help="your models and training checkpoints (default ./models)")
+    p.add_argument("--data-dir", type=Path, default=Path("data"), help="image folders for training (default ./data)")
+    p.add_argument("--outputs-dir", type=Path, default=Path("outputs"), help="generated PNGs (default ./outputs)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto = cuda, then mps, then cpu")
+    p.add_argument("--auth", metavar="USER:PASSWORD", help="ask for this user name and password")
+    p.add_argument("--share", action="store_true", help="make a public gradio.live link (off unless given)")
+    args = p.parse_args(argv)
+    if args.auth is not None and ":" not in args.auth:
+        p.error("--auth takes user:password")
+    return args
+
+
+def build_app(args: argparse.Namespace):
+    """The engine and the page; nothing is launched."""
+    import gradio as gr
+
+    from engine.schedulers import SCHEDULERS
+    from engine.workbench import Folders, Workbench
+    from ui import txt2img as txt2img_tab
+
+    bench = Workbench(Folders(args.models_dir, args.data_dir, args.outputs_dir), device=args.device)
+    with gr.Blocks(title="Diffusion Workbench") as demo:
+        gr.Markdown("# Diffusion Workbench\nEvery denoising step, visible.")
+        with gr.Tab("Text to image", id="txt2img"):
+            txt2img_tab.build(
+                iter_txt2img=bench.iter_txt2img,
+                list_models=lambda: bench.list_models("txt2img"),
+                default_model=bench.default_model("txt2img"),
+                default_size=bench.default_size,
+                schedulers=list(SCHEDULERS),
+            )
+        # -- more tabs are added here --
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    return demo, bench
+
+
+def launch(demo, args: argparse.Namespace, **kwargs):
+    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    return demo.launch(
+        server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+        css=CSS, footer_links=["api"], show_error=True, **kwargs,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    args = parse_args(argv)
+    demo, _ = build_app(args)
+    launch(demo, args)
+
+
+if __name__ == "__main__":
+    main()
