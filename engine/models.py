@@ -190,7 +190,7 @@ class ModelRegistry:
             if ref.source == "single_file":
                 from engine.single_file import load_single_file
 
-                pipe = load_single_file(ref.location, self._single_file_config(ref), dtype=dtype)
+                pipe = load_single_file(ref.location, self._single_file_config(ref), torch_dtype=dtype)
             elif ref.source == "hub":
                 pipe = self._load_hub(ref, cls, dtype, extra)
             else:
