@@ -13,6 +13,7 @@ log = logging.getLogger("workbench")
 
 CSS = """
 .wb-progress-text { font-family: ui-monospace, monospace; font-size: 0.9em; }
+.wb-pixels img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 """
 
 

@@ -153,7 +153,7 @@ def iter_txt2img(
             use_vae = vae_previewer is not None and (i + 1) % request.vae_preview_every == 0
             step = Step(
                 step=i + 1, total=len(timesteps), timestep=float(t),
-                preview_xt=Preview(latents, previewer),
+                preview_xt=Preview(latents, _scaled(previewer, _vp_scale(scheduler))),
                 preview_x0=Preview(x0, vae_previewer if use_vae else previewer),
                 elapsed=time.perf_counter() - start,
             )
@@ -168,6 +168,24 @@ def iter_txt2img(
     info["code"] = diffusers_code(pipe, request)
     paths = tuple(str(save_png(im, info, outputs_dir, "txt2img")) for im in images) if outputs_dir else ()
     yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths)
+
+
+def _vp_scale(scheduler) -> float:
+    """1 / sqrt(sigma^2 + 1) for sigma-parameterised schedulers (Karras et al. 2022, eq. 7), else 1.
+
+    Their x_t carries noise of std sigma; scaled this way it reads like the
+    variance-preserving x_t of the alpha-parameterised schedulers. A scalar read
+    of the CPU ``sigmas``: no device sync.
+    """
+    sigmas, index = getattr(scheduler, "sigmas", None), getattr(scheduler, "step_index", None)
+    if float(scheduler.init_noise_sigma) == 1.0 or sigmas is None or index is None:
+        return 1.0
+    sigma = float(sigmas[min(index, len(sigmas) - 1)])
+    return 1.0 / math.sqrt(sigma**2 + 1.0)
+
+
+def _scaled(previewer, factor: float):
+    return previewer if factor == 1.0 else (lambda x: previewer(x * factor))
 
 
 def _info(request: Txt2ImgRequest, scheduler) -> dict:

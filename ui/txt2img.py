@@ -48,8 +48,9 @@ def build(
             progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="t2i-progress")
             with gr.Row():
                 image = gr.Image(label="Predicted clean image x0 → final image", format="png", type="pil",
-                                 interactive=False, elem_id="t2i-image")
-                xt = gr.Image(label="Noisy latent x_t", format="png", interactive=False, elem_id="t2i-xt")
+                                 interactive=False, height=360, elem_id="t2i-image", elem_classes="wb-pixels")
+                xt = gr.Image(label="Noisy latent x_t", format="png", interactive=False, height=360,
+                              elem_id="t2i-xt", elem_classes="wb-pixels")
             scrub = gr.Slider(1, 2, value=1, step=1, label="Scrub through the steps", visible=False,
                               elem_id="t2i-scrub")
             info = gr.JSON(label="Parameters used", elem_id="t2i-info")
