@@ -1,0 +1,71 @@
+"""stream_latest: stale steps dropped, others in order, the last step kept, close cancels."""
+
+import threading
+import time
+
+import pytest
+
+from engine.cancel import check
+from engine.errors import Cancelled, InputError
+from engine.events import Done, Started, Step
+from engine.streaming import stream_latest
+
+
+def step(i, total):
+    return Step(step=i, total=total, timestep=float(total - i), preview_xt=None, preview_x0=None, elapsed=0.0)
+
+
+def fast_events(total):
+    def make(cancel):
+        yield Started(total=total, timesteps=tuple(range(total)))
+        for i in range(1, total + 1):
+            check(cancel, i)
+            yield step(i, total)
+        yield Done(images=(), info={})
+    return make
+
+
+def test_drops_stale_steps_but_keeps_order_and_last_step():
+    events = list(stream_latest(fast_events(500), min_interval=0.05))
+    assert isinstance(events[0], Started) and isinstance(events[-1], Done)
+    steps = [e.step for e in events if isinstance(e, Step)]
+    assert steps == sorted(steps) and steps[-1] == 500
+    assert len(steps) < 100  # a fast loop does not flood the consumer
+
+
+def test_slow_producer_delivers_every_step():
+    def make(cancel):
+        for i in range(1, 6):
+            time.sleep(0.03)
+            yield step(i, 5)
+    assert [e.step for e in stream_latest(make, min_interval=0.0)] == [1, 2, 3, 4, 5]
+
+
+def test_closing_the_consumer_cancels_the_run_within_a_step():
+    stopped_at = []
+
+    def make(cancel):
+        try:
+            for i in range(1, 10_000):
+                check(cancel, i)
+                time.sleep(0.01)
+                yield step(i, 10_000)
+        except Cancelled:
+            stopped_at.append(i)
+            raise
+
+    stream = stream_latest(make, min_interval=0.0)
+    for event in stream:
+        if event.step >= 3:
+            break
+    stream.close()
+    assert stopped_at and stopped_at[0] < 20
+    assert not [t for t in threading.enumerate() if t.name == "workbench-run"]
+
+
+def test_errors_reach_the_consumer():
+    def make(cancel):
+        yield step(1, 2)
+        raise InputError("bad thing")
+    with pytest.raises(InputError, match="bad thing"):
+        list(stream_latest(make))
