@@ -105,7 +105,7 @@ class ModelRegistry:
             return names
         for index in sorted(self.models_dir.rglob("model_index.json")):
             folder = index.parent
-            if any(p.name.startswith(".") for p in folder.relative_to(self.models_dir).parts):
+            if any(p.startswith(".") for p in folder.relative_to(self.models_dir).parts):
                 continue  # temporary folders of a save in progress
             if _model_kind(_pipeline_class(folder)) == kind:
                 names.append(folder.relative_to(self.models_dir).as_posix())

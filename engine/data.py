@@ -1,0 +1,370 @@
+"""Training data: where images come from, how they are checked, preprocessed and ordered.
+
+A data source is one string, in the order tried:
+1. ``digits``: scikit-learn's 1,797 handwritten 8x8 digits, shipped in its wheel (works offline);
+2. a folder under ``data_dir`` (read with ``datasets``' imagefolder);
+3. a hub dataset id (``owner/name``), where the hub is reachable.
+
+Every folder image is opened and decoded once before training, so an empty folder,
+unreadable files or too few images are reported before any step runs. Corrupt files
+are skipped and counted; grey, palette and RGBA images are converted to RGB.
+Preprocessing is the diffusers tutorial's: resize, to tensor, normalize to [-1, 1],
+through ``set_transform``. The random horizontal flip and the data order are drawn
+from seeded generators (see :class:`EpochSampler`) so that a resumed run sees the
+same batches as one never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Iterator
+
+import torch
+
+from engine.errors import DataError, InputError
+
+log = logging.getLogger(__name__)
+
+DIGITS = "digits"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_UPLOAD_BYTES = 2 * 1024**3  # uncompressed total of one upload; a guard against zip bombs
+MAX_UPLOAD_FILES = 100_000
+
+
+@dataclass(frozen=True)
+class DataReport:
+    """What was found at a data source: shown to the user before training starts."""
+
+    source: str  # the string the user gave
+    kind: str  # "builtin" | "folder" | "hub"
+    num_images: int  # usable images
+    channels: int  # 1 for the digits, 3 (RGB) otherwise
+    skipped: tuple[str, ...] = ()  # unreadable files, relative to the folder
+    converted: int = 0  # grey, palette or RGBA images converted to RGB
+
+    def summary(self) -> str:
+        text = f"{self.num_images} images from {self.source!r}"
+        if self.skipped:
+            shown = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
+            text += f"; skipped {len(self.skipped)} unreadable file(s): {shown}"
+        if self.converted:
+            text += f"; converted {self.converted} grey/RGBA image(s) to RGB"
+        return text
+
+
+@dataclass(frozen=True, eq=False)
+class ImageData:
+    """A ``datasets.Dataset`` with an ``image`` column, and its report."""
+
+    dataset: object  # datasets.Dataset
+    report: DataReport
+
+    @property
+    def channels(self) -> int:
+        return self.report.channels
+
+    def __len__(self) -> int:
+        return self.report.num_images
+
+
+# -- finding and loading ------------------------------------------------------------------
+def list_sources(data_dir: str | Path) -> list[str]:
+    """The built-in digits, then every folder directly under ``data_dir`` that holds images."""
+    names = [DIGITS]
+    root = Path(data_dir)
+    if root.is_dir():
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if any(_image_files(folder)):
+                names.append(folder.name)
+    return names
+
+
+def load_image_data(source: str, data_dir: str | Path) -> ImageData:
+    """Resolve ``source``, check every image, and return the dataset; raises :class:`DataError`."""
+    source = (source or "").strip()
+    if not source:
+        raise DataError(f"no data given; use {DIGITS!r}, a folder under the data dir, or a hub id 'owner/name'")
+    if source == DIGITS:
+        return _load_digits()
+    root = Path(data_dir).resolve()
+    candidate = (root / source).resolve()
+    if Path(source).is_absolute() or ".." in Path(source).parts or root not in (candidate, *candidate.parents):
+        raise DataError(f"{source!r} is outside the data dir {root}; only folders under it can be used")
+    if candidate.is_dir():
+        return _load_folder(source, candidate)
+    if HUB_ID.match(source):
+        return _load_hub(source, root)
+    raise DataError(
+        f"unknown data {source!r}: not {DIGITS!r}, not a folder under {root} "
+        f"(found: {', '.join(list_sources(root)[1:]) or 'none'}), and not a hub id like 'owner/name'"
+    )
+
+
+def _load_digits() -> ImageData:
+    import datasets
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    pixels = load_digits().images  # (1797, 8, 8), values 0..16
+    images = [Image.fromarray(np.round(p * (255 / 16)).astype(np.uint8), mode="L") for p in pixels]
+    features = datasets.Features({"image": datasets.Image()})
+    dataset = datasets.Dataset.from_dict({"image": images}, features=features)
+    return ImageData(dataset, DataReport(DIGITS, "builtin", len(images), channels=1))
+
+
+def _image_files(folder: Path) -> Iterator[Path]:
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not any(
+            part.startswith(".") for part in rel.parts
+        ):
+            yield path
+
+
+def scan_images(folder: Path) -> tuple[list[Path], list[str], int]:
+    """(readable files, unreadable names, how many need converting to RGB), decoding each file."""
+    from PIL import Image
+
+    good: list[Path] = []
+    skipped: list[str] = []
+    converted = 0
+    for path in _image_files(folder):
+        try:
+            with Image.open(path) as image:
+                image.load()  # a truncated file fails here, not at open
+                converted += image.mode != "RGB"
+            good.append(path)
+        except Exception as exc:  # PIL raises many kinds for a bad file; all mean "skip it"
+            log.warning("skipping unreadable image %s: %s", path, exc)
+            skipped.append(path.relative_to(folder).as_posix())
+    return good, skipped, converted
+
+
+def _load_folder(source: str, folder: Path) -> ImageData:
+    import datasets
+
+    files, skipped, converted = scan_images(folder)
+    if not files:
+        found = f"; {len(skipped)} file(s) could not be read: {', '.join(skipped[:3])}" if skipped else ""
+        raise DataError(
+            f"folder {source!r} has no readable image ({', '.join(IMAGE_SUFFIXES)}){found}; "
+            "add images or upload some"
+        )
+    dataset = datasets.load_dataset(
+        "imagefolder", data_files={"train": [str(p) for p in files]}, split="train", drop_labels=True
+    )
+    report = DataReport(source, "folder", len(files), 3, tuple(skipped), converted)
+    return ImageData(dataset, report)
+
+
+def _load_hub(source: str, data_dir: Path) -> ImageData:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(source, split="train")
+    except Exception as exc:  # offline, missing or gated: all mean "could not get it"
+        raise DataError(
+            f"could not get dataset {source!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}); the hub "
+            "is unreachable or offline here. On a machine with access run "
+            f"`hf download {source} --repo-type dataset --local-dir {data_dir / source.split('/')[-1]}` "
+            "and copy the folder under --data-dir, then pick it from the list"
+        ) from exc
+    columns = [name for name, feature in dataset.features.items() if isinstance(feature, datasets.Image)]
+    if not columns:
+        raise DataError(f"dataset {source!r} has no image column; columns: {', '.join(dataset.column_names)}")
+    dataset = dataset.select_columns([columns[0]])
+    if columns[0] != "image":
+        dataset = dataset.rename_column(columns[0], "image")
+    if len(dataset) == 0:
+        raise DataError(f"dataset {source!r} has no images in its train split")
+    return ImageData(dataset, DataReport(source, "hub", len(dataset), 3))
+
+
+# -- preprocessing ------------------------------------------------------------------------
+def to_mode(image, channels: int):
+    """A PIL image in ``L`` (1 channel) or ``RGB``; transparency is laid on white, not dropped."""
+    from PIL import Image
+
+    if channels == 1:
+        return image.convert("L")
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def recipe_transform(resolution: int, channels: int, *, flip: bool):
+    """The tutorial's torchvision preprocessing: resize, (random flip), to tensor, to [-1, 1]."""
+    from torchvision import transforms
+
+    steps = [transforms.Resize((resolution, resolution))]
+    if flip:
+        steps.append(transforms.RandomHorizontalFlip())  # global RNG: for the plain baseline only
+    steps += [transforms.ToTensor(), transforms.Normalize([0.5] * channels, [0.5] * channels)]
+    return transforms.Compose(steps)
+
+
+def attach_transform(data: ImageData, resolution: int, *, flip: bool = False) -> None:
+    """``set_transform`` so rows come out as ``{"images": (C, H, W) in [-1, 1]}``.
+
+    The engine passes ``flip=False`` and flips in the loop with its own generator
+    (:func:`random_flip`), so that every random draw is reproducible.
+    """
+    preprocess = recipe_transform(resolution, data.channels, flip=flip)
+    channels = data.channels
+
+    def transform(examples):
+        return {"images": [preprocess(to_mode(image, channels)) for image in examples["image"]]}
+
+    data.dataset.set_transform(transform)
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flip each image of (B, C, H, W) left-right with probability 1/2, drawn from ``generator``."""
+    flip = torch.rand(images.shape[0], generator=generator, device=generator.device) < 0.5  # (B,)
+    flip = flip.to(images.device)[:, None, None, None]
+    return torch.where(flip, images.flip(-1), images)
+
+
+# -- order --------------------------------------------------------------------------------
+class EpochSampler(torch.utils.data.Sampler):
+    """A shuffled order that depends only on (seed, epoch), and can start part-way through.
+
+    Each epoch yields ``per_epoch`` indices (a whole number of global batches; the
+    rest of the shuffle is dropped), from position ``start``. Set :attr:`epoch` and
+    :attr:`start` before iterating. accelerate splits the batches among processes.
+    """
+
+    def __init__(self, num_items: int, per_epoch: int, seed: int):
+        self.num_items = num_items
+        self.per_epoch = per_epoch
+        self.seed = seed
+        self.epoch = 0
+        self.start = 0
+
+    def order(self, epoch: int) -> list[int]:
+        generator = torch.Generator("cpu").manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_items, generator=generator)[: self.per_epoch].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order(self.epoch)[self.start :])
+
+    def __len__(self) -> int:
+        return self.per_epoch - self.start
+
+
+def make_dataloader(data: ImageData, batch_size: int, sampler: EpochSampler, *, num_workers: int = 0):
+    return torch.utils.data.DataLoader(
+        data.dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        drop_last=True, persistent_workers=num_workers > 0,
+    )
+
+
+# -- uploads ------------------------------------------------------------------------------
+def save_uploads(files: Iterable[str | Path], data_dir: str | Path, name: str = "") -> Path:
+    """Copy uploaded images (and the images inside uploaded zips) into a new folder under ``data_dir``.
+
+    The folder is filled under a hidden name and renamed into place at the end, so a
+    half-finished upload never shows up as a data source. Zip members with absolute
+    paths, ``..`` or links are refused. Returns the new folder.
+    """
+    root = Path(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / _new_folder_name(root, name)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}."))
+    try:
+        count, total = 0, 0
+        for index, file in enumerate(Path(f) for f in files):
+            if file.suffix.lower() == ".zip":
+                dest = tmp / f"{index:03d}-{_safe_stem(file.stem)}"
+                n, size = extract_zip(file, dest, budget=MAX_UPLOAD_BYTES - total)
+                count, total = count + n, total + size
+            elif file.suffix.lower() in IMAGE_SUFFIXES:
+                total += file.stat().st_size
+                if total > MAX_UPLOAD_BYTES:
+                    raise DataError(f"the upload is over {MAX_UPLOAD_BYTES // 1024**3} GiB; upload fewer files")
+                shutil.copyfile(file, tmp / f"{index:05d}-{_safe_stem(file.stem)}{file.suffix.lower()}")
+                count += 1
+            else:
+                log.info("upload: ignoring %s (not an image or a zip)", file.name)
+        if count == 0:
+            raise DataError(
+                f"the upload holds no image files; allowed: {', '.join(IMAGE_SUFFIXES)} or a .zip of them"
+            )
+        tmp.replace(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("saved %d uploaded image(s) to %s", count, folder)
+    return folder
+
+
+def extract_zip(zip_path: str | Path, dest: str | Path, *, budget: int = MAX_UPLOAD_BYTES) -> tuple[int, int]:
+    """Extract the image members of a zip into ``dest``; returns (images, bytes).
+
+    Refuses (with :class:`DataError`) members that would land outside ``dest``
+    (absolute paths, ``..``, drive letters), symbolic links, and archives that
+    unpack to more than ``budget`` bytes or :data:`MAX_UPLOAD_FILES` files.
+    """
+    dest = Path(dest)
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{Path(zip_path).name} is not a readable zip file: {exc}") from exc
+    with archive:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        for member in members:
+            _check_member(member, Path(zip_path).name)
+        images = [m for m in members if PurePosixPath(m.filename).suffix.lower() in IMAGE_SUFFIXES
+                  and not any(p.startswith(".") or p == "__MACOSX" for p in PurePosixPath(m.filename).parts)]
+        if len(images) > MAX_UPLOAD_FILES:
+            raise DataError(f"{Path(zip_path).name} holds {len(images)} images; at most {MAX_UPLOAD_FILES} allowed")
+        size = sum(m.file_size for m in images)
+        if size > budget:
+            raise DataError(f"{Path(zip_path).name} unpacks to {size} bytes; at most {budget} allowed")
+        for member in images:
+            target = dest.joinpath(*PurePosixPath(member.filename).parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(member) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+    return len(images), size
+
+
+def _check_member(member: zipfile.ZipInfo, archive: str) -> None:
+    name = member.filename.replace("\\", "/")
+    path = PurePosixPath(name)
+    is_link = (member.external_attr >> 16) & 0o170000 == 0o120000
+    if path.is_absolute() or ".." in path.parts or re.match(r"^[A-Za-z]:", name) or is_link:
+        raise DataError(
+            f"{archive} has an unsafe member {member.filename!r} (absolute path, '..' or a link); "
+            "only plain relative paths are allowed"
+        )
+
+
+def _safe_stem(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:80] or "image"
+
+
+def _new_folder_name(root: Path, name: str) -> str:
+    name = (name or "").strip() or "upload"
+    if not FOLDER_NAME.match(name):
+        raise InputError(
+            f"folder name {name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    candidate, n = name, 1
+    while (root / candidate).exists():
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate

@@ -1,0 +1,252 @@
+"""Train an unconditional diffusion model: the diffusers tutorial's recipe, streamed as events.
+
+``iter_train(request, models_dir=..., data_dir=...)`` yields :class:`TrainStarted`,
+then :class:`TrainStep` every ``log_every`` steps, :class:`TrainSample` (a DDIM grid
+from fixed seeds) every ``sample_every`` steps, :class:`TrainCheckpoint` after each
+save, and :class:`TrainDone` last. A cancel (Stop) saves a checkpoint and ends with
+``TrainDone(stopped=True)``. The loop runs through ``accelerate``, so the same code
+trains on one device or under ``accelerate launch --multi_gpu --num_processes N``.
+
+Run it without the page: ``python -m engine.train --help``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from engine.cancel import CancelToken
+from engine.data import DataReport
+from engine.errors import InputError
+from engine.objectives import BETA_SCHEDULES, PRESETS, size_multiple
+
+log = logging.getLogger(__name__)
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+MAX_SEED = 2**63 - 1
+# Fields a resumed run may change; every other field must match the checkpoint.
+RUN_CONTROL = ("max_steps", "num_epochs", "save_every", "sample_every", "log_every", "num_workers",
+               "sample_images", "sample_num_inference_steps", "resume")
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    data: str = "digits"  # or a folder under data_dir, or a hub id; digits are built in, so a fresh machine trains
+    run_name: str = ""  # the folder under models_dir; "" makes one from the preset, data and time
+    preset: str = "tiny"  # fast enough on a CPU; "ddpm-128" is the tutorial's model
+    resolution: int = 32  # digits are 8 px, upsampled; the tutorial trains at 128
+    batch_size: int = 16  # the tutorial's train_batch_size
+    clamp_batch_size: bool = False  # with fewer images than the batch size, train on all of them instead of failing
+    num_epochs: int = 50  # the tutorial's; ignored when max_steps is set
+    max_steps: int = 0  # optimizer steps; 0 = num_epochs over the data
+    learning_rate: float = 1e-4  # the tutorial's, for AdamW
+    lr_warmup_steps: int = 500  # the tutorial's linear warm-up before the cosine decay
+    gradient_accumulation_steps: int = 1  # >1 trades speed for a larger effective batch
+    mixed_precision: str = "no"  # fp16 needs a CUDA GPU; bf16 a recent GPU or a CPU
+    use_ema: bool = False  # the tutorial trains without; EMA weights sample better after short runs
+    ema_max_decay: float = 0.9999  # diffusers' train_unconditional default, reached after a warm-up
+    num_train_timesteps: int = 1000  # DDPM's T (Ho et al. 2020)
+    beta_schedule: str = "linear"  # DDPM's; "squaredcos_cap_v2" is improved DDPM's cosine
+    random_flip: bool = True  # the tutorial's RandomHorizontalFlip; off for digits-like data that is not symmetric
+    max_grad_norm: float = 1.0  # the tutorial clips gradients to norm 1; 0 turns clipping off
+    seed: int = 0  # model init, data order, noise and the sample grid's fixed noise
+    save_every: int = 500  # steps between checkpoints (and one at the end); 0 = only at the end and on Stop
+    sample_every: int = 500  # steps between sample grids; a grid costs about as much as 15-20 steps
+    sample_images: int = 16  # a 4x4 grid
+    sample_num_inference_steps: int = 50  # DDIM at 50 steps is close to DDPM's 1000
+    log_every: int = 10  # steps per loss/LR/speed report: reading the loss waits for the device
+    num_workers: int = 0  # DataLoader worker processes; 0 decodes in the training process
+    resume: bool = False  # continue run_name from its checkpoint
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise InputError(f"unknown preset {self.preset!r}; allowed: {', '.join(PRESETS)}")
+        if self.run_name and not RUN_NAME.match(self.run_name):
+            raise InputError(
+                f"run name {self.run_name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        if self.resume and not self.run_name:
+            raise InputError("resume needs the run name of an earlier run")
+        multiple = size_multiple(self.preset)
+        _check_int("resolution", self.resolution, 8, 1024)
+        if self.resolution % multiple:
+            raise InputError(
+                f"resolution must be a multiple of {multiple} for preset {self.preset!r}; got {self.resolution}"
+            )
+        for name, label, lo, hi in (
+            ("batch_size", "batch size", 1, 4096), ("num_epochs", "epochs", 1, 1_000_000),
+            ("max_steps", "max steps", 0, 100_000_000), ("lr_warmup_steps", "warm-up steps", 0, 100_000_000),
+            ("gradient_accumulation_steps", "gradient accumulation steps", 1, 1024),
+            ("num_train_timesteps", "train timesteps", 2, 100_000), ("seed", "seed", 0, MAX_SEED),
+            ("save_every", "save interval", 0, 100_000_000), ("sample_every", "sample interval", 0, 100_000_000),
+            ("sample_images", "sample images", 1, 64), ("log_every", "log interval", 1, 1_000_000),
+            ("num_workers", "DataLoader workers", 0, 64),
+        ):
+            _check_int(label, getattr(self, name), lo, hi)
+        _check_int("sample steps", self.sample_num_inference_steps, 1, self.num_train_timesteps)
+        _check_float("learning rate", self.learning_rate, 0.0, 1.0, low_open=True)
+        _check_float("EMA decay", self.ema_max_decay, 0.0, 1.0, low_open=True, high_open=True)
+        _check_float("max gradient norm", self.max_grad_norm, 0.0, 1e6)
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise InputError(f"mixed precision {self.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISION)}")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise InputError(f"beta schedule {self.beta_schedule!r}; allowed: {', '.join(BETA_SCHEDULES)}")
+        for name in ("clamp_batch_size", "use_ema", "random_flip", "resume"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be true or false; got {getattr(self, name)!r}")
+        if not isinstance(self.data, str) or not self.data.strip():
+            raise InputError("data must name 'digits', a folder under the data dir, or a hub id 'owner/name'")
+
+    def resolved(self, now: datetime | None = None) -> "TrainRequest":
+        """A copy with the run name made where none was given."""
+        if self.run_name:
+            return self
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", self.data.split("/")[-1]).strip("-")[:24] or "data"
+        stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+        return replace(self, run_name=f"{self.preset}-{slug}-{stamp}")
+
+
+def _check_int(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise InputError(f"{name} must be a whole number from {lo} to {hi}; got {value!r}")
+
+
+def _check_float(name: str, value, lo: float, hi: float, *, low_open=False, high_open=False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (lo < value if low_open else lo <= value) and (value < hi if high_open else value <= hi)
+    if not ok:
+        bounds = f"{'above' if low_open else 'from'} {lo:g} {'and below' if high_open else 'to'} {hi:g}"
+        raise InputError(f"{name} must be a number {bounds}; got {value!r}")
+
+
+def resume_request(models_dir: str | Path, run_name: str, **changes) -> TrainRequest:
+    """The request a run was started with, set to resume, with run-control fields changed.
+
+    Only :data:`RUN_CONTROL` fields may change (e.g. ``max_steps`` to train longer;
+    a changed total stretches the cosine schedule).
+    """
+    from engine.checkpoints import read_state
+
+    bad = sorted(set(changes) - set(RUN_CONTROL))
+    if bad:
+        raise InputError(f"a resumed run keeps its settings; cannot change {', '.join(bad)} "
+                         f"(allowed: {', '.join(RUN_CONTROL[:-1])})")
+    state = read_state(Path(models_dir) / run_name)
+    return replace(TrainRequest(**state["request"]), **changes, resume=True)
+
+
+# -- events ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainStarted:
+    """Set up and about to take the first step: data checked, model built, checkpoint restored."""
+
+    run_name: str
+    run_dir: str
+    start_step: int  # 0, or the checkpoint's step when resuming
+    total: int  # optimizer steps in the whole run
+    steps_per_epoch: int
+    batch_size: int  # per process and micro-batch, after clamping
+    num_processes: int
+    data: DataReport
+    history: tuple[float, ...] = ()  # per-step losses of earlier sessions (resume)
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """A report every ``log_every`` optimizer steps."""
+
+    step: int  # 1-based, counted over the whole run (resumes included)
+    total: int
+    loss: float  # mean over the steps since the last report
+    losses: tuple[float, ...]  # each of those steps' loss, averaged over processes
+    lr: float  # the learning rate the last step used
+    steps_per_sec: float
+    images_per_sec: float  # all processes together
+    elapsed: float  # seconds since this session started
+
+    @property
+    def eta(self) -> float:
+        """Seconds left at the recent speed."""
+        return (self.total - self.step) / self.steps_per_sec if self.steps_per_sec > 0 else math.inf
+
+
+@dataclass(frozen=True, eq=False)
+class TrainSample:
+    """A grid sampled with DDIM from the same fixed seeds each time, so grids compare."""
+
+    step: int
+    grid: np.ndarray  # (H, W, 3) uint8
+
+
+@dataclass(frozen=True)
+class TrainCheckpoint:
+    step: int
+    path: str  # models_dir/<run name>: loads with DDPMPipeline.from_pretrained
+
+
+@dataclass(frozen=True)
+class TrainDone:
+    step: int
+    total: int
+    stopped: bool  # True when ended by a cancel (Stop) before ``total``
+    path: str | None  # the last checkpoint, None when nothing was saved
+    elapsed: float
+    info: dict = field(default_factory=dict)
+
+
+TrainEvent = TrainStarted | TrainStep | TrainSample | TrainCheckpoint | TrainDone
+
+
+def iter_train(
+    request: TrainRequest,
+    *,
+    models_dir: str | Path,
+    data_dir: str | Path,
+    cancel: CancelToken | None = None,
+    device: str = "auto",
+    objective=None,
+    on_checkpoint=None,
+) -> Iterator[TrainEvent]:
+    """Train as ``request`` says, yielding events; see the module docstring for their order.
+
+    ``device``: "auto", "cpu" or "cuda" (ignored under ``accelerate launch``, which decides).
+    ``objective``: a class like :class:`engine.objectives.NoisePrediction` (the default).
+    ``on_checkpoint(run_name, path)``: called on the main process after each save, e.g. to
+    drop a cached pipeline of the run. Raises :class:`InputError` or :class:`DataError`
+    before the first step when the request or the data cannot be used.
+    """
+    from engine.trainer import Trainer
+
+    trainer = Trainer(request, models_dir=Path(models_dir), data_dir=Path(data_dir), device=device,
+                      objective=objective, on_checkpoint=on_checkpoint)
+    yield from trainer.run(cancel)
+
+
+def field_help() -> dict[str, tuple[object, str]]:
+    """Field name -> (default, the comment beside it in :class:`TrainRequest`), for the CLI's and UI's help."""
+    import inspect
+
+    comments = {}
+    for line in inspect.getsource(TrainRequest).splitlines():
+        match = re.match(r"\s+(\w+): [^=]+=[^#]*#\s*(.+)$", line)
+        if match:
+            comments[match.group(1)] = match.group(2)
+    return {f.name: (f.default, comments.get(f.name, "")) for f in fields(TrainRequest)}
+
+
+if __name__ == "__main__":
+    from engine.train_cli import main
+
+    raise SystemExit(main())

@@ -1,0 +1,216 @@
+"""Training data: sources, checks before training, the tutorial's preprocessing, order, uploads."""
+
+import io
+import os
+import stat
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.data import (DIGITS, EpochSampler, attach_transform, extract_zip, list_sources, load_image_data,
+                         random_flip, save_uploads)
+from engine.errors import DataError, InputError
+
+
+def write_image(path, mode="RGB", size=(20, 12), seed=0):
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1, "LA": 2}[mode]
+    array = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode=mode).save(path)
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    root = tmp_path / "data"
+    (root / "mixed" / "sub").mkdir(parents=True)
+    for i in range(3):
+        write_image(root / "mixed" / f"rgb{i}.png", seed=i)
+    write_image(root / "mixed" / "grey.png", "L")
+    write_image(root / "mixed" / "sub" / "alpha.png", "RGBA")
+    write_image(root / "mixed" / "photo.jpg")
+    good = (root / "mixed" / "rgb0.png").read_bytes()
+    (root / "mixed" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "mixed" / "not-an-image.png").write_bytes(b"hello")
+    (root / "mixed" / "notes.txt").write_text("ignored: not an image suffix")
+    (root / "empty").mkdir()
+    (root / "broken").mkdir()
+    (root / "broken" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return root
+
+
+def test_digits_are_built_in_one_channel_in_range():
+    data = load_image_data(DIGITS, "/nonexistent")
+    assert len(data) == 1797 and data.channels == 1 and data.report.kind == "builtin"
+    attach_transform(data, 16)
+    images = data.dataset[:4]["images"]
+    assert len(images) == 4 and images[0].shape == (1, 16, 16)
+    stacked = torch.stack(images)
+    assert stacked.min() >= -1 and stacked.max() <= 1
+    assert stacked.min() == -1 and stacked.max() > 0.5  # black background, bright strokes
+
+
+def test_folder_skips_corrupt_counts_and_converts(data_dir):
+    data = load_image_data("mixed", data_dir)
+    report = data.report
+    assert report.num_images == 6 and report.channels == 3
+    assert sorted(report.skipped) == ["not-an-image.png", "truncated.png"]
+    assert report.converted == 2  # the grey and the RGBA image
+    assert "skipped 2 unreadable" in report.summary()
+    attach_transform(data, 16)
+    images = torch.stack(data.dataset[:]["images"])
+    assert images.shape == (6, 3, 16, 16)
+    assert images.min() >= -1 and images.max() <= 1
+
+
+def test_preprocessing_matches_the_tutorial(data_dir):
+    from torchvision import transforms
+
+    preprocess = transforms.Compose([  # the tutorial's, without the random flip (drawn in the loop)
+        transforms.Resize((16, 16)), transforms.ToTensor(), transforms.Normalize([0.5], [0.5]),
+    ])
+    data = load_image_data("mixed", data_dir)
+    attach_transform(data, 16)
+    ours = torch.stack(data.dataset[:]["images"])
+    expected = preprocess(Image.open(data_dir / "mixed" / "rgb1.png").convert("RGB"))
+    # rows carry no file name: one of them must be that image, preprocessed the same way
+    assert min((ours[i] - expected).abs().max().item() for i in range(len(ours))) < 1e-6
+
+
+def test_rgba_transparent_becomes_white(tmp_path):
+    root = tmp_path / "data"
+    (root / "clear").mkdir(parents=True)
+    Image.new("RGBA", (8, 8), (10, 200, 30, 0)).save(root / "clear" / "a.png")
+    data = load_image_data("clear", root)
+    attach_transform(data, 8)
+    assert torch.allclose(data.dataset[0]["images"], torch.ones(3, 8, 8))
+
+
+@pytest.mark.parametrize("source, words", [
+    ("empty", "no readable image"),
+    ("broken", "a.png"),
+    ("../outside", "outside the data dir"),
+    ("/etc", "outside the data dir"),
+    ("nothing-here", "unknown data"),
+    ("", "no data given"),
+])
+def test_bad_sources_say_why(data_dir, source, words):
+    with pytest.raises(DataError, match=words):
+        load_image_data(source, data_dir)
+
+
+def test_hub_offline_is_a_clear_data_error(data_dir):
+    with pytest.raises(DataError) as info:
+        load_image_data("huggan/smithsonian_butterflies_subset", data_dir)
+    message = str(info.value)
+    assert "offline" in message and "hf download huggan/smithsonian_butterflies_subset" in message
+
+
+def test_list_sources(data_dir):
+    assert list_sources(data_dir) == [DIGITS, "broken", "mixed"]  # folders holding image files
+
+
+def test_epoch_sampler_order_depends_only_on_seed_and_epoch():
+    a, b = EpochSampler(50, 48, seed=3), EpochSampler(50, 48, seed=3)
+    assert list(a) == list(b) and len(list(a)) == 48 and len(set(a)) == 48
+    b.epoch = 1
+    assert list(b) != list(a)
+    b.epoch, b.start = 0, 40
+    assert list(b) == list(a)[40:] and len(b) == 8
+    assert list(EpochSampler(50, 48, seed=4)) != list(a)
+
+
+def test_epoch_sampler_splits_across_processes_without_overlap():
+    from accelerate.data_loader import BatchSamplerShard
+
+    sampler = EpochSampler(40, 32, seed=0)
+    batches = torch.utils.data.BatchSampler(sampler, batch_size=4, drop_last=True)
+    shards = [list(BatchSamplerShard(batches, num_processes=2, process_index=i)) for i in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 4
+    order = sampler.order(0)
+    for k in range(4):  # global batch k: process 0 takes the first 4 indices, process 1 the next 4
+        assert shards[0][k] + shards[1][k] == order[8 * k: 8 * k + 8]
+
+
+def test_random_flip_is_drawn_from_the_generator():
+    images = torch.arange(2 * 1 * 2 * 3, dtype=torch.float32).reshape(2, 1, 2, 3).repeat(8, 1, 1, 1)  # (16,1,2,3)
+    out1 = random_flip(images, torch.Generator().manual_seed(0))
+    out2 = random_flip(images, torch.Generator().manual_seed(0))
+    assert torch.equal(out1, out2)
+    flipped = [torch.equal(o, i.flip(-1)) for o, i in zip(out1, images)]
+    kept = [torch.equal(o, i) for o, i in zip(out1, images)]
+    assert all(f or k for f, k in zip(flipped, kept)) and 0 < sum(flipped) < 16
+
+
+# -- uploads ------------------------------------------------------------------------------
+def make_zip(path, members):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def png_bytes(seed=0):
+    buffer = io.BytesIO()
+    array = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_save_uploads_files_and_zip_into_a_new_folder(tmp_path):
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    files = [write_image(uploads / "one.png"), write_image(uploads / "two photo.jpg", seed=1)]
+    files.append(make_zip(uploads / "more.zip", {"a/x.png": png_bytes(2), "b.png": png_bytes(3),
+                                                 "readme.txt": b"skip", "__MACOSX/._b.png": b"junk"}))
+    data_dir = tmp_path / "data"
+    folder = save_uploads(files, data_dir, "cats")
+    assert folder == data_dir / "cats"
+    assert load_image_data("cats", data_dir).report.num_images == 4
+    again = save_uploads(files[:1], data_dir, "cats")
+    assert again.name == "cats-2"  # never overwrites an existing folder
+    assert sorted(p.name for p in data_dir.iterdir()) == ["cats", "cats-2"]  # no temporary folders left
+
+
+@pytest.mark.parametrize("member", ["../evil.png", "/abs/evil.png", "ok/../../evil.png", "C:/evil.png"])
+def test_zip_path_traversal_is_refused(tmp_path, member):
+    archive = make_zip(tmp_path / "bad.zip", {"fine.png": png_bytes(), member: png_bytes(1)})
+    data_dir = tmp_path / "data"
+    with pytest.raises(DataError, match="unsafe member"):
+        save_uploads([archive], data_dir, "x")
+    assert not (tmp_path / "evil.png").exists() and not (data_dir / "x").exists()
+    assert [p.name for p in data_dir.iterdir()] == []
+
+
+def test_zip_symlink_member_is_refused(tmp_path):
+    archive = tmp_path / "link.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        info = zipfile.ZipInfo("link.png")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        z.writestr(info, "/etc/passwd")
+    with pytest.raises(DataError, match="unsafe member"):
+        extract_zip(archive, tmp_path / "out")
+
+
+def test_zip_over_budget_is_refused(tmp_path):
+    archive = make_zip(tmp_path / "big.zip", {"a.png": b"\0" * 10_000})
+    with pytest.raises(DataError, match="unpacks to"):
+        extract_zip(archive, tmp_path / "out", budget=1000)
+
+
+def test_upload_without_images_and_bad_names(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("x")
+    with pytest.raises(DataError, match="no image files"):
+        save_uploads([text], tmp_path / "data", "x")
+    not_zip = tmp_path / "fake.zip"
+    not_zip.write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="not a readable zip"):
+        save_uploads([not_zip], tmp_path / "data", "x")
+    for name in ("../up", ".hidden", "a/b"):
+        with pytest.raises(InputError, match="not allowed"):
+            save_uploads([text], tmp_path / "data", name)
+    assert os.listdir(tmp_path / "data") == []
