@@ -44,7 +44,7 @@ def plain_loop(request: TrainRequest, steps: int, data_dir: str, device: str = "
     attach_transform(data, request.resolution, flip=request.random_flip)  # torchvision's RandomHorizontalFlip
     dataloader = torch.utils.data.DataLoader(data.dataset, batch_size=request.batch_size, shuffle=True,
                                              drop_last=True)
-    objective = NoisePrediction.from_request(request, data.channels)
+    objective = NoisePrediction.from_request(request, data)
     model = objective.build_model(request.seed).to(device)
     noise_scheduler = objective.noise_scheduler
     optimizer = torch.optim.AdamW(model.parameters(), lr=request.learning_rate)

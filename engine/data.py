@@ -114,10 +114,11 @@ def _load_digits() -> ImageData:
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    pixels = load_digits().images  # (1797, 8, 8), values 0..16
+    digits = load_digits()
+    pixels = digits.images  # (1797, 8, 8), values 0..16
     images = [Image.fromarray(np.round(p * (255 / 16)).astype(np.uint8), mode="L") for p in pixels]
-    features = datasets.Features({"image": datasets.Image()})
-    dataset = datasets.Dataset.from_dict({"image": images}, features=features)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    dataset = datasets.Dataset.from_dict({"image": images, "label": digits.target.tolist()}, features=features)
     return ImageData(dataset, DataReport(DIGITS, "builtin", len(images), channels=1))
 
 
@@ -226,7 +227,10 @@ def attach_transform(data: ImageData, resolution: int, *, flip: bool = False) ->
     channels = data.channels
 
     def transform(examples):
-        return {"images": [preprocess(to_mode(image, channels)) for image in examples["image"]]}
+        out = {"images": [preprocess(to_mode(image, channels)) for image in examples["image"]]}
+        if "label" in examples:  # class labels (the digits'), for conditional objectives
+            out["labels"] = examples["label"]
+        return out
 
     data.dataset.set_transform(transform)
 

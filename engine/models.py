@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from engine.devices import Placement
 from engine.errors import ModelLoadError
@@ -34,45 +34,18 @@ UNCONDITIONAL_CLASSES = ("DDPMPipeline", "DDIMPipeline", "PNDMPipeline", "ScoreS
 
 @dataclass(frozen=True)
 class Builtin:
-    """A model that ships with the app (or is built locally on first use)."""
+    """A model that ships with the app, trained by the project (``python -m engine.builtin_models``)."""
 
     name: str
     kind: str  # "txt2img" or "unconditional"
     folder: Path
-    make: Callable[[Path], None] | None = None  # builds the folder when it is missing
-
-
-def _make_placeholder_sd(folder: Path) -> None:
-    from engine.tiny import tiny_sd_pipeline
-
-    _save_atomically(tiny_sd_pipeline(seed=0), folder)
-
-
-def _make_placeholder_ddpm(folder: Path) -> None:
-    from engine.tiny import tiny_ddpm_pipeline
-
-    _save_atomically(tiny_ddpm_pipeline(seed=0, sample_size=32), folder)
-
-
-def _save_atomically(pipe, folder: Path) -> None:
-    import os
-    import shutil
-    import tempfile
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        pipe.save_pretrained(tmp)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 BUILTINS: dict[str, Builtin] = {
     b.name: b
     for b in (
-        Builtin("tiny-random-sd", "txt2img", BUILTIN_DIR / "tiny-random-sd", _make_placeholder_sd),
-        Builtin("tiny-random-ddpm", "unconditional", BUILTIN_DIR / "tiny-random-ddpm", _make_placeholder_ddpm),
+        Builtin("digits-sd", "txt2img", BUILTIN_DIR / "digits-sd"),
+        Builtin("digits-ddpm", "unconditional", BUILTIN_DIR / "digits-ddpm"),
     )
 }
 
@@ -121,9 +94,9 @@ class ModelRegistry:
             raise ModelLoadError("no model given; pick one from the list or type a folder name under the models dir")
         if name in BUILTINS:
             b = BUILTINS[name]
-            if not b.folder.is_dir() and b.make is not None:
-                log.info("building built-in model %s in %s", name, b.folder)
-                b.make(b.folder)
+            if not (b.folder / "model_index.json").is_file():
+                raise ModelLoadError(f"built-in model {name!r} is missing from {b.folder}; retrain it with "
+                                     f"`python -m engine.builtin_models train {name}`")
             return ModelRef(name, "builtin", str(b.folder), _pipeline_class(b.folder))
         if name.lower().endswith(PICKLE_SUFFIXES):
             raise ModelLoadError(

@@ -32,6 +32,14 @@ PRESETS: dict[str, dict] = {
         down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
     ),
+    # The built-in digits-ddpm: three levels, attention at the two coarsest, about 1.2M weights (5 MB).
+    "digits": dict(
+        layers_per_block=1,
+        block_out_channels=(32, 64, 96),
+        norm_num_groups=16,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    ),
     # The tutorial's 128 px butterflies model as written there (114M parameters): about 200 images/s on an
     # H200 at batch 16, bf16 no faster than fp32: decoding images with num_workers=0 is the likely limit.
     "ddpm-128": dict(
@@ -63,8 +71,8 @@ class NoisePrediction:
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
 
     @classmethod
-    def from_request(cls, request, channels: int) -> "NoisePrediction":
-        return cls(preset=request.preset, resolution=request.resolution, channels=channels,
+    def from_request(cls, request, data) -> "NoisePrediction":
+        return cls(preset=request.preset, resolution=request.resolution, channels=data.channels,
                    num_train_timesteps=request.num_train_timesteps, beta_schedule=request.beta_schedule)
 
     def build_model(self, seed: int) -> torch.nn.Module:
@@ -75,8 +83,9 @@ class NoisePrediction:
             torch.manual_seed(seed)
             return UNet2DModel(**self.config)
 
-    def loss(self, model, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, model, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """The recipe's loss for a batch of clean images (B, C, H, W) in [-1, 1]."""
+        images = batch["images"]
         # 1. Noise and a random timestep per image, from the run's generator.
         noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
         timesteps = torch.randint(
@@ -116,3 +125,9 @@ class NoisePrediction:
         from diffusers import DDPMPipeline
 
         DDPMPipeline(unet=model, scheduler=self.noise_scheduler).save_pretrained(folder)
+
+    def load_saved_weights(self, folder: Path) -> dict[str, torch.Tensor]:
+        """The model's weights as :meth:`save_pretrained` wrote them (the EMA weights when EMA is on)."""
+        from engine.checkpoints import load_tensors
+
+        return load_tensors(folder / "unet" / "diffusion_pytorch_model.safetensors")

@@ -1,4 +1,4 @@
-"""Tiny diffusers pipelines built locally, for tests, benchmarks and the placeholder built-in.
+"""Tiny random-weight diffusers pipelines built locally, for tests and benchmarks.
 
 Shapes follow diffusers' own tests (``get_dummy_components``). Weights are random
 but reproducible: every model is initialised under a seeded, forked RNG, so the

@@ -77,8 +77,8 @@ class Trainer:
 
         # 2. Steps, with reports, grids and checkpoints at their intervals, until done or stopped.
         stopped = False
-        for images in self._batches():
-            if not self._micro_step(images):
+        for batch in self._batches():
+            if not self._micro_step(batch):
                 continue  # accumulating gradients
             yield from self._reports(cancel)
             stopped = self._stop_requested(cancel)
@@ -100,21 +100,20 @@ class Trainer:
                         elapsed=time.perf_counter() - self.started_at,
                         info={"run_name": self.request.run_name, "data": self.data.report.summary()})
 
-    def _batches(self) -> Iterator[torch.Tensor]:
-        """Micro-batches (B, C, H, W) forever, starting where the step count says."""
+    def _batches(self) -> Iterator[dict]:
+        """Micro-batches ({"images": (B, C, H, W)[, "labels": (B,)]}) forever, from where the step count says."""
         while True:
             epoch, offset = divmod(self.step, self.steps_per_epoch)
             self.sampler.epoch, self.sampler.start = epoch, offset * self.images_per_step
-            for batch in self.dataloader:
-                yield batch["images"]
+            yield from self.dataloader
 
-    def _micro_step(self, images: torch.Tensor) -> bool:
+    def _micro_step(self, batch: dict) -> bool:
         """Forward and backward one micro-batch; True when it completed an optimizer step."""
         acc, request = self.accelerator, self.request
         if request.random_flip:
-            images = random_flip(images, self.generator)
+            batch = {**batch, "images": random_flip(batch["images"], self.generator)}
         with acc.accumulate(self.model):
-            loss = self.objective.loss(self.model, images, self.generator)
+            loss = self.objective.loss(self.model, batch, self.generator)
             acc.backward(loss)
             if acc.sync_gradients and request.max_grad_norm > 0:
                 acc.clip_grad_norm_(self.model.parameters(), request.max_grad_norm)
@@ -200,7 +199,7 @@ class Trainer:
         self._setup_data(state)
 
         # 3. Model, AdamW, cosine schedule with warm-up; accelerate wraps them.
-        self.objective = self.objective_cls.from_request(request, self.data.channels)
+        self.objective = self.objective_cls.from_request(request, self.data)
         model = self.objective.build_model(request.seed)
         optimizer = torch.optim.AdamW(model.parameters(), lr=request.learning_rate)
         self.total = request.max_steps or request.num_epochs * self.steps_per_epoch
@@ -341,7 +340,7 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         trainer_dir = self.run_dir / ckpt.TRAINER_DIR
         unet = self.unwrapped
-        pipeline_weights = ckpt.load_tensors(self.run_dir / "unet" / "diffusion_pytorch_model.safetensors")
+        pipeline_weights = self.objective.load_saved_weights(self.run_dir)
         raw = ckpt.load_tensors(trainer_dir / "unet.safetensors") if self.ema is not None else pipeline_weights
         unet.load_state_dict(raw)
         if self.ema is not None:

@@ -26,6 +26,9 @@ def progress_text(page):
 def test_generate_shows_previews_then_final_image(page):
     page.locator("#t2i-prompt textarea").fill("a handwritten digit three")
     set_number(page, "Seed (-1 = random)", 5)
+    steps = page.locator("input[aria-label='number input for Steps']")
+    steps.fill("80")  # long enough to watch a few frames
+    steps.press("Enter")
     page.locator("#t2i-generate").click()
     seen, deadline = set(), time.time() + 90
     while time.time() < deadline:

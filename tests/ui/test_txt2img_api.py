@@ -7,8 +7,8 @@ import pytest
 from gradio_client import Client
 from PIL import Image
 
-ARGS = dict(model="tiny-random-sd", prompt="a handwritten digit seven", negative_prompt="blurry", steps=12,
-            guidance_scale=7.5, scheduler="Euler a", seed=11, width=64, height=64)
+ARGS = dict(model="digits-sd", prompt="a handwritten digit seven", negative_prompt="blurry", steps=12,
+            guidance_scale=7.5, scheduler="Euler a", seed=11, width=32, height=32)
 
 
 def test_streams_previews_then_final_png_with_metadata(client):
@@ -20,10 +20,10 @@ def test_streams_previews_then_final_png_with_metadata(client):
     info = info if isinstance(info, dict) else json.loads(info)
     assert info["seed"] == 11 and info["steps"] == 12 and info["scheduler"] == "Euler a"
     with Image.open(image_path) as im:
-        assert im.format == "PNG" and im.size == (64, 64)
+        assert im.format == "PNG" and im.size == (32, 32)
         params = im.text["parameters"]
     assert params.startswith("a handwritten digit seven\nNegative prompt: blurry\n")
-    assert "Steps: 12, Sampler: Euler a, CFG scale: 7.5, Seed: 11, Size: 64x64, Model: tiny-random-sd" in params
+    assert "Steps: 12, Sampler: Euler a, CFG scale: 7.5, Seed: 11, Size: 32x32, Model: digits-sd" in params
     # a preview was streamed before the final image: some update carried an x0 image
     assert any(u[0] for u in updates[:-1])
 

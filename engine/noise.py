@@ -1,0 +1,324 @@
+"""The forward (noising) process, made visible: x_t for chosen t, and the schedule's curves.
+
+Ho et al. 2020, eq. 4: q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), so
+x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise. The pixels come from
+diffusers' ``DDPMScheduler.add_noise``; the curves from the same scheduler's
+``betas`` and ``alphas_cumprod``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler
+from PIL import Image, UnidentifiedImageError
+
+from engine.errors import InputError, ModelLoadError
+from engine.schedulers import SCHEDULERS, make_scheduler
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+DEFAULT_TIMESTEPS = (0, 50, 100, 200, 400, 600, 800, 999)
+SAMPLE_IMAGES = ("china.jpg", "flower.jpg")  # scikit-learn ships both inside its wheel: offline
+MAX_TRAIN_TIMESTEPS = 10_000
+MAX_FRAMES = 32  # a strip wider than this is unreadable anyway
+MIN_RESOLUTION, MAX_RESOLUTION = 16, 512
+MAX_SEED = 2**63 - 1
+MIN_ALPHA_BAR = 2.0**-24  # what diffusers' DDIM/Euler put in for a zero terminal SNR; keeps log SNR finite
+CURVES = ("beta", "alpha_bar", "sqrt(alpha_bar)", "sqrt(1 - alpha_bar)", "log SNR")
+PLOTS = {  # plot title -> the curves it overlays
+    "beta_t": ("beta",),
+    "alpha_bar_t": ("alpha_bar",),
+    "signal sqrt(alpha_bar_t) and noise sqrt(1 - alpha_bar_t)": ("sqrt(alpha_bar)", "sqrt(1 - alpha_bar)"),
+    "log SNR_t": ("log SNR",),
+}
+SHORT_NAMES = {"sqrt(alpha_bar)": "signal", "sqrt(1 - alpha_bar)": "noise"}  # legends stay one line
+MAX_PLOT_ROWS = 990  # browser line plots thin 1000 rows or more by min/max binning, which breaks the stems
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise InputError(f"{name} must be a whole number from {lo} to {hi}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """The fields of a scheduler config that fix beta_t (and so alpha_bar_t)."""
+
+    beta_schedule: str = "linear"  # DDPM's (Ho et al. 2020, sec. 4)
+    num_train_timesteps: int = 1000  # DDPM's T
+    beta_start: float = 0.0001  # DDPM's beta_1
+    beta_end: float = 0.02  # DDPM's beta_T
+    rescale_betas_zero_snr: bool = False  # Lin et al. 2023, alg. 1: alpha_bar_T = 0 (pure noise at T)
+    trained_betas: tuple[float, ...] | None = None  # a model's explicit betas; when set, they win
+
+    def __post_init__(self):
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise InputError(f"unknown beta schedule {self.beta_schedule!r}; allowed: {', '.join(BETA_SCHEDULES)}")
+        _check_int("num_train_timesteps", self.num_train_timesteps, 2, MAX_TRAIN_TIMESTEPS)
+        for name in ("beta_start", "beta_end"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 < value < 1:
+                raise InputError(f"{name} must be a number between 0 and 1 (exclusive); got {value!r}")
+        if self.beta_start > self.beta_end:
+            raise InputError(f"beta_start must not exceed beta_end; got {self.beta_start!r} > {self.beta_end!r}")
+        if not isinstance(self.rescale_betas_zero_snr, bool):
+            raise InputError(f"rescale_betas_zero_snr must be true or false; got {self.rescale_betas_zero_snr!r}")
+        if self.trained_betas is not None and len(self.trained_betas) != self.num_train_timesteps:
+            raise InputError(f"trained_betas has {len(self.trained_betas)} values; "
+                             f"num_train_timesteps is {self.num_train_timesteps}")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "NoiseSchedule":
+        """The schedule of a model, from its scheduler's config (any diffusers scheduler)."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in dict(config).items() if k in known and v is not None}
+        if "trained_betas" in kwargs:
+            kwargs["trained_betas"] = tuple(float(b) for b in kwargs["trained_betas"])
+        return cls(**kwargs)
+
+    def scheduler(self) -> DDPMScheduler:
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.trained_betas is not None:
+            kwargs["trained_betas"] = list(self.trained_betas)
+        return DDPMScheduler(**kwargs)
+
+
+@dataclass(frozen=True)
+class NoiseRequest:
+    timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS  # DDPM's T=1000 seen from clean to pure noise
+    schedule: NoiseSchedule = field(default_factory=NoiseSchedule)  # DDPM's linear betas
+    seed: int = 0  # one fixed noise sample per seed, so only t changes between frames
+    resolution: int = 128  # pixels per side: enough to see the noise, small enough to be instant
+    sample_image: str = "china.jpg"  # used when no image is given
+
+    def __post_init__(self):
+        if not isinstance(self.schedule, NoiseSchedule):
+            raise InputError(f"schedule must be a NoiseSchedule; got {type(self.schedule).__name__}")
+        object.__setattr__(self, "timesteps", parse_timesteps(self.timesteps))  # frozen: normalise once
+        last = self.schedule.num_train_timesteps - 1
+        if not 1 <= len(self.timesteps) <= MAX_FRAMES:
+            raise InputError(f"give 1 to {MAX_FRAMES} timesteps; got {len(self.timesteps)}")
+        for t in self.timesteps:
+            if not 0 <= t <= last:
+                raise InputError(f"timesteps must be whole numbers from 0 to {last} (num_train_timesteps - 1); "
+                                 f"got {t!r}")
+        _check_int("seed", self.seed, 0, MAX_SEED)
+        _check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION)
+        if self.sample_image not in SAMPLE_IMAGES:
+            raise InputError(f"unknown sample image {self.sample_image!r}; allowed: {', '.join(SAMPLE_IMAGES)}")
+
+
+@dataclass(frozen=True, eq=False)
+class NoiseStrip:
+    """x_t for each requested t, and what made them."""
+
+    images: tuple[np.ndarray, ...]  # (H, W, 3) uint8, one per timestep
+    timesteps: tuple[int, ...]
+    alpha_bars: tuple[float, ...]  # alpha_bar_t per frame: signal coefficient squared
+    x0: torch.Tensor  # (1, 3, H, W) in [-1, 1]
+    noise: torch.Tensor  # (1, 3, H, W), N(0, I) from the seed
+
+
+def parse_timesteps(value: str | Sequence) -> tuple[int, ...]:
+    """``"0, 50, 100"`` (commas or spaces), a number or a sequence of numbers -> whole-number timesteps."""
+    if value is None:
+        parts = []
+    elif isinstance(value, str):
+        parts = value.replace(",", " ").split()
+    elif isinstance(value, (int, float)):
+        parts = [value]
+    else:
+        parts = list(value)
+    if not parts:
+        raise InputError("no timesteps given; give whole numbers like 0, 50, 100, 999")
+    out = []
+    for part in parts:
+        try:
+            number = float(part)
+        except (TypeError, ValueError):
+            raise InputError(f"timesteps must be whole numbers like 0, 50, 999; got {part!r}") from None
+        if isinstance(part, bool) or not math.isfinite(number) or not number.is_integer():
+            raise InputError(f"timesteps must be whole numbers like 0, 50, 999; got {part!r}")
+        out.append(int(number))
+    return tuple(out)
+
+
+def load_image(source: str | Path | Image.Image | np.ndarray | None, sample_image: str = "china.jpg") -> Image.Image:
+    """An RGB PIL image from a path, a PIL image or an array; ``None`` gives a built-in sample."""
+    if source is None:
+        from sklearn.datasets import load_sample_image
+
+        return Image.fromarray(load_sample_image(sample_image)).convert("RGB")
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    if isinstance(source, np.ndarray):
+        if source.ndim not in (2, 3) or source.dtype != np.uint8:
+            raise InputError(f"an image array must be (H, W) or (H, W, C) uint8; got {source.shape} {source.dtype}")
+        return Image.fromarray(source).convert("RGB")
+    try:
+        with Image.open(source) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        name = Path(str(source)).name
+        raise InputError(f"{name!r} is not an image PIL can read (PNG, JPEG, WebP, ...): {exc}") from None
+
+
+def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
+    """Center-crop to a square, resize to ``resolution``, scale to [-1, 1]: (1, 3, H, W)."""
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    image = image.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BICUBIC)
+    array = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)  # (H, W, 3)
+    return array.permute(2, 0, 1)[None].contiguous()
+
+
+def make_noise(shape: Sequence[int], seed: int) -> torch.Tensor:
+    """The fixed noise of ``seed``: ``torch.randn(shape, generator=torch.Generator('cpu').manual_seed(seed))``."""
+    return torch.randn(tuple(shape), generator=torch.Generator("cpu").manual_seed(seed))
+
+
+def to_uint8_images(images: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """(N, 3, H, W) in [-1, 1] -> N arrays (H, W, 3) uint8, clamped and rounded before the cast."""
+    images = ((images / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    return tuple(im.permute(1, 2, 0).numpy() for im in images)
+
+
+def add_noise(request: NoiseRequest, image=None) -> NoiseStrip:
+    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise for each requested t, one noise for all."""
+    # 1. The clean image x0 and the seed's noise, both (1, 3, H, W).
+    x0 = image_to_tensor(load_image(image, request.sample_image), request.resolution)
+    noise = make_noise(x0.shape, request.seed)
+
+    # 2. The forward process through diffusers' own add_noise, all frames in one batch.
+    scheduler = request.schedule.scheduler()
+    n = len(request.timesteps)
+    timesteps = torch.tensor(request.timesteps, dtype=torch.long)
+    x_t = scheduler.add_noise(x0.expand(n, -1, -1, -1), noise.expand(n, -1, -1, -1), timesteps)  # (N, 3, H, W)
+    alpha_bars = tuple(float(scheduler.alphas_cumprod[t]) for t in request.timesteps)
+    return NoiseStrip(to_uint8_images(x_t), request.timesteps, alpha_bars, x0, noise)
+
+
+def schedule_arrays(schedule: NoiseSchedule) -> dict[str, np.ndarray]:
+    """beta_t, alpha_bar_t, sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t) and log SNR for t = 0..T-1."""
+    scheduler = schedule.scheduler()
+    betas = scheduler.betas.double().numpy()
+    alpha_bar = scheduler.alphas_cumprod.double().numpy()
+    # SNR_t = alpha_bar_t / (1 - alpha_bar_t) (Kingma et al. 2021, eq. 2); clipped where a zero-SNR
+    # schedule reaches alpha_bar_T = 0, as diffusers itself does.
+    clipped = np.clip(alpha_bar, MIN_ALPHA_BAR, 1 - 1e-12)
+    return {
+        "t": np.arange(len(betas)),
+        "beta": betas,
+        "alpha_bar": alpha_bar,
+        "sqrt(alpha_bar)": np.sqrt(alpha_bar),
+        "sqrt(1 - alpha_bar)": np.sqrt(1 - alpha_bar),
+        "log SNR": np.log(clipped) - np.log1p(-clipped),
+    }
+
+
+def schedule_curves(schedules: Mapping[str, NoiseSchedule]):
+    """One long DataFrame (t, value, curve, schedule): every curve of every named schedule, for overlays."""
+    import pandas as pd
+
+    frames = []
+    for label, schedule in schedules.items():
+        arrays = schedule_arrays(schedule)
+        for curve in CURVES:
+            frames.append(pd.DataFrame({"t": arrays["t"], "value": arrays[curve], "curve": curve, "schedule": label}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def visited_timesteps(scheduler: str, num_inference_steps: int, schedule: NoiseSchedule) -> tuple[int, ...]:
+    """The timesteps a sampler visits for ``num_inference_steps`` on ``schedule`` (980, 960, ... for DDIM 50)."""
+    if scheduler not in SCHEDULERS:
+        raise InputError(f"unknown scheduler {scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
+    _check_int("steps", num_inference_steps, 1, schedule.num_train_timesteps)
+    # Through trained_betas: every scheduler takes explicit betas; not every one knows every beta_schedule.
+    reference = schedule.scheduler()
+    sampler = make_scheduler(scheduler, {**reference.config, "trained_betas": reference.betas.tolist()})
+    sampler.set_timesteps(int(num_inference_steps))
+    return tuple(int(round(float(t))) for t in sampler.timesteps.tolist())
+
+
+def visited_points(scheduler: str, num_inference_steps: int, schedules: Mapping[str, NoiseSchedule]):
+    """The curves' values at the visited timesteps: a DataFrame like :func:`schedule_curves`'s, for markers."""
+    import pandas as pd
+
+    frames = []
+    for label, schedule in schedules.items():
+        visited = np.array(sorted(set(visited_timesteps(scheduler, num_inference_steps, schedule))))
+        arrays = schedule_arrays(schedule)
+        for curve in CURVES:
+            frames.append(pd.DataFrame({"t": visited, "value": arrays[curve][visited], "curve": curve,
+                                        "schedule": label}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def plot_frames(
+    schedules: Mapping[str, NoiseSchedule],
+    scheduler: str | None = None,
+    num_inference_steps: int | None = None,
+) -> dict:
+    """Plot-ready DataFrames (t, value, series), one per entry of :data:`PLOTS`.
+
+    Each named schedule's curves, thinned evenly (first and last t kept) to fit
+    :data:`MAX_PLOT_ROWS`; and, when ``scheduler`` is given, a series of stems from
+    the plot's floor up to the first curve of the first schedule (the chosen one;
+    the others are overlays) at every timestep that scheduler visits on it.
+    """
+    import pandas as pd
+
+    arrays = {label: schedule_arrays(schedule) for label, schedule in schedules.items()}
+    visited = {}
+    if scheduler and schedules:
+        label, schedule = next(iter(schedules.items()))
+        visited = {label: visited_timesteps(scheduler, num_inference_steps, schedule)}
+    frames = {}
+    for title, curves in PLOTS.items():
+        stem_rows = 3 * sum(len(set(v)) for v in visited.values())
+        per_series = max(2, (MAX_PLOT_ROWS - stem_rows) // max(1, len(arrays) * len(curves)))
+        floor = min(float(a[c].min()) for a in arrays.values() for c in curves)
+        parts = []
+        for label, a in arrays.items():
+            keep = np.unique(np.linspace(0, len(a["t"]) - 1, min(len(a["t"]), per_series)).round().astype(int))
+            for curve in curves:
+                series = label if len(curves) == 1 else f"{label}: {SHORT_NAMES[curve]}"
+                parts.append(pd.DataFrame({"t": a["t"][keep], "value": a[curve][keep], "series": series}))
+            if label in visited:
+                ts = np.array(sorted(set(visited[label])))
+                top = a[curves[0]][ts]
+                name = f"{scheduler}, {num_inference_steps} steps"
+                parts.append(pd.DataFrame({  # (t, floor), (t, curve), (t, floor) per visited t: a stem
+                    "t": np.repeat(ts, 3),
+                    "value": np.stack([np.full_like(top, floor), top, np.full_like(top, floor)], 1).ravel(),
+                    "series": name,
+                }))
+        frames[title] = pd.concat(parts, ignore_index=True)
+    return frames
+
+
+def read_scheduler_config(location: str | Path) -> dict:
+    """A model's ``scheduler/scheduler_config.json``: a diffusers folder or a cached hub id. No weights are read."""
+    try:
+        return dict(DDPMScheduler.load_config(str(location), subfolder="scheduler"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"no readable scheduler config for {str(location)!r}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def schedule_of_model(location: str | Path) -> NoiseSchedule:
+    """The noise schedule a model was trained with, from its scheduler config."""
+    return NoiseSchedule.from_config(read_scheduler_config(location))

@@ -1,0 +1,263 @@
+"""Unconditional sampling: the seed's DDPM loop over a UNet2DModel, streamed step by step.
+
+The loop is the one the seed notes write for ``google/ddpm-cat-256``:
+``scheduler.set_timesteps``, then for each t the UNet, ``scheduler.step`` and
+the next input. It gives the same images as diffusers' ``DDPMPipeline`` for the
+same model, seed, scheduler and steps. Where the two differ, the loop is right
+and the pipeline is not: ``DDPMPipeline`` never scales the initial noise by
+``init_noise_sigma`` nor calls ``scale_model_input`` (both are no-ops for DDPM,
+DDIM, PNDM, DPM++ and UniPC, but not for Euler), and it passes ``generator`` to
+``scheduler.step`` even where ``step`` takes none (PNDM, UniPC), which raises.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import secrets
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import diffusers
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from engine.cancel import CancelToken, check
+from engine.errors import InputError, WorkbenchError
+from engine.events import Done, Preview, Started, Step
+from engine.outputs import a1111_parameters, save_png
+from engine.preview import PixelPreviewer, predict_x0
+from engine.schedulers import SCHEDULERS, make_scheduler, scheduler_code
+
+MAX_STEPS = 10_000  # a sanity bound only: the model's own num_train_timesteps is checked when the run starts
+MAX_BATCH = 16  # a 4x4 grid; larger batches of 256 px images outgrow memory and the page
+MAX_SEED = 2**63 - 1
+DEFAULT_STEPS = 50  # the seed's set_timesteps(50): enough for DDIM, DPM++, UniPC, PNDM, Euler
+UNCONDITIONAL_SCHEDULERS = ("DDPM", "DDIM", "DPM++ 2M", "UniPC", "PNDM", "Euler")  # the tab's list, DDPM first
+
+
+@dataclass(frozen=True)
+class UnconditionalRequest:
+    scheduler: str = "DDPM"  # the scheduler the model was trained with, built from its own config
+    num_inference_steps: int | None = None  # None: the model's T for DDPM (as trained), 50 for the others
+    seed: int = -1  # -1 draws a random seed; the one used is reported back
+    batch_size: int = 1  # images per run, shown as a grid
+    model: str = ""  # the model string: what iter_unconditional_model loads, and the image's metadata
+
+    def __post_init__(self):
+        if self.scheduler not in SCHEDULERS:
+            raise InputError(f"unknown scheduler {self.scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
+        if self.num_inference_steps is not None:
+            _check_int("steps", self.num_inference_steps, 1, MAX_STEPS)
+        _check_int("seed", self.seed, -1, MAX_SEED)
+        _check_int("batch size", self.batch_size, 1, MAX_BATCH)
+
+    def resolved(self, pipe) -> "UnconditionalRequest":
+        """A copy with the seed drawn and the steps defaulted and checked against the model's T."""
+        train_steps = pipe.scheduler.config.num_train_timesteps
+        steps = self.num_inference_steps or default_num_inference_steps(self.scheduler, pipe.scheduler.config)
+        _check_int(f"steps for this model (trained with {train_steps} timesteps)", steps, 1, train_steps)
+        return replace(
+            self,
+            num_inference_steps=int(steps),
+            seed=self.seed if self.seed >= 0 else secrets.randbelow(2**32),
+            batch_size=int(self.batch_size),
+        )
+
+
+def default_num_inference_steps(scheduler: str, scheduler_config) -> int:
+    """The model's training timesteps for DDPM (sampling as trained), else 50."""
+    if scheduler == "DDPM":
+        return int(scheduler_config["num_train_timesteps"])
+    return min(DEFAULT_STEPS, int(scheduler_config["num_train_timesteps"]))
+
+
+def _check_int(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise InputError(f"{name} must be a whole number from {lo} to {hi}; got {value!r}")
+
+
+class _X0Previewer:
+    """Predicts x0 from (model_output, x_t) when the preview is drawn, not in the loop.
+
+    For schedulers whose ``step`` returns no ``pred_original_sample`` (DPM++, UniPC, PNDM).
+    """
+
+    def __init__(self, scheduler, timestep: int, pixels: PixelPreviewer):
+        self.scheduler, self.timestep, self.pixels = scheduler, timestep, pixels
+
+    def __call__(self, pair) -> np.ndarray:
+        model_output, sample = pair
+        return self.pixels(predict_x0(self.scheduler, model_output, sample, self.timestep))
+
+
+def sample_shape(unet_config, batch_size: int) -> tuple[int, ...]:
+    """(B, C, H, W) of the initial noise, as ``DDPMPipeline`` builds it."""
+    size = unet_config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return (batch_size, unet_config.in_channels, *size)
+
+
+def iter_unconditional(
+    request: UnconditionalRequest,
+    *,
+    pipe,
+    cancel: CancelToken | None = None,
+    outputs_dir: str | Path | None = None,
+) -> Iterator[Started | Step | Done]:
+    """Denoise from pure noise, yielding ``Started``, one ``Step`` per timestep, then ``Done``.
+
+    Previews are lazy (drawn only for the steps a consumer looks at), so a 1000-step
+    DDPM run costs what the pipeline costs. ``Done.steps`` keeps each step's timing but
+    not its previews, which would hold every x_t of the run in memory.
+    """
+    # 1. Resolve the seed and steps, build a fresh scheduler from the model's config.
+    request = request.resolved(pipe)
+    scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
+    device, unet = pipe.device, pipe.unet
+    generator = torch.Generator("cpu").manual_seed(request.seed)
+    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+    with torch.no_grad():
+        # 2. The initial noise, drawn as DDPMPipeline draws it (one generator, the whole batch).
+        shape = sample_shape(unet.config, request.batch_size)
+        image = randn_tensor(shape, generator=generator, device=device, dtype=unet.dtype)  # (B, C, H, W)
+        image = image * scheduler.init_noise_sigma  # 1 except for sigma-space schedulers (Euler)
+
+        # 3. The timesteps the loop visits (980, 960, ..., 0 for 50 of 1000), read to the host once.
+        try:
+            scheduler.set_timesteps(request.num_inference_steps, device=device)
+        except ValueError as exc:  # e.g. PNDM's Runge-Kutta warm-up needs at least 4 steps
+            raise InputError(f"{request.scheduler} cannot run {request.num_inference_steps} steps on this model; "
+                             f"try more steps or another scheduler ({exc})") from None
+        timesteps = scheduler.timesteps
+        visited = tuple(int(t) for t in timesteps.tolist())
+        info = _info(request, scheduler, shape)
+        yield Started(total=len(visited), timesteps=visited, info=info)
+
+        # 4. The denoising loop: UNet, scheduler.step, next input.
+        pixels = PixelPreviewer()
+        steps: list[Step] = []
+        start = time.perf_counter()
+        for i, t in enumerate(timesteps):
+            check(cancel, i)
+            x_t = scheduler.scale_model_input(image, t)  # the same tensor except for Euler-like schedulers
+            model_output = unet(x_t, t).sample  # (B, C, H, W)
+            out = scheduler.step(model_output, t, image, **step_kwargs)
+            x0 = getattr(out, "pred_original_sample", None)
+            image = out.prev_sample
+            step = Step(
+                step=i + 1, total=len(visited), timestep=visited[i],
+                preview_xt=Preview(x_t, pixels),
+                preview_x0=Preview(x0, pixels) if x0 is not None
+                else Preview((model_output, x_t), _X0Previewer(scheduler, visited[i], pixels)),
+                elapsed=time.perf_counter() - start,
+            )
+            steps.append(replace(step, preview_xt=None, preview_x0=None))
+            yield step
+        check(cancel, len(visited))
+
+        # 5. Post-process exactly as DDPMPipeline does: [-1, 1] -> [0, 1] -> uint8 PIL.
+        image = (image / 2 + 0.5).clamp(0, 1)
+        images = pipe.numpy_to_pil(image.cpu().permute(0, 2, 3, 1).numpy())
+    info["elapsed"] = round(time.perf_counter() - start, 3)
+    info["code"] = diffusers_code(pipe, request)
+    paths = tuple(str(save_png(im, info, outputs_dir, "unconditional")) for im in images) if outputs_dir else ()
+    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths)
+
+
+def iter_unconditional_model(
+    request: UnconditionalRequest,
+    *,
+    registry,
+    cancel: CancelToken | None = None,
+    outputs_dir: str | Path | None = None,
+) -> Iterator[Started | Step | Done]:
+    """Load ``request.model`` through a :class:`engine.models.ModelRegistry`, then :func:`iter_unconditional`.
+
+    The load runs where the events are drawn (``stream_latest``'s worker thread), so the page
+    stays live while a model loads, and a load error reaches the consumer like any other.
+    """
+    pipe = registry.load(request.model, "unconditional")
+    yield from iter_unconditional(request, pipe=pipe, cancel=cancel, outputs_dir=outputs_dir)
+
+
+def model_default_steps(registry, model: str, scheduler: str) -> int | None:
+    """The default steps for ``model`` and ``scheduler``, read from its scheduler config; None if unreadable."""
+    from engine.noise import read_scheduler_config
+
+    try:
+        config = read_scheduler_config(registry.resolve(model).location)
+        return default_num_inference_steps(scheduler, config)
+    except (WorkbenchError, KeyError, TypeError, ValueError):
+        return None
+
+
+def final_image(done: Done) -> Image.Image:
+    """What the page shows at the end: the image, or the batch as a grid, with the PNG ``parameters`` text."""
+    image = image_grid(done.images)
+    if image is done.images[0]:
+        image = image.copy()  # the Done event's own image stays as it was
+    image.info["parameters"] = a1111_parameters(done.info)
+    return image
+
+
+def _info(request: UnconditionalRequest, scheduler, shape: tuple[int, ...]) -> dict:
+    info = asdict(request)
+    info["steps"] = info.pop("num_inference_steps")
+    info["scheduler_class"] = type(scheduler).__name__
+    info["height"], info["width"] = shape[-2:]
+    return info
+
+
+def image_grid(images: Sequence[Image.Image]) -> Image.Image:
+    """The batch as one image, as square as the batch allows (one image is returned as is)."""
+    if len(images) == 1:
+        return images[0]
+    w, h = images[0].size
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    grid = Image.new(images[0].mode, (cols * w, rows * h))
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        grid.paste(im, (c * w, r * h))
+    return grid
+
+
+def diffusers_code(pipe, request: UnconditionalRequest) -> str:
+    """A plain-diffusers snippet that reproduces ``request``'s images: the seed's loop."""
+    ref = getattr(pipe, "workbench_ref", None)
+    location = ref.location if ref is not None else "<model folder>"
+    cls_name, build = scheduler_code(request.scheduler, "config")
+    takes_generator = "generator" in inspect.signature(getattr(diffusers, cls_name).step).parameters
+    generator_arg = ", generator=generator" if takes_generator else ""
+    imports = sorted({"DDPMScheduler", "UNet2DModel", cls_name})
+    dtype = ", dtype=torch.float16" if pipe.unet.dtype == torch.float16 else ""
+    return (
+        "import torch\n"
+        f"from diffusers import {', '.join(imports)}\n"
+        "from diffusers.utils.torch_utils import randn_tensor\n\n"
+        f"path = {location!r}\n"
+        f"unet = UNet2DModel.from_pretrained(path, subfolder='unet'{dtype}).to({pipe.device.type!r})\n"
+        "config = DDPMScheduler.load_config(path, subfolder='scheduler')\n"
+        f"scheduler = {build}\n"
+        f"generator = torch.Generator('cpu').manual_seed({request.seed})\n"
+        f"shape = {sample_shape(pipe.unet.config, request.batch_size)!r}  # (B, C, H, W)\n"
+        "image = randn_tensor(shape, generator=generator, device=unet.device, dtype=unet.dtype)\n"
+        "image = image * scheduler.init_noise_sigma\n"
+        f"scheduler.set_timesteps({request.num_inference_steps}, device=unet.device)\n"
+        "print(scheduler.timesteps)\n"
+        "with torch.no_grad():\n"
+        "    for t in scheduler.timesteps:\n"
+        "        model_input = scheduler.scale_model_input(image, t)\n"
+        "        noise_pred = unet(model_input, t).sample\n"
+        f"        image = scheduler.step(noise_pred, t, image{generator_arg}).prev_sample\n"
+        "image = (image / 2 + 0.5).clamp(0, 1)\n"
+        "image = (image.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype('uint8')\n"
+    )

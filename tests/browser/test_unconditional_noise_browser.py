@@ -1,0 +1,83 @@
+"""A person samples from a DDPM model and watches it denoise; then watches an image drown in noise."""
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+
+def open_tab(page, name):
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def pick(page, elem_id, option):
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def set_number(page, elem_id, value):
+    box = page.locator(f"#{elem_id} input")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def image_src(page, elem_id):
+    img = page.locator(f"#{elem_id} img")
+    return img.first.get_attribute("src") if img.count() else None
+
+
+def test_generate_shows_previews_then_the_grid(page):
+    open_tab(page, "Unconditional")
+    pick(page, "ddpm-model-row", "digits-ddpm")
+    page.wait_for_function("() => document.querySelector('#ddpm-steps input').value === '1000'")  # DDPM: T
+    pick(page, "ddpm-scheduler", "DDIM")
+    page.wait_for_function("() => document.querySelector('#ddpm-steps input').value === '50'")
+    set_number(page, "ddpm-steps", 60)
+    set_number(page, "ddpm-seed", 5)
+    set_number(page, "ddpm-batch", 4)
+    page.locator("#ddpm-generate").click()
+    seen, deadline = set(), time.time() + 90
+    while time.time() < deadline:
+        src = image_src(page, "ddpm-image")
+        if src:
+            seen.add(src)
+        if "done" in page.locator("#ddpm-progress").inner_text():
+            break
+        time.sleep(0.03)
+    assert "done" in page.locator("#ddpm-progress").inner_text()
+    seen.add(image_src(page, "ddpm-image"))
+    assert len(seen) >= 2, "the preview never changed before the final image"
+    assert image_src(page, "ddpm-xt"), "no x_t preview"
+    size = page.evaluate("() => { const i = document.querySelector('#ddpm-image img');"
+                         " return [i.naturalWidth, i.naturalHeight]; }")
+    assert size == [64, 64]  # four 32 px images as a 2x2 grid
+    assert "tensor([" in page.locator("#ddpm-timesteps textarea").input_value()
+    assert "Step 60/60" in page.locator("#ddpm-progress").inner_text()
+    page.screenshot(path="/tmp/wb-unconditional.png")
+
+
+def strip_sources(page):
+    return [img.get_attribute("src") for img in page.locator("#noise-strip img").all()]
+
+
+def plot_picture(page, index):
+    return page.locator(f"#noise-plot-{index}").screenshot()
+
+
+def test_changing_the_schedule_changes_the_strip_and_the_plots(page):
+    open_tab(page, "Noise")
+    page.locator("#noise-show").click()
+    page.wait_for_function("() => document.querySelectorAll('#noise-strip img').length >= 8")
+    page.wait_for_selector("#noise-plot-1 canvas, #noise-plot-1 svg")
+    time.sleep(0.5)  # let the plot finish drawing
+    before_strip, before_plot = strip_sources(page), plot_picture(page, 1)
+    pick(page, "noise-beta-schedule", "squaredcos_cap_v2")
+    deadline = time.time() + 30
+    while time.time() < deadline and strip_sources(page)[:8] == before_strip[:8]:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    after_strip = strip_sources(page)
+    assert len(after_strip) >= 8 and after_strip[:8] != before_strip[:8], "the strip did not change"
+    assert plot_picture(page, 1) != before_plot, "the alpha_bar plot did not change"
+    page.screenshot(path="/tmp/wb-noise.png", full_page=True)

@@ -1,0 +1,197 @@
+"""The forward process against diffusers' DDPMScheduler.add_noise, and the schedule's curves."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from PIL import Image
+
+from engine.errors import InputError, ModelLoadError
+from engine.noise import (
+    BETA_SCHEDULES,
+    CURVES,
+    DEFAULT_TIMESTEPS,
+    NoiseRequest,
+    NoiseSchedule,
+    add_noise,
+    load_image,
+    parse_timesteps,
+    schedule_curves,
+    schedule_of_model,
+    visited_points,
+    visited_timesteps,
+)
+
+
+def gradient_image(w=40, h=30) -> Image.Image:
+    y, x = np.mgrid[0:h, 0:w]
+    return Image.fromarray(np.stack([x * 6, y * 8, (x + y) * 3], -1).astype(np.uint8))
+
+
+def expected_strip(x0: torch.Tensor, schedule: NoiseSchedule, timesteps, seed: int) -> np.ndarray:
+    """diffusers' own add_noise, with the noise the engine documents: randn from a CPU generator."""
+    noise = torch.randn(x0.shape, generator=torch.Generator("cpu").manual_seed(seed))
+    scheduler = DDPMScheduler(beta_schedule=schedule.beta_schedule, num_train_timesteps=schedule.num_train_timesteps,
+                              beta_start=schedule.beta_start, beta_end=schedule.beta_end,
+                              rescale_betas_zero_snr=schedule.rescale_betas_zero_snr)
+    out = torch.cat([scheduler.add_noise(x0, noise, torch.tensor([t])) for t in timesteps])
+    return ((out / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.parametrize("schedule", [
+    NoiseSchedule(),
+    NoiseSchedule("scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True),
+    NoiseSchedule("squaredcos_cap_v2", num_train_timesteps=500),
+    NoiseSchedule("sigmoid", num_train_timesteps=200, beta_end=0.05),
+])
+def test_pixels_equal_ddpm_scheduler_add_noise(schedule):
+    last = schedule.num_train_timesteps - 1
+    timesteps = (0, 10, last // 2, last)
+    strip = add_noise(NoiseRequest(timesteps=timesteps, schedule=schedule, seed=5, resolution=24), gradient_image())
+    assert strip.timesteps == timesteps and strip.x0.shape == (1, 3, 24, 24)
+    ours = np.stack(strip.images)
+    theirs = expected_strip(strip.x0, schedule, timesteps, seed=5)
+    assert ours.shape == (4, 24, 24, 3) and ours.dtype == np.uint8
+    assert np.array_equal(ours, theirs)
+    # Sensitive: another seed's noise gives other pixels once t is past the first few steps.
+    other = expected_strip(strip.x0, schedule, timesteps, seed=6)
+    assert np.abs(other[1:].astype(int) - ours[1:]).max() > 10
+
+
+def test_same_noise_for_every_frame():
+    """One noise sample per seed: x_t - sqrt(alpha_bar_t) x0 is sqrt(1 - alpha_bar_t) times the same noise."""
+    strip = add_noise(NoiseRequest(timesteps=(300, 700), seed=1, resolution=16), gradient_image())
+    again = add_noise(NoiseRequest(timesteps=(700,), seed=1, resolution=16), gradient_image())
+    assert np.array_equal(strip.images[1], again.images[0])
+    assert torch.equal(strip.noise, again.noise)
+
+
+def test_default_strip_uses_a_builtin_sample_image_offline():
+    strip = add_noise(NoiseRequest(resolution=32))
+    assert strip.timesteps == DEFAULT_TIMESTEPS and len(strip.images) == 8
+    assert strip.images[0].shape == (32, 32, 3)
+    assert strip.images[0].std() > 20  # a photo, not a blank frame
+    assert strip.alpha_bars[0] > 0.999 and strip.alpha_bars[-1] < 1e-3
+
+
+def test_curves_match_the_scheduler():
+    linear, cosine = NoiseSchedule(), NoiseSchedule("squaredcos_cap_v2")
+    df = schedule_curves({"linear": linear, "cosine": cosine})
+    assert set(df["curve"]) == set(CURVES) and set(df["schedule"]) == {"linear", "cosine"}
+    reference = DDPMScheduler(beta_schedule="squaredcos_cap_v2")
+    cos = df[df["schedule"] == "cosine"]
+    alpha_bar = cos[cos["curve"] == "alpha_bar"]["value"].to_numpy()
+    np.testing.assert_allclose(alpha_bar, reference.alphas_cumprod.numpy(), rtol=1e-6)
+    signal = cos[cos["curve"] == "sqrt(alpha_bar)"]["value"].to_numpy()
+    noise = cos[cos["curve"] == "sqrt(1 - alpha_bar)"]["value"].to_numpy()
+    np.testing.assert_allclose(signal**2 + noise**2, 1.0, rtol=1e-9)
+    log_snr = cos[cos["curve"] == "log SNR"]["value"].to_numpy()
+    assert np.all(np.diff(log_snr) < 0)  # the signal-to-noise ratio falls with t
+    beta = df[(df["schedule"] == "linear") & (df["curve"] == "beta")]["value"].to_numpy()
+    assert beta[0] == pytest.approx(1e-4) and beta[-1] == pytest.approx(0.02)
+
+
+def test_zero_terminal_snr_stays_finite():
+    df = schedule_curves({"z": NoiseSchedule("scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                             rescale_betas_zero_snr=True)})
+    assert np.isfinite(df["value"]).all()
+    alpha_bar = df[df["curve"] == "alpha_bar"]["value"].to_numpy()
+    assert alpha_bar[-1] == 0.0
+
+
+def test_visited_timesteps_and_markers():
+    assert visited_timesteps("DDIM", 50, NoiseSchedule()) == tuple(range(980, -1, -20))
+    assert visited_timesteps("DDPM", 1000, NoiseSchedule())[:3] == (999, 998, 997)
+    points = visited_points("DDIM", 5, {"linear": NoiseSchedule()})
+    assert sorted(set(points["t"])) == [0, 200, 400, 600, 800]
+    curves = schedule_curves({"linear": NoiseSchedule()})
+    at = curves[(curves["curve"] == "alpha_bar") & curves["t"].isin([0, 200, 400, 600, 800])]["value"].to_numpy()
+    np.testing.assert_allclose(points[points["curve"] == "alpha_bar"]["value"].to_numpy(), at)
+
+
+def test_schedule_of_a_model_folder(tmp_path):
+    scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", num_train_timesteps=400)
+    scheduler.save_pretrained(tmp_path / "m" / "scheduler")
+    schedule = schedule_of_model(tmp_path / "m")
+    assert schedule == NoiseSchedule("squaredcos_cap_v2", num_train_timesteps=400)
+    with pytest.raises(ModelLoadError, match="no readable scheduler config"):
+        schedule_of_model(tmp_path / "missing")
+
+
+def test_parse_timesteps():
+    assert parse_timesteps("0, 50 100,999") == (0, 50, 100, 999)
+    assert parse_timesteps([3, 4.0]) == (3, 4)
+    assert parse_timesteps(7) == (7,)
+    for bad in ("", None, "0, x", "1.5", "nan", [True], [[1]]):
+        with pytest.raises(InputError, match="timesteps|no timesteps"):
+            parse_timesteps(bad)
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(timesteps=(0, 1000)), "from 0 to 999"),
+        (dict(timesteps=(-1,)), "from 0 to 999"),
+        (dict(timesteps="5, ten"), "whole numbers"),
+        (dict(timesteps=(10, 200), schedule=NoiseSchedule(num_train_timesteps=100)), "from 0 to 99"),
+        (dict(resolution=4), "resolution"),
+        (dict(seed=-1), "seed"),
+        (dict(sample_image="cat.jpg"), "sample image"),
+    ],
+)
+def test_bad_requests_are_refused(kw, words):
+    with pytest.raises(InputError, match=words) as info:
+        NoiseRequest(**kw)
+    assert "got" in str(info.value) or "allowed" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(beta_schedule="cubic"), "unknown beta schedule"),
+        (dict(num_train_timesteps=0), "num_train_timesteps"),
+        (dict(beta_start=0.0), "beta_start"),
+        (dict(beta_end=float("nan")), "beta_end"),
+        (dict(beta_start=0.1, beta_end=0.01), "must not exceed"),
+    ],
+)
+def test_bad_schedules_are_refused(kw, words):
+    with pytest.raises(InputError, match=words):
+        NoiseSchedule(**kw)
+
+
+def test_non_image_upload_is_an_input_error(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not an image")
+    with pytest.raises(InputError, match="'notes.txt' is not an image"):
+        load_image(str(path))
+    buffer = io.BytesIO()
+    gradient_image().save(buffer, format="PNG")
+    (tmp_path / "ok.png").write_bytes(buffer.getvalue())
+    assert load_image(str(tmp_path / "ok.png")).size == (40, 30)
+
+
+def test_every_beta_schedule_builds():
+    for name in BETA_SCHEDULES:
+        assert NoiseSchedule(name).scheduler().alphas_cumprod.shape == (1000,)
+
+
+def test_plot_frames_fit_the_line_plot_and_stem_at_visited_timesteps():
+    from engine.noise import MAX_PLOT_ROWS, PLOTS, plot_frames
+
+    schedules = {"cosine": NoiseSchedule("squaredcos_cap_v2"), "linear": NoiseSchedule()}
+    frames = plot_frames(schedules, "DDIM", 10)
+    assert list(frames) == list(PLOTS)
+    alpha_bar = DDPMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod.double().numpy()
+    for title, frame in frames.items():
+        assert len(frame) <= MAX_PLOT_ROWS and np.isfinite(frame["value"]).all()
+        curves = frame[frame["series"] != "DDIM, 10 steps"]
+        assert curves.groupby("series")["t"].agg(["min", "max"]).eq([0, 999]).all().all()  # ends kept
+        stems = frame[frame["series"] == "DDIM, 10 steps"]
+        assert sorted(set(stems["t"])) == list(range(0, 1000, 100))  # on the chosen (first) schedule only
+    stems = frames["alpha_bar_t"][frames["alpha_bar_t"]["series"] == "DDIM, 10 steps"]
+    tops = stems.groupby("t")["value"].max()
+    np.testing.assert_allclose(tops.to_numpy(), alpha_bar[tops.index.to_numpy()], rtol=1e-9)
+    assert "DDIM, 10 steps" not in set(plot_frames(schedules)["log SNR_t"]["series"])

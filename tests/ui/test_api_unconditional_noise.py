@@ -1,0 +1,132 @@
+"""/ddpm and /add_noise through gradio_client against a launched app."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
+from gradio_client import handle_file
+from PIL import Image
+
+DDPM_ARGS = dict(model="digits-ddpm", scheduler="DDIM", steps=12, seed=3, batch_size=2)
+NOISE_ARGS = dict(image=None, timesteps="0, 50, 400, 999", beta_schedule="squaredcos_cap_v2",
+                  num_train_timesteps=1000, seed=4)
+
+
+def as_dict(value):
+    return value if isinstance(value, dict) else json.loads(value)
+
+
+def test_ddpm_streams_previews_then_the_grid_equal_to_the_pipeline(client, running_app):
+    job = client.submit(**DDPM_ARGS, api_name="/ddpm")
+    updates = list(job)
+    assert len(updates) >= 3  # Started, at least one preview, Done
+    assert any(u[0] for u in updates[:-1]), "no x0 preview was streamed before the final image"
+    final = job.outputs()[-1]
+    image_path, info = final[0], as_dict(final[4])
+    timesteps = next(u[3] for u in updates if isinstance(u[3], str))  # sent once, when the loop starts
+    assert info["seed"] == 3 and info["steps"] == 12 and info["scheduler"] == "DDIM" and len(info["files"]) == 2
+    assert "tensor([" in timesteps and timesteps.rstrip("])").endswith(", 0")
+    with Image.open(image_path) as im:
+        assert im.format == "PNG" and im.size == (64, 32)  # two 32 px images side by side
+        params = im.text["parameters"]
+        grid = np.asarray(im.convert("RGB")).astype(int)
+    assert "Steps: 12, Sampler: DDIM, Seed: 3, Size: 32x32, Model: digits-ddpm, Batch size: 2" in params
+    # The page's grid is DDPMPipeline's batch, to within 2/255.
+    model = running_app[1].registry.load("digits-ddpm", "unconditional")
+    pipe = DDPMPipeline(unet=model.unet, scheduler=DDIMScheduler.from_config(model.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(batch_size=2, num_inference_steps=12, generator=torch.Generator("cpu").manual_seed(3),
+               output_type="np").images
+    theirs = np.concatenate(list((out * 255).round().astype(int)), axis=1)  # (32, 64, 3)
+    assert np.abs(grid - theirs).max() <= 2
+    with Image.open(info["files"][1]) as saved:
+        assert "Seed: 3" in saved.text["parameters"]
+
+
+def test_ddpm_random_seed_is_shown(client):
+    final = client.predict(**{**DDPM_ARGS, "seed": -1, "steps": 2, "batch_size": 1}, api_name="/ddpm")
+    info = as_dict(final[4])
+    assert isinstance(info["seed"], int) and info["seed"] >= 0
+
+
+def test_add_noise_pixels_equal_ddpm_scheduler_add_noise(client):
+    from engine.noise import image_to_tensor, load_image
+
+    gallery, _, *plots = client.predict(**NOISE_ARGS, api_name="/add_noise")
+    assert [g["caption"].split(",")[0] for g in gallery] == ["t = 0", "t = 50", "t = 400", "t = 999"]
+    ours = np.stack([np.asarray(Image.open(g["image"]).convert("RGB")) for g in gallery])
+    x0 = image_to_tensor(load_image(None, "china.jpg"), 128)
+    noise = torch.randn(x0.shape, generator=torch.Generator("cpu").manual_seed(4))
+    scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", num_train_timesteps=1000)
+    x_t = torch.cat([scheduler.add_noise(x0, noise, torch.tensor([t])) for t in (0, 50, 400, 999)])
+    theirs = ((x_t / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(ours, theirs)
+    # The curve data: four plots, each with the schedule's curve and DDIM's marker stems.
+    assert len(plots) == 4
+    for plot in plots:
+        plot = as_dict(plot)
+        series = {row[plot["columns"].index("series")] for row in plot["data"]}
+        assert any(s.startswith("squaredcos_cap_v2") for s in series) and "DDIM, 50 steps" in series
+
+
+def test_add_noise_overlays_and_model_schedules(client):
+    _, _, beta_plot, *_ = client.predict(**NOISE_ARGS, overlay=["linear", "sigmoid"], model="digits-ddpm",
+                                         api_name="/add_noise")
+    beta_plot = as_dict(beta_plot)
+    series = {row[beta_plot["columns"].index("series")] for row in beta_plot["data"]}
+    assert {"digits-ddpm", "linear", "sigmoid"} <= series
+
+
+@pytest.mark.parametrize(
+    "endpoint, change, words",
+    [
+        ("/add_noise", dict(timesteps="0, 1000"), "from 0 to 999"),
+        ("/add_noise", dict(timesteps="-1"), "from 0 to 999"),
+        ("/add_noise", dict(timesteps="5, ten"), "whole numbers"),
+        ("/add_noise", dict(num_train_timesteps=0), "num_train_timesteps"),
+        ("/add_noise", dict(beta_schedule="cubic"), "not in the list of choices"),
+        ("/ddpm", dict(steps=0), "steps must be a whole number from 1"),
+        ("/ddpm", dict(batch_size=0), "batch size must be a whole number from 1 to 16"),
+        ("/ddpm", dict(batch_size=1000), "batch size must be a whole number from 1 to 16"),
+        ("/ddpm", dict(steps=1001), "steps"),
+        ("/ddpm", dict(scheduler="PNDM", steps=3), "pndm cannot run 3 steps"),
+        ("/ddpm", dict(model="no-such-model"), "unknown model"),
+        ("/ddpm", dict(model="digits-sd"), "not a unconditional model"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_server_keeps_serving(client, endpoint, change, words):
+    base = DDPM_ARGS if endpoint == "/ddpm" else NOISE_ARGS
+    with pytest.raises(Exception) as info:
+        client.predict(**{**base, **change}, api_name=endpoint)
+    assert words.lower() in str(info.value).lower()
+    assert "Traceback" not in str(info.value)
+    ok = client.predict(**{**DDPM_ARGS, "steps": 1}, api_name="/ddpm")
+    assert ok[0]
+
+
+def test_non_image_upload_is_refused(client, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    with pytest.raises(Exception) as info:
+        client.predict(**{**NOISE_ARGS, "image": handle_file(str(notes))}, api_name="/add_noise")
+    assert "image" in str(info.value).lower()
+    gallery = client.predict(**NOISE_ARGS, api_name="/add_noise")[0]
+    assert len(gallery) == 4
+
+
+def test_stop_a_1000_step_run_and_the_next_starts(client):
+    """DDPM as trained (1000 steps): previews stream about 10 a second; Stop ends it."""
+    job = client.submit(**{**DDPM_ARGS, "scheduler": "DDPM", "steps": 1000, "batch_size": 1}, api_name="/ddpm")
+    deadline = time.time() + 60
+    while time.time() < deadline and len(job.outputs()) < 3:
+        time.sleep(0.05)
+    assert len(job.outputs()) >= 3, "no preview arrived"
+    job.cancel()
+    time.sleep(1.0)
+    assert "done" not in str(job.outputs()[-1][2])
+    start = time.time()
+    final = client.predict(**{**DDPM_ARGS, "steps": 2}, api_name="/ddpm")
+    assert final[0] and time.time() - start < 30
