@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 from pathlib import Path
@@ -37,9 +38,10 @@ def build_app(args: argparse.Namespace):
     """The engine and the page; nothing is launched."""
     import gradio as gr
 
+    from engine import noise, unconditional
     from engine.schedulers import SCHEDULERS
     from engine.workbench import Folders, Workbench
-    from ui import txt2img as txt2img_tab
+    from ui import noise as noise_tab, train as train_tab, txt2img as txt2img_tab, unconditional as unconditional_tab
 
     bench = Workbench(Folders(args.models_dir, args.data_dir, args.outputs_dir), device=args.device)
     with gr.Blocks(title="Diffusion Workbench") as demo:
@@ -51,6 +53,39 @@ def build_app(args: argparse.Namespace):
                 default_model=bench.default_model("txt2img"),
                 default_size=bench.default_size,
                 schedulers=list(SCHEDULERS),
+            )
+        with gr.Tab("Unconditional", id="unconditional"):
+            unconditional_model = unconditional_tab.build(
+                iter_unconditional=functools.partial(unconditional.iter_unconditional_model, registry=bench.registry,
+                                                     outputs_dir=bench.folders.outputs_dir),
+                final_image=unconditional.final_image,
+                default_steps=functools.partial(unconditional.model_default_steps, bench.registry),
+                list_models=lambda: bench.list_models("unconditional"),
+                default_model=bench.default_model("unconditional"),
+                schedulers=list(unconditional.UNCONDITIONAL_SCHEDULERS)
+                + [s for s in SCHEDULERS if s not in unconditional.UNCONDITIONAL_SCHEDULERS],
+            )
+        with gr.Tab("Noise", id="noise"):
+            noise_tab.build(
+                add_noise=noise.add_noise,
+                plot_frames=noise.plot_frames,
+                schedule_of_model=lambda name: noise.schedule_of_model(bench.registry.resolve(name).location),
+                list_models=lambda: bench.list_models("unconditional")
+                + [m for m in bench.list_models("txt2img") if not m.endswith(".safetensors")],
+                schedulers=list(SCHEDULERS),
+            )
+        with gr.Tab("Training", id="train"):
+            train_tab.build(
+                start_training=bench.start_training,
+                resume_training=bench.resume_training,
+                run_settings=bench.run_settings,
+                stop_training=bench.stop_training,
+                training_status=bench.training.status,
+                list_data=bench.list_training_data,
+                save_upload=bench.save_training_upload,
+                list_runs=bench.list_runs,
+                list_unconditional_models=lambda: bench.list_models("unconditional"),
+                unconditional_model=unconditional_model,
             )
         # -- more tabs are added here --
     demo.queue(default_concurrency_limit=1, max_size=64)

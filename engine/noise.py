@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from engine.errors import InputError, ModelLoadError
 from engine.schedulers import SCHEDULERS, make_scheduler
+from engine.validation import check_int
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 DEFAULT_TIMESTEPS = (0, 50, 100, 200, 400, 600, 800, 999)
@@ -44,13 +45,6 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_int(name: str, value, lo: int, hi: int) -> None:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise InputError(f"{name} must be a whole number from {lo} to {hi}; got {value!r}")
-
-
 @dataclass(frozen=True)
 class NoiseSchedule:
     """The fields of a scheduler config that fix beta_t (and so alpha_bar_t)."""
@@ -65,7 +59,7 @@ class NoiseSchedule:
     def __post_init__(self):
         if self.beta_schedule not in BETA_SCHEDULES:
             raise InputError(f"unknown beta schedule {self.beta_schedule!r}; allowed: {', '.join(BETA_SCHEDULES)}")
-        _check_int("num_train_timesteps", self.num_train_timesteps, 2, MAX_TRAIN_TIMESTEPS)
+        check_int("num_train_timesteps", self.num_train_timesteps, 2, MAX_TRAIN_TIMESTEPS)
         for name in ("beta_start", "beta_end"):
             value = getattr(self, name)
             if not _is_number(value) or not 0 < value < 1:
@@ -113,8 +107,8 @@ class NoiseRequest:
             if not 0 <= t <= last:
                 raise InputError(f"timesteps must be whole numbers from 0 to {last} (num_train_timesteps - 1); "
                                  f"got {t!r}")
-        _check_int("seed", self.seed, 0, MAX_SEED)
-        _check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION)
         if self.sample_image not in SAMPLE_IMAGES:
             raise InputError(f"unknown sample image {self.sample_image!r}; allowed: {', '.join(SAMPLE_IMAGES)}")
 
@@ -244,7 +238,7 @@ def visited_timesteps(scheduler: str, num_inference_steps: int, schedule: NoiseS
     """The timesteps a sampler visits for ``num_inference_steps`` on ``schedule`` (980, 960, ... for DDIM 50)."""
     if scheduler not in SCHEDULERS:
         raise InputError(f"unknown scheduler {scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
-    _check_int("steps", num_inference_steps, 1, schedule.num_train_timesteps)
+    check_int("steps", num_inference_steps, 1, schedule.num_train_timesteps)
     # Through trained_betas: every scheduler takes explicit betas; not every one knows every beta_schedule.
     reference = schedule.scheduler()
     sampler = make_scheduler(scheduler, {**reference.config, "trained_betas": reference.betas.tolist()})

@@ -140,7 +140,9 @@ class TextToImage:
         rows = data.dataset.with_format(None)[: min(len(data), 512)]["image"]
         images = as_rgb(torch.stack([preprocess(to_mode(im, data.channels)) for im in rows]))
         latents = self.vae.encode(images).latent_dist.mean
-        return float(1.0 / latents.std())
+        scale = float(1.0 / latents.std())
+        self.data_latents = latents[:256] * scale  # (n, 4, h, w), for the preview fit
+        return scale
 
     def build_model(self, seed: int) -> TextAndUNet:
         from diffusers import UNet2DConditionModel
@@ -215,7 +217,7 @@ class TextToImage:
     def save_pretrained(self, model: TextAndUNet, folder: Path) -> None:
         """StableDiffusionPipeline layout, plus the latent-to-RGB preview matrix fitted for this VAE."""
         self.pipeline(model).save_pretrained(folder)
-        (folder / LATENT_RGB_FILE).write_text(json.dumps(fit_latent_rgb(self.vae, self.latent_side)))
+        (folder / LATENT_RGB_FILE).write_text(json.dumps(fit_latent_rgb(self.vae, self.data_latents)))
 
     def load_saved_weights(self, folder: Path) -> dict[str, torch.Tensor]:
         from diffusers import UNet2DConditionModel
@@ -227,15 +229,14 @@ class TextToImage:
 
 
 @torch.no_grad()
-def fit_latent_rgb(vae, latent_side: int, n: int = 256, seed: int = 0) -> dict:
-    """Least squares from (unscaled) latents to the decoded image averaged down to latent resolution:
-    RGB ~ latents @ M + b, the linear preview REFERENCE.md describes for a project's own VAE."""
-    generator = torch.Generator("cpu").manual_seed(seed)
-    scale = vae.config.scaling_factor
-    latents = torch.randn((n, vae.config.latent_channels, latent_side, latent_side), generator=generator) / scale
-    images = vae.decode(latents.to(vae.device, vae.dtype)).sample.float().cpu()  # (n, 3, H, W)
-    small = F.adaptive_avg_pool2d(images, latent_side)  # (n, 3, h, w)
-    x = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])  # (n*h*w, C)
+def fit_latent_rgb(vae, latents: torch.Tensor) -> dict:
+    """Least squares from latents as the denoising loop holds them (scaled, (n, C, h, w)) to the
+    decoded image averaged down to latent resolution: RGB ~ latents @ M + b, the linear preview
+    REFERENCE.md describes for a project's own VAE."""
+    side = latents.shape[-1]
+    images = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
+    small = F.adaptive_avg_pool2d(images.float().cpu(), side)  # (n, 3, h, w)
+    x = latents.float().cpu().permute(0, 2, 3, 1).reshape(-1, latents.shape[1])  # (n*h*w, C)
     y = small.permute(0, 2, 3, 1).reshape(-1, 3)  # (n*h*w, 3)
     x1 = torch.cat([x, torch.ones(len(x), 1)], dim=1)
     solution = torch.linalg.lstsq(x1, y).solution  # (C+1, 3)

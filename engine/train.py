@@ -26,6 +26,7 @@ from engine.cancel import CancelToken
 from engine.data import DataReport
 from engine.errors import InputError
 from engine.objectives import BETA_SCHEDULES, PRESETS, size_multiple
+from engine.validation import check_float, check_int
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class TrainRequest:
         if self.resume and not self.run_name:
             raise InputError("resume needs the run name of an earlier run")
         multiple = size_multiple(self.preset)
-        _check_int("resolution", self.resolution, 8, 1024)
+        check_int("resolution", self.resolution, 8, 1024)
         if self.resolution % multiple:
             raise InputError(
                 f"resolution must be a multiple of {multiple} for preset {self.preset!r}; got {self.resolution}"
@@ -91,11 +92,11 @@ class TrainRequest:
             ("sample_images", "sample images", 1, 64), ("log_every", "log interval", 1, 1_000_000),
             ("num_workers", "DataLoader workers", 0, 64),
         ):
-            _check_int(label, getattr(self, name), lo, hi)
-        _check_int("sample steps", self.sample_num_inference_steps, 1, self.num_train_timesteps)
-        _check_float("learning rate", self.learning_rate, 0.0, 1.0, low_open=True)
-        _check_float("EMA decay", self.ema_max_decay, 0.0, 1.0, low_open=True, high_open=True)
-        _check_float("max gradient norm", self.max_grad_norm, 0.0, 1e6)
+            check_int(label, getattr(self, name), lo, hi)
+        check_int("sample steps", self.sample_num_inference_steps, 1, self.num_train_timesteps)
+        check_float("learning rate", self.learning_rate, 0.0, 1.0, low_open=True)
+        check_float("EMA decay", self.ema_max_decay, 0.0, 1.0, low_open=True, high_open=True)
+        check_float("max gradient norm", self.max_grad_norm, 0.0, 1e6)
         if self.mixed_precision not in MIXED_PRECISION:
             raise InputError(f"mixed precision {self.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISION)}")
         if self.beta_schedule not in BETA_SCHEDULES:
@@ -113,21 +114,6 @@ class TrainRequest:
         slug = re.sub(r"[^A-Za-z0-9]+", "-", self.data.split("/")[-1]).strip("-")[:24] or "data"
         stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
         return replace(self, run_name=f"{self.preset}-{slug}-{stamp}")
-
-
-def _check_int(name: str, value, lo: int, hi: int) -> None:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise InputError(f"{name} must be a whole number from {lo} to {hi}; got {value!r}")
-
-
-def _check_float(name: str, value, lo: float, hi: float, *, low_open=False, high_open=False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (lo < value if low_open else lo <= value) and (value < hi if high_open else value <= hi)
-    if not ok:
-        bounds = f"{'above' if low_open else 'from'} {lo:g} {'and below' if high_open else 'to'} {hi:g}"
-        raise InputError(f"{name} must be a number {bounds}; got {value!r}")
 
 
 def resume_request(models_dir: str | Path, run_name: str, **changes) -> TrainRequest:

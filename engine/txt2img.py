@@ -25,6 +25,7 @@ from engine.events import Done, Preview, Started, Step
 from engine.outputs import save_png
 from engine.preview import LatentRGBPreviewer, VaePreviewer, predict_x0
 from engine.schedulers import SCHEDULERS, make_scheduler, scheduler_code
+from engine.validation import check_int
 
 MAX_STEPS = 150
 MAX_GUIDANCE = 20.0
@@ -48,21 +49,21 @@ class Txt2ImgRequest:
     def __post_init__(self):
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise InputError("prompt and negative prompt must be text")
-        _check_int("steps", self.num_inference_steps, 1, MAX_STEPS)
+        check_int("steps", self.num_inference_steps, 1, MAX_STEPS)
         g = self.guidance_scale
         if not isinstance(g, (int, float)) or isinstance(g, bool) or not math.isfinite(g) or not 1 <= g <= MAX_GUIDANCE:
             raise InputError(f"guidance scale must be a number from 1 (no guidance) to {MAX_GUIDANCE:g}; got {g!r}")
         if self.scheduler not in SCHEDULERS:
             raise InputError(f"unknown scheduler {self.scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
-        _check_int("seed", self.seed, -1, MAX_SEED)
+        check_int("seed", self.seed, -1, MAX_SEED)
         for side in ("width", "height"):
             value = getattr(self, side)
             if value is None:
                 continue
-            _check_int(side, value, 8, MAX_SIDE)
+            check_int(side, value, 8, MAX_SIDE)
             if value % 8:
                 raise InputError(f"{side} must be a multiple of 8 (8 to {MAX_SIDE}); got {value}")
-        _check_int("VAE preview interval", self.vae_preview_every, 0, MAX_STEPS)
+        check_int("VAE preview interval", self.vae_preview_every, 0, MAX_STEPS)
 
     def resolved(self, pipe) -> "Txt2ImgRequest":
         """A copy with the seed drawn and the size taken from the model where not given."""
@@ -73,13 +74,6 @@ class Txt2ImgRequest:
             width=self.width or default,
             height=self.height or default,
         )
-
-
-def _check_int(name: str, value, lo: int, hi: int) -> None:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise InputError(f"{name} must be a whole number from {lo} to {hi}; got {value!r}")
 
 
 def encode_prompt(pipe, prompt: str, negative_prompt: str, do_cfg: bool) -> torch.Tensor:

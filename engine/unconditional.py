@@ -32,6 +32,7 @@ from engine.events import Done, Preview, Started, Step
 from engine.outputs import a1111_parameters, save_png
 from engine.preview import PixelPreviewer, predict_x0
 from engine.schedulers import SCHEDULERS, make_scheduler, scheduler_code
+from engine.validation import check_int
 
 MAX_STEPS = 10_000  # a sanity bound only: the model's own num_train_timesteps is checked when the run starts
 MAX_BATCH = 16  # a 4x4 grid; larger batches of 256 px images outgrow memory and the page
@@ -52,15 +53,15 @@ class UnconditionalRequest:
         if self.scheduler not in SCHEDULERS:
             raise InputError(f"unknown scheduler {self.scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
         if self.num_inference_steps is not None:
-            _check_int("steps", self.num_inference_steps, 1, MAX_STEPS)
-        _check_int("seed", self.seed, -1, MAX_SEED)
-        _check_int("batch size", self.batch_size, 1, MAX_BATCH)
+            check_int("steps", self.num_inference_steps, 1, MAX_STEPS)
+        check_int("seed", self.seed, -1, MAX_SEED)
+        check_int("batch size", self.batch_size, 1, MAX_BATCH)
 
     def resolved(self, pipe) -> "UnconditionalRequest":
         """A copy with the seed drawn and the steps defaulted and checked against the model's T."""
         train_steps = pipe.scheduler.config.num_train_timesteps
         steps = self.num_inference_steps or default_num_inference_steps(self.scheduler, pipe.scheduler.config)
-        _check_int(f"steps for this model (trained with {train_steps} timesteps)", steps, 1, train_steps)
+        check_int(f"steps for this model (trained with {train_steps} timesteps)", steps, 1, train_steps)
         return replace(
             self,
             num_inference_steps=int(steps),
@@ -74,13 +75,6 @@ def default_num_inference_steps(scheduler: str, scheduler_config) -> int:
     if scheduler == "DDPM":
         return int(scheduler_config["num_train_timesteps"])
     return min(DEFAULT_STEPS, int(scheduler_config["num_train_timesteps"]))
-
-
-def _check_int(name: str, value, lo: int, hi: int) -> None:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise InputError(f"{name} must be a whole number from {lo} to {hi}; got {value!r}")
 
 
 class _X0Previewer:

@@ -320,7 +320,7 @@ def test_bad_data_is_reported_before_any_step(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("field, value, words", [
-    ("preset", "huge", "allowed: tiny, small, ddpm-128"),
+    ("preset", "huge", "allowed: tiny, small, digits, ddpm-128"),
     ("resolution", 31, "multiple of 2"),
     ("resolution", 4, "from 8 to 1024"),
     ("batch_size", 0, "batch size must be a whole number from 1"),

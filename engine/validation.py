@@ -1,0 +1,24 @@
+"""Field checks shared by the request dataclasses; each raises InputError saying what was given and what is allowed."""
+
+from __future__ import annotations
+
+import math
+
+from engine.errors import InputError
+
+
+def check_int(name: str, value, lo: int, hi: int) -> None:
+    """A whole number in [lo, hi]; floats that are whole (as the page sends them) pass."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise InputError(f"{name} must be a whole number from {lo} to {hi}; got {value!r}")
+
+
+def check_float(name: str, value, lo: float, hi: float, *, low_open: bool = False, high_open: bool = False) -> None:
+    """A finite number between lo and hi (bounds open where asked)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (lo < value if low_open else lo <= value) and (value < hi if high_open else value <= hi)
+    if not ok:
+        bounds = f"{'above' if low_open else 'from'} {lo:g} {'and below' if high_open else 'to'} {hi:g}"
+        raise InputError(f"{name} must be a number {bounds}; got {value!r}")

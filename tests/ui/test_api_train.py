@@ -1,0 +1,183 @@
+"""/train_start, /train_status, /train_stop and /train_upload through gradio_client against a launched app."""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMPipeline
+from gradio_client import handle_file
+from PIL import Image
+
+# Tiny and fast on one CPU core: about 3-20 steps a second, depending on how often it samples.
+RUN = dict(dataset="digits", resolution=16, batch_size=8, max_steps=400, learning_rate=1e-3, lr_warmup_steps=5,
+           mixed_precision="no", ema=False, seed=0, run_name="", save_every=0, sample_every=10, preset="tiny")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The machine's 2 cores are shared: the server's training thread gets one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def client(running_app):
+    """One client for the module: opening and closing one costs about a second."""
+    from gradio_client import Client
+
+    c = Client(running_app[0], verbose=False)
+    yield c
+    c.close()
+
+
+@pytest.fixture(autouse=True)
+def no_job_left(running_app):
+    """Each test ends with no training job, so the next one (and other tabs' tests) start clean."""
+    yield
+    running_app[1].stop_training(wait=60)
+
+
+def as_dict(value):
+    return value if isinstance(value, dict) else json.loads(value)
+
+
+def status(client):
+    value, grid = client.predict(api_name="/train_status")
+    return as_dict(value), grid
+
+
+def wait_for(client, predicate, timeout=60.0, what="the status"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s, grid = status(client)
+        if predicate(s, grid):
+            return s, grid
+        assert s["state"] in ("starting", "running", "stopping"), f"the job ended early: {s}"
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}: {s}")
+
+
+def test_train_watch_stop_then_sample_the_checkpoint(client, running_app):
+    _, bench, _ = running_app
+    started = as_dict(client.predict(**{**RUN, "run_name": "api-digits"}, api_name="/train_start"))
+    assert started["state"] == "running" and started["run_name"] == "api-digits" and started["total"] == 400
+    assert "1797 images from 'digits'" in started["message"]
+
+    # 1. The status advances: steps, a loss history, then a sample grid; it answers while the run goes on.
+    first, _ = wait_for(client, lambda s, g: s["step"] >= 10, what="a first loss report")
+    t0 = time.time()
+    later, grid = wait_for(client, lambda s, g: g is not None and s["step"] > first["step"],
+                           what="a sample grid and more steps")
+    assert time.time() - t0 < 60
+    assert len(later["losses"]) == later["step"] and len(later["smoothed"]) == later["step"]
+    assert all(isinstance(x, float) and math.isfinite(x) and x > 0 for x in later["losses"])
+    assert later["lr"] > 0 and later["steps_per_sec"] > 0 and later["eta"] > 0
+    assert later["grid_step"] >= 10 and later["grid_step"] % 10 == 0
+    with Image.open(grid) as im:
+        assert im.format == "PNG" and im.size[0] == im.size[1] >= 64  # a 4x4 grid of 16 px samples
+
+    # 2. A second Start while it runs is refused with a clear message; the first goes on.
+    with pytest.raises(Exception, match="a training job is running"):
+        client.predict(**{**RUN, "run_name": "api-second"}, api_name="/train_start")
+    assert status(client)[0]["state"] == "running"
+    assert not (bench.folders.models_dir / "api-second").exists()
+
+    # 3. Stop saves a checkpoint and ends the job.
+    stopped = as_dict(client.predict(api_name="/train_stop"))
+    assert stopped["state"] == "stopped" and 10 <= stopped["step"] < 400
+    assert stopped["checkpoint_step"] == stopped["step"]
+    path = Path(stopped["checkpoint"])
+    assert path == bench.folders.models_dir / "api-digits"
+
+    # 4. The checkpoint is a DDPMPipeline, listed among the unconditional models, and /ddpm samples from it.
+    pipe = DDPMPipeline.from_pretrained(path, local_files_only=True)
+    assert pipe.unet.config.sample_size == 16 and pipe.unet.config.in_channels == 1
+    assert "api-digits" in bench.list_models("unconditional")
+    final = client.predict(model="api-digits", scheduler="DDIM", steps=4, seed=1, batch_size=1, api_name="/ddpm")
+    with Image.open(final[0]) as im:
+        assert im.size == (16, 16)
+        ours = np.asarray(im.convert("L")).astype(int)
+    ddim = DDPMPipeline(unet=pipe.unet, scheduler=DDIMScheduler.from_config(pipe.scheduler.config))
+    out = ddim(batch_size=1, num_inference_steps=4, generator=torch.Generator("cpu").manual_seed(1),
+               output_type="np").images  # (1, 16, 16, 1)
+    assert np.abs(ours - (out[0, ..., 0] * 255).round().astype(int)).max() <= 2  # the page sampled this checkpoint
+
+
+def test_resume_continues_from_the_checkpoint(client, running_app):
+    client.predict(**{**RUN, "run_name": "api-resume", "sample_every": 0}, api_name="/train_start")
+    wait_for(client, lambda s, g: s["step"] >= 10, what="a first loss report")
+    stopped = as_dict(client.predict(api_name="/train_stop"))
+    step = stopped["step"]
+    # The form's other settings are ignored on resume (the run keeps its own); run control may change.
+    resumed = as_dict(client.predict(**{**RUN, "run_name": "api-resume", "learning_rate": 0.5, "max_steps": 500,
+                                        "sample_every": 0}, resume=True, api_name="/train_start"))
+    assert resumed["state"] == "running" and resumed["start_step"] == step and resumed["total"] == 500
+    s, _ = wait_for(client, lambda s, g: s["step"] > step, what="steps after the resume")
+    assert len(s["losses"]) == s["step"]  # the earlier session's losses come back with the checkpoint
+    assert as_dict(client.predict(api_name="/train_stop"))["state"] == "stopped"
+
+
+@pytest.fixture(scope="module")
+def few_images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("upload")
+    paths = []
+    for i in range(3):
+        paths.append(folder / f"{i}.png")
+        Image.new("RGB", (12, 12), (i * 80, 40, 200)).save(paths[-1])
+    return paths
+
+
+def test_upload_saves_a_data_folder(client, running_app, few_images):
+    update, note = client.predict(files=[handle_file(p) for p in few_images], folder_name="api-few",
+                                  api_name="/train_upload")
+    assert "api-few" in note
+    assert sorted(p.suffix for p in (running_app[2] / "data" / "api-few").iterdir()) == [".png"] * 3
+    with pytest.raises(Exception, match="no image files"):
+        client.predict(files=[], folder_name="api-nothing", api_name="/train_upload")
+
+
+@pytest.mark.parametrize(
+    "setup, change, words",
+    [
+        ("empty", dict(dataset="api-empty"), "no readable image"),
+        ("broken", dict(dataset="api-broken"), "no readable image"),
+        ("few", dict(dataset="api-few3"), "3 usable image(s), fewer than one step needs: batch size 8"),
+        ("few", dict(dataset="api-few3"), "lower the batch size to 3 or turn on clamp_batch_size"),
+        (None, dict(dataset="no-such-folder"), "unknown data"),
+        (None, dict(dataset="../outside"), "outside the data dir"),
+        (None, dict(resolution=15), "multiple of 2"),
+        (None, dict(mixed_precision="fp16"), "fp16 mixed precision needs a CUDA GPU"),
+        (None, dict(run_name="../evil"), "run name"),
+    ],
+)
+def test_bad_data_is_a_clear_error_before_any_step(client, running_app, few_images, setup, change, words):
+    data_dir = running_app[2] / "data"
+    if setup == "empty":
+        (data_dir / "api-empty").mkdir(exist_ok=True)
+    elif setup == "broken":
+        (data_dir / "api-broken").mkdir(exist_ok=True)
+        (data_dir / "api-broken" / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    elif setup == "few" and not (data_dir / "api-few3").exists():
+        client.predict(files=[handle_file(p) for p in few_images], folder_name="api-few3", api_name="/train_upload")
+    with pytest.raises(Exception) as info:
+        client.predict(**{**RUN, "run_name": "api-bad", **change}, api_name="/train_start")
+    assert words.lower() in str(info.value).lower() and "Traceback" not in str(info.value)
+    s, _ = status(client)  # the server keeps serving, and no step ran
+    assert s["state"] != "running" and s["step"] == 0 and s["checkpoint"] is None
+    assert not (running_app[2] / "models" / "api-bad").exists()
+
+
+def test_clamp_trains_on_fewer_images_than_the_batch(client, running_app, few_images):
+    if not (running_app[2] / "data" / "api-few3").exists():
+        client.predict(files=[handle_file(p) for p in few_images], folder_name="api-few3", api_name="/train_upload")
+    started = as_dict(client.predict(**{**RUN, "dataset": "api-few3", "run_name": "api-clamped", "sample_every": 0,
+                                        "max_steps": 20}, clamp_batch_size=True, api_name="/train_start"))
+    assert started["state"] == "running" and "3 images" in started["message"]
+    s = running_app[1].training.wait(60)
+    assert s.state == "finished" and s.step == 20 and s.checkpoint

@@ -1,0 +1,354 @@
+"""The Training tab: pick data, set the recipe, start a run in the background, watch its loss and samples.
+
+The job belongs to the server (:class:`engine.train_jobs.TrainingManager`), not to the page:
+the page only polls its status, so closing the browser does not stop a run, and a page
+opened later shows it. Start waits for the data check and the model build, then returns;
+Stop asks the run to save a checkpoint and end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import gradio as gr
+import pandas as pd
+
+from engine.objectives import BETA_SCHEDULES, PRESETS
+from engine.train import MIXED_PRECISION, TrainRequest, field_help
+from engine.train_jobs import FAILED, IDLE, TrainStatus
+from ui.common import DEVICE_QUEUE, friendly_errors, progress_html
+
+POLL_INTERVAL = 1.0  # seconds between status polls; the loss itself arrives every log_every steps
+MAX_PLOT_POINTS = 1000  # per curve: a long run's history is thinned so that a poll stays small
+STOP_WAIT = 120.0  # seconds Stop waits for the checkpoint before it answers (the run still ends after)
+UNCONDITIONAL_TAB = "Unconditional"  # the tab "Sample from this checkpoint" switches to
+HELP = {name: comment for name, (_, comment) in field_help().items()}
+
+
+@dataclass(frozen=True)
+class _Status:
+    """The status widgets, in the order every status handler returns them."""
+
+    progress: gr.HTML
+    info: gr.JSON
+    loss_plot: gr.LinePlot
+    grid: gr.Image
+    checkpoint: gr.Markdown
+    sample: gr.Button
+    runs: gr.Dropdown
+    unconditional_model: gr.Dropdown | None
+
+    def outputs(self) -> list:
+        widgets = [self.progress, self.info, self.loss_plot, self.grid, self.checkpoint, self.sample, self.runs]
+        return widgets + ([self.unconditional_model] if self.unconditional_model is not None else [])
+
+
+def build(
+    *,
+    start_training: Callable[[TrainRequest], TrainStatus],  # returns once the first step is about to run
+    resume_training: Callable[..., TrainStatus],  # (run_name, **run-control changes)
+    run_settings: Callable[[str], TrainRequest],  # the request a run was started with
+    stop_training: Callable[[float], TrainStatus],  # (seconds to wait for the checkpoint)
+    training_status: Callable[[], TrainStatus],
+    list_data: Callable[[], list[str]],
+    save_upload: Callable[[list[str], str], str],  # (files, folder name) -> the new folder's name
+    list_runs: Callable[[], list[str]],  # runs with a checkpoint to resume
+    list_unconditional_models: Callable[[], list[str]],
+    unconditional_model: gr.Dropdown | None = None,  # the Unconditional tab's model box, kept up to date
+) -> None:
+    """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
+    defaults = TrainRequest()
+    with gr.Row():
+        with gr.Column(scale=2):
+            w = _settings(defaults, list_data, list_runs)
+        with gr.Column(scale=3):
+            status = _status_column(w["runs"], unconditional_model)
+    seen = gr.State(None)  # what this page shows already, so a poll sends only what changed
+    api_status = gr.JSON(visible=False, label="status")
+    api_grid = gr.Image(visible=False, format="png", label="grid")
+    api_trigger = gr.Button(visible=False)
+
+    @friendly_errors
+    def train_start(dataset, resolution, batch_size, max_steps, learning_rate, lr_warmup_steps, mixed_precision,
+                    ema, seed, run_name, save_every, sample_every, preset=defaults.preset,
+                    epochs=defaults.num_epochs, gradient_accumulation_steps=defaults.gradient_accumulation_steps,
+                    beta_schedule=defaults.beta_schedule, num_train_timesteps=defaults.num_train_timesteps,
+                    resume=False, clamp_batch_size=defaults.clamp_batch_size, random_flip=defaults.random_flip):
+        run_name = (run_name or "").strip()
+        if resume:
+            started = resume_training(run_name, max_steps=_whole(max_steps), num_epochs=_whole(epochs),
+                                      save_every=_whole(save_every), sample_every=_whole(sample_every))
+        else:
+            started = start_training(TrainRequest(
+                data=(dataset or "").strip(), run_name=run_name, preset=preset, resolution=_whole(resolution),
+                batch_size=_whole(batch_size), clamp_batch_size=clamp_batch_size, num_epochs=_whole(epochs),
+                max_steps=_whole(max_steps), learning_rate=learning_rate, lr_warmup_steps=_whole(lr_warmup_steps),
+                gradient_accumulation_steps=_whole(gradient_accumulation_steps), mixed_precision=mixed_precision,
+                use_ema=ema, num_train_timesteps=_whole(num_train_timesteps), beta_schedule=beta_schedule,
+                random_flip=random_flip, seed=_whole(seed), save_every=_whole(save_every),
+                sample_every=_whole(sample_every),
+            ))
+        if started.state == FAILED:  # not the user's doing: the log has the traceback
+            raise gr.Error(started.message, print_exception=False)
+        return status_dict(started)
+
+    @friendly_errors
+    def train_stop():
+        return status_dict(stop_training(STOP_WAIT))
+
+    @friendly_errors
+    def train_status():
+        s = training_status()
+        return status_dict(s, history=True), s.grid
+
+    @friendly_errors
+    def train_upload(files, folder_name):
+        name = save_upload(list(files or []), (folder_name or "").strip())
+        return gr.update(choices=list_data(), value=name), f"Saved as data folder **{name}**; it is selected above."
+
+    def show_all():
+        return poll(None)
+
+    def poll(shown):
+        return _status_updates(training_status(), shown, status, list_runs, list_unconditional_models)
+
+    def sample_checkpoint():
+        s = training_status()
+        if not s.checkpoint:
+            return gr.skip()
+        return gr.update(choices=list_unconditional_models(), value=s.run_name)
+
+    form = {name: w[name] for name in FORM_FIELDS}  # picking a run to resume fills these with its settings
+
+    @friendly_errors
+    def pick_run(name):
+        if not name:
+            return [gr.skip()] * (len(form) + 1)
+        saved = run_settings(name)
+        return [getattr(saved, field) for field in form] + [True]
+
+    w["start"].click(
+        train_start, inputs=[w[name] for name in START_INPUTS], outputs=[status.info], api_name="train_start",
+        concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
+    )
+    # Status and Stop stay out of the device queue: they must answer while the run holds the device.
+    w["stop"].click(train_stop, None, [status.info], api_name="train_stop", concurrency_limit=None)
+    api_trigger.click(train_status, None, [api_status, api_grid], api_name="train_status", concurrency_limit=None)
+    w["save"].click(train_upload, [w["files"], w["folder_name"]], [w["data"], w["upload_note"]],
+                    api_name="train_upload")
+    w["refresh_data"].click(lambda: gr.update(choices=list_data()), None, w["data"], api_visibility="private")
+    w["runs"].change(pick_run, w["runs"], list(form.values()) + [w["resume"]], api_visibility="private")
+    gr.on(None, show_all, None, status.outputs() + [seen], api_visibility="private", concurrency_limit=None,
+          show_progress="hidden")  # on page load: a reopened page shows the running job at once
+    gr.Timer(POLL_INTERVAL).tick(poll, seen, status.outputs() + [seen], api_visibility="private",
+                                 concurrency_limit=None, show_progress="hidden")
+    if unconditional_model is not None:
+        status.sample.click(sample_checkpoint, None, unconditional_model, api_visibility="private",
+                            js=_switch_tab_js(UNCONDITIONAL_TAB))
+
+
+# -- layout ------------------------------------------------------------------------------------
+# TrainRequest fields that have a widget (the widgets dict uses these names).
+FORM_FIELDS = ("data", "run_name", "preset", "resolution", "batch_size", "clamp_batch_size", "num_epochs", "max_steps",
+               "learning_rate", "lr_warmup_steps", "gradient_accumulation_steps", "mixed_precision", "use_ema",
+               "num_train_timesteps", "beta_schedule", "random_flip", "seed", "save_every", "sample_every")
+# /train_start's inputs, in the order of its parameters (the issue's twelve first).
+START_INPUTS = ("data", "resolution", "batch_size", "max_steps", "learning_rate", "lr_warmup_steps",
+                "mixed_precision", "use_ema", "seed", "run_name", "save_every", "sample_every", "preset", "num_epochs",
+                "gradient_accumulation_steps", "beta_schedule", "num_train_timesteps", "resume", "clamp_batch_size",
+                "random_flip")
+
+
+def _settings(d: TrainRequest, list_data, list_runs) -> dict:
+    """The left column: data, recipe, run, Start and Stop. Widgets by name (TrainRequest's, for its fields)."""
+    w = {}
+
+    def number(name, label, **kw):
+        w[name] = gr.Number(value=getattr(d, name), precision=0, label=label, info=HELP[name], **kw)
+
+    with gr.Row():
+        w["data"] = gr.Dropdown(list_data(), value=d.data, label="Data", allow_custom_value=True, scale=4,
+                                elem_id="train-data",
+                                info="digits (built in), a folder under the data dir, or a hub dataset id (owner/name)")
+        w["refresh_data"] = gr.Button("↻ Refresh", scale=1, min_width=60, elem_id="train-data-refresh")
+    w["clamp_batch_size"] = gr.Checkbox(value=d.clamp_batch_size, elem_id="train-clamp",
+                                        label="clamp_batch_size: with fewer images than the batch size, "
+                                              "train on all of them")
+    with gr.Accordion("Upload images or a zip as a new data folder", open=False):
+        w["files"] = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or zips",
+                             elem_id="train-files")
+        with gr.Row():
+            w["folder_name"] = gr.Textbox(label="Folder name ('' = upload, upload-2, ...)", scale=3)
+            w["save"] = gr.Button("Save as a data folder", scale=1, elem_id="train-upload")
+        w["upload_note"] = gr.Markdown(label="Upload", elem_id="train-upload-note")
+    with gr.Row():
+        w["preset"] = gr.Dropdown(list(PRESETS), value=d.preset, label="Preset", info=HELP["preset"])
+        number("resolution", "Resolution (px)", elem_id="train-resolution")
+    with gr.Row():
+        number("batch_size", "Batch size", elem_id="train-batch")
+        number("num_epochs", "Epochs")
+        number("max_steps", "Max steps", elem_id="train-max-steps")
+    with gr.Row():
+        w["learning_rate"] = gr.Number(value=d.learning_rate, label="Learning rate", info=HELP["learning_rate"],
+                                       elem_id="train-lr")
+        number("lr_warmup_steps", "Warm-up steps", elem_id="train-warmup")
+        w["mixed_precision"] = gr.Radio(list(MIXED_PRECISION), value=d.mixed_precision, label="Mixed precision",
+                                        info=HELP["mixed_precision"])
+    with gr.Row():
+        w["run_name"] = gr.Textbox(label="Run name", info=HELP["run_name"], elem_id="train-run-name")
+        number("save_every", "Save every N steps", elem_id="train-save-every")
+        number("sample_every", "Sample every N steps", elem_id="train-sample-every")
+    with gr.Accordion("More settings", open=False):
+        with gr.Row():
+            w["use_ema"] = gr.Checkbox(value=d.use_ema, label="EMA weights", info=HELP["use_ema"])
+            w["random_flip"] = gr.Checkbox(value=d.random_flip, label="Random horizontal flip",
+                                           info=HELP["random_flip"])
+            number("seed", "Seed")
+        with gr.Row():
+            w["beta_schedule"] = gr.Dropdown(list(BETA_SCHEDULES), value=d.beta_schedule, label="Beta schedule",
+                                             info=HELP["beta_schedule"])
+            number("num_train_timesteps", "Train timesteps")
+            number("gradient_accumulation_steps", "Gradient accumulation")
+    with gr.Row():
+        w["resume"] = gr.Checkbox(value=False, label="Resume the run named above", elem_id="train-resume",
+                                  info="it keeps its own settings; only epochs, max steps and the save and sample "
+                                       "intervals above apply")
+        w["runs"] = gr.Dropdown(list_runs(), value=None, label="Runs with a checkpoint", elem_id="train-runs",
+                                info="pick one to fill the form with its settings and resume it")
+    with gr.Row():
+        w["start"] = gr.Button("Start", variant="primary", elem_id="train-start")
+        w["stop"] = gr.Button("Stop (saves a checkpoint)", variant="stop", elem_id="train-stop")
+    return w
+
+
+def _status_column(runs: gr.Dropdown, unconditional_model: gr.Dropdown | None) -> _Status:
+    """The right column: progress, loss curve, sample grid, checkpoint, the status as JSON."""
+    progress = gr.HTML(_progress(TrainStatus()), elem_id="train-progress")
+    loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Training loss", height=280, x_title="step",
+                            y_title="loss (MSE)", elem_id="train-loss",
+                            color_map={"raw": "#a3a3a3", "smoothed": "#ea580c"})
+    grid = gr.Image(label=_grid_label(TrainStatus()), format="png", interactive=False, height=320,
+                    elem_id="train-grid", elem_classes="wb-pixels")
+    with gr.Row():
+        checkpoint = gr.Markdown("No checkpoint yet.", elem_id="train-checkpoint")
+        sample = gr.Button("Sample from this checkpoint", visible=False, scale=0, elem_id="train-sample")
+    with gr.Accordion("Status (JSON)", open=False):
+        info = gr.JSON(label="Run", elem_id="train-info")
+    return _Status(progress=progress, info=info, loss_plot=loss_plot, grid=grid, checkpoint=checkpoint,
+                   sample=sample, runs=runs, unconditional_model=unconditional_model)
+
+
+# -- status to widgets ------------------------------------------------------------------------
+def status_dict(s: TrainStatus, *, history: bool = False) -> dict:
+    """The status as plain JSON; ``history`` adds the per-step raw and smoothed losses."""
+    out = {
+        "state": s.state, "run_name": s.run_name, "step": s.step, "total": s.total, "start_step": s.start_step,
+        "loss": _finite(s.losses[-1]) if s.losses else None,
+        "smoothed_loss": _finite(s.smoothed[-1]) if s.smoothed else None,
+        "lr": s.lr, "steps_per_sec": round(s.steps_per_sec, 3), "images_per_sec": round(s.images_per_sec, 2),
+        "eta": None if s.eta is None else round(s.eta, 1), "elapsed": round(s.elapsed, 1),
+        "grid_step": s.grid_step, "checkpoint": s.checkpoint, "checkpoint_step": s.checkpoint_step,
+        "run_dir": s.run_dir, "message": s.message,
+    }
+    if history:
+        out["losses"] = [_finite(x) for x in s.losses]  # losses[i] is the loss of step i + 1
+        out["smoothed"] = [_finite(x) for x in s.smoothed]
+    return out
+
+
+def loss_frame(losses, smoothed) -> pd.DataFrame:
+    """Long-format rows (step, loss, series) for the plot, thinned to :data:`MAX_PLOT_POINTS` per curve."""
+    n = len(losses)
+    stride = max(1, math.ceil(n / MAX_PLOT_POINTS))
+    index = list(range(0, n, stride))
+    if index and index[-1] != n - 1:
+        index.append(n - 1)  # always the newest point
+    steps = [i + 1 for i in index]
+    return pd.DataFrame({
+        "step": steps * 2,
+        "loss": [losses[i] for i in index] + [smoothed[i] for i in index],
+        "series": ["raw"] * len(index) + ["smoothed"] * len(index),
+    })
+
+
+def _status_updates(s: TrainStatus, shown: dict | None, status: _Status, list_runs, list_unconditional_models):
+    """Updates for :meth:`_Status.outputs` plus the new ``shown``; unchanged widgets are skipped."""
+    now = {"run": s.run_name, "state": s.state, "step": s.step, "message": s.message, "losses": len(s.losses),
+           "grid": s.grid_step, "checkpoint": (s.checkpoint, s.checkpoint_step)}
+    shown = shown or {}
+
+    def changed(*keys) -> bool:
+        return any(shown.get(k) != now[k] for k in ("run", *keys))
+
+    text = changed("state", "step", "message")
+    plot = changed("losses")
+    grid = changed("grid")
+    checkpoint = changed("checkpoint")
+    updates = [
+        _progress(s) if text else gr.skip(),
+        status_dict(s) if text else gr.skip(),
+        (loss_frame(s.losses, s.smoothed) if s.losses else None) if plot else gr.skip(),
+        gr.update(value=s.grid, label=_grid_label(s)) if grid else gr.skip(),
+        _checkpoint_text(s) if checkpoint else gr.skip(),
+        gr.update(visible=bool(s.checkpoint) and status.unconditional_model is not None) if checkpoint else gr.skip(),
+        gr.update(choices=list_runs()) if checkpoint else gr.skip(),
+    ]
+    if status.unconditional_model is not None:  # a new checkpoint is in the Unconditional tab's list at once
+        updates.append(gr.update(choices=list_unconditional_models()) if checkpoint else gr.skip())
+    return (*updates, now)
+
+
+def _progress(s: TrainStatus) -> str:
+    if s.state == IDLE:
+        return progress_html(0, 1, note="idle: no training job since the server started")
+    parts = [s.state, s.run_name]
+    if s.losses:
+        parts.append(f"loss {s.losses[-1]:.4f} (smoothed {s.smoothed[-1]:.4f})")
+    if s.lr is not None:
+        parts.append(f"lr {s.lr:.2e}")
+    if s.steps_per_sec:
+        parts.append(f"{s.steps_per_sec:.2f} steps/s")
+    if s.active and s.eta is not None:
+        parts.append(f"ETA {_duration(s.eta)}")
+    if s.message:
+        parts.append(s.message)
+    return progress_html(s.step, s.total or 1, elapsed=s.elapsed, note=" · ".join(parts))
+
+
+def _grid_label(s: TrainStatus) -> str:
+    if s.grid_step is None:
+        return "Samples (DDIM, the same seeds each time)"
+    return f"Samples at step {s.grid_step} (DDIM, the same seeds each time)"
+
+
+def _checkpoint_text(s: TrainStatus) -> str:
+    if not s.checkpoint:
+        return "No checkpoint yet."
+    return (f"Checkpoint at step {s.checkpoint_step}: model **`{s.run_name}`** in the Unconditional tab's list; "
+            f"in Python `DDPMPipeline.from_pretrained(\"{s.checkpoint}\")`.")
+
+
+def _switch_tab_js(label: str) -> str:
+    """Client-side: click the tab whose button reads ``label`` (the server then sets its model)."""
+    return ("() => { const tab = [...document.querySelectorAll('button[role=tab]')]"
+            f".find(b => b.innerText.trim() === {label!r}); if (tab) tab.click(); }}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN or infinity: a diverged loss shows as null."""
+    return float(value) if math.isfinite(value) else None
+
+
+def _whole(value):
+    """Numbers from the page arrive as floats; whole ones become ints, others pass on to validation."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
