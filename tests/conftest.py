@@ -13,6 +13,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One torch thread for the whole suite: on the 2-core test machine the server, Chromium and the
+    tests share the cores, and a second OpenMP thread in a worker thread runs many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_sd():
     from engine.tiny import tiny_sd_pipeline

@@ -83,6 +83,13 @@ def progress_html(step: int, total: int, timestep: float | None = None, elapsed:
     )
 
 
+def whole(value):
+    """Numbers from the page arrive as floats; whole ones become ints, others pass on to validation."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def model_dropdown(choices: list[str], value: str, label: str = "Model") -> gr.Dropdown:
     return gr.Dropdown(
         choices=choices, value=value, label=label, allow_custom_value=True, scale=4,

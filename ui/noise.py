@@ -16,7 +16,7 @@ from engine.noise import (
     NoiseRequest,
     NoiseSchedule,
 )
-from ui.common import friendly_errors
+from ui.common import friendly_errors, whole
 
 CUSTOM = "(the settings below)"
 
@@ -83,7 +83,7 @@ def build(
             label, main = model, schedule_of_model(model)
         else:
             label = beta_schedule
-            main = NoiseSchedule(beta_schedule=beta_schedule, num_train_timesteps=_whole(num_train_timesteps),
+            main = NoiseSchedule(beta_schedule=beta_schedule, num_train_timesteps=whole(num_train_timesteps),
                                  beta_start=beta_start, beta_end=beta_end,
                                  rescale_betas_zero_snr=bool(rescale_betas_zero_snr))
         out = {label: main}
@@ -102,13 +102,13 @@ def build(
         chosen = schedules(model, beta_schedule, num_train_timesteps, beta_start, beta_end, rescale_betas_zero_snr,
                            overlay)
         main = next(iter(chosen.values()))
-        request = NoiseRequest(timesteps=timesteps, schedule=main, seed=_whole(seed), resolution=_whole(resolution),
+        request = NoiseRequest(timesteps=timesteps, schedule=main, seed=whole(seed), resolution=whole(resolution),
                                sample_image=sample_image)
         result = add_noise(request, image)
         gallery = [(im, f"t = {t}, √ᾱ = {a ** 0.5:.2f}")
                    for im, t, a in zip(result.images, result.timesteps, result.alpha_bars)]
         marker = None if marker_scheduler in (None, "", "(none)") else marker_scheduler
-        frames = plot_frames(chosen, marker, _whole(marker_steps) if marker else None)
+        frames = plot_frames(chosen, marker, whole(marker_steps) if marker else None)
         slider = gr.update(maximum=main.num_train_timesteps - 1)
         series = [list(dict.fromkeys(frame["series"])) for frame in frames.values()]
         if series != shown_series:
@@ -123,8 +123,8 @@ def build(
                      rescale_betas_zero_snr, resolution, sample_image, model):
         main = next(iter(schedules(model, beta_schedule, num_train_timesteps, beta_start, beta_end,
                                    rescale_betas_zero_snr, ()).values()))
-        request = NoiseRequest(timesteps=(min(_whole(t), main.num_train_timesteps - 1),), schedule=main,
-                               seed=_whole(seed), resolution=_whole(resolution), sample_image=sample_image)
+        request = NoiseRequest(timesteps=(min(whole(t), main.num_train_timesteps - 1),), schedule=main,
+                               seed=whole(seed), resolution=whole(resolution), sample_image=sample_image)
         return add_noise(request, image).images[0]
 
     shown_series = gr.State(None)  # each plot's series as last drawn
@@ -147,10 +147,3 @@ def build(
                      resolution, sample_image, model]
     single_t.release(single_frame, single_inputs, single, api_visibility="private")
     refresh.click(lambda: gr.update(choices=[CUSTOM] + list_models()), None, model, api_visibility="private")
-
-
-def _whole(value):
-    """Numbers from the page arrive as floats; whole ones become ints, others pass on to validation."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value

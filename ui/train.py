@@ -18,7 +18,7 @@ import pandas as pd
 from engine.objectives import BETA_SCHEDULES, PRESETS
 from engine.train import MIXED_PRECISION, TrainRequest, field_help
 from engine.train_jobs import FAILED, IDLE, TrainStatus
-from ui.common import DEVICE_QUEUE, friendly_errors, progress_html
+from ui.common import DEVICE_QUEUE, friendly_errors, progress_html, whole
 
 POLL_INTERVAL = 1.0  # seconds between status polls; the loss itself arrives every log_every steps
 MAX_PLOT_POINTS = 1000  # per curve: a long run's history is thinned so that a poll stays small
@@ -78,17 +78,17 @@ def build(
                     resume=False, clamp_batch_size=defaults.clamp_batch_size, random_flip=defaults.random_flip):
         run_name = (run_name or "").strip()
         if resume:
-            started = resume_training(run_name, max_steps=_whole(max_steps), num_epochs=_whole(epochs),
-                                      save_every=_whole(save_every), sample_every=_whole(sample_every))
+            started = resume_training(run_name, max_steps=whole(max_steps), num_epochs=whole(epochs),
+                                      save_every=whole(save_every), sample_every=whole(sample_every))
         else:
             started = start_training(TrainRequest(
-                data=(dataset or "").strip(), run_name=run_name, preset=preset, resolution=_whole(resolution),
-                batch_size=_whole(batch_size), clamp_batch_size=clamp_batch_size, num_epochs=_whole(epochs),
-                max_steps=_whole(max_steps), learning_rate=learning_rate, lr_warmup_steps=_whole(lr_warmup_steps),
-                gradient_accumulation_steps=_whole(gradient_accumulation_steps), mixed_precision=mixed_precision,
-                use_ema=ema, num_train_timesteps=_whole(num_train_timesteps), beta_schedule=beta_schedule,
-                random_flip=random_flip, seed=_whole(seed), save_every=_whole(save_every),
-                sample_every=_whole(sample_every),
+                data=(dataset or "").strip(), run_name=run_name, preset=preset, resolution=whole(resolution),
+                batch_size=whole(batch_size), clamp_batch_size=clamp_batch_size, num_epochs=whole(epochs),
+                max_steps=whole(max_steps), learning_rate=learning_rate, lr_warmup_steps=whole(lr_warmup_steps),
+                gradient_accumulation_steps=whole(gradient_accumulation_steps), mixed_precision=mixed_precision,
+                use_ema=ema, num_train_timesteps=whole(num_train_timesteps), beta_schedule=beta_schedule,
+                random_flip=random_flip, seed=whole(seed), save_every=whole(save_every),
+                sample_every=whole(sample_every),
             ))
         if started.state == FAILED:  # not the user's doing: the log has the traceback
             raise gr.Error(started.message, print_exception=False)
@@ -345,10 +345,3 @@ def _duration(seconds: float) -> str:
 def _finite(value: float) -> float | None:
     """JSON has no NaN or infinity: a diverged loss shows as null."""
     return float(value) if math.isfinite(value) else None
-
-
-def _whole(value):
-    """Numbers from the page arrive as floats; whole ones become ints, others pass on to validation."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value

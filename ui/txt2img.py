@@ -9,7 +9,7 @@ from PIL import Image
 
 from engine.events import Done, Started, Step
 from engine.txt2img import MAX_GUIDANCE, MAX_STEPS, Txt2ImgRequest
-from ui.common import DEVICE_QUEUE, friendly_errors, model_dropdown, progress_html, stream
+from ui.common import DEVICE_QUEUE, friendly_errors, model_dropdown, progress_html, stream, whole
 
 
 def build(
@@ -62,9 +62,9 @@ def build(
                 vae_preview_every=0):
         request = Txt2ImgRequest(
             model=model, prompt=prompt or "", negative_prompt=negative_prompt or "",
-            num_inference_steps=_whole(steps), guidance_scale=guidance_scale, scheduler=scheduler,
-            seed=_whole(seed), width=_whole(width), height=_whole(height),
-            vae_preview_every=_whole(vae_preview_every) or 0,
+            num_inference_steps=whole(steps), guidance_scale=guidance_scale, scheduler=scheduler,
+            seed=whole(seed), width=whole(width), height=whole(height),
+            vae_preview_every=whole(vae_preview_every) or 0,
         )
         total = request.num_inference_steps
         for event in stream(lambda cancel: iter_txt2img(request, cancel=cancel)):
@@ -107,10 +107,3 @@ def build(
     scrub.release(show_step, [scrub, history], [image, xt, progress], api_visibility="private")
     refresh.click(lambda: gr.update(choices=list_models()), None, model, api_visibility="private")
     model.change(on_model_change, model, [width, height], api_visibility="private")
-
-
-def _whole(value):
-    """Numbers from the page arrive as floats; whole ones become ints, others pass on to validation."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value

@@ -8,7 +8,7 @@ import gradio as gr
 
 from engine.events import Done, Started, Step
 from engine.unconditional import MAX_BATCH, UnconditionalRequest
-from ui.common import DEVICE_QUEUE, friendly_errors, model_dropdown, progress_html, stream
+from ui.common import DEVICE_QUEUE, friendly_errors, model_dropdown, progress_html, stream, whole
 
 
 def build(
@@ -57,8 +57,8 @@ def build(
     @friendly_errors
     def ddpm(model, scheduler, steps, seed, batch_size):
         request = UnconditionalRequest(model=model or default_model, scheduler=scheduler,
-                                       num_inference_steps=_whole(steps), seed=_whole(seed),
-                                       batch_size=_whole(batch_size))
+                                       num_inference_steps=whole(steps), seed=whole(seed),
+                                       batch_size=whole(batch_size))
         for event in stream(lambda cancel: iter_unconditional(request, cancel=cancel)):
             if isinstance(event, Started):
                 yield (gr.skip(), gr.skip(), progress_html(0, event.total, note=f"seed {event.info['seed']}"),
@@ -93,10 +93,3 @@ def build(
 def _timesteps_text(timesteps: tuple[int, ...]) -> str:
     """As the seed notes print ``scheduler.timesteps``: tensor([980, 960, ..., 0])."""
     return f"{len(timesteps)} steps: tensor([{', '.join(str(t) for t in timesteps)}])"
-
-
-def _whole(value):
-    """Numbers from the page arrive as floats; whole ones become ints, others pass on to validation."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value

@@ -9,15 +9,6 @@ import torch
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The machine's 2 cores are shared with Chromium: the server's training thread gets one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
 def no_job_left(running_app):
     yield

@@ -13,14 +13,6 @@ from engine.models import BUILTINS
 from engine.quality import evaluate_ddpm, evaluate_sd, load_builtin
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def folder_mb(name: str) -> float:
     return sum(p.stat().st_size for p in BUILTINS[name].folder.rglob("*") if p.is_file()) / 2**20
 

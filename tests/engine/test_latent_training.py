@@ -11,14 +11,6 @@ from engine.preview import LATENT_RGB_FILE, LatentRGBPreviewer
 from engine.train import TrainDone, TrainRequest, TrainStep, iter_train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(request, tmp_path, objective):
     events = list(iter_train(request, models_dir=tmp_path, data_dir=tmp_path, device="cpu", objective=objective))
     assert isinstance(events[-1], TrainDone) and not events[-1].stopped

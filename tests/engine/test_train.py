@@ -22,15 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 SIZE = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine's 2 cores are shared: two torch threads there run many times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """``shapes``: 16 small RGB images (a coloured square on a gradient); ``few``: 3; ``empty``: none."""

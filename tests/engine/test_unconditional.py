@@ -18,16 +18,6 @@ from engine.unconditional import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny UNets gain nothing from a second thread, and on a shared 2-core machine the
-    OpenMP team of the streaming worker thread fights the other processes for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_ddpm():
     from engine.tiny import tiny_ddpm_pipeline

@@ -17,15 +17,6 @@ RUN = dict(dataset="digits", resolution=16, batch_size=8, max_steps=400, learnin
            mixed_precision="no", ema=False, seed=0, run_name="", save_every=0, sample_every=10, preset="tiny")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The machine's 2 cores are shared: the server's training thread gets one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def client(running_app):
     """One client for the module: opening and closing one costs about a second."""
