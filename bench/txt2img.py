@@ -15,6 +15,7 @@ import argparse
 import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -100,20 +101,30 @@ def main() -> None:
                 frames += 1
         return frames
 
-    def run_engine_every_step():
+    def run_engine_every_step():  # in the loop's own thread: no frame dropped, conversions on the loop
         for event in iter_txt2img(request, pipe=pipe):
             if isinstance(event, Step):
                 event.preview_x0.array(), event.preview_xt.array()
 
     def timed(fn):
-        sync(device)
-        t = time.perf_counter()
-        out = fn()
-        sync(device)
-        return time.perf_counter() - t, out
+        """Seconds of ``fn`` run in a fresh thread, as the page runs model work (never the main thread:
+        a BLAS call there leaves an OpenMP team that slows every other thread's torch on 2 cores)."""
+        result = {}
+
+        def body():
+            sync(device)
+            t = time.perf_counter()
+            result["out"] = fn()
+            sync(device)
+            result["seconds"] = time.perf_counter() - t
+
+        thread = threading.Thread(target=body)
+        thread.start()
+        thread.join()
+        return result["seconds"], result["out"]
 
     for fn in (run_pipeline, run_engine_streamed, run_engine_every_step):  # warm-up
-        fn()
+        timed(fn)
     times = {"pipeline": [], "engine (streamed previews)": [], "engine (every step converted)": []}
     frames = []
     for _ in range(args.repeats):  # interleaved, so drifts in machine load hit all three alike

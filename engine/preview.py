@@ -24,25 +24,42 @@ SD15_LATENT_RGB = (
 LATENT_RGB_FILE = "latent_rgb.json"  # stored beside a model's vae/ when fitted for it
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
+def as_array(x) -> np.ndarray:
+    """A float32 numpy copy of a tensor (any device) or array.
+
+    Preview math runs in the consumer's thread on numpy, not torch: a torch op there
+    would start a second OpenMP team beside the denoising loop's, which halves the
+    loop's speed on a 2-core machine (measured: bench/txt2img.py).
+    """
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float32, copy=False)
+    x = x.detach()
+    if x.device.type != "cpu":
+        x = x.to("cpu")
+    if x.dtype == torch.bfloat16:
+        x = x.float()
+    return x.numpy().astype(np.float32, copy=False)
+
+
+def to_uint8(images) -> np.ndarray:
     """(B, 3|1, H, W) in [-1, 1] -> (H, W, 3) uint8 of the first image (or a grid)."""
-    images = images.detach().float()
+    images = as_array(images)
     if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
+        images = np.repeat(images, 3, axis=1)
     grid = make_grid(images)  # (3, H, W)
     # Clamp and round before casting (ComfyUI latent_preview.py::preview_to_image).
-    grid = ((grid / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-    return grid.permute(1, 2, 0).cpu().numpy()
+    grid = np.round(np.clip(grid / 2 + 0.5, 0, 1) * 255).astype(np.uint8)
+    return np.ascontiguousarray(grid.transpose(1, 2, 0))
 
 
-def make_grid(images: torch.Tensor) -> torch.Tensor:
+def make_grid(images: np.ndarray) -> np.ndarray:
     """(B, C, H, W) -> (C, rows*H, cols*W), as square as the batch allows."""
     b, c, h, w = images.shape
     if b == 1:
         return images[0]
     cols = math.ceil(math.sqrt(b))
     rows = math.ceil(b / cols)
-    grid = images.new_zeros((c, rows * h, cols * w))
+    grid = np.zeros((c, rows * h, cols * w), dtype=images.dtype)
     for i in range(b):
         r, k = divmod(i, cols)
         grid[:, r * h : (r + 1) * h, k * w : (k + 1) * w] = images[i]
@@ -61,8 +78,8 @@ class LatentRGBPreviewer:
     """x -> x @ M + b at latent resolution, then a nearest upscale (A1111/ComfyUI style)."""
 
     def __init__(self, matrix=SD15_LATENT_RGB, bias=(0.0, 0.0, 0.0), min_side: int = 256):
-        self.matrix = torch.tensor(matrix, dtype=torch.float32)  # (C, 3)
-        self.bias = torch.tensor(bias, dtype=torch.float32)  # (3,)
+        self.matrix = np.asarray(matrix, dtype=np.float32)  # (C, 3)
+        self.bias = np.asarray(bias, dtype=np.float32)  # (3,)
         self.min_side = min_side
 
     @classmethod
@@ -77,9 +94,9 @@ class LatentRGBPreviewer:
             return cls()
         return cls([[1.0 / latent_channels] * 3] * latent_channels)
 
-    def __call__(self, latents: torch.Tensor) -> np.ndarray:
-        x = latents.detach().float()[:4].cpu()  # (B, C, h, w)
-        rgb = torch.einsum("bchw,cd->bdhw", x, self.matrix) + self.bias[None, :, None, None]
+    def __call__(self, latents, scale: float = 1.0) -> np.ndarray:
+        x = as_array(latents[:4]) * scale  # (B, C, h, w)
+        rgb = np.einsum("bchw,cd->bdhw", x, self.matrix) + self.bias[None, :, None, None]
         return upscale_nearest(to_uint8(rgb), self.min_side)
 
 
@@ -89,8 +106,8 @@ class PixelPreviewer:
     def __init__(self, min_side: int = 256):
         self.min_side = min_side
 
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
-        return upscale_nearest(to_uint8(images[:16]), self.min_side)
+    def __call__(self, images, scale: float = 1.0) -> np.ndarray:
+        return upscale_nearest(to_uint8(as_array(images[:16]) * scale), self.min_side)
 
 
 class VaePreviewer:
@@ -107,21 +124,28 @@ class VaePreviewer:
         return upscale_nearest(to_uint8(images), self.min_side)
 
 
-def predict_x0(scheduler, model_output: torch.Tensor, sample: torch.Tensor, timestep) -> torch.Tensor:
-    """The predicted clean sample x0 for alpha-parameterised schedulers.
+def alpha_bar(scheduler, timestep) -> float:
+    """alpha_bar_t of an alpha-parameterised scheduler, as a Python float (no device sync: CPU table)."""
+    alphas_cumprod = scheduler.alphas_cumprod
+    t = min(max(int(timestep), 0), len(alphas_cumprod) - 1)
+    return float(alphas_cumprod[t])
+
+
+def x0_from(model_output, sample, alpha_bar_t: float, prediction_type: str = "epsilon"):
+    """The predicted clean sample x0, for tensors or numpy arrays alike.
 
     Ho et al. 2020, eq. 15: x0 = (x_t - sqrt(1 - alpha_bar_t) * eps) / sqrt(alpha_bar_t);
     for v-prediction (Salimans & Ho 2022, sec. 4): x0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v.
-    Used where ``scheduler.step`` does not return ``pred_original_sample``.
     """
-    alphas_cumprod = scheduler.alphas_cumprod
-    t = int(timestep)
-    alpha_bar = alphas_cumprod[min(max(t, 0), len(alphas_cumprod) - 1)].to(sample.device, torch.float32)
-    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    a, s = alpha_bar_t**0.5, (1 - alpha_bar_t) ** 0.5
+    if prediction_type == "v_prediction":
+        return a * sample - s * model_output
+    if prediction_type == "sample":
+        return model_output
+    return (sample - s * model_output) / a
+
+
+def predict_x0(scheduler, model_output: torch.Tensor, sample: torch.Tensor, timestep) -> torch.Tensor:
+    """x0 (see :func:`x0_from`) where ``scheduler.step`` does not return ``pred_original_sample``."""
     kind = scheduler.config.get("prediction_type", "epsilon")
-    x, out = sample.float(), model_output.float()
-    if kind == "v_prediction":
-        return a * x - s * out
-    if kind == "sample":
-        return out
-    return (x - s * out) / a
+    return x0_from(model_output.float(), sample.float(), alpha_bar(scheduler, timestep), kind)

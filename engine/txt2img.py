@@ -8,6 +8,7 @@ The loop is the one a learner writes (tokenize, encode, ``init_noise_sigma``,
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import secrets
@@ -179,7 +180,7 @@ def _vp_scale(scheduler) -> float:
 
 
 def _scaled(previewer, factor: float):
-    return previewer if factor == 1.0 else (lambda x: previewer(x * factor))
+    return previewer if factor == 1.0 else functools.partial(previewer, scale=factor)
 
 
 def _info(request: Txt2ImgRequest, scheduler) -> dict:

@@ -30,7 +30,7 @@ from engine.cancel import CancelToken, check
 from engine.errors import InputError, WorkbenchError
 from engine.events import Done, Preview, Started, Step
 from engine.outputs import a1111_parameters, save_png
-from engine.preview import PixelPreviewer, predict_x0
+from engine.preview import PixelPreviewer, alpha_bar, as_array, x0_from
 from engine.schedulers import SCHEDULERS, make_scheduler, scheduler_code
 from engine.validation import check_int
 
@@ -87,8 +87,9 @@ class _X0Previewer:
         self.scheduler, self.timestep, self.pixels = scheduler, timestep, pixels
 
     def __call__(self, pair) -> np.ndarray:
-        model_output, sample = pair
-        return self.pixels(predict_x0(self.scheduler, model_output, sample, self.timestep))
+        model_output, sample = (as_array(x) for x in pair)  # numpy: no torch op in the consumer's thread
+        kind = self.scheduler.config.get("prediction_type", "epsilon")
+        return self.pixels(x0_from(model_output, sample, alpha_bar(self.scheduler, self.timestep), kind))
 
 
 def sample_shape(unet_config, batch_size: int) -> tuple[int, ...]:
