@@ -131,3 +131,31 @@ def test_every_scheduler_runs(tiny_sd):
     for name in SCHEDULERS:
         done = run(tiny_sd, prompt="a", num_inference_steps=3, scheduler=name, seed=0)[-1]
         assert np.asarray(done.images[0]).std() > 0, name
+
+
+def test_full_vae_preview_every_n_steps(tiny_sd):
+    events = run(tiny_sd, prompt="a", num_inference_steps=4, scheduler="DDIM", seed=1, vae_preview_every=2)
+    steps = [e for e in events if isinstance(e, Step)]
+    from engine.preview import LatentRGBPreviewer, VaePreviewer
+
+    kinds = [type(s.preview_x0.previewer) for s in steps]
+    assert kinds == [LatentRGBPreviewer, VaePreviewer, LatentRGBPreviewer, VaePreviewer]
+    # the decoded preview has the image's resolution (upscaled), the linear one the latent's
+    decoded = steps[1].preview_x0.array()
+    assert decoded.shape[2] == 3 and decoded.std() > 0
+
+
+def test_single_file_under_models_dir_loads_with_the_folder_beside_it(tiny_sd, tmp_path):
+    from engine.devices import resolve_device
+    from engine.models import ModelRegistry
+    from engine.single_file import save_single_file
+
+    tiny_sd.save_pretrained(tmp_path / "tiny")
+    save_single_file(tiny_sd, tmp_path / "tiny.safetensors")
+    registry = ModelRegistry(tmp_path, resolve_device("cpu"))
+    assert {"tiny", "tiny.safetensors"} <= set(registry.list_models("txt2img"))
+    pipe = registry.load("tiny.safetensors", "txt2img")
+    kw = dict(prompt="a seven", num_inference_steps=3, seed=3, scheduler="Euler")
+    ours = np.asarray(run(pipe, **kw)[-1].images[0]).astype(int)
+    folder = np.asarray(run(registry.load("tiny", "txt2img"), **kw)[-1].images[0]).astype(int)
+    assert np.abs(ours - folder).max() <= 2
