@@ -5,18 +5,13 @@ import time
 
 import pytest
 
+from tests.helpers import fill_and_enter, image_src
+
 pytestmark = pytest.mark.browser
 
 
 def set_number(page, label, value):
-    box = page.get_by_label(label, exact=True).first
-    box.fill(str(value))
-    box.press("Enter")
-
-
-def image_src(page, elem_id):
-    img = page.locator(f"#{elem_id} img")
-    return img.first.get_attribute("src") if img.count() else None
+    fill_and_enter(page.get_by_label(label, exact=True).first, value)
 
 
 def progress_text(page):

@@ -4,6 +4,8 @@ import time
 
 import pytest
 
+from tests.helpers import fill_and_enter, image_src
+
 pytestmark = pytest.mark.browser
 
 
@@ -17,14 +19,7 @@ def pick(page, elem_id, option):
 
 
 def set_number(page, elem_id, value):
-    box = page.locator(f"#{elem_id} input")
-    box.fill(str(value))
-    box.press("Enter")
-
-
-def image_src(page, elem_id):
-    img = page.locator(f"#{elem_id} img")
-    return img.first.get_attribute("src") if img.count() else None
+    fill_and_enter(page.locator(f"#{elem_id} input"), value)
 
 
 def test_generate_shows_previews_then_the_grid(page):

@@ -10,6 +10,8 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
 from gradio_client import handle_file
 from PIL import Image
 
+from tests.helpers import wait_for_outputs
+
 DDPM_ARGS = dict(model="digits-ddpm", scheduler="DDIM", steps=12, seed=3, batch_size=2)
 NOISE_ARGS = dict(image=None, timesteps="0, 50, 400, 999", beta_schedule="squaredcos_cap_v2",
                   num_train_timesteps=1000, seed=4)
@@ -120,10 +122,7 @@ def test_non_image_upload_is_refused(client, tmp_path):
 def test_stop_a_1000_step_run_and_the_next_starts(client):
     """DDPM as trained (1000 steps): previews stream about 10 a second; Stop ends it."""
     job = client.submit(**{**DDPM_ARGS, "scheduler": "DDPM", "steps": 1000, "batch_size": 1}, api_name="/ddpm")
-    deadline = time.time() + 60
-    while time.time() < deadline and len(job.outputs()) < 3:
-        time.sleep(0.05)
-    assert len(job.outputs()) >= 3, "no preview arrived"
+    assert len(wait_for_outputs(job, 3)) >= 3, "no preview arrived"
     job.cancel()
     time.sleep(1.0)
     assert "done" not in str(job.outputs()[-1][2])

@@ -7,6 +7,8 @@ import pytest
 from gradio_client import Client
 from PIL import Image
 
+from tests.helpers import wait_for_outputs
+
 ARGS = dict(model="digits-sd", prompt="a handwritten digit seven", negative_prompt="blurry", steps=12,
             guidance_scale=7.5, scheduler="Euler a", seed=11, width=32, height=32)
 
@@ -72,10 +74,7 @@ def test_hub_id_offline_says_how_to_use_a_local_copy(client):
 
 def test_stop_ends_run_and_next_run_starts(client, running_app):
     job = client.submit(**{**ARGS, "steps": 150, "width": 256, "height": 256}, api_name="/txt2img")
-    deadline = time.time() + 60
-    while time.time() < deadline and len(job.outputs()) < 2:
-        time.sleep(0.05)
-    assert len(job.outputs()) >= 2, "no preview arrived"
+    assert len(wait_for_outputs(job, 2)) >= 2, "no preview arrived"
     job.cancel()
     time.sleep(1.0)
     partial = job.outputs()

@@ -1,0 +1,23 @@
+"""Small helpers shared by the API and browser tests."""
+
+import time
+
+
+def wait_for_outputs(job, n: int, timeout: float = 60.0) -> list:
+    """A gradio_client job's outputs once it has streamed at least ``n`` of them (or the timeout passed)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(job.outputs()) < n:
+        time.sleep(0.05)
+    return job.outputs()
+
+
+def image_src(page, elem_id: str):
+    """The src of the first <img> inside #elem_id, None while it shows none."""
+    img = page.locator(f"#{elem_id} img")
+    return img.first.get_attribute("src") if img.count() else None
+
+
+def fill_and_enter(box, value) -> None:
+    """Type a value into a Playwright locator and press Enter, as a person commits a number."""
+    box.fill(str(value))
+    box.press("Enter")
