@@ -118,8 +118,8 @@ class VaePreviewer:
         self.min_side = min_side
 
     @torch.no_grad()
-    def __call__(self, latents: torch.Tensor) -> np.ndarray:
-        latents = latents[:4].to(self.vae.device, self.vae.dtype)
+    def __call__(self, latents) -> np.ndarray:
+        latents = torch.from_numpy(as_array(latents[:4])).to(self.vae.device, self.vae.dtype)
         images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
         return upscale_nearest(to_uint8(images), self.min_side)
 
@@ -145,7 +145,18 @@ def x0_from(model_output, sample, alpha_bar_t: float, prediction_type: str = "ep
     return (sample - s * model_output) / a
 
 
-def predict_x0(scheduler, model_output: torch.Tensor, sample: torch.Tensor, timestep) -> torch.Tensor:
-    """x0 (see :func:`x0_from`) where ``scheduler.step`` does not return ``pred_original_sample``."""
-    kind = scheduler.config.get("prediction_type", "epsilon")
-    return x0_from(model_output.float(), sample.float(), alpha_bar(scheduler, timestep), kind)
+class X0Previewer:
+    """Draws x0 from (model_output, x_t) when the preview is looked at, not in the loop.
+
+    For schedulers whose ``step`` returns no ``pred_original_sample`` (DPM++, UniPC, PNDM).
+    Numpy only (see :func:`as_array`); ``inner`` draws the resulting x0.
+    """
+
+    def __init__(self, scheduler, timestep, inner):
+        self.alpha_bar = alpha_bar(scheduler, timestep)  # read now: the scheduler moves on
+        self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
+        self.inner = inner
+
+    def __call__(self, pair) -> np.ndarray:
+        model_output, sample = (as_array(x) for x in pair)
+        return self.inner(x0_from(model_output, sample, self.alpha_bar, self.prediction_type))

@@ -24,7 +24,7 @@ from engine.cancel import CancelToken, check
 from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
 from engine.outputs import save_png
-from engine.preview import LatentRGBPreviewer, VaePreviewer, predict_x0
+from engine.preview import LatentRGBPreviewer, VaePreviewer, X0Previewer
 from engine.schedulers import SCHEDULERS, make_scheduler, scheduler_code
 from engine.validation import check_int
 
@@ -141,15 +141,15 @@ def iter_txt2img(
                 noise_uncond, noise_text = noise_pred.chunk(2)
                 noise_pred = noise_uncond + request.guidance_scale * (noise_text - noise_uncond)
             out = scheduler.step(noise_pred, t, latents, **step_kwargs)
+            x0_previewer = vae_previewer if vae_previewer and (i + 1) % request.vae_preview_every == 0 else previewer
             x0 = getattr(out, "pred_original_sample", None)
-            if x0 is None:
-                x0 = predict_x0(scheduler, noise_pred, latents, t)
+            if x0 is None:  # drawn from (eps, x_t) only if a consumer looks at this step
+                x0, x0_previewer = (noise_pred, latents), X0Previewer(scheduler, t, x0_previewer)
             latents = out.prev_sample
-            use_vae = vae_previewer is not None and (i + 1) % request.vae_preview_every == 0
             step = Step(
                 step=i + 1, total=len(timesteps), timestep=float(t),
                 preview_xt=Preview(latents, _scaled(previewer, _vp_scale(scheduler))),
-                preview_x0=Preview(x0, vae_previewer if use_vae else previewer),
+                preview_x0=Preview(x0, x0_previewer),
                 elapsed=time.perf_counter() - start,
             )
             steps.append(step)

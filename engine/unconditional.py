@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import diffusers
-import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
@@ -30,7 +29,7 @@ from engine.cancel import CancelToken, check
 from engine.errors import InputError, WorkbenchError
 from engine.events import Done, Preview, Started, Step
 from engine.outputs import a1111_parameters, save_png
-from engine.preview import PixelPreviewer, alpha_bar, as_array, x0_from
+from engine.preview import PixelPreviewer, X0Previewer
 from engine.schedulers import SCHEDULERS, make_scheduler, scheduler_code
 from engine.validation import check_int
 
@@ -75,21 +74,6 @@ def default_num_inference_steps(scheduler: str, scheduler_config) -> int:
     if scheduler == "DDPM":
         return int(scheduler_config["num_train_timesteps"])
     return min(DEFAULT_STEPS, int(scheduler_config["num_train_timesteps"]))
-
-
-class _X0Previewer:
-    """Predicts x0 from (model_output, x_t) when the preview is drawn, not in the loop.
-
-    For schedulers whose ``step`` returns no ``pred_original_sample`` (DPM++, UniPC, PNDM).
-    """
-
-    def __init__(self, scheduler, timestep: int, pixels: PixelPreviewer):
-        self.scheduler, self.timestep, self.pixels = scheduler, timestep, pixels
-
-    def __call__(self, pair) -> np.ndarray:
-        model_output, sample = (as_array(x) for x in pair)  # numpy: no torch op in the consumer's thread
-        kind = self.scheduler.config.get("prediction_type", "epsilon")
-        return self.pixels(x0_from(model_output, sample, alpha_bar(self.scheduler, self.timestep), kind))
 
 
 def sample_shape(unet_config, batch_size: int) -> tuple[int, ...]:
@@ -151,7 +135,7 @@ def iter_unconditional(
                 step=i + 1, total=len(visited), timestep=visited[i],
                 preview_xt=Preview(x_t, pixels),
                 preview_x0=Preview(x0, pixels) if x0 is not None
-                else Preview((model_output, x_t), _X0Previewer(scheduler, visited[i], pixels)),
+                else Preview((model_output, x_t), X0Previewer(scheduler, visited[i], pixels)),
                 elapsed=time.perf_counter() - start,
             )
             steps.append(replace(step, preview_xt=None, preview_x0=None))
