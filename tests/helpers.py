@@ -3,6 +3,20 @@
 import time
 
 
+def watch_images(page, image_id: str, progress_id: str, timeout: float = 90.0) -> set:
+    """Every src #image_id shows until #progress_id says done (or the timeout), the last one included."""
+    seen, deadline = set(), time.time() + timeout
+    while time.time() < deadline:
+        src = image_src(page, image_id)
+        if src:
+            seen.add(src)
+        if "done" in page.locator(f"#{progress_id}").inner_text():
+            break
+        time.sleep(0.03)
+    seen.add(image_src(page, image_id))
+    return seen
+
+
 def wait_for_outputs(job, n: int, timeout: float = 60.0) -> list:
     """A gradio_client job's outputs once it has streamed at least ``n`` of them (or the timeout passed)."""
     deadline = time.time() + timeout

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tests.helpers import fill_and_enter, image_src
+from tests.helpers import fill_and_enter, image_src, watch_images
 
 pytestmark = pytest.mark.browser
 
@@ -32,16 +32,8 @@ def test_generate_shows_previews_then_the_grid(page):
     set_number(page, "ddpm-seed", 5)
     set_number(page, "ddpm-batch", 4)
     page.locator("#ddpm-generate").click()
-    seen, deadline = set(), time.time() + 90
-    while time.time() < deadline:
-        src = image_src(page, "ddpm-image")
-        if src:
-            seen.add(src)
-        if "done" in page.locator("#ddpm-progress").inner_text():
-            break
-        time.sleep(0.03)
+    seen = watch_images(page, "ddpm-image", "ddpm-progress")
     assert "done" in page.locator("#ddpm-progress").inner_text()
-    seen.add(image_src(page, "ddpm-image"))
     assert len(seen) >= 2, "the preview never changed before the final image"
     assert image_src(page, "ddpm-xt"), "no x_t preview"
     size = page.evaluate("() => { const i = document.querySelector('#ddpm-image img');"
