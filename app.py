@@ -8,7 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-from engine.devices import DEVICE_CHOICES
+from engine.models.devices import DEVICE_CHOICES
 
 log = logging.getLogger("workbench")
 
@@ -38,8 +38,10 @@ def build_app(args: argparse.Namespace):
     """The engine and the page; nothing is launched."""
     import gradio as gr
 
-    from engine import noise, unconditional
-    from engine.schedulers import SCHEDULERS
+    from engine.forward import noise
+
+    from engine.sampling import unconditional
+    from engine.sampling.schedulers import SCHEDULERS
     from engine.workbench import Folders, Workbench
     from ui import noise as noise_tab, train as train_tab, txt2img as txt2img_tab, unconditional as unconditional_tab
 

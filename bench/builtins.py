@@ -20,12 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from engine.devices import resolve_device  # noqa: E402
+from engine.models.devices import resolve_device  # noqa: E402
 from engine.events import Step  # noqa: E402
-from engine.models import BUILTINS, ModelRegistry  # noqa: E402
-from engine.schedulers import make_scheduler  # noqa: E402
+from engine.models.registry import BUILTINS, ModelRegistry  # noqa: E402
+from engine.sampling.schedulers import make_scheduler  # noqa: E402
 from engine.streaming import stream_latest  # noqa: E402
-from engine.txt2img import Txt2ImgRequest, iter_txt2img  # noqa: E402
+from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img  # noqa: E402
 
 
 def main() -> None:

@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from diffusers import DDPMPipeline  # noqa: E402
 
-from engine.devices import resolve_device  # noqa: E402
+from engine.models.devices import resolve_device  # noqa: E402
 from engine.events import Done, Step  # noqa: E402
-from engine.models import ModelRegistry  # noqa: E402
-from engine.schedulers import make_scheduler  # noqa: E402
+from engine.models.registry import ModelRegistry  # noqa: E402
+from engine.sampling.schedulers import make_scheduler  # noqa: E402
 from engine.streaming import stream_latest  # noqa: E402
-from engine.unconditional import UnconditionalRequest, iter_unconditional  # noqa: E402
+from engine.sampling.unconditional import UnconditionalRequest, iter_unconditional  # noqa: E402
 
 # DDPMPipeline passes ``generator`` to ``scheduler.step``: PNDM and UniPC refuse it, so it cannot run them.
 PIPELINE_SCHEDULERS = ("DDPM", "DDIM", "DPM++ 2M", "Euler")

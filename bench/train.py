@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from engine.data import attach_transform, load_image_data  # noqa: E402
-from engine.objectives import NoisePrediction  # noqa: E402
-from engine.train import TrainRequest, TrainSample, TrainStep, iter_train  # noqa: E402
+from engine.training.data import attach_transform, load_image_data  # noqa: E402
+from engine.training.objectives.pixel import NoisePrediction  # noqa: E402
+from engine.training.loop import iter_train  # noqa: E402
+from engine.training.request import TrainRequest, TrainSample, TrainStep  # noqa: E402
 
 
 def plain_loop(request: TrainRequest, steps: int, data_dir: str, device: str = "cpu") -> float:

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from engine.events import Step  # noqa: E402
-from engine.schedulers import make_scheduler  # noqa: E402
+from engine.sampling.schedulers import make_scheduler  # noqa: E402
 from engine.streaming import stream_latest  # noqa: E402
-from engine.txt2img import Txt2ImgRequest, iter_txt2img  # noqa: E402
+from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img  # noqa: E402
 
 
 def sd15_random_pipeline(dtype):
@@ -35,7 +35,7 @@ def sd15_random_pipeline(dtype):
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from engine.tiny import tiny_tokenizer
+    from engine.testing.tiny import tiny_tokenizer
 
     unet = UNet2DConditionModel(
         sample_size=64, cross_attention_dim=768, attention_head_dim=8,
@@ -76,7 +76,7 @@ def main() -> None:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     torch.set_grad_enabled(False)
     if args.model == "tiny":
-        from engine.tiny import tiny_sd_pipeline
+        from engine.testing.tiny import tiny_sd_pipeline
 
         pipe = tiny_sd_pipeline(seed=0)
     else:

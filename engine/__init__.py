@@ -1,0 +1,1 @@
+"""Diffusion Workbench's engine; the front door is :class:`engine.workbench.Workbench`."""

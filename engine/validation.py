@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from engine.errors import InputError
 
@@ -22,3 +23,18 @@ def check_float(name: str, value, lo: float, hi: float, *, low_open: bool = Fals
     if not ok:
         bounds = f"{'above' if low_open else 'from'} {lo:g} {'and below' if high_open else 'to'} {hi:g}"
         raise InputError(f"{name} must be a number {bounds}; got {value!r}")
+
+
+MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # 'owner/name' on the Hugging Face Hub
+
+
+def check_seed(value, *, allow_random: bool = True) -> None:
+    """A seed for ``torch.Generator.manual_seed``; -1 (draw one) where ``allow_random``."""
+    check_int("seed", value, -1 if allow_random else 0, MAX_SEED)
+
+
+def check_choice(name: str, value, allowed) -> None:
+    """One of ``allowed``, named in the message."""
+    if not isinstance(value, str) or value not in allowed:
+        raise InputError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")

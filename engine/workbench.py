@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Iterator
 
 from engine.cancel import CancelToken
-from engine.checkpoints import list_runs
-from engine.data import list_sources, save_uploads
-from engine.devices import resolve_device
+from engine.training.checkpoints import list_runs
+from engine.training.data import list_sources, save_uploads
+from engine.models.devices import resolve_device
 from engine.errors import InputError, ModelLoadError
-from engine.models import BUILTINS, ModelRegistry
-from engine.train import RUN_NAME, TrainRequest, resume_request
-from engine.train_jobs import TrainingManager, TrainStatus
-from engine.txt2img import Txt2ImgRequest, iter_txt2img
+from engine.models.registry import BUILTINS, ModelRegistry
+from engine.training.request import RUN_NAME, TrainRequest, resume_request
+from engine.training.jobs import TrainingManager, TrainStatus
+from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img
 
 log = logging.getLogger(__name__)
 

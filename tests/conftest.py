@@ -27,7 +27,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def tiny_sd():
-    from engine.tiny import tiny_sd_pipeline
+    from engine.testing.tiny import tiny_sd_pipeline
 
     pipe = tiny_sd_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)

@@ -6,8 +6,8 @@ from typing import Callable
 
 import gradio as gr
 
-from engine.noise import (
-    BETA_SCHEDULES,
+from engine.sampling.schedulers import BETA_SCHEDULES
+from engine.forward.noise import (
     DEFAULT_TIMESTEPS,
     MAX_RESOLUTION,
     MIN_RESOLUTION,

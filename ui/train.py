@@ -15,9 +15,10 @@ from typing import Callable
 import gradio as gr
 import pandas as pd
 
-from engine.objectives import BETA_SCHEDULES, PRESETS
-from engine.train import MIXED_PRECISION, TrainRequest, field_help
-from engine.train_jobs import FAILED, IDLE, TrainStatus
+from engine.sampling.schedulers import SAMPLER_BETA_SCHEDULES
+from engine.training.objectives.pixel import PRESETS
+from engine.training.request import MIXED_PRECISION, TrainRequest, field_help
+from engine.training.jobs import FAILED, IDLE, TrainStatus
 from ui.common import DEVICE_QUEUE, friendly_errors, progress_html, whole
 
 POLL_INTERVAL = 1.0  # seconds between status polls; the loss itself arrives every log_every steps
@@ -207,7 +208,7 @@ def _settings(d: TrainRequest, list_data, list_runs) -> dict:
                                            info=HELP["random_flip"])
             number("seed", "Seed")
         with gr.Row():
-            w["beta_schedule"] = gr.Dropdown(list(BETA_SCHEDULES), value=d.beta_schedule, label="Beta schedule",
+            w["beta_schedule"] = gr.Dropdown(list(SAMPLER_BETA_SCHEDULES), value=d.beta_schedule, label="Beta schedule",
                                              info=HELP["beta_schedule"])
             number("num_train_timesteps", "Train timesteps")
             number("gradient_accumulation_steps", "Gradient accumulation")

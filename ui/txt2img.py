@@ -8,7 +8,7 @@ import gradio as gr
 from PIL import Image
 
 from engine.events import Done, Started, Step
-from engine.txt2img import MAX_GUIDANCE, MAX_STEPS, Txt2ImgRequest
+from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, Txt2ImgRequest
 from ui.common import DEVICE_QUEUE, friendly_errors, model_dropdown, progress_html, stream, whole
 
 

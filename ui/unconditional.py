@@ -7,7 +7,7 @@ from typing import Callable
 import gradio as gr
 
 from engine.events import Done, Started, Step
-from engine.unconditional import MAX_BATCH, UnconditionalRequest
+from engine.sampling.unconditional import MAX_BATCH, UnconditionalRequest
 from ui.common import DEVICE_QUEUE, friendly_errors, model_dropdown, progress_html, stream, whole
 
 

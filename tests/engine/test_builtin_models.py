@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.digits import class_report, classifier, digits_tokenizer
-from engine.models import BUILTINS
-from engine.quality import evaluate_ddpm, evaluate_sd, load_builtin
+from engine.builtin.digits import class_report, classifier, digits_tokenizer
+from engine.models.registry import BUILTINS
+from engine.builtin.quality import evaluate_ddpm, evaluate_sd, load_builtin
 
 
 def folder_mb(name: str) -> float:
@@ -67,7 +67,7 @@ def test_digits_ddpm_draws_every_digit():
 
 
 def test_the_bounds_fail_on_an_untrained_model():
-    from engine.tiny import tiny_ddpm_pipeline
+    from engine.testing.tiny import tiny_ddpm_pipeline
 
     untrained = tiny_ddpm_pipeline(seed=0, sample_size=32, channels=1)
     report = evaluate_ddpm(untrained, n=40, scheduler="DDIM", num_inference_steps=5)

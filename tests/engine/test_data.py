@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.data import (DIGITS, EpochSampler, attach_transform, extract_zip, list_sources, load_image_data,
+from engine.training.data import (DIGITS, EpochSampler, attach_transform, extract_zip, list_sources, load_image_data,
                          random_flip, save_uploads)
 from engine.errors import DataError, InputError
 

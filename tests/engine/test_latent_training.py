@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.builtin_models import sd_setup
-from engine.objectives_latent import VaeReconstruction
-from engine.preview import LATENT_RGB_FILE, LatentRGBPreviewer
-from engine.train import TrainDone, TrainRequest, TrainStep, iter_train
+from engine.builtin.recipes import sd_setup
+from engine.training.objectives.latent import VaeReconstruction
+from engine.sampling.preview import LATENT_RGB_FILE, LatentRGBPreviewer
+from engine.training.loop import iter_train
+from engine.training.request import TrainDone, TrainRequest, TrainStep
 
 
 def run(request, tmp_path, objective):

@@ -9,7 +9,7 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from engine.errors import InputError, ModelLoadError
-from engine.noise import (
+from engine.forward.noise import (
     BETA_SCHEDULES,
     CURVES,
     DEFAULT_TIMESTEPS,
@@ -179,7 +179,7 @@ def test_every_beta_schedule_builds():
 
 
 def test_plot_frames_fit_the_line_plot_and_stem_at_visited_timesteps():
-    from engine.noise import MAX_PLOT_ROWS, PLOTS, plot_frames
+    from engine.forward.noise import MAX_PLOT_ROWS, PLOTS, plot_frames
 
     schedules = {"cosine": NoiseSchedule("squaredcos_cap_v2"), "linear": NoiseSchedule()}
     frames = plot_frames(schedules, "DDIM", 10)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from engine.preview import LatentRGBPreviewer, PixelPreviewer, X0Previewer, to_uint8
+from engine.sampling.preview import LatentRGBPreviewer, PixelPreviewer, X0Previewer, to_uint8
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from engine.errors import InputError, ModelLoadError
-from engine.single_file import load_single_file, save_single_file
-from engine.tiny import tiny_sd_pipeline
+from engine.models.single_file import load_single_file
+from engine.testing.ldm_export import save_single_file
+from engine.testing.tiny import tiny_sd_pipeline
 
 COMPONENTS = ("unet", "vae", "text_encoder")
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine import checkpoints as ckpt
+from engine.training import checkpoints as ckpt
 from engine.cancel import CancelToken
 from engine.errors import DataError, InputError, JobRunningError
-from engine.train import (TrainCheckpoint, TrainDone, TrainRequest, TrainSample, TrainStarted, TrainStep,
+from engine.training.request import (TrainCheckpoint, TrainDone, TrainRequest, TrainSample, TrainStarted, TrainStep,
                           iter_train, resume_request)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -172,8 +172,8 @@ def test_stop_then_resume_continues_as_if_never_stopped(tmp_path, data_dir, use_
 
 def unconditional_models(models_dir):
     """What the Unconditional tab lists from ``models_dir`` (built-ins left out)."""
-    from engine.devices import Placement
-    from engine.models import BUILTINS, ModelRegistry
+    from engine.models.devices import Placement
+    from engine.models.registry import BUILTINS, ModelRegistry
 
     registry = ModelRegistry(models_dir, Placement(torch.device("cpu"), torch.float32))
     return [n for n in registry.list_models("unconditional") if n not in BUILTINS]
@@ -199,8 +199,9 @@ def test_checkpoint_is_listed_for_sampling_while_training_goes_on(tmp_path, data
 # -- checkpoints survive crashes ---------------------------------------------------------------
 KILL_MID_SAVE = """
 import os, signal, sys
-import engine.checkpoints as ckpt
-from engine.train import TrainRequest, iter_train
+import engine.training.checkpoints as ckpt
+from engine.training.loop import iter_train
+from engine.training.request import TrainRequest
 
 real, calls = ckpt.save_tensors, []
 def save_then_die(path, tensors):
@@ -342,7 +343,7 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path, data_dir):
 
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "engine.train",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "engine.training.request",
            "--models-dir", str(tmp_path / "models"), "--data-dir", str(data_dir), "--outputs-dir", str(tmp_path),
            "--data", "shapes", "--run-name", "ddp", "--resolution", str(SIZE), "--batch-size", "4",
            "--max-steps", "4", "--log-every", "2", "--sample-every", "0", "--lr-warmup-steps", "1"]
@@ -369,7 +370,7 @@ def wait_for(predicate, manager, timeout=120):
 
 
 def test_training_manager_runs_one_job_in_the_background(tmp_path, data_dir):
-    from engine.train_jobs import TrainingManager, smooth
+    from engine.training.jobs import TrainingManager, smooth
 
     saved = []
     manager = TrainingManager(tmp_path, data_dir, device="cpu", on_checkpoint=lambda name, path: saved.append(name))

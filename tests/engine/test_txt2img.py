@@ -7,9 +7,9 @@ import torch
 from engine.cancel import CancelToken
 from engine.errors import Cancelled, InputError
 from engine.events import Done, Started, Step
-from engine.outputs import read_parameters
-from engine.schedulers import SCHEDULERS, make_scheduler
-from engine.txt2img import Txt2ImgRequest, iter_txt2img
+from engine.sampling.outputs import read_parameters
+from engine.sampling.schedulers import SCHEDULERS, make_scheduler
+from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img
 
 
 def run(pipe, **kw):
@@ -96,8 +96,8 @@ def test_png_written_with_parameters(tiny_sd, tmp_path):
 
 def test_diffusers_code_reproduces_image(tiny_sd, tmp_path):
     tiny_sd.save_pretrained(tmp_path / "m")
-    from engine.devices import resolve_device
-    from engine.models import ModelRegistry
+    from engine.models.devices import resolve_device
+    from engine.models.registry import ModelRegistry
 
     pipe = ModelRegistry(tmp_path, resolve_device("cpu")).load("m", "txt2img")
     done = list(iter_txt2img(Txt2ImgRequest("a seven", num_inference_steps=3, seed=7, scheduler="Euler a"),
@@ -136,7 +136,7 @@ def test_every_scheduler_runs(tiny_sd):
 def test_full_vae_preview_every_n_steps(tiny_sd):
     events = run(tiny_sd, prompt="a", num_inference_steps=4, scheduler="DDIM", seed=1, vae_preview_every=2)
     steps = [e for e in events if isinstance(e, Step)]
-    from engine.preview import LatentRGBPreviewer, VaePreviewer
+    from engine.sampling.preview import LatentRGBPreviewer, VaePreviewer
 
     kinds = [type(s.preview_x0.previewer) for s in steps]
     assert kinds == [LatentRGBPreviewer, VaePreviewer, LatentRGBPreviewer, VaePreviewer]
@@ -146,9 +146,9 @@ def test_full_vae_preview_every_n_steps(tiny_sd):
 
 
 def test_single_file_under_models_dir_loads_with_the_folder_beside_it(tiny_sd, tmp_path):
-    from engine.devices import resolve_device
-    from engine.models import ModelRegistry
-    from engine.single_file import save_single_file
+    from engine.models.devices import resolve_device
+    from engine.models.registry import ModelRegistry
+    from engine.testing.ldm_export import save_single_file
 
     tiny_sd.save_pretrained(tmp_path / "tiny")
     save_single_file(tiny_sd, tmp_path / "tiny.safetensors")

@@ -7,10 +7,10 @@ import torch
 from engine.cancel import CancelToken
 from engine.errors import Cancelled, InputError
 from engine.events import Done, Started, Step
-from engine.outputs import read_parameters
-from engine.schedulers import make_scheduler
+from engine.sampling.outputs import read_parameters
+from engine.sampling.schedulers import make_scheduler
 from engine.streaming import stream_latest
-from engine.unconditional import (
+from engine.sampling.unconditional import (
     UNCONDITIONAL_SCHEDULERS,
     UnconditionalRequest,
     image_grid,
@@ -20,7 +20,7 @@ from engine.unconditional import (
 
 @pytest.fixture(scope="module")
 def tiny_ddpm():
-    from engine.tiny import tiny_ddpm_pipeline
+    from engine.testing.tiny import tiny_ddpm_pipeline
 
     pipe = tiny_ddpm_pipeline(seed=0, sample_size=16)
     pipe.set_progress_bar_config(disable=True)
@@ -62,7 +62,7 @@ def test_matches_ddpm_pipeline(tiny_ddpm, scheduler, steps):
 @pytest.mark.slow
 def test_full_ddpm_run_streams_throttled_and_matches_pipeline():
     """1000 DDPM steps as trained (the default), consumed as the page consumes them (8 px: ~2 ms a step)."""
-    from engine.tiny import tiny_ddpm_pipeline
+    from engine.testing.tiny import tiny_ddpm_pipeline
 
     pipe = tiny_ddpm_pipeline(seed=0, sample_size=8)
     pipe.set_progress_bar_config(disable=True)
@@ -88,7 +88,7 @@ def test_timesteps_are_the_seeds(tiny_ddpm):
 
 
 def test_default_steps_follow_the_scheduler():
-    from engine.tiny import tiny_ddpm_pipeline
+    from engine.testing.tiny import tiny_ddpm_pipeline
 
     pipe = tiny_ddpm_pipeline(seed=0, sample_size=8, num_train_timesteps=100)
     assert UnconditionalRequest(scheduler="DDPM").resolved(pipe).num_inference_steps == 100
@@ -143,8 +143,8 @@ def test_png_written_with_parameters(tiny_ddpm, tmp_path):
 def test_diffusers_code_reproduces_images(tiny_ddpm, tmp_path, scheduler):
     """Where DDPMPipeline cannot be the reference (Euler needs input scaling, PNDM takes no generator),
     the seed's loop in plain diffusers is."""
-    from engine.devices import resolve_device
-    from engine.models import ModelRegistry
+    from engine.models.devices import resolve_device
+    from engine.models.registry import ModelRegistry
 
     tiny_ddpm.save_pretrained(tmp_path / "m")
     pipe = ModelRegistry(tmp_path, resolve_device("cpu")).load("m", "unconditional")

@@ -55,7 +55,7 @@ def test_ddpm_random_seed_is_shown(client):
 
 
 def test_add_noise_pixels_equal_ddpm_scheduler_add_noise(client):
-    from engine.noise import image_to_tensor, load_image
+    from engine.forward.noise import image_to_tensor, load_image
 
     gallery, _, *plots = client.predict(**NOISE_ARGS, api_name="/add_noise")
     assert [g["caption"].split(",")[0] for g in gallery] == ["t = 0", "t = 50", "t = 400", "t = 999"]

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import itertools
-import os
 import re
-import tempfile
 import threading
 from datetime import date
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
+
+from engine.files import atomic_write
 
 _lock = threading.Lock()
 
@@ -46,10 +46,8 @@ def save_png(image: Image.Image, info: dict, outputs_dir: str | Path, kind: str)
             path = folder / f"{n:05d}-{info.get('seed', 0)}.png"
             if not path.exists():
                 break
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".png")
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=meta)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            image.save(tmp, format="PNG", pnginfo=meta)
     return path
 
 

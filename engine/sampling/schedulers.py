@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import diffusers
 
-from engine.errors import InputError
+from engine.validation import check_choice
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,15 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
 }
 
 
-def scheduler_spec(name: str) -> SchedulerSpec:
-    try:
-        return SCHEDULERS[name]
-    except KeyError:
-        raise InputError(f"unknown scheduler {name!r}; allowed: {', '.join(SCHEDULERS)}") from None
+# What DDPMScheduler (training, the forward process) takes; DDIM and the multistep samplers lack "sigmoid".
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+SAMPLER_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+def scheduler_spec(name: str, allowed=SCHEDULERS) -> SchedulerSpec:
+    """The spec of scheduler ``name``; :class:`InputError` naming ``allowed`` when it is not one of them."""
+    check_choice("scheduler", name, tuple(allowed))
+    return SCHEDULERS[name]
 
 
 def make_scheduler(name: str, config):

@@ -1,16 +1,12 @@
-"""Single-file Stable Diffusion 1.x checkpoints, in the original LDM (CompVis / A1111) key layout.
+"""Export a diffusers ``StableDiffusionPipeline`` as one single-file checkpoint in the original LDM layout.
 
-``save_single_file`` writes the UNet, VAE and CLIP text encoder of a diffusers
-``StableDiffusionPipeline`` as one ``.safetensors`` file whose keys read as the
-original latent-diffusion code names them::
+Only tests and tooling use it (to make files for :func:`engine.models.single_file.load_single_file`).
+``save_single_file`` writes the UNet, VAE and CLIP text encoder as one ``.safetensors``
+file whose keys read as the original latent-diffusion code names them::
 
     model.diffusion_model.*                   UNet
     first_stage_model.*                       VAE
     cond_stage_model.transformer.text_model.* CLIP text encoder
-
-``load_single_file`` reads such a file back through diffusers' ``from_single_file``,
-offline, with the model configs, tokenizer and scheduler taken from a
-diffusers-format folder (``pipe.save_pretrained(config_dir)``).
 
 The key mapping is the inverse of diffusers' loader
 (``diffusers/loaders/single_file_utils.py::convert_ldm_unet_checkpoint``,
@@ -22,35 +18,22 @@ configs, so the tiny test pipelines round-trip as well as full-size ones.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from engine.errors import InputError, ModelLoadError
+from engine.errors import InputError
+from engine.files import atomic_write
+from engine.models.single_file import SUFFIX, TEXT_ENCODER_PREFIX, UNET_PREFIX, VAE_PREFIX
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
 log = logging.getLogger(__name__)
-
-SUFFIX = ".safetensors"  # exact and lower case: diffusers picks torch.load (pickle) for any other ending
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
-TEXT_ENCODER_PREFIX = "cond_stage_model.transformer.text_model."
-# What a full SD checkpoint must hold; the text encoder may also be SD 2.x's OpenCLIP,
-# which diffusers converts as well (only the SD 1.x layout is written and tested here).
-REQUIRED_PARTS = {
-    "UNet": ("model.diffusion_model.",),
-    "VAE": ("first_stage_model.", "vae."),
-    "text encoder": ("cond_stage_model.transformer.", "cond_stage_model.model."),
-}
-MAX_CAUSE_CHARS = 800  # diffusers' messages can list hundreds of keys; the head says what went wrong
 
 # Inside a ResNet block the LDM names differ from diffusers' (in_layers = norm, act, conv; ...).
 UNET_RESNET_RENAMES = {
@@ -79,9 +62,6 @@ class _Rule:
     ldm: str  # prefix, ends with "."
     renames: dict[str, str] = field(default_factory=dict)  # remainder prefix -> LDM remainder prefix
     conv_weights: bool = False  # LDM holds these linear weights as 1x1 convs: (O, I) -> (O, I, 1, 1)
-
-
-# -- save ------------------------------------------------------------------------------------
 
 
 def save_single_file(pipe: StableDiffusionPipeline, path: str | os.PathLike) -> Path:
@@ -234,118 +214,7 @@ def _write_atomically(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Same folder, so os.replace is a rename; the ".tmp" ending keeps it out of model lists.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
+        with atomic_write(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
     except OSError as exc:
         raise InputError(f"cannot write {str(path)!r}: {exc}") from exc
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise InputError(f"cannot write {str(path)!r}: {exc}") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-# -- load ------------------------------------------------------------------------------------
-
-
-def load_single_file(
-    path: str | os.PathLike,
-    config_dir: str | os.PathLike,
-    *,
-    torch_dtype: torch.dtype | None = None,
-) -> StableDiffusionPipeline:
-    """A ``StableDiffusionPipeline`` from a single-file checkpoint, without the network.
-
-    ``config_dir`` is a diffusers-format folder (``model_index.json``, ``unet/``,
-    ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) describing the same
-    architecture; its configs, tokenizer and scheduler are used, its weights are not.
-    Every failure to load is a :class:`ModelLoadError` naming the file and the folder
-    (a ``torch_dtype`` that is not a ``torch.dtype`` is an :class:`InputError`).
-    """
-    path, config_dir = Path(path), Path(config_dir)
-    # 1. Check what diffusers would otherwise treat as hub ids (and try to download).
-    _check_inputs(path, config_dir, torch_dtype)
-    # 2. Check the file is readable safetensors holding a whole SD model.
-    _check_checkpoint_keys(path, config_dir)
-    # 3. Convert and load.
-    from diffusers import StableDiffusionPipeline
-
-    try:
-        pipe = StableDiffusionPipeline.from_single_file(
-            str(path),
-            config=str(config_dir),
-            local_files_only=True,
-            safety_checker=None,
-            requires_safety_checker=False,
-            torch_dtype=torch_dtype,
-        )
-    except Exception as exc:  # diffusers, transformers and safetensors raise many kinds; all mean "could not load"
-        cause = f"{type(exc).__name__}: {exc}"
-        if len(cause) > MAX_CAUSE_CHARS:
-            cause = cause[:MAX_CAUSE_CHARS] + " ..."
-        if "meta tensor" in str(exc):  # a UNet/VAE weight the file lacks, met when diffusers moves the model
-            cause = "the file lacks weights the configs call for (a partial file, or configs of another model)"
-        raise ModelLoadError(
-            f"could not load single-file checkpoint {str(path)!r} with the configs in {str(config_dir)!r} "
-            f"(they must describe the same architecture): {cause}"
-        ) from exc
-    # 4. diffusers leaves text-encoder weights the file lacks on the meta device, silently.
-    _check_all_weights_loaded(pipe, path, config_dir)
-    return pipe
-
-
-def _check_inputs(path: Path, config_dir: Path, torch_dtype) -> None:
-    if path.suffix != SUFFIX:
-        raise ModelLoadError(
-            f"{str(path)!r} is not a {SUFFIX} file; safetensors only (pickle checkpoints such as "
-            ".ckpt, .pt and .bin can run code when loaded: convert them to .safetensors first)"
-        )
-    if not path.is_file():
-        raise ModelLoadError(f"single-file checkpoint {str(path)!r} does not exist or is not a file")
-    if not (config_dir / "model_index.json").is_file():
-        raise ModelLoadError(
-            f"cannot load {str(path)!r}: config folder {str(config_dir)!r} has no model_index.json; "
-            "it must be a diffusers-format folder of the same architecture (pipe.save_pretrained(folder))"
-        )
-    if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
-        raise InputError(f"torch_dtype must be a torch.dtype or None, got {torch_dtype!r}")
-
-
-def _check_checkpoint_keys(path: Path, config_dir: Path) -> None:
-    """Read the header only (no tensors) and name the parts a whole SD checkpoint lacks."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-    except Exception as exc:  # SafetensorError for garbage, OSError for unreadable files
-        raise ModelLoadError(
-            f"could not read single-file checkpoint {str(path)!r} (with configs {str(config_dir)!r}): "
-            f"not a valid safetensors file ({type(exc).__name__}: {exc})"
-        ) from exc
-    missing = [part for part, prefixes in REQUIRED_PARTS.items() if not any(k.startswith(prefixes) for k in keys)]
-    if missing:
-        looked_for = ", ".join(f"{p}*" for m in missing for p in REQUIRED_PARTS[m])
-        raise ModelLoadError(
-            f"{str(path)!r} is not a whole Stable Diffusion checkpoint in the original (LDM/A1111) layout: "
-            f"it has no {' and no '.join(missing)} weights ({looked_for}). "
-            "A VAE-only, LoRA or diffusers-layout file cannot be loaded as a model"
-        )
-
-
-def _check_all_weights_loaded(pipe, path: Path, config_dir: Path) -> None:
-    for name in ("unet", "vae", "text_encoder"):
-        missing = [n for n, p in getattr(pipe, name).named_parameters() if p.is_meta]
-        if missing:
-            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise ModelLoadError(
-                f"single-file checkpoint {str(path)!r} lacks {name} weights the configs in {str(config_dir)!r} "
-                f"call for: {shown}; the file and the config folder must be of the same architecture"
-            )

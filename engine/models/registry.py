@@ -19,22 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.devices import Placement
+from engine.models.devices import Placement
 from engine.errors import ModelLoadError
+from engine.validation import HUB_ID
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_DIR = REPO_ROOT / "builtin_models"  # shipped (or built on first use), never the user's models dir
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 TXT2IMG_CLASSES = ("StableDiffusionPipeline",)
 UNCONDITIONAL_CLASSES = ("DDPMPipeline", "DDIMPipeline", "PNDMPipeline", "ScoreSdeVePipeline")
 
 
 @dataclass(frozen=True)
 class Builtin:
-    """A model that ships with the app, trained by the project (``python -m engine.builtin_models``)."""
+    """A model that ships with the app, trained by the project (``python -m engine.builtin.recipes``)."""
 
     name: str
     kind: str  # "txt2img" or "unconditional"
@@ -96,7 +96,7 @@ class ModelRegistry:
             b = BUILTINS[name]
             if not (b.folder / "model_index.json").is_file():
                 raise ModelLoadError(f"built-in model {name!r} is missing from {b.folder}; retrain it with "
-                                     f"`python -m engine.builtin_models train {name}`")
+                                     f"`python -m engine.builtin.recipes train {name}`")
             return ModelRef(name, "builtin", str(b.folder), _pipeline_class(b.folder))
         if name.lower().endswith(PICKLE_SUFFIXES):
             raise ModelLoadError(
@@ -161,7 +161,7 @@ class ModelRegistry:
         extra = {"safety_checker": None, "requires_safety_checker": False} if kind == "txt2img" else {}
         try:
             if ref.source == "single_file":
-                from engine.single_file import load_single_file
+                from engine.models.single_file import load_single_file
 
                 pipe = load_single_file(ref.location, self._single_file_config(ref), torch_dtype=dtype)
             elif ref.source == "hub":

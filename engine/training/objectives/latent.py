@@ -3,7 +3,7 @@
 :class:`VaeReconstruction` trains an ``AutoencoderKL``; :class:`TextToImage` then trains a
 ``UNet2DConditionModel`` and a small ``CLIPTextModel`` together in that VAE's latent space
 (Rombach et al. 2022), with captions made from class labels. Both plug into
-:func:`engine.train.iter_train` through its ``objective`` argument, like
+:func:`engine.training.loop.iter_train` through its ``objective`` argument, like
 :class:`engine.objectives.NoisePrediction`: data, loop, EMA and checkpoints are shared.
 """
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from engine.cancel import CancelToken, check
 from engine.errors import Cancelled, DataError
-from engine.preview import LATENT_RGB_FILE
+from engine.sampling.preview import LATENT_RGB_FILE
 
 VAE_CONFIG = dict(  # 32 px -> 8x8x4 latents: a factor of 4, three levels
     in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16,
@@ -104,6 +104,7 @@ class TextToImageSetup:
 
     vae_dir: Path  # a folder holding vae/ (a VaeReconstruction run)
     captions: Callable[[int, int], str]  # (label, template draw) -> caption
+    prompts: Callable[[int], str]  # label -> the prompt the sample grids draw it with
     tokenizer: Callable[[], object]  # builds the CLIP tokenizer
     num_templates: int
 
@@ -134,7 +135,7 @@ class TextToImage:
     @torch.no_grad()
     def _scaling_factor(self, data, resolution: int) -> float:
         """1 / std of the latents over (up to) 512 training images, as SD's 0.18215 was found."""
-        from engine.data import recipe_transform, to_mode
+        from engine.training.data import recipe_transform, to_mode
 
         preprocess = recipe_transform(resolution, data.channels, flip=False)
         rows = data.dataset.with_format(None)[: min(len(data), 512)]["image"]
@@ -197,19 +198,18 @@ class TextToImage:
     @torch.no_grad()
     def sample(self, model: TextAndUNet, *, num_images: int, seed: int, num_inference_steps: int,
                cancel: CancelToken | None = None) -> torch.Tensor:
-        """Digits 0-9 in turn from their prompts, CFG, fixed seeds: comparable grids through training."""
-        from engine.digits import prompt_for
-
+        """Labels 0-9 in turn from their prompts, CFG, fixed seeds, ``num_inference_steps`` steps:
+        comparable grids through training."""
         pipe = self.pipeline(model)
         pipe.set_progress_bar_config(disable=True)
-        prompts = [prompt_for(i % 10) for i in range(num_images)]
+        prompts = [self.setup.prompts(i % 10) for i in range(num_images)]
 
         def on_step(p, i, t, kwargs):
             if cancel is not None and cancel.cancelled:
                 raise Cancelled("sampling stopped")
             return kwargs
 
-        images = pipe(prompts, num_inference_steps=min(num_inference_steps, 25), guidance_scale=SAMPLE_GUIDANCE,
+        images = pipe(prompts, num_inference_steps=num_inference_steps, guidance_scale=SAMPLE_GUIDANCE,
                       generator=torch.Generator("cpu").manual_seed(seed), output_type="pt",
                       callback_on_step_end=on_step).images  # (B, 3, H, W) in [0, 1]
         return images * 2 - 1

@@ -28,12 +28,12 @@ from typing import Iterable, Iterator
 import torch
 
 from engine.errors import DataError, InputError
+from engine.validation import HUB_ID
 
 log = logging.getLogger(__name__)
 
 DIGITS = "digits"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_UPLOAD_BYTES = 2 * 1024**3  # uncompressed total of one upload; a guard against zip bombs
 MAX_UPLOAD_FILES = 100_000

@@ -23,15 +23,14 @@ from diffusers.utils.torch_utils import randn_tensor
 from engine.cancel import CancelToken, check
 from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
-from engine.outputs import save_png
-from engine.preview import LatentRGBPreviewer, VaePreviewer, X0Previewer
-from engine.schedulers import SCHEDULERS, make_scheduler, scheduler_code
-from engine.validation import check_int
+from engine.sampling.outputs import save_png
+from engine.sampling.preview import LatentRGBPreviewer, VaePreviewer, X0Previewer
+from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
+from engine.validation import check_int, check_seed
 
 MAX_STEPS = 150
 MAX_GUIDANCE = 20.0
 MAX_SIDE = 2048
-MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -54,9 +53,8 @@ class Txt2ImgRequest:
         g = self.guidance_scale
         if not isinstance(g, (int, float)) or isinstance(g, bool) or not math.isfinite(g) or not 1 <= g <= MAX_GUIDANCE:
             raise InputError(f"guidance scale must be a number from 1 (no guidance) to {MAX_GUIDANCE:g}; got {g!r}")
-        if self.scheduler not in SCHEDULERS:
-            raise InputError(f"unknown scheduler {self.scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
-        check_int("seed", self.seed, -1, MAX_SEED)
+        scheduler_spec(self.scheduler)
+        check_seed(self.seed)
         for side in ("width", "height"):
             value = getattr(self, side)
             if value is None:

@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.errors import InputError
+from engine.files import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -63,32 +64,19 @@ def _fsync_tree(folder: Path) -> None:
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
     for path in [*(p for p in folder.rglob("*") if p.is_dir()), folder]:
-        _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # some platforms cannot open folders; the rename is still atomic there
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        fsync_path(path)
 
 
 def _swap_in(tmp: Path, final: Path) -> None:
     if final.exists() and _exchange(tmp, final):
-        _fsync_dir(final.parent)
+        fsync_path(final.parent)
         return
     old = _old_path(final)
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(tmp, final)  # killed between these two: recover() puts `old` back
-    _fsync_dir(final.parent)
+    fsync_path(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 

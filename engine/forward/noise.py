@@ -18,17 +18,16 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image, UnidentifiedImageError
 
-from engine.errors import InputError, ModelLoadError
-from engine.schedulers import SCHEDULERS, make_scheduler
-from engine.validation import check_int
+from engine.errors import InputError
+from engine.models.configs import read_scheduler_config
+from engine.sampling.schedulers import BETA_SCHEDULES, make_scheduler, scheduler_spec
+from engine.validation import check_choice, check_int, check_seed
 
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 DEFAULT_TIMESTEPS = (0, 50, 100, 200, 400, 600, 800, 999)
 SAMPLE_IMAGES = ("china.jpg", "flower.jpg")  # scikit-learn ships both inside its wheel: offline
 MAX_TRAIN_TIMESTEPS = 10_000
 MAX_FRAMES = 32  # a strip wider than this is unreadable anyway
 MIN_RESOLUTION, MAX_RESOLUTION = 16, 512
-MAX_SEED = 2**63 - 1
 MIN_ALPHA_BAR = 2.0**-24  # what diffusers' DDIM/Euler put in for a zero terminal SNR; keeps log SNR finite
 CURVES = ("beta", "alpha_bar", "sqrt(alpha_bar)", "sqrt(1 - alpha_bar)", "log SNR")
 PLOTS = {  # plot title -> the curves it overlays
@@ -57,8 +56,7 @@ class NoiseSchedule:
     trained_betas: tuple[float, ...] | None = None  # a model's explicit betas; when set, they win
 
     def __post_init__(self):
-        if self.beta_schedule not in BETA_SCHEDULES:
-            raise InputError(f"unknown beta schedule {self.beta_schedule!r}; allowed: {', '.join(BETA_SCHEDULES)}")
+        check_choice("beta schedule", self.beta_schedule, BETA_SCHEDULES)
         check_int("num_train_timesteps", self.num_train_timesteps, 2, MAX_TRAIN_TIMESTEPS)
         for name in ("beta_start", "beta_end"):
             value = getattr(self, name)
@@ -107,7 +105,7 @@ class NoiseRequest:
             if not 0 <= t <= last:
                 raise InputError(f"timesteps must be whole numbers from 0 to {last} (num_train_timesteps - 1); "
                                  f"got {t!r}")
-        check_int("seed", self.seed, 0, MAX_SEED)
+        check_seed(self.seed, allow_random=False)
         check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION)
         if self.sample_image not in SAMPLE_IMAGES:
             raise InputError(f"unknown sample image {self.sample_image!r}; allowed: {', '.join(SAMPLE_IMAGES)}")
@@ -236,8 +234,7 @@ def schedule_curves(schedules: Mapping[str, NoiseSchedule]):
 
 def visited_timesteps(scheduler: str, num_inference_steps: int, schedule: NoiseSchedule) -> tuple[int, ...]:
     """The timesteps a sampler visits for ``num_inference_steps`` on ``schedule`` (980, 960, ... for DDIM 50)."""
-    if scheduler not in SCHEDULERS:
-        raise InputError(f"unknown scheduler {scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
+    scheduler_spec(scheduler)
     check_int("steps", num_inference_steps, 1, schedule.num_train_timesteps)
     # Through trained_betas: every scheduler takes explicit betas; not every one knows every beta_schedule.
     reference = schedule.scheduler()
@@ -301,16 +298,6 @@ def plot_frames(
                 }))
         frames[title] = pd.concat(parts, ignore_index=True)
     return frames
-
-
-def read_scheduler_config(location: str | Path) -> dict:
-    """A model's ``scheduler/scheduler_config.json``: a diffusers folder or a cached hub id. No weights are read."""
-    try:
-        return dict(DDPMScheduler.load_config(str(location), subfolder="scheduler"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"no readable scheduler config for {str(location)!r}: {type(exc).__name__}: {exc}"
-        ) from None
 
 
 def schedule_of_model(location: str | Path) -> NoiseSchedule:

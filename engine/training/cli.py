@@ -1,14 +1,14 @@
-"""Train without the page: ``python -m engine.train``.
+"""Train without the page: ``python -m engine.training``.
 
-Every :class:`engine.train.TrainRequest` field is an option (``--max-steps``,
+Every :class:`engine.training.request.TrainRequest` field is an option (``--max-steps``,
 ``--use-ema/--no-use-ema``, ...). One process::
 
-    python -m engine.train --data digits --run-name digits-32 --max-steps 2000
+    python -m engine.training --data digits --run-name digits-32 --max-steps 2000
 
 Several GPUs or machines (accelerate is the distributed engine; on a machine
 without a GPU the processes train on the CPU)::
 
-    accelerate launch --multi_gpu --num_processes 2 -m engine.train --data digits --run-name digits-ddp
+    accelerate launch --multi_gpu --num_processes 2 -m engine.training --data digits --run-name digits-ddp
 
 Ctrl-C (or SIGTERM) once saves a checkpoint and stops; ``--resume --run-name NAME`` continues it
 (options given with ``--resume`` may only change run control: steps, intervals).
@@ -19,21 +19,21 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 from dataclasses import fields
 from pathlib import Path
 
 from engine.cancel import CancelToken
 from engine.errors import InputError, WorkbenchError
 
-log = logging.getLogger("engine.train")
+log = logging.getLogger("engine.training.request")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.objectives import BETA_SCHEDULES, PRESETS
-    from engine.train import MIXED_PRECISION, field_help
+    from engine.sampling.schedulers import SAMPLER_BETA_SCHEDULES
+    from engine.training.objectives.pixel import PRESETS
+    from engine.training.request import MIXED_PRECISION, field_help
 
-    parser = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m engine.training", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-dir", default="models", help="checkpoints go to MODELS_DIR/<run name>/ (models)")
     parser.add_argument("--data-dir", default="data", help="image folders are looked up here (data)")
     parser.add_argument("--outputs-dir", default="outputs",
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--log-level", default="INFO")
     group = parser.add_argument_group("training settings (TrainRequest fields; given ones only)")
-    choices = {"preset": tuple(PRESETS), "mixed_precision": MIXED_PRECISION, "beta_schedule": BETA_SCHEDULES}
+    choices = {"preset": tuple(PRESETS), "mixed_precision": MIXED_PRECISION, "beta_schedule": SAMPLER_BETA_SCHEDULES}
     for name, (default, comment) in field_help().items():
         flag = "--" + name.replace("_", "-")
         text = f"{comment} (default: {default!r})"
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def request_from_args(args: argparse.Namespace):
     """Only the options given on the command line; with ``--resume`` they change the saved request."""
-    from engine.train import TrainRequest, resume_request
+    from engine.training.request import TrainRequest, resume_request
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainRequest) if getattr(args, f.name) is not None}
     if given.get("resume"):
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args: argparse.Namespace, cancel: CancelToken) -> int:
     from PIL import Image
 
-    from engine.train import TrainDone, TrainSample, TrainStarted, TrainStep, iter_train
+    from engine.training.loop import iter_train
+    from engine.training.request import TrainDone, TrainSample, TrainStarted, TrainStep
 
     request = request_from_args(args)
     main_process = True
@@ -136,6 +137,3 @@ def _hms(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Quality figures of the built-in digit models, scored by :class:`engine.digits.DigitClassifier`.
 
-    python -m engine.builtin_models evaluate          # the README's figures
-    python -m engine.builtin_models evaluate --quick  # the smaller sample make test checks
+    python -m engine.builtin evaluate          # the README's figures
+    python -m engine.builtin evaluate --quick  # the smaller sample make test checks
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.digits import class_report, classifier, prompt_for
-from engine.schedulers import make_scheduler
+from engine.builtin.digits import class_report, classifier, prompt_for
+from engine.sampling.schedulers import make_scheduler
 
 SD_STEPS = 25
 
@@ -63,8 +63,8 @@ def evaluate_ddpm(pipe, *, n: int, scheduler: str, num_inference_steps: int, see
 
 
 def load_builtin(name: str, device: str = "cpu"):
-    from engine.devices import resolve_device
-    from engine.models import ModelRegistry
+    from engine.models.devices import resolve_device
+    from engine.models.registry import ModelRegistry
 
     kind = "txt2img" if name.endswith("-sd") else "unconditional"
     registry = ModelRegistry("/nonexistent-models-dir", resolve_device(device))
@@ -73,7 +73,7 @@ def load_builtin(name: str, device: str = "cpu"):
 
 def print_report(*, quick: bool = False, device: str = "cpu") -> dict:
     """The README's table: digits-sd at the default guidance and at 1; digits-ddpm with DDIM 50 and DDPM."""
-    from engine.txt2img import Txt2ImgRequest
+    from engine.sampling.txt2img import Txt2ImgRequest
 
     torch.set_grad_enabled(False)
     defaults = Txt2ImgRequest(prompt="")

@@ -1,6 +1,6 @@
 """What a training run optimises: the model it builds, its loss, how it samples and saves.
 
-The training loop (:mod:`engine.train`) only calls the methods of an objective, so
+The training loop (:mod:`engine.training.request`) only calls the methods of an objective, so
 another model family (a conditional UNet with a VAE, say) plugs in as another class
 with the same methods. :class:`NoisePrediction` is the diffusers "train a diffusion
 model" tutorial: a UNet2DModel learns to predict the noise a DDPMScheduler added.
@@ -49,7 +49,6 @@ PRESETS: dict[str, dict] = {
         up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
     ),
 }
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 def size_multiple(preset: str) -> int:
@@ -128,6 +127,6 @@ class NoisePrediction:
 
     def load_saved_weights(self, folder: Path) -> dict[str, torch.Tensor]:
         """The model's weights as :meth:`save_pretrained` wrote them (the EMA weights when EMA is on)."""
-        from engine.checkpoints import load_tensors
+        from engine.training.checkpoints import load_tensors
 
         return load_tensors(folder / "unet" / "diffusion_pytorch_model.safetensors")

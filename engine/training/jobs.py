@@ -18,10 +18,10 @@ from typing import Callable
 import numpy as np
 
 from engine.cancel import CancelToken
-from engine.checkpoints import recover_all
+from engine.training.checkpoints import recover_all
 from engine.errors import JobRunningError, WorkbenchError
-from engine.train import (TrainCheckpoint, TrainDone, TrainRequest, TrainSample, TrainStarted, TrainStep,
-                          iter_train)
+from engine.training.loop import iter_train
+from engine.training.request import TrainCheckpoint, TrainDone, TrainRequest, TrainSample, TrainStarted, TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def smooth(values, weight: float = SMOOTHING) -> list[float]:
 
 
 class TrainingManager:
-    """Runs :func:`engine.train.iter_train` jobs one at a time and keeps their status."""
+    """Runs :func:`engine.training.loop.iter_train` jobs one at a time and keeps their status."""
 
     def __init__(self, models_dir: str | Path, data_dir: str | Path, *, device: str = "auto",
                  on_checkpoint: Callable[[str, Path], None] | None = None, smoothing: float = SMOOTHING):

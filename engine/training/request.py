@@ -7,7 +7,7 @@ save, and :class:`TrainDone` last. A cancel (Stop) saves a checkpoint and ends w
 ``TrainDone(stopped=True)``. The loop runs through ``accelerate``, so the same code
 trains on one device or under ``accelerate launch --multi_gpu --num_processes N``.
 
-Run it without the page: ``python -m engine.train --help``.
+Run it without the page: ``python -m engine.training --help``.
 """
 
 from __future__ import annotations
@@ -18,21 +18,19 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from engine.cancel import CancelToken
-from engine.data import DataReport
+from engine.training.data import DataReport
 from engine.errors import InputError
-from engine.objectives import BETA_SCHEDULES, PRESETS, size_multiple
-from engine.validation import check_float, check_int
+from engine.sampling.schedulers import SAMPLER_BETA_SCHEDULES
+from engine.training.objectives.pixel import PRESETS, size_multiple
+from engine.validation import MAX_SEED, check_choice, check_float, check_int
 
 log = logging.getLogger(__name__)
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-MAX_SEED = 2**63 - 1
 # Fields a resumed run may change; every other field must match the checkpoint.
 RUN_CONTROL = ("max_steps", "num_epochs", "save_every", "sample_every", "log_every", "num_workers",
                "sample_images", "sample_num_inference_steps", "resume")
@@ -99,8 +97,7 @@ class TrainRequest:
         check_float("max gradient norm", self.max_grad_norm, 0.0, 1e6)
         if self.mixed_precision not in MIXED_PRECISION:
             raise InputError(f"mixed precision {self.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISION)}")
-        if self.beta_schedule not in BETA_SCHEDULES:
-            raise InputError(f"beta schedule {self.beta_schedule!r}; allowed: {', '.join(BETA_SCHEDULES)}")
+        check_choice("beta schedule", self.beta_schedule, SAMPLER_BETA_SCHEDULES)  # the grids sample with DDIM
         for name in ("clamp_batch_size", "use_ema", "random_flip", "resume"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be true or false; got {getattr(self, name)!r}")
@@ -122,7 +119,7 @@ def resume_request(models_dir: str | Path, run_name: str, **changes) -> TrainReq
     Only :data:`RUN_CONTROL` fields may change (e.g. ``max_steps`` to train longer;
     a changed total stretches the cosine schedule).
     """
-    from engine.checkpoints import read_state
+    from engine.training.checkpoints import read_state
 
     bad = sorted(set(changes) - set(RUN_CONTROL))
     if bad:
@@ -195,31 +192,6 @@ class TrainDone:
 TrainEvent = TrainStarted | TrainStep | TrainSample | TrainCheckpoint | TrainDone
 
 
-def iter_train(
-    request: TrainRequest,
-    *,
-    models_dir: str | Path,
-    data_dir: str | Path,
-    cancel: CancelToken | None = None,
-    device: str = "auto",
-    objective=None,
-    on_checkpoint=None,
-) -> Iterator[TrainEvent]:
-    """Train as ``request`` says, yielding events; see the module docstring for their order.
-
-    ``device``: "auto", "cpu" or "cuda" (ignored under ``accelerate launch``, which decides).
-    ``objective``: a class like :class:`engine.objectives.NoisePrediction` (the default).
-    ``on_checkpoint(run_name, path)``: called on the main process after each save, e.g. to
-    drop a cached pipeline of the run. Raises :class:`InputError` or :class:`DataError`
-    before the first step when the request or the data cannot be used.
-    """
-    from engine.trainer import Trainer
-
-    trainer = Trainer(request, models_dir=Path(models_dir), data_dir=Path(data_dir), device=device,
-                      objective=objective, on_checkpoint=on_checkpoint)
-    yield from trainer.run(cancel)
-
-
 def field_help() -> dict[str, tuple[object, str]]:
     """Field name -> (default, the comment beside it in :class:`TrainRequest`), for the CLI's and UI's help."""
     import inspect
@@ -230,9 +202,3 @@ def field_help() -> dict[str, tuple[object, str]]:
         if match:
             comments[match.group(1)] = match.group(2)
     return {f.name: (f.default, comments.get(f.name, "")) for f in fields(TrainRequest)}
-
-
-if __name__ == "__main__":
-    from engine.train_cli import main
-
-    raise SystemExit(main())

@@ -1,8 +1,8 @@
 """Train the built-in models from scratch with the project's own training engine.
 
-    python -m engine.builtin_models train digits-ddpm [--device cuda] [--scale 1.0]
-    python -m engine.builtin_models train digits-sd   [--device cuda] [--scale 1.0]
-    python -m engine.builtin_models evaluate [--quick]
+    python -m engine.builtin train digits-ddpm [--device cuda] [--scale 1.0]
+    python -m engine.builtin train digits-sd   [--device cuda] [--scale 1.0]
+    python -m engine.builtin evaluate [--quick]
 
 ``train`` writes ``builtin_models/<name>/`` (pipeline folder only, no trainer state); the
 seed is fixed, so a rerun on the same device and versions gives the same weights.
@@ -15,15 +15,15 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from engine.cancel import CancelToken
-from engine.checkpoints import TRAINER_DIR, write_atomically
-from engine.models import BUILTIN_DIR
-from engine.train import TrainDone, TrainRequest, TrainStep, iter_train
+from engine.training.checkpoints import TRAINER_DIR, write_atomically
+from engine.models.registry import BUILTIN_DIR
+from engine.training.loop import iter_train
+from engine.training.request import TrainDone, TrainRequest, TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ VAE_REQUEST = TrainRequest(
 SD_REQUEST = TrainRequest(
     data="digits", run_name="digits-sd", resolution=32, batch_size=128, max_steps=2400,
     learning_rate=5e-4, lr_warmup_steps=200, use_ema=True, random_flip=False, seed=0,
-    save_every=0, sample_every=0, log_every=100,
+    save_every=0, sample_every=0, log_every=100, sample_num_inference_steps=25,  # DPM++ needs no more
 )
 
 
@@ -86,35 +86,35 @@ def train_digits_ddpm(device: str = "auto", scale: float = 1.0) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         run_dir = _run(request, Path(tmp), device)
-        info = {"command": f"python -m engine.builtin_models train digits-ddpm --scale {scale:g}",
+        info = {"command": f"python -m engine.builtin train digits-ddpm --scale {scale:g}",
                 "request": request.__dict__, "seconds": round(time.perf_counter() - start), "device": device}
         return _publish(run_dir, "digits-ddpm", info)
 
 
 def sd_setup(vae_dir: Path):
-    from engine.digits import TEMPLATES, caption, digits_tokenizer
-    from engine.objectives_latent import MODEL_MAX_LENGTH, TextToImageSetup
+    from engine.builtin.digits import TEMPLATES, caption, digits_tokenizer, prompt_for
+    from engine.training.objectives.latent import MODEL_MAX_LENGTH, TextToImageSetup
 
-    return TextToImageSetup(vae_dir=vae_dir, captions=caption, num_templates=len(TEMPLATES),
+    return TextToImageSetup(vae_dir=vae_dir, captions=caption, prompts=prompt_for, num_templates=len(TEMPLATES),
                             tokenizer=lambda: digits_tokenizer(MODEL_MAX_LENGTH))
 
 
 def train_digits_sd(device: str = "auto", scale: float = 1.0) -> Path:
-    from engine.objectives_latent import VaeReconstruction
+    from engine.training.objectives.latent import VaeReconstruction
 
     vae_request, sd_request = _scaled(VAE_REQUEST, scale), _scaled(SD_REQUEST, scale)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         vae_dir = _run(vae_request, Path(tmp), device, objective=VaeReconstruction)
         run_dir = _run(sd_request, Path(tmp), device, objective=sd_setup(vae_dir))
-        info = {"command": f"python -m engine.builtin_models train digits-sd --scale {scale:g}",
+        info = {"command": f"python -m engine.builtin train digits-sd --scale {scale:g}",
                 "vae_request": vae_request.__dict__, "request": sd_request.__dict__,
                 "seconds": round(time.perf_counter() - start), "device": device}
         return _publish(run_dir, "digits-sd", info)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.builtin_models", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m engine.builtin", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="retrain a built-in model from scratch (fixed seed)")
@@ -134,11 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         fn = train_digits_ddpm if args.name == "digits-ddpm" else train_digits_sd
         print(fn(args.device, args.scale))
         return 0
-    from engine.quality import print_report
+    from engine.builtin.quality import print_report
 
     print_report(quick=args.quick, device=args.device)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""The training loop behind :func:`engine.train.iter_train`.
+"""The training loop behind :func:`engine.training.loop.iter_train`.
 
 One :class:`Trainer` per run. Everything that can fail on bad input (the request,
 the data, a checkpoint to resume) is checked in :meth:`Trainer._setup`, before the
@@ -19,14 +19,14 @@ from typing import Iterator
 
 import torch
 
-from engine import checkpoints as ckpt
+from engine.training import checkpoints as ckpt
 from engine.cancel import CancelToken
-from engine.data import EpochSampler, attach_transform, load_image_data, make_dataloader, random_flip
+from engine.training.data import EpochSampler, attach_transform, load_image_data, make_dataloader, random_flip
 from engine.errors import Cancelled, DataError, InputError
-from engine.objectives import NoisePrediction
-from engine.preview import to_uint8, upscale_nearest
-from engine.train import (RUN_CONTROL, TrainCheckpoint, TrainDone, TrainRequest, TrainSample, TrainStarted,
-                          TrainStep)
+from engine.training.objectives.pixel import NoisePrediction
+from engine.sampling.preview import to_uint8, upscale_nearest
+from engine.training.request import (RUN_CONTROL, TrainCheckpoint, TrainDone, TrainEvent, TrainRequest, TrainSample,
+                                     TrainStarted, TrainStep)
 
 log = logging.getLogger(__name__)
 
@@ -364,3 +364,26 @@ class Trainer:
         self.step = self.saved_step = int(state["step"])
         self.lr = state.get("lr", self.lr)
         self.history = list(state.get("history", []))
+
+
+def iter_train(
+    request: TrainRequest,
+    *,
+    models_dir: str | Path,
+    data_dir: str | Path,
+    cancel: CancelToken | None = None,
+    device: str = "auto",
+    objective=None,
+    on_checkpoint=None,
+) -> Iterator[TrainEvent]:
+    """Train as ``request`` says, yielding events; see the module docstring for their order.
+
+    ``device``: "auto", "cpu" or "cuda" (ignored under ``accelerate launch``, which decides).
+    ``objective``: a class like :class:`engine.training.objectives.pixel.NoisePrediction` (the default).
+    ``on_checkpoint(run_name, path)``: called on the main process after each save, e.g. to
+    drop a cached pipeline of the run. Raises :class:`InputError` or :class:`DataError`
+    before the first step when the request or the data cannot be used.
+    """
+    trainer = Trainer(request, models_dir=Path(models_dir), data_dir=Path(data_dir), device=device,
+                      objective=objective, on_checkpoint=on_checkpoint)
+    yield from trainer.run(cancel)

@@ -28,14 +28,14 @@ from PIL import Image
 from engine.cancel import CancelToken, check
 from engine.errors import InputError, WorkbenchError
 from engine.events import Done, Preview, Started, Step
-from engine.outputs import a1111_parameters, save_png
-from engine.preview import PixelPreviewer, X0Previewer
-from engine.schedulers import SCHEDULERS, make_scheduler, scheduler_code
-from engine.validation import check_int
+from engine.models.configs import read_scheduler_config
+from engine.sampling.outputs import a1111_parameters, save_png
+from engine.sampling.preview import PixelPreviewer, X0Previewer
+from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
+from engine.validation import check_int, check_seed
 
 MAX_STEPS = 10_000  # a sanity bound only: the model's own num_train_timesteps is checked when the run starts
 MAX_BATCH = 16  # a 4x4 grid; larger batches of 256 px images outgrow memory and the page
-MAX_SEED = 2**63 - 1
 DEFAULT_STEPS = 50  # the seed's set_timesteps(50): enough for DDIM, DPM++, UniPC, PNDM, Euler
 UNCONDITIONAL_SCHEDULERS = ("DDPM", "DDIM", "DPM++ 2M", "UniPC", "PNDM", "Euler")  # the tab's list, DDPM first
 
@@ -49,11 +49,10 @@ class UnconditionalRequest:
     model: str = ""  # the model string: what iter_unconditional_model loads, and the image's metadata
 
     def __post_init__(self):
-        if self.scheduler not in SCHEDULERS:
-            raise InputError(f"unknown scheduler {self.scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
+        scheduler_spec(self.scheduler, UNCONDITIONAL_SCHEDULERS)
         if self.num_inference_steps is not None:
             check_int("steps", self.num_inference_steps, 1, MAX_STEPS)
-        check_int("seed", self.seed, -1, MAX_SEED)
+        check_seed(self.seed)
         check_int("batch size", self.batch_size, 1, MAX_BATCH)
 
     def resolved(self, pipe) -> "UnconditionalRequest":
@@ -169,8 +168,6 @@ def iter_unconditional_model(
 
 def model_default_steps(registry, model: str, scheduler: str) -> int | None:
     """The default steps for ``model`` and ``scheduler``, read from its scheduler config; None if unreadable."""
-    from engine.noise import read_scheduler_config
-
     try:
         config = read_scheduler_config(registry.resolve(model).location)
         return default_num_inference_steps(scheduler, config)

@@ -1,0 +1,1 @@
+"""The built-in digit models: their training recipes, tokenizer and the classifier that scores them."""

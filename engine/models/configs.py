@@ -1,0 +1,33 @@
+"""Read a model's configs without loading its weights: scheduler settings, native image size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.errors import ModelLoadError
+
+
+def read_scheduler_config(location: str | Path) -> dict:
+    """A model's ``scheduler/scheduler_config.json``: a diffusers folder or a cached hub id. No weights are read."""
+    from diffusers import DDPMScheduler
+
+    try:
+        return dict(DDPMScheduler.load_config(str(location), subfolder="scheduler"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"no readable scheduler config for {str(location)!r}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def native_size(folder: str | Path) -> tuple[int, int] | None:
+    """(width, height) a text-to-image model in diffusers layout was trained at:
+    ``unet.sample_size * 2 ** (number of VAE blocks - 1)``; None where the configs are not readable."""
+    folder = Path(folder)
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        side = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return side, side
