@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 from pathlib import Path
@@ -38,10 +37,6 @@ def build_app(args: argparse.Namespace):
     """The engine and the page; nothing is launched."""
     import gradio as gr
 
-    from engine.forward import noise
-
-    from engine.sampling import unconditional
-    from engine.sampling.schedulers import SCHEDULERS
     from engine.workbench import Folders, Workbench
     from ui import noise as noise_tab, train as train_tab, txt2img as txt2img_tab, unconditional as unconditional_tab
 
@@ -54,27 +49,25 @@ def build_app(args: argparse.Namespace):
                 list_models=lambda: bench.list_models("txt2img"),
                 default_model=bench.default_model("txt2img"),
                 default_size=bench.default_size,
-                schedulers=list(SCHEDULERS),
+                schedulers=list(bench.schedulers("txt2img")),
             )
         with gr.Tab("Unconditional", id="unconditional"):
             unconditional_model = unconditional_tab.build(
-                iter_unconditional=functools.partial(unconditional.iter_unconditional_model, registry=bench.registry,
-                                                     outputs_dir=bench.folders.outputs_dir),
-                final_image=unconditional.final_image,
-                default_steps=functools.partial(unconditional.model_default_steps, bench.registry),
+                iter_unconditional=bench.iter_unconditional,
+                final_image=bench.final_image,
+                default_steps=bench.default_steps,
                 list_models=lambda: bench.list_models("unconditional"),
                 default_model=bench.default_model("unconditional"),
-                schedulers=list(unconditional.UNCONDITIONAL_SCHEDULERS)
-                + [s for s in SCHEDULERS if s not in unconditional.UNCONDITIONAL_SCHEDULERS],
+                schedulers=list(bench.schedulers("unconditional")),
             )
         with gr.Tab("Noise", id="noise"):
             noise_tab.build(
-                add_noise=noise.add_noise,
-                plot_frames=noise.plot_frames,
-                schedule_of_model=lambda name: noise.schedule_of_model(bench.registry.resolve(name).location),
-                list_models=lambda: bench.list_models("unconditional")
-                + [m for m in bench.list_models("txt2img") if not m.endswith(".safetensors")],
-                schedulers=list(SCHEDULERS),
+                add_noise=bench.add_noise,
+                schedule_arrays=bench.schedule_arrays,
+                visited_timesteps=bench.visited_timesteps,
+                schedule_of_model=bench.schedule_of_model,
+                list_models=bench.list_schedule_models,
+                schedulers=list(bench.schedulers("txt2img")),
             )
         with gr.Tab("Training", id="train"):
             train_tab.build(

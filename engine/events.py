@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
+
+
+class Previewer(Protocol):
+    """Turns a latent, pixel tensor or (model_output, x_t) pair into a (H, W, 3) uint8 image.
+
+    Called off the denoising loop, on first look (see :class:`Preview`); numpy only there.
+    """
+
+    def __call__(self, tensor: Any) -> np.ndarray: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -18,7 +27,7 @@ class Preview:
     """
 
     tensor: Any  # (B, C, h, w), detached
-    previewer: Callable[[Any], np.ndarray]
+    previewer: Previewer | Callable[[Any], np.ndarray]
 
     @functools.cached_property
     def _array(self) -> np.ndarray:
@@ -40,11 +49,16 @@ class Started:
 
 @dataclass(frozen=True, eq=False)
 class Step:
-    """One denoising step has finished."""
+    """One denoising step has finished.
+
+    Both loops give the previews the same meaning: ``preview_xt`` is the noisy sample *after*
+    this step (x_{t-1}, the one the next step starts from; at the last step the finished sample),
+    ``preview_x0`` the clean sample x0 predicted at ``timestep``.
+    """
 
     step: int  # 1-based
     total: int
-    timestep: float
+    timestep: float  # the timestep this step denoised from, read on the CPU
     preview_xt: Preview | None
     preview_x0: Preview | None
     elapsed: float  # seconds since the loop started
@@ -63,3 +77,4 @@ class Done:
     info: dict
     steps: tuple[Step, ...] = ()
     paths: tuple[str, ...] = ()
+    code: str = ""  # plain-diffusers code that reproduces the images

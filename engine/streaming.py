@@ -4,7 +4,11 @@ The producer (a denoising or training loop) never waits for the consumer: step
 events overwrite each other in a one-slot mailbox (stale frames are dropped),
 while every other event (Started, Done, ...) is queued and delivered in order.
 The last step before a non-step event is always delivered. Closing the consumer
-cancels the run and joins the thread.
+cancels the run and returns at once: it never waits for the worker, because Gradio
+closes a stopped generator on its event-loop thread, where waiting would stall every
+request of every user for up to a step. The worker ends at its next cancel check;
+whoever must not overlap with it (the device) is guarded by a lock the run itself
+holds until it has really stopped (see :meth:`engine.workbench.Workbench.iter_txt2img`).
 """
 
 from __future__ import annotations
@@ -80,5 +84,4 @@ def stream_latest(
                 last_yield = time.monotonic()
             yield event
     finally:
-        cancel.cancel()
-        worker.join()
+        cancel.cancel()  # no join: see the module docstring

@@ -6,21 +6,31 @@ Everything the page can do, a Python caller can do through this class alone.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from engine.cancel import CancelToken
+import numpy as np
+from PIL import Image
+
+from engine.cancel import CancelToken, check
+from engine.errors import InputError, ModelLoadError, WorkbenchError
+from engine.events import Done, Started, Step
+from engine.forward import noise
+from engine.forward.noise import NoiseRequest, NoiseSchedule, NoiseStrip
+from engine.models.configs import native_size, read_scheduler_config
+from engine.models.devices import resolve_device
+from engine.models.registry import BUILTINS, ModelRegistry
+from engine.sampling import unconditional
+from engine.sampling.schedulers import SCHEDULERS
+from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img
+from engine.sampling.unconditional import UNCONDITIONAL_SCHEDULERS, UnconditionalRequest, iter_unconditional
 from engine.training.checkpoints import list_runs
 from engine.training.data import list_sources, save_uploads
-from engine.models.devices import resolve_device
-from engine.errors import InputError, ModelLoadError
-from engine.models.registry import BUILTINS, ModelRegistry
-from engine.training.request import RUN_NAME, TrainRequest, resume_request
 from engine.training.jobs import TrainingManager, TrainStatus
-from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img
+from engine.training.request import RUN_NAME, TrainRequest, resume_request
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +49,9 @@ class Workbench:
         for folder in (folders.models_dir, folders.data_dir, folders.outputs_dir):
             Path(folder).mkdir(parents=True, exist_ok=True)
         self.registry = ModelRegistry(folders.models_dir, self.placement)
+        # One sampling run on the device at a time. The run holds it in its own (worker) thread until its
+        # loop has really ended, so a stopped run keeps the device until it stops and the next one waits.
+        self._device = threading.Lock()
         # One training job at a time, in the background; each checkpoint drops the run's cached pipeline,
         # so the Unconditional tab samples the new weights. accelerate picks mps itself under "auto".
         self.training = TrainingManager(folders.models_dir, folders.data_dir,
@@ -47,30 +60,87 @@ class Workbench:
 
     # -- models ----------------------------------------------------------------------
     def list_models(self, kind: str) -> list[str]:
+        """Built-ins of ``kind`` ("txt2img" or "unconditional") first, then the models dir's."""
         return self.registry.list_models(kind)
 
     def default_model(self, kind: str) -> str:
+        """The built-in every tab of ``kind`` starts with; an empty model string means it."""
         return next(b.name for b in BUILTINS.values() if b.kind == kind)
 
+    def schedulers(self, kind: str) -> tuple[str, ...]:
+        """The scheduler names a tab of ``kind`` offers (and its requests accept), default first."""
+        return UNCONDITIONAL_SCHEDULERS if kind == "unconditional" else tuple(SCHEDULERS)
+
     def default_size(self, model: str) -> tuple[int, int] | None:
-        """(width, height) a text-to-image model was trained at, read from its configs only."""
+        """(width, height) a text-to-image model was trained at, read from its configs only; None where
+        that needs a download (hub ids) or the configs are unreadable."""
         try:
-            ref = self.registry.resolve(model)
+            folder = self.registry.config_folder(model or self.default_model("txt2img"))
         except ModelLoadError:
             return None
-        folder = Path(ref.location)
-        try:
-            unet = json.loads((folder / "unet" / "config.json").read_text())
-            vae = json.loads((folder / "vae" / "config.json").read_text())
-        except (OSError, ValueError):
-            return None
-        side = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-        return side, side
+        return native_size(folder) if folder is not None else None
 
     # -- text to image ---------------------------------------------------------------
-    def iter_txt2img(self, request: Txt2ImgRequest, *, cancel: CancelToken | None = None) -> Iterator:
-        pipe = self.registry.load(request.model or self.default_model("txt2img"), "txt2img")
-        yield from iter_txt2img(request, pipe=pipe, cancel=cancel, outputs_dir=self.folders.outputs_dir)
+    def iter_txt2img(self, request: Txt2ImgRequest, *,
+                     cancel: CancelToken | None = None) -> Iterator[Started | Step | Done]:
+        """Load the request's model (the built-in when none is named), then denoise step by step."""
+        request = replace(request, model=request.model or self.default_model("txt2img"))
+        with self._device:
+            check(cancel, 0)  # stopped while waiting for the device: nothing to load
+            pipe = self.registry.load(request.model, "txt2img")
+            yield from iter_txt2img(request, pipe=pipe, cancel=cancel, outputs_dir=self.folders.outputs_dir)
+
+    # -- unconditional ---------------------------------------------------------------
+    def iter_unconditional(self, request: UnconditionalRequest, *,
+                           cancel: CancelToken | None = None) -> Iterator[Started | Step | Done]:
+        """Load the request's model (the built-in when none is named), then denoise from pure noise.
+
+        Drawn in ``stream_latest``'s worker thread, the load keeps the page live, and a load error
+        reaches the consumer like any other.
+        """
+        request = replace(request, model=request.model or self.default_model("unconditional"))
+        with self._device:
+            check(cancel, 0)
+            pipe = self.registry.load(request.model, "unconditional")
+            yield from iter_unconditional(request, pipe=pipe, cancel=cancel, outputs_dir=self.folders.outputs_dir)
+
+    def default_steps(self, model: str, scheduler: str) -> int | None:
+        """The default steps for an unconditional ``model`` and ``scheduler``; None where its config is unreadable."""
+        try:
+            location = self.registry.resolve(model or self.default_model("unconditional")).location
+            return unconditional.default_num_inference_steps(scheduler, read_scheduler_config(location))
+        except (WorkbenchError, KeyError, TypeError, ValueError):
+            return None
+
+    @staticmethod
+    def final_image(done: Done) -> Image.Image:
+        """What a run ends with on the page: its image, or a batch as one grid, with the PNG parameters."""
+        return unconditional.final_image(done)
+
+    # -- the forward process -----------------------------------------------------------
+    @staticmethod
+    def add_noise(request: NoiseRequest, image=None) -> NoiseStrip:
+        """x_t for each of the request's timesteps, one noise sample for all."""
+        return noise.add_noise(request, image)
+
+    @staticmethod
+    def schedule_arrays(schedule: NoiseSchedule) -> dict[str, np.ndarray]:
+        """beta_t, alpha_bar_t, sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t) and log SNR for t = 0..T-1."""
+        return noise.schedule_arrays(schedule)
+
+    @staticmethod
+    def visited_timesteps(scheduler: str, num_inference_steps: int, schedule: NoiseSchedule) -> tuple[int, ...]:
+        """The timesteps ``scheduler`` visits in ``num_inference_steps`` steps on ``schedule``."""
+        return noise.visited_timesteps(scheduler, num_inference_steps, schedule)
+
+    def schedule_of_model(self, model: str) -> NoiseSchedule:
+        """The noise schedule ``model`` was trained with, from its scheduler config."""
+        return noise.schedule_of_model(self.registry.resolve(model).location)
+
+    def list_schedule_models(self) -> list[str]:
+        """Models whose schedule the Noise tab can show: every model with a scheduler config."""
+        return self.list_models("unconditional") + [m for m in self.list_models("txt2img")
+                                                    if not m.endswith(".safetensors")]
 
     # -- training --------------------------------------------------------------------
     def list_training_data(self) -> list[str]:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import gradio as gr
+import numpy as np
+import pandas as pd
 
 from engine.sampling.schedulers import BETA_SCHEDULES
 from engine.forward.noise import (
     DEFAULT_TIMESTEPS,
     MAX_RESOLUTION,
     MIN_RESOLUTION,
-    PLOTS,
     SAMPLE_IMAGES,
     NoiseRequest,
     NoiseSchedule,
@@ -19,12 +20,21 @@ from engine.forward.noise import (
 from ui.common import friendly_errors, whole
 
 CUSTOM = "(the settings below)"
+PLOTS = {  # plot title -> the curves it overlays (names of the engine's schedule_arrays)
+    "beta_t": ("beta",),
+    "alpha_bar_t": ("alpha_bar",),
+    "signal sqrt(alpha_bar_t) and noise sqrt(1 - alpha_bar_t)": ("sqrt(alpha_bar)", "sqrt(1 - alpha_bar)"),
+    "log SNR_t": ("log SNR",),
+}
+SHORT_NAMES = {"sqrt(alpha_bar)": "signal", "sqrt(1 - alpha_bar)": "noise"}  # legends stay one line
+MAX_PLOT_ROWS = 990  # browser line plots thin 1000 rows or more by min/max binning, which breaks the stems
 
 
 def build(
     *,
     add_noise: Callable,  # (NoiseRequest, image) -> NoiseStrip
-    plot_frames: Callable,  # ({label: NoiseSchedule}, scheduler, steps) -> {title: DataFrame}
+    schedule_arrays: Callable,  # NoiseSchedule -> {curve name: (T,) array}
+    visited_timesteps: Callable,  # (scheduler, steps, NoiseSchedule) -> the timesteps it visits
     schedule_of_model: Callable[[str], NoiseSchedule],
     list_models: Callable[[], list[str]],
     schedulers: list[str],
@@ -108,7 +118,9 @@ def build(
         gallery = [(im, f"t = {t}, √ᾱ = {a ** 0.5:.2f}")
                    for im, t, a in zip(result.images, result.timesteps, result.alpha_bars)]
         marker = None if marker_scheduler in (None, "", "(none)") else marker_scheduler
-        frames = plot_frames(chosen, marker, whole(marker_steps) if marker else None)
+        arrays = {label: schedule_arrays(schedule) for label, schedule in chosen.items()}
+        visited = visited_timesteps(marker, whole(marker_steps), main) if marker else ()
+        frames = plot_frames(arrays, visited, f"{marker}, {whole(marker_steps)} steps" if marker else "")
         slider = gr.update(maximum=main.num_train_timesteps - 1)
         series = [list(dict.fromkeys(frame["series"])) for frame in frames.values()]
         if series != shown_series:
@@ -147,3 +159,41 @@ def build(
                      resolution, sample_image, model]
     single_t.release(single_frame, single_inputs, single, api_visibility="private")
     refresh.click(lambda: gr.update(choices=[CUSTOM] + list_models()), None, model, api_visibility="private")
+
+
+def plot_frames(
+    arrays: Mapping[str, Mapping[str, np.ndarray]],
+    visited: Sequence[int] = (),
+    marker_name: str = "",
+) -> dict:
+    """Plot-ready DataFrames (t, value, series), one per entry of :data:`PLOTS`.
+
+    ``arrays``: each named schedule's curves (the engine's ``schedule_arrays``), the chosen
+    schedule first. Each is thinned evenly (first and last t kept) to fit :data:`MAX_PLOT_ROWS`;
+    with ``visited`` (the timesteps a sampler visits on the chosen schedule), a series named
+    ``marker_name`` of stems from the plot's floor up to the chosen schedule's first curve.
+    """
+    first = next(iter(arrays), None)
+    visited = {first: visited} if len(visited) and first is not None else {}
+    frames = {}
+    for title, curves in PLOTS.items():
+        stem_rows = 3 * sum(len(set(v)) for v in visited.values())
+        per_series = max(2, (MAX_PLOT_ROWS - stem_rows) // max(1, len(arrays) * len(curves)))
+        floor = min(float(a[c].min()) for a in arrays.values() for c in curves)
+        parts = []
+        for label, a in arrays.items():
+            keep = np.unique(np.linspace(0, len(a["t"]) - 1, min(len(a["t"]), per_series)).round().astype(int))
+            for curve in curves:
+                series = label if len(curves) == 1 else f"{label}: {SHORT_NAMES[curve]}"
+                parts.append(pd.DataFrame({"t": a["t"][keep], "value": a[curve][keep], "series": series}))
+            if label in visited:
+                ts = np.array(sorted(set(visited[label])))
+                top = a[curves[0]][ts]
+                name = marker_name
+                parts.append(pd.DataFrame({  # (t, floor), (t, curve), (t, floor) per visited t: a stem
+                    "t": np.repeat(ts, 3),
+                    "value": np.stack([np.full_like(top, floor), top, np.full_like(top, floor)], 1).ravel(),
+                    "series": name,
+                }))
+        frames[title] = pd.concat(parts, ignore_index=True)
+    return frames

@@ -78,12 +78,12 @@ def build(
                        gr.skip(), gr.skip(), gr.skip(), gr.skip())
             elif isinstance(event, Done):
                 final = Image.open(event.paths[0]) if event.paths else event.images[0]
-                info_out = {k: v for k, v in event.info.items() if k != "code"}
+                info_out = dict(event.info)
                 info_out["file"] = event.paths[0] if event.paths else None
                 n = len(event.steps)
                 yield (final, event.steps[-1].preview_xt.array() if n else None,
                        progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"),
-                       info_out, event.info["code"],
+                       info_out, event.code,
                        gr.update(visible=n > 1, minimum=1, maximum=max(n, 2), value=n), event.steps)
 
     def show_step(index, steps):

@@ -56,7 +56,7 @@ def build(
 
     @friendly_errors
     def ddpm(model, scheduler, steps, seed, batch_size):
-        request = UnconditionalRequest(model=model or default_model, scheduler=scheduler,
+        request = UnconditionalRequest(model=model or "", scheduler=scheduler,
                                        num_inference_steps=whole(steps), seed=whole(seed),
                                        batch_size=whole(batch_size))
         for event in stream(lambda cancel: iter_unconditional(request, cancel=cancel)):
@@ -68,12 +68,12 @@ def build(
                        progress_html(event.step, event.total, event.timestep, event.elapsed, event.eta),
                        gr.skip(), gr.skip(), gr.skip())
             elif isinstance(event, Done):
-                info_out = {k: v for k, v in event.info.items() if k != "code"}
+                info_out = dict(event.info)
                 info_out["files"] = list(event.paths)
                 n = len(event.steps)
                 yield (final_image(event), gr.skip(),
                        progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"),
-                       gr.skip(), info_out, event.info["code"])
+                       gr.skip(), info_out, event.code)
 
     def on_choice(model_name, scheduler_name):
         found = default_steps(model_name, scheduler_name)

@@ -30,14 +30,6 @@ MAX_FRAMES = 32  # a strip wider than this is unreadable anyway
 MIN_RESOLUTION, MAX_RESOLUTION = 16, 512
 MIN_ALPHA_BAR = 2.0**-24  # what diffusers' DDIM/Euler put in for a zero terminal SNR; keeps log SNR finite
 CURVES = ("beta", "alpha_bar", "sqrt(alpha_bar)", "sqrt(1 - alpha_bar)", "log SNR")
-PLOTS = {  # plot title -> the curves it overlays
-    "beta_t": ("beta",),
-    "alpha_bar_t": ("alpha_bar",),
-    "signal sqrt(alpha_bar_t) and noise sqrt(1 - alpha_bar_t)": ("sqrt(alpha_bar)", "sqrt(1 - alpha_bar)"),
-    "log SNR_t": ("log SNR",),
-}
-SHORT_NAMES = {"sqrt(alpha_bar)": "signal", "sqrt(1 - alpha_bar)": "noise"}  # legends stay one line
-MAX_PLOT_ROWS = 990  # browser line plots thin 1000 rows or more by min/max binning, which breaks the stems
 
 
 def _is_number(value) -> bool:
@@ -255,49 +247,6 @@ def visited_points(scheduler: str, num_inference_steps: int, schedules: Mapping[
             frames.append(pd.DataFrame({"t": visited, "value": arrays[curve][visited], "curve": curve,
                                         "schedule": label}))
     return pd.concat(frames, ignore_index=True)
-
-
-def plot_frames(
-    schedules: Mapping[str, NoiseSchedule],
-    scheduler: str | None = None,
-    num_inference_steps: int | None = None,
-) -> dict:
-    """Plot-ready DataFrames (t, value, series), one per entry of :data:`PLOTS`.
-
-    Each named schedule's curves, thinned evenly (first and last t kept) to fit
-    :data:`MAX_PLOT_ROWS`; and, when ``scheduler`` is given, a series of stems from
-    the plot's floor up to the first curve of the first schedule (the chosen one;
-    the others are overlays) at every timestep that scheduler visits on it.
-    """
-    import pandas as pd
-
-    arrays = {label: schedule_arrays(schedule) for label, schedule in schedules.items()}
-    visited = {}
-    if scheduler and schedules:
-        label, schedule = next(iter(schedules.items()))
-        visited = {label: visited_timesteps(scheduler, num_inference_steps, schedule)}
-    frames = {}
-    for title, curves in PLOTS.items():
-        stem_rows = 3 * sum(len(set(v)) for v in visited.values())
-        per_series = max(2, (MAX_PLOT_ROWS - stem_rows) // max(1, len(arrays) * len(curves)))
-        floor = min(float(a[c].min()) for a in arrays.values() for c in curves)
-        parts = []
-        for label, a in arrays.items():
-            keep = np.unique(np.linspace(0, len(a["t"]) - 1, min(len(a["t"]), per_series)).round().astype(int))
-            for curve in curves:
-                series = label if len(curves) == 1 else f"{label}: {SHORT_NAMES[curve]}"
-                parts.append(pd.DataFrame({"t": a["t"][keep], "value": a[curve][keep], "series": series}))
-            if label in visited:
-                ts = np.array(sorted(set(visited[label])))
-                top = a[curves[0]][ts]
-                name = f"{scheduler}, {num_inference_steps} steps"
-                parts.append(pd.DataFrame({  # (t, floor), (t, curve), (t, floor) per visited t: a stem
-                    "t": np.repeat(ts, 3),
-                    "value": np.stack([np.full_like(top, floor), top, np.full_like(top, floor)], 1).ravel(),
-                    "series": name,
-                }))
-        frames[title] = pd.concat(parts, ignore_index=True)
-    return frames
 
 
 def schedule_of_model(location: str | Path) -> NoiseSchedule:

@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,12 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_DIR = REPO_ROOT / "builtin_models"  # shipped (or built on first use), never the user's models dir
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+# The pipeline classes each loop runs: a UNet2DConditionModel + VAE + CLIP text encoder for text to image;
+# a UNet2DModel with a DDPM-family scheduler for unconditional sampling. Anything else is refused by name.
 TXT2IMG_CLASSES = ("StableDiffusionPipeline",)
-UNCONDITIONAL_CLASSES = ("DDPMPipeline", "DDIMPipeline", "PNDMPipeline", "ScoreSdeVePipeline")
+UNCONDITIONAL_CLASSES = ("DDPMPipeline", "DDIMPipeline", "PNDMPipeline")
+KIND_LABELS = {"txt2img": "text-to-image", "unconditional": "unconditional"}
+UNET_CLASSES = {"txt2img": "UNet2DConditionModel", "unconditional": "UNet2DModel"}
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,8 @@ class ModelRegistry:
         self.placement = placement
         self.cache_size = cache_size  # two pipelines: switching tabs does not reload
         self._cache: OrderedDict[str, Any] = OrderedDict()
-        self._lock = threading.Lock()
+        self._loading: dict[str, _PendingLoad] = {}  # loads under way, by cache key
+        self._lock = threading.Lock()  # guards the two dicts; never held through a load
 
     # -- listing -----------------------------------------------------------------------
     def list_models(self, kind: str) -> list[str]:
@@ -128,27 +133,57 @@ class ModelRegistry:
         )
 
     # -- loading -----------------------------------------------------------------------
-    def load(self, name: str, kind: str):
-        """The pipeline for ``name`` on the device, from the cache when it is there."""
+    def config_folder(self, name: str) -> Path | None:
+        """The local diffusers-format folder holding ``name``'s configs; None for a hub id (not here yet)."""
         ref = self.resolve(name)
-        if ref.pipeline_class is not None and _model_kind(ref.pipeline_class) not in (kind, None):
-            raise ModelLoadError(f"{name!r} is a {ref.pipeline_class}, not a {kind} model")
+        if ref.source == "single_file":
+            return self._single_file_config(ref)
+        return Path(ref.location) if ref.source in ("builtin", "folder") else None
+
+    def load(self, name: str, kind: str):
+        """The pipeline for ``name`` on the device, from the cache when it is there.
+
+        The registry's lock guards only the cache's bookkeeping: a load (a hub download included)
+        runs outside it, so :meth:`forget` and loads of other models never wait behind one.
+        Two callers asking for the same model share one load.
+        """
+        ref = self.resolve(name)
+        check_kind(ref.name, ref.pipeline_class, kind)
         key = f"{kind}:{ref.source}:{ref.location}"
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-            pipe = self._load(ref, kind)
-            self._cache[key] = pipe
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+        while True:
+            with self._lock:
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+                    return self._cache[key]
+                pending = self._loading.get(key)
+                owner = pending is None
+                if owner:
+                    pending = self._loading[key] = _PendingLoad(ref.location)
+            if not owner:
+                pending.done.wait()  # then look again: the cache has it, or it failed and we try ourselves
+                continue
+            try:
+                pipe = self._load(ref, kind)
+            finally:
+                with self._lock:
+                    del self._loading[key]
+                    pending.done.set()
+            with self._lock:
+                if not pending.forgotten:  # a checkpoint rewritten during the load is read afresh next time
+                    self._cache[key] = pipe
+                    while len(self._cache) > self.cache_size:
+                        self._cache.popitem(last=False)
             return pipe
 
     def forget(self, name: str) -> None:
         """Drop cached pipelines whose location is ``name``'s (after a checkpoint is rewritten)."""
+        location = str((self.models_dir / name).resolve())
         with self._lock:
-            for key in [k for k in self._cache if k.endswith(":" + str((self.models_dir / name).resolve()))]:
+            for key in [k for k in self._cache if k.endswith(":" + location)]:
                 del self._cache[key]
+            for pending in self._loading.values():
+                if pending.location == location:
+                    pending.forgotten = True
 
     def _load(self, ref: ModelRef, kind: str):
         import diffusers
@@ -172,6 +207,11 @@ class ModelRegistry:
             raise
         except Exception as exc:  # diffusers raises many kinds; all mean "could not load"
             raise ModelLoadError(f"could not load {ref.name!r} from {ref.location}: {type(exc).__name__}: {exc}") from exc
+        check_kind(ref.name, type(pipe).__name__, kind)  # a hub id's class is known only now
+        unet = getattr(pipe, "unet", None)
+        if type(unet).__name__ != UNET_CLASSES[kind]:
+            raise ModelLoadError(f"{ref.name!r} has a {type(unet).__name__} where the {KIND_LABELS[kind]} loop "
+                                 f"needs a {UNET_CLASSES[kind]}")
         pipe.set_progress_bar_config(disable=True)
         pipe.to(self.placement.device)
         pipe.workbench_ref = ref  # where it came from, for the code snippet and metadata
@@ -204,6 +244,33 @@ class ModelRegistry:
             if name not in BUILTINS and not name.endswith(".safetensors"):
                 return self.models_dir / name
         return Path(self.resolve(next(b.name for b in BUILTINS.values() if b.kind == "txt2img")).location)
+
+
+@dataclass(eq=False)
+class _PendingLoad:
+    """A load under way: others asking for the same model wait on ``done``."""
+
+    location: str
+    done: threading.Event = field(default_factory=threading.Event)
+    forgotten: bool = False  # set by forget() while loading: do not cache the result
+
+
+def check_kind(name: str, pipeline_class: str | None, kind: str) -> None:
+    """Refuse a pipeline class the ``kind`` loop cannot run, naming the ones it can.
+
+    ``None`` (a hub id before its download) passes here and is checked after the load.
+    """
+    if pipeline_class is None:
+        return
+    supported = TXT2IMG_CLASSES if kind == "txt2img" else UNCONDITIONAL_CLASSES
+    if pipeline_class in supported:
+        return
+    other = _model_kind(pipeline_class)
+    if other is not None:
+        raise ModelLoadError(f"{name!r} is a {pipeline_class}, not a {KIND_LABELS[kind]} model; "
+                             f"use it in the {KIND_LABELS[other]} tab")
+    raise ModelLoadError(f"{name!r} is a {pipeline_class}, which the {KIND_LABELS[kind]} loop cannot run; "
+                         f"supported: {', '.join(supported)}")
 
 
 def _pipeline_class(folder: Path) -> str | None:

@@ -6,6 +6,7 @@ called off the denoising loop (see :class:`engine.events.Preview`).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -122,6 +123,25 @@ class VaePreviewer:
         latents = torch.from_numpy(as_array(latents[:4])).to(self.vae.device, self.vae.dtype)
         images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
         return upscale_nearest(to_uint8(images), self.min_side)
+
+
+def vp_scale(scheduler) -> float:
+    """1 / sqrt(sigma^2 + 1) for sigma-parameterised schedulers (Karras et al. 2022, eq. 7), else 1.
+
+    Their x_t carries noise of std sigma; scaled this way it reads like the
+    variance-preserving x_t of the alpha-parameterised schedulers. A scalar read
+    of the CPU ``sigmas`` at the scheduler's current step: no device sync.
+    """
+    sigmas, index = getattr(scheduler, "sigmas", None), getattr(scheduler, "step_index", None)
+    if float(scheduler.init_noise_sigma) == 1.0 or sigmas is None or index is None:
+        return 1.0
+    sigma = float(sigmas[min(index, len(sigmas) - 1)])
+    return 1.0 / math.sqrt(sigma**2 + 1.0)
+
+
+def scaled(previewer, factor: float):
+    """``previewer`` drawing its input times ``factor`` (itself when the factor is 1)."""
+    return previewer if factor == 1.0 else functools.partial(previewer, scale=factor)
 
 
 def alpha_bar(scheduler, timestep) -> float:

@@ -24,7 +24,7 @@ from engine.cancel import CancelToken, check
 from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
 from engine.sampling.outputs import save_png
-from engine.sampling.preview import LatentRGBPreviewer, VaePreviewer, X0Previewer
+from engine.sampling.preview import LatentRGBPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
 from engine.validation import check_int, check_seed
 
@@ -117,13 +117,14 @@ def iter_txt2img(
         # 3. Timesteps and the initial noise, scaled by the scheduler's init_noise_sigma.
         scheduler.set_timesteps(request.num_inference_steps, device=device)
         timesteps = scheduler.timesteps
+        visited = tuple(timesteps.tolist())  # read to the host once: no per-step device sync for t
         shape = (1, unet.config.in_channels, request.height // pipe.vae_scale_factor,
                  request.width // pipe.vae_scale_factor)
         latents = randn_tensor(shape, generator=generator, device=device, dtype=embeds.dtype)  # (1, 4, h, w)
         latents = latents * scheduler.init_noise_sigma
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
         info = _info(request, scheduler)
-        yield Started(total=len(timesteps), timesteps=tuple(int(t) for t in timesteps.tolist()), info=info)
+        yield Started(total=len(visited), timesteps=tuple(int(t) for t in visited), info=info)
 
         # 4. The denoising loop.
         previewer = LatentRGBPreviewer.for_model(_model_dir(pipe), unet.config.in_channels)
@@ -142,43 +143,24 @@ def iter_txt2img(
             x0_previewer = vae_previewer if vae_previewer and (i + 1) % request.vae_preview_every == 0 else previewer
             x0 = getattr(out, "pred_original_sample", None)
             if x0 is None:  # drawn from (eps, x_t) only if a consumer looks at this step
-                x0, x0_previewer = (noise_pred, latents), X0Previewer(scheduler, t, x0_previewer)
+                x0, x0_previewer = (noise_pred, latents), X0Previewer(scheduler, visited[i], x0_previewer)
             latents = out.prev_sample
             step = Step(
-                step=i + 1, total=len(timesteps), timestep=float(t),
-                preview_xt=Preview(latents, _scaled(previewer, _vp_scale(scheduler))),
+                step=i + 1, total=len(visited), timestep=float(visited[i]),
+                preview_xt=Preview(latents, scaled(previewer, vp_scale(scheduler))),
                 preview_x0=Preview(x0, x0_previewer),
                 elapsed=time.perf_counter() - start,
             )
             steps.append(step)
             yield step
-        check(cancel, len(timesteps))
+        check(cancel, len(visited))
 
         # 5. Decode with the VAE's scaling factor and post-process as the pipeline does.
         image = vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=generator)[0]
         images = pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True])
     info["elapsed"] = round(time.perf_counter() - start, 3)
-    info["code"] = diffusers_code(pipe, request)
     paths = tuple(str(save_png(im, info, outputs_dir, "txt2img")) for im in images) if outputs_dir else ()
-    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths)
-
-
-def _vp_scale(scheduler) -> float:
-    """1 / sqrt(sigma^2 + 1) for sigma-parameterised schedulers (Karras et al. 2022, eq. 7), else 1.
-
-    Their x_t carries noise of std sigma; scaled this way it reads like the
-    variance-preserving x_t of the alpha-parameterised schedulers. A scalar read
-    of the CPU ``sigmas``: no device sync.
-    """
-    sigmas, index = getattr(scheduler, "sigmas", None), getattr(scheduler, "step_index", None)
-    if float(scheduler.init_noise_sigma) == 1.0 or sigmas is None or index is None:
-        return 1.0
-    sigma = float(sigmas[min(index, len(sigmas) - 1)])
-    return 1.0 / math.sqrt(sigma**2 + 1.0)
-
-
-def _scaled(previewer, factor: float):
-    return previewer if factor == 1.0 else functools.partial(previewer, scale=factor)
+    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=diffusers_code(pipe, request))
 
 
 def _info(request: Txt2ImgRequest, scheduler) -> dict:

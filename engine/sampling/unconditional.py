@@ -30,7 +30,7 @@ from engine.errors import InputError, WorkbenchError
 from engine.events import Done, Preview, Started, Step
 from engine.models.configs import read_scheduler_config
 from engine.sampling.outputs import a1111_parameters, save_png
-from engine.sampling.preview import PixelPreviewer, X0Previewer
+from engine.sampling.preview import PixelPreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
 from engine.validation import check_int, check_seed
 
@@ -125,16 +125,18 @@ def iter_unconditional(
         start = time.perf_counter()
         for i, t in enumerate(timesteps):
             check(cancel, i)
-            x_t = scheduler.scale_model_input(image, t)  # the same tensor except for Euler-like schedulers
-            model_output = unet(x_t, t).sample  # (B, C, H, W)
+            model_input = scheduler.scale_model_input(image, t)  # the same tensor except for Euler-like schedulers
+            model_output = unet(model_input, t).sample  # (B, C, H, W)
             out = scheduler.step(model_output, t, image, **step_kwargs)
             x0 = getattr(out, "pred_original_sample", None)
+            if x0 is None:  # drawn from (model_output, x_t) only if a consumer looks at this step
+                x0_preview = Preview((model_output, model_input), X0Previewer(scheduler, visited[i], pixels))
+            else:
+                x0_preview = Preview(x0, pixels)
             image = out.prev_sample
             step = Step(
                 step=i + 1, total=len(visited), timestep=visited[i],
-                preview_xt=Preview(x_t, pixels),
-                preview_x0=Preview(x0, pixels) if x0 is not None
-                else Preview((model_output, x_t), X0Previewer(scheduler, visited[i], pixels)),
+                preview_xt=Preview(image, scaled(pixels, vp_scale(scheduler))), preview_x0=x0_preview,
                 elapsed=time.perf_counter() - start,
             )
             steps.append(replace(step, preview_xt=None, preview_x0=None))
@@ -145,9 +147,8 @@ def iter_unconditional(
         image = (image / 2 + 0.5).clamp(0, 1)
         images = pipe.numpy_to_pil(image.cpu().permute(0, 2, 3, 1).numpy())
     info["elapsed"] = round(time.perf_counter() - start, 3)
-    info["code"] = diffusers_code(pipe, request)
     paths = tuple(str(save_png(im, info, outputs_dir, "unconditional")) for im in images) if outputs_dir else ()
-    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths)
+    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=diffusers_code(pipe, request))
 
 
 def iter_unconditional_model(

@@ -176,22 +176,3 @@ def test_non_image_upload_is_an_input_error(tmp_path):
 def test_every_beta_schedule_builds():
     for name in BETA_SCHEDULES:
         assert NoiseSchedule(name).scheduler().alphas_cumprod.shape == (1000,)
-
-
-def test_plot_frames_fit_the_line_plot_and_stem_at_visited_timesteps():
-    from engine.forward.noise import MAX_PLOT_ROWS, PLOTS, plot_frames
-
-    schedules = {"cosine": NoiseSchedule("squaredcos_cap_v2"), "linear": NoiseSchedule()}
-    frames = plot_frames(schedules, "DDIM", 10)
-    assert list(frames) == list(PLOTS)
-    alpha_bar = DDPMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod.double().numpy()
-    for title, frame in frames.items():
-        assert len(frame) <= MAX_PLOT_ROWS and np.isfinite(frame["value"]).all()
-        curves = frame[frame["series"] != "DDIM, 10 steps"]
-        assert curves.groupby("series")["t"].agg(["min", "max"]).eq([0, 999]).all().all()  # ends kept
-        stems = frame[frame["series"] == "DDIM, 10 steps"]
-        assert sorted(set(stems["t"])) == list(range(0, 1000, 100))  # on the chosen (first) schedule only
-    stems = frames["alpha_bar_t"][frames["alpha_bar_t"]["series"] == "DDIM, 10 steps"]
-    tops = stems.groupby("t")["value"].max()
-    np.testing.assert_allclose(tops.to_numpy(), alpha_bar[tops.index.to_numpy()], rtol=1e-9)
-    assert "DDIM, 10 steps" not in set(plot_frames(schedules)["log SNR_t"]["series"])

@@ -59,8 +59,41 @@ def test_closing_the_consumer_cancels_the_run_within_a_step():
         if event.step >= 3:
             break
     stream.close()
+    deadline = time.monotonic() + 5
+    while [t for t in threading.enumerate() if t.name == "workbench-run"] and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert stopped_at and stopped_at[0] < 20
     assert not [t for t in threading.enumerate() if t.name == "workbench-run"]
+
+
+def test_close_returns_at_once_and_the_run_keeps_its_lock_until_it_stops():
+    """Gradio closes a stopped generator on its event loop: close must not wait for a slow step,
+    and a run guarded by a lock holds it until its loop has really ended, so the next waits."""
+    device = threading.Lock()
+    log = []
+
+    def make(name, step_seconds):
+        def events(cancel):
+            with device:
+                log.append(f"{name} start")
+                try:
+                    for i in range(1, 100):
+                        check(cancel, i)
+                        time.sleep(step_seconds)
+                        yield step(i, 100)
+                finally:
+                    log.append(f"{name} end")
+        return events
+
+    first = stream_latest(make("first", 0.5), min_interval=0.0)
+    next(first)
+    started = time.monotonic()
+    first.close()
+    assert time.monotonic() - started < 0.1  # not one step (0.5 s)
+    second = stream_latest(make("second", 0.0), min_interval=0.0)
+    next(second)
+    second.close()
+    assert log[:3] == ["first start", "first end", "second start"]
 
 
 def test_errors_reach_the_consumer():

@@ -15,8 +15,9 @@ from safetensors.torch import load_file
 from engine.training import checkpoints as ckpt
 from engine.cancel import CancelToken
 from engine.errors import DataError, InputError, JobRunningError
+from engine.training.loop import iter_train
 from engine.training.request import (TrainCheckpoint, TrainDone, TrainRequest, TrainSample, TrainStarted, TrainStep,
-                          iter_train, resume_request)
+                                     resume_request)
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 16
@@ -343,7 +344,7 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path, data_dir):
 
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "engine.training.request",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "engine.training",
            "--models-dir", str(tmp_path / "models"), "--data-dir", str(data_dir), "--outputs-dir", str(tmp_path),
            "--data", "shapes", "--run-name", "ddp", "--resolution", str(SIZE), "--batch-size", "4",
            "--max-steps", "4", "--log-every", "2", "--sample-every", "0", "--lr-warmup-steps", "1"]

@@ -103,7 +103,7 @@ def test_diffusers_code_reproduces_image(tiny_sd, tmp_path):
     done = list(iter_txt2img(Txt2ImgRequest("a seven", num_inference_steps=3, seed=7, scheduler="Euler a"),
                              pipe=pipe))[-1]
     namespace = {}
-    code = done.info["code"].replace("image.save('image.png')", "")
+    code = done.code.replace("image.save('image.png')", "")
     exec(compile(code, "snippet", "exec"), namespace)
     diff = np.abs(np.asarray(namespace["image"]).astype(int) - np.asarray(done.images[0]).astype(int))
     assert diff.max() <= 2

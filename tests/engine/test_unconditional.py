@@ -150,7 +150,7 @@ def test_diffusers_code_reproduces_images(tiny_ddpm, tmp_path, scheduler):
     pipe = ModelRegistry(tmp_path, resolve_device("cpu")).load("m", "unconditional")
     done = run(pipe, scheduler=scheduler, num_inference_steps=6, seed=11, batch_size=2)[-1]
     namespace = {}
-    exec(compile(done.info["code"].replace("print(scheduler.timesteps)\n", ""), "snippet", "exec"), namespace)
+    exec(compile(done.code.replace("print(scheduler.timesteps)\n", ""), "snippet", "exec"), namespace)
     assert np.abs(namespace["image"].astype(int) - as_array(done.images)).max() <= 2
 
 
