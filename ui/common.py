@@ -35,9 +35,7 @@ def friendly_errors(fn: Callable) -> Callable:
         def gen_wrapper(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except GeneratorExit:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # GeneratorExit (Stop) is no Exception: it passes through
                 raise convert(exc) from exc
         return gen_wrapper
 

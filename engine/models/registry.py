@@ -25,7 +25,7 @@ from engine.validation import HUB_ID
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # engine/models/registry.py -> the repository
 BUILTIN_DIR = REPO_ROOT / "builtin_models"  # shipped (or built on first use), never the user's models dir
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 # The pipeline classes each loop runs: a UNet2DConditionModel + VAE + CLIP text encoder for text to image;
@@ -38,7 +38,7 @@ UNET_CLASSES = {"txt2img": "UNet2DConditionModel", "unconditional": "UNet2DModel
 
 @dataclass(frozen=True)
 class Builtin:
-    """A model that ships with the app, trained by the project (``python -m engine.builtin.recipes``)."""
+    """A model that ships with the app, trained by the project (``python -m engine.builtin``)."""
 
     name: str
     kind: str  # "txt2img" or "unconditional"
@@ -101,7 +101,7 @@ class ModelRegistry:
             b = BUILTINS[name]
             if not (b.folder / "model_index.json").is_file():
                 raise ModelLoadError(f"built-in model {name!r} is missing from {b.folder}; retrain it with "
-                                     f"`python -m engine.builtin.recipes train {name}`")
+                                     f"`python -m engine.builtin train {name}`")
             return ModelRef(name, "builtin", str(b.folder), _pipeline_class(b.folder))
         if name.lower().endswith(PICKLE_SUFFIXES):
             raise ModelLoadError(
@@ -206,6 +206,7 @@ class ModelRegistry:
         except ModelLoadError:
             raise
         except Exception as exc:  # diffusers raises many kinds; all mean "could not load"
+            log.warning("loading %r from %s failed", ref.name, ref.location, exc_info=True)  # ours or theirs
             raise ModelLoadError(f"could not load {ref.name!r} from {ref.location}: {type(exc).__name__}: {exc}") from exc
         check_kind(ref.name, type(pipe).__name__, kind)  # a hub id's class is known only now
         unet = getattr(pipe, "unet", None)
@@ -267,7 +268,8 @@ def check_kind(name: str, pipeline_class: str | None, kind: str) -> None:
         return
     other = _model_kind(pipeline_class)
     if other is not None:
-        raise ModelLoadError(f"{name!r} is a {pipeline_class}, not a {KIND_LABELS[kind]} model; "
+        article = "an" if KIND_LABELS[kind][0] in "aeiou" else "a"
+        raise ModelLoadError(f"{name!r} is a {pipeline_class}, not {article} {KIND_LABELS[kind]} model; "
                              f"use it in the {KIND_LABELS[other]} tab")
     raise ModelLoadError(f"{name!r} is a {pipeline_class}, which the {KIND_LABELS[kind]} loop cannot run; "
                          f"supported: {', '.join(supported)}")

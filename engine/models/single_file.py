@@ -67,6 +67,7 @@ def load_single_file(
             torch_dtype=torch_dtype,
         )
     except Exception as exc:  # diffusers, transformers and safetensors raise many kinds; all mean "could not load"
+        log.warning("loading single file %s failed", path, exc_info=True)  # the whole traceback, for bugs
         cause = f"{type(exc).__name__}: {exc}"
         if len(cause) > MAX_CAUSE_CHARS:
             cause = cause[:MAX_CAUSE_CHARS] + " ..."

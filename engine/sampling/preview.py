@@ -144,13 +144,6 @@ def scaled(previewer, factor: float):
     return previewer if factor == 1.0 else functools.partial(previewer, scale=factor)
 
 
-def alpha_bar(scheduler, timestep) -> float:
-    """alpha_bar_t of an alpha-parameterised scheduler, as a Python float (no device sync: CPU table)."""
-    alphas_cumprod = scheduler.alphas_cumprod
-    t = min(max(int(timestep), 0), len(alphas_cumprod) - 1)
-    return float(alphas_cumprod[t])
-
-
 def x0_from(model_output, sample, alpha_bar_t: float, prediction_type: str = "epsilon"):
     """The predicted clean sample x0, for tensors or numpy arrays alike.
 
@@ -173,9 +166,17 @@ class X0Previewer:
     """
 
     def __init__(self, scheduler, timestep, inner):
-        self.alpha_bar = alpha_bar(scheduler, timestep)  # read now: the scheduler moves on
+        # The alpha_bar table never changes during a run; it is read when the preview is drawn,
+        # so building a previewer in the loop reads nothing from any tensor.
+        self.alphas_cumprod = scheduler.alphas_cumprod
+        self.timestep = timestep
         self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
         self.inner = inner
+
+    @property
+    def alpha_bar(self) -> float:
+        t = min(max(int(self.timestep), 0), len(self.alphas_cumprod) - 1)
+        return float(self.alphas_cumprod[t])
 
     def __call__(self, pair) -> np.ndarray:
         model_output, sample = (as_array(x) for x in pair)

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 TRAINER_DIR = "trainer"
 STATE_FILE = "state.json"
 FORMAT = 1  # bumped when the trainer folder's layout changes
+_saving: set[Path] = set()  # this process's saves under way (their .saving-<pid> folders)
+_saving_lock = threading.Lock()
 
 
 # -- the atomic folder write ---------------------------------------------------------------
@@ -48,12 +51,16 @@ def write_atomically(final: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = final.parent / f".{final.name}.saving-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    with _saving_lock:
+        _saving.add(tmp.resolve())
     try:
         write(tmp)
         _fsync_tree(tmp)
         _swap_in(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # after a swap it holds the previous checkpoint
+        with _saving_lock:
+            _saving.discard(tmp.resolve())
     return final
 
 
@@ -113,16 +120,25 @@ def recover(final: str | Path) -> None:
         log.warning("restoring checkpoint %s from an interrupted save", final)
         os.replace(old, final)
     for stale in final.parent.glob(f".{final.name}.saving-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or not _alive(int(pid)):
+        if not _save_in_progress(stale):
             shutil.rmtree(stale, ignore_errors=True)
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _save_in_progress(folder: Path) -> bool:
+    """Whether a ``.saving-<pid>`` folder is still being written: by a save of this process that has
+    not finished (another thread may be saving while a reader recovers), or by a live other process."""
+    pid = folder.name.rsplit("-", 1)[-1]
+    if not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        with _saving_lock:
+            return folder.resolve() in _saving
+    return _alive(int(pid))
+
+
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own leftovers: no save of ours is running while we recover
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError, OSError):

@@ -170,15 +170,22 @@ def _load_folder(source: str, folder: Path) -> ImageData:
 def _load_hub(source: str, data_dir: Path) -> ImageData:
     import datasets
 
+    from datasets.exceptions import DatasetNotFoundError
+
     try:
         dataset = datasets.load_dataset(source, split="train")
-    except Exception as exc:  # offline, missing or gated: all mean "could not get it"
+    except ConnectionError as exc:  # what datasets raises offline or when the hub does not answer
         raise DataError(
-            f"could not get dataset {source!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}); the hub "
+            f"could not get dataset {source!r} from the Hugging Face Hub ({exc}); the hub "
             "is unreachable or offline here. On a machine with access run "
             f"`hf download {source} --repo-type dataset --local-dir {data_dir / source.split('/')[-1]}` "
             "and copy the folder under --data-dir, then pick it from the list"
         ) from exc
+    except DatasetNotFoundError as exc:  # the hub answered: no such dataset, or it is private or gated
+        raise DataError(f"the Hugging Face Hub has no dataset {source!r} that can be read here ({exc}); check the "
+                        "name, or accept its terms and log in with `hf auth login` if it is gated") from exc
+    except ValueError as exc:  # e.g. no "train" split
+        raise DataError(f"dataset {source!r} cannot be used for training: {exc}") from exc
     columns = [name for name, feature in dataset.features.items() if isinstance(feature, datasets.Image)]
     if not columns:
         raise DataError(f"dataset {source!r} has no image column; columns: {', '.join(dataset.column_names)}")

@@ -214,3 +214,24 @@ def test_upload_without_images_and_bad_names(tmp_path):
         with pytest.raises(InputError, match="not allowed"):
             save_uploads([text], tmp_path / "data", name)
     assert os.listdir(tmp_path / "data") == []
+
+
+def test_hub_dataset_errors_say_what_happened(tmp_path, monkeypatch):
+    """data.py used to blame an unreachable hub for every error, our own bugs included."""
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
+    def raising(exc):
+        def load_dataset(*args, **kwargs):
+            raise exc
+        return load_dataset
+
+    monkeypatch.setattr(datasets, "load_dataset", raising(DatasetNotFoundError("Dataset 'o/n' doesn't exist")))
+    with pytest.raises(DataError, match=r"the Hugging Face Hub has no dataset 'o/n' that can be read here"):
+        load_image_data("o/n", tmp_path)
+    monkeypatch.setattr(datasets, "load_dataset", raising(TypeError("a bug")))
+    with pytest.raises(TypeError, match="a bug"):
+        load_image_data("o/n", tmp_path)
+    monkeypatch.setattr(datasets, "load_dataset", raising(ConnectionError("Couldn't reach 'o/n' on the Hub")))
+    with pytest.raises(DataError, match=r"could not get dataset 'o/n' from the Hugging Face Hub .* unreachable"):
+        load_image_data("o/n", tmp_path)
