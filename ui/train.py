@@ -8,6 +8,7 @@ Stop asks the run to save a checkpoint and end.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -17,7 +18,7 @@ import pandas as pd
 
 from engine.sampling.schedulers import SAMPLER_BETA_SCHEDULES
 from engine.training.objectives.pixel import PRESETS
-from engine.training.request import MIXED_PRECISION, TrainRequest, field_help
+from engine.training.request import MIXED_PRECISION, RUN_CONTROL, TrainRequest, field_help
 from engine.training.jobs import FAILED, IDLE, TrainStatus
 from ui.common import DEVICE_QUEUE, friendly_errors, progress_html, whole
 
@@ -71,26 +72,19 @@ def build(
     api_grid = gr.Image(visible=False, format="png", label="grid")
     api_trigger = gr.Button(visible=False)
 
+    form = {field: w[field] for field in START_PARAMS.values()}  # TrainRequest field -> its widget
+
     @friendly_errors
-    def train_start(dataset, resolution, batch_size, max_steps, learning_rate, lr_warmup_steps, mixed_precision,
-                    ema, seed, run_name, save_every, sample_every, preset=defaults.preset,
-                    epochs=defaults.num_epochs, gradient_accumulation_steps=defaults.gradient_accumulation_steps,
-                    beta_schedule=defaults.beta_schedule, num_train_timesteps=defaults.num_train_timesteps,
-                    resume=False, clamp_batch_size=defaults.clamp_batch_size, random_flip=defaults.random_flip):
-        run_name = (run_name or "").strip()
-        if resume:
-            started = resume_training(run_name, max_steps=whole(max_steps), num_epochs=whole(epochs),
-                                      save_every=whole(save_every), sample_every=whole(sample_every))
+    @_takes(START_SIGNATURE)  # gradio names the endpoint's parameters after this signature
+    def train_start(*args, **kwargs):
+        given = START_SIGNATURE.bind(*args, **kwargs)
+        given.apply_defaults()
+        values = {START_PARAMS[name]: value for name, value in given.arguments.items()}  # by TrainRequest field
+        if values.pop("resume"):
+            started = resume_training(_page_value("run_name", values["run_name"]),
+                                      **{field: _page_value(field, values[field]) for field in RESUME_CHANGES})
         else:
-            started = start_training(TrainRequest(
-                data=(dataset or "").strip(), run_name=run_name, preset=preset, resolution=whole(resolution),
-                batch_size=whole(batch_size), clamp_batch_size=clamp_batch_size, num_epochs=whole(epochs),
-                max_steps=whole(max_steps), learning_rate=learning_rate, lr_warmup_steps=whole(lr_warmup_steps),
-                gradient_accumulation_steps=whole(gradient_accumulation_steps), mixed_precision=mixed_precision,
-                use_ema=ema, num_train_timesteps=whole(num_train_timesteps), beta_schedule=beta_schedule,
-                random_flip=random_flip, seed=whole(seed), save_every=whole(save_every),
-                sample_every=whole(sample_every),
-            ))
+            started = start_training(TrainRequest(**{field: _page_value(field, v) for field, v in values.items()}))
         if started.state == FAILED:  # not the user's doing: the log has the traceback
             raise gr.Error(started.message, print_exception=False)
         return status_dict(started)
@@ -121,17 +115,15 @@ def build(
             return gr.skip()
         return gr.update(choices=list_unconditional_models(), value=s.run_name)
 
-    form = {name: w[name] for name in FORM_FIELDS}  # picking a run to resume fills these with its settings
-
     @friendly_errors
-    def pick_run(name):
+    def pick_run(name):  # fills the form with the run's settings, resume (ticked) included
         if not name:
-            return [gr.skip()] * (len(form) + 1)
+            return {widget: gr.skip() for widget in form.values()}
         saved = run_settings(name)
-        return [getattr(saved, field) for field in form] + [True]
+        return {widget: getattr(saved, field) for field, widget in form.items()}
 
     w["start"].click(
-        train_start, inputs=[w[name] for name in START_INPUTS], outputs=[status.info], api_name="train_start",
+        train_start, inputs=list(form.values()), outputs=[status.info], api_name="train_start",
         concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
     )
     # Status and Stop stay out of the device queue: they must answer while the run holds the device.
@@ -140,7 +132,7 @@ def build(
     w["save"].click(train_upload, [w["files"], w["folder_name"]], [w["data"], w["upload_note"]],
                     api_name="train_upload")
     w["refresh_data"].click(lambda: gr.update(choices=list_data()), None, w["data"], api_visibility="private")
-    w["runs"].change(pick_run, w["runs"], list(form.values()) + [w["resume"]], api_visibility="private")
+    w["runs"].change(pick_run, w["runs"], list(form.values()), api_visibility="private")
     gr.on(None, show_all, None, status.outputs() + [seen], api_visibility="private", concurrency_limit=None,
           show_progress="hidden")  # on page load: a reopened page shows the running job at once
     gr.Timer(POLL_INTERVAL).tick(poll, seen, status.outputs() + [seen], api_visibility="private",
@@ -150,18 +142,54 @@ def build(
                             js=_switch_tab_js(UNCONDITIONAL_TAB))
 
 
+# -- /train_start: the one map from the API to the request -----------------------------------------
+# /train_start's parameters in their documented order (README "Training" -> "API"), each with the TrainRequest field
+# whose widget fills it. The handler's inputs, the endpoint's parameter names and defaults, and the form that picking
+# a run fills are all read from here, so a value cannot land in another field's slot.
+START_REQUIRED = {
+    "dataset": "data", "resolution": "resolution", "batch_size": "batch_size", "max_steps": "max_steps",
+    "learning_rate": "learning_rate", "lr_warmup_steps": "lr_warmup_steps", "mixed_precision": "mixed_precision",
+    "ema": "use_ema", "seed": "seed", "run_name": "run_name", "save_every": "save_every",
+    "sample_every": "sample_every",
+}
+# Optional: a Python caller gets the TrainRequest default; over the API every parameter defaults to its widget's value.
+START_OPTIONAL = {
+    "preset": "preset", "epochs": "num_epochs", "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "beta_schedule": "beta_schedule", "num_train_timesteps": "num_train_timesteps", "resume": "resume",
+    "clamp_batch_size": "clamp_batch_size", "random_flip": "random_flip",
+}
+START_PARAMS = {**START_REQUIRED, **START_OPTIONAL}
+_DEFAULTS = TrainRequest()
+START_SIGNATURE = inspect.Signature([
+    inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                      default=getattr(_DEFAULTS, field) if name in START_OPTIONAL else inspect.Parameter.empty)
+    for name, field in START_PARAMS.items()
+])
+# What a resume takes from the form: the run-control fields that have a widget (the run keeps the rest).
+RESUME_CHANGES = tuple(f for f in START_PARAMS.values() if f in RUN_CONTROL and f != "resume")
+
+
+def _takes(signature: inspect.Signature) -> Callable:
+    """Give a ``*args, **kwargs`` handler ``signature``, which gradio reads for the endpoint's parameters."""
+
+    def give(fn: Callable) -> Callable:
+        fn.__signature__ = signature
+        return fn
+
+    return give
+
+
+def _page_value(field: str, value):
+    """A widget's value as ``field`` of TrainRequest takes it: whole numbers as ints, text stripped."""
+    default = getattr(_DEFAULTS, field)
+    if isinstance(default, str):
+        return (value or "").strip()
+    if isinstance(default, int) and not isinstance(default, bool):
+        return whole(value)
+    return value  # booleans and floats as the page gives them
+
+
 # -- layout ------------------------------------------------------------------------------------
-# TrainRequest fields that have a widget (the widgets dict uses these names).
-FORM_FIELDS = ("data", "run_name", "preset", "resolution", "batch_size", "clamp_batch_size", "num_epochs", "max_steps",
-               "learning_rate", "lr_warmup_steps", "gradient_accumulation_steps", "mixed_precision", "use_ema",
-               "num_train_timesteps", "beta_schedule", "random_flip", "seed", "save_every", "sample_every")
-# /train_start's inputs, in the order of its parameters (the issue's twelve first).
-START_INPUTS = ("data", "resolution", "batch_size", "max_steps", "learning_rate", "lr_warmup_steps",
-                "mixed_precision", "use_ema", "seed", "run_name", "save_every", "sample_every", "preset", "num_epochs",
-                "gradient_accumulation_steps", "beta_schedule", "num_train_timesteps", "resume", "clamp_batch_size",
-                "random_flip")
-
-
 def _settings(d: TrainRequest, list_data, list_runs) -> dict:
     """The left column: data, recipe, run, Start and Stop. Widgets by name (TrainRequest's, for its fields)."""
     w = {}

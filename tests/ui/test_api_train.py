@@ -172,3 +172,74 @@ def test_clamp_trains_on_fewer_images_than_the_batch(client, running_app, few_im
     assert started["state"] == "running" and "3 images" in started["message"]
     s = running_app[1].training.wait(60)
     assert s.state == "finished" and s.step == 20 and s.checkpoint
+
+
+# Every /train_start parameter with its own value, none the default (the booleans are told apart by the second
+# set below). "digits" needs sides that divide by 4: 12 px, and 16 images for one step of 7 x 2 accumulated.
+SLOTS = dict(dataset="api-slots-data", resolution=12, batch_size=7, max_steps=3, learning_rate=3e-3, lr_warmup_steps=5,
+             mixed_precision="bf16", ema=True, seed=11, run_name="api-slots", save_every=13, sample_every=17,
+             preset="digits", epochs=19, gradient_accumulation_steps=2, beta_schedule="squaredcos_cap_v2",
+             num_train_timesteps=100, resume=False, clamp_batch_size=True, random_flip=False)
+# The same with clamp_batch_size and random_flip the other way round: any two of the four booleans differ in SLOTS,
+# here, or both.
+SLOTS_FLIPPED = {**SLOTS, "run_name": "api-slots-flipped", "ema": True, "clamp_batch_size": False,
+                 "random_flip": True}
+# README "Training" -> "API": the documented order, and the TrainRequest field of each parameter whose name differs.
+DOCUMENTED = ["dataset", "resolution", "batch_size", "max_steps", "learning_rate", "lr_warmup_steps",
+              "mixed_precision", "ema", "seed", "run_name", "save_every", "sample_every", "preset", "epochs",
+              "gradient_accumulation_steps", "beta_schedule", "num_train_timesteps", "resume", "clamp_batch_size",
+              "random_flip"]
+REQUEST_FIELD = {"dataset": "data", "ema": "use_ema", "epochs": "num_epochs"}
+
+
+def saved_request(running_app, run_name):
+    """The request the run's checkpoint records: the engine's TrainRequest as it trained."""
+    state = json.loads((running_app[2] / "models" / run_name / "trainer" / "state.json").read_text())
+    return state["step"], state["request"]
+
+
+def expected_request(values, **changes):
+    from dataclasses import asdict, replace
+
+    from engine.training.request import TrainRequest
+
+    request = TrainRequest(**{REQUEST_FIELD.get(k, k): v for k, v in values.items()})
+    return asdict(replace(request, **changes))
+
+
+@pytest.fixture(scope="module")
+def slots_data(running_app):
+    folder = running_app[2] / "data" / SLOTS["dataset"]
+    folder.mkdir(exist_ok=True)
+    for i in range(16):
+        Image.new("RGB", (12, 12), (i * 15, 255 - i * 15, 90)).save(folder / f"{i}.png")
+
+
+def test_train_start_parameters_are_the_documented_ones(client):
+    params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/train_start"]["parameters"]
+    assert [p["parameter_name"] for p in params] == DOCUMENTED
+    assert all(p["parameter_has_default"] for p in params if p["parameter_name"] != "run_name")
+
+
+def test_each_value_lands_in_its_own_field(client, running_app, slots_data):
+    bench = running_app[1]
+    # 1. By keyword: each value is in its own field of the request the run trained with.
+    client.predict(**SLOTS, api_name="/train_start")
+    s = bench.training.wait(120)
+    assert (s.state, s.run_name, s.step, s.total) == ("finished", "api-slots", 3, 3), s.message
+    step, request = saved_request(running_app, "api-slots")
+    assert step == 3 and request == expected_request(SLOTS)
+
+    # 2. By position, in the documented order, with the booleans the other way round.
+    client.predict(*[SLOTS_FLIPPED[name] for name in DOCUMENTED], api_name="/train_start")
+    s = bench.training.wait(120)
+    assert (s.state, s.run_name) == ("finished", "api-slots-flipped"), s.message
+    assert saved_request(running_app, "api-slots-flipped")[1] == expected_request(SLOTS_FLIPPED)
+
+    # 3. Resume: the run-control values reach their own fields; the run keeps the rest of its settings.
+    control = dict(max_steps=4, epochs=29, save_every=31, sample_every=37)
+    client.predict(**{**SLOTS, **control, "resume": True}, api_name="/train_start")
+    s = bench.training.wait(120)
+    assert (s.state, s.start_step, s.step, s.total) == ("finished", 3, 4, 4), s.message
+    step, request = saved_request(running_app, "api-slots")
+    assert step == 4 and request == expected_request({**SLOTS, **control}, resume=True)
