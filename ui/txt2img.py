@@ -49,7 +49,7 @@ def build(
             with gr.Row():
                 image = gr.Image(label="Predicted clean image x0 → final image", format="png", type="pil",
                                  interactive=False, height=360, elem_id="t2i-image", elem_classes="wb-pixels")
-                xt = gr.Image(label="Noisy latent x_t", format="png", interactive=False, height=360,
+                xt = gr.Image(label="Noisy latent after this step (the next step's input)", format="png", interactive=False, height=360,
                               elem_id="t2i-xt", elem_classes="wb-pixels")
             scrub = gr.Slider(1, 2, value=1, step=1, label="Scrub through the steps", visible=False,
                               elem_id="t2i-scrub")

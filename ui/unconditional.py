@@ -49,7 +49,7 @@ def build(
                 image = gr.Image(label="Predicted clean image x0 → final image (a grid for a batch)", format="png",
                                  type="pil", interactive=False, height=360, elem_id="ddpm-image",
                                  elem_classes="wb-pixels")
-                xt = gr.Image(label="Noisy image x_t", format="png", interactive=False, height=360,
+                xt = gr.Image(label="Noisy image after this step (the next step's input)", format="png", interactive=False, height=360,
                               elem_id="ddpm-xt", elem_classes="wb-pixels")
             info = gr.JSON(label="Parameters used", elem_id="ddpm-info")
             code = gr.Code(label="The same loop in plain diffusers", language="python", elem_id="ddpm-code")

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import SchedulerMixin
+
+from engine.events import Previewer
 
 # Linear latent-to-RGB for SD 1.x latents; rows: latent channels, columns: R, G, B.
 # ComfyUI's refit (comfy/latent_formats.py, SD15), applied to the unscaled latents.
@@ -125,7 +128,7 @@ class VaePreviewer:
         return upscale_nearest(to_uint8(images), self.min_side)
 
 
-def vp_scale(scheduler) -> float:
+def vp_scale(scheduler: SchedulerMixin) -> float:
     """1 / sqrt(sigma^2 + 1) for sigma-parameterised schedulers (Karras et al. 2022, eq. 7), else 1.
 
     Their x_t carries noise of std sigma; scaled this way it reads like the
@@ -165,7 +168,7 @@ class X0Previewer:
     Numpy only (see :func:`as_array`); ``inner`` draws the resulting x0.
     """
 
-    def __init__(self, scheduler, timestep, inner):
+    def __init__(self, scheduler: SchedulerMixin, timestep: float, inner: Previewer):
         # The alpha_bar table never changes during a run; it is read when the preview is drawn,
         # so building a previewer in the loop reads nothing from any tensor.
         self.alphas_cumprod = scheduler.alphas_cumprod

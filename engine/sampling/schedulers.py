@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import diffusers
 
@@ -44,7 +45,7 @@ def scheduler_spec(name: str, allowed=SCHEDULERS) -> SchedulerSpec:
     return SCHEDULERS[name]
 
 
-def make_scheduler(name: str, config):
+def make_scheduler(name: str, config: Mapping[str, Any]) -> diffusers.SchedulerMixin:
     """A fresh scheduler of kind ``name`` from a model's scheduler ``config``."""
     spec = scheduler_spec(name)
     cls = getattr(diffusers, spec.cls_name)

@@ -15,7 +15,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -27,6 +27,9 @@ from engine.sampling.outputs import save_png
 from engine.sampling.preview import LatentRGBPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
 from engine.validation import check_int, check_seed
+
+if TYPE_CHECKING:
+    from diffusers import SchedulerMixin, StableDiffusionPipeline
 
 MAX_STEPS = 150
 MAX_GUIDANCE = 20.0
@@ -64,7 +67,7 @@ class Txt2ImgRequest:
                 raise InputError(f"{side} must be a multiple of 8 (8 to {MAX_SIDE}); got {value}")
         check_int("VAE preview interval", self.vae_preview_every, 0, MAX_STEPS)
 
-    def resolved(self, pipe) -> "Txt2ImgRequest":
+    def resolved(self, pipe: StableDiffusionPipeline) -> "Txt2ImgRequest":
         """A copy with the seed drawn and the size taken from the model where not given."""
         default = pipe.unet.config.sample_size * pipe.vae_scale_factor
         return replace(
@@ -75,7 +78,7 @@ class Txt2ImgRequest:
         )
 
 
-def encode_prompt(pipe, prompt: str, negative_prompt: str, do_cfg: bool) -> torch.Tensor:
+def encode_prompt(pipe: StableDiffusionPipeline, prompt: str, negative_prompt: str, do_cfg: bool) -> torch.Tensor:
     """Text embeddings (B, seq, dim): [uncond, text] when guiding, else [text]."""
 
     def encode(text: str) -> torch.Tensor:
@@ -98,7 +101,7 @@ def encode_prompt(pipe, prompt: str, negative_prompt: str, do_cfg: bool) -> torc
 def iter_txt2img(
     request: Txt2ImgRequest,
     *,
-    pipe,
+    pipe: StableDiffusionPipeline,
     cancel: CancelToken | None = None,
     outputs_dir: str | Path | None = None,
 ) -> Iterator[Started | Step | Done]:
@@ -163,19 +166,19 @@ def iter_txt2img(
     yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=diffusers_code(pipe, request))
 
 
-def _info(request: Txt2ImgRequest, scheduler) -> dict:
+def _info(request: Txt2ImgRequest, scheduler: SchedulerMixin) -> dict:
     info = asdict(request)
     info["steps"] = info.pop("num_inference_steps")
     info["scheduler_class"] = type(scheduler).__name__
     return info
 
 
-def _model_dir(pipe) -> str | None:
+def _model_dir(pipe: StableDiffusionPipeline) -> str | None:
     ref = getattr(pipe, "workbench_ref", None)
     return ref.location if ref is not None and ref.source in ("builtin", "folder") else None
 
 
-def diffusers_code(pipe, request: Txt2ImgRequest) -> str:
+def diffusers_code(pipe: StableDiffusionPipeline, request: Txt2ImgRequest) -> str:
     """A plain-diffusers snippet that reproduces ``request``'s image."""
     ref = getattr(pipe, "workbench_ref", None)
     location = ref.location if ref is not None else "<model folder>"

@@ -18,7 +18,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import diffusers
 import torch
@@ -26,13 +26,15 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from engine.cancel import CancelToken, check
-from engine.errors import InputError, WorkbenchError
+from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
-from engine.models.configs import read_scheduler_config
 from engine.sampling.outputs import a1111_parameters, save_png
 from engine.sampling.preview import PixelPreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
 from engine.validation import check_int, check_seed
+
+if TYPE_CHECKING:
+    from diffusers import DDPMPipeline, SchedulerMixin
 
 MAX_STEPS = 10_000  # a sanity bound only: the model's own num_train_timesteps is checked when the run starts
 MAX_BATCH = 16  # a 4x4 grid; larger batches of 256 px images outgrow memory and the page
@@ -46,7 +48,7 @@ class UnconditionalRequest:
     num_inference_steps: int | None = None  # None: the model's T for DDPM (as trained), 50 for the others
     seed: int = -1  # -1 draws a random seed; the one used is reported back
     batch_size: int = 1  # images per run, shown as a grid
-    model: str = ""  # the model string: what iter_unconditional_model loads, and the image's metadata
+    model: str = ""  # the model string: what Workbench.iter_unconditional loads ("": the built-in), and the metadata
 
     def __post_init__(self):
         scheduler_spec(self.scheduler, UNCONDITIONAL_SCHEDULERS)
@@ -55,7 +57,7 @@ class UnconditionalRequest:
         check_seed(self.seed)
         check_int("batch size", self.batch_size, 1, MAX_BATCH)
 
-    def resolved(self, pipe) -> "UnconditionalRequest":
+    def resolved(self, pipe: DDPMPipeline) -> "UnconditionalRequest":
         """A copy with the seed drawn and the steps defaulted and checked against the model's T."""
         train_steps = pipe.scheduler.config.num_train_timesteps
         steps = self.num_inference_steps or default_num_inference_steps(self.scheduler, pipe.scheduler.config)
@@ -85,7 +87,7 @@ def sample_shape(unet_config, batch_size: int) -> tuple[int, ...]:
 def iter_unconditional(
     request: UnconditionalRequest,
     *,
-    pipe,
+    pipe: DDPMPipeline,  # or DDIMPipeline / PNDMPipeline: a UNet2DModel and a DDPM-family scheduler
     cancel: CancelToken | None = None,
     outputs_dir: str | Path | None = None,
 ) -> Iterator[Started | Step | Done]:
@@ -151,31 +153,6 @@ def iter_unconditional(
     yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=diffusers_code(pipe, request))
 
 
-def iter_unconditional_model(
-    request: UnconditionalRequest,
-    *,
-    registry,
-    cancel: CancelToken | None = None,
-    outputs_dir: str | Path | None = None,
-) -> Iterator[Started | Step | Done]:
-    """Load ``request.model`` through a :class:`engine.models.ModelRegistry`, then :func:`iter_unconditional`.
-
-    The load runs where the events are drawn (``stream_latest``'s worker thread), so the page
-    stays live while a model loads, and a load error reaches the consumer like any other.
-    """
-    pipe = registry.load(request.model, "unconditional")
-    yield from iter_unconditional(request, pipe=pipe, cancel=cancel, outputs_dir=outputs_dir)
-
-
-def model_default_steps(registry, model: str, scheduler: str) -> int | None:
-    """The default steps for ``model`` and ``scheduler``, read from its scheduler config; None if unreadable."""
-    try:
-        config = read_scheduler_config(registry.resolve(model).location)
-        return default_num_inference_steps(scheduler, config)
-    except (WorkbenchError, KeyError, TypeError, ValueError):
-        return None
-
-
 def final_image(done: Done) -> Image.Image:
     """What the page shows at the end: the image, or the batch as a grid, with the PNG ``parameters`` text."""
     image = image_grid(done.images)
@@ -185,7 +162,7 @@ def final_image(done: Done) -> Image.Image:
     return image
 
 
-def _info(request: UnconditionalRequest, scheduler, shape: tuple[int, ...]) -> dict:
+def _info(request: UnconditionalRequest, scheduler: SchedulerMixin, shape: tuple[int, ...]) -> dict:
     info = asdict(request)
     info["steps"] = info.pop("num_inference_steps")
     info["scheduler_class"] = type(scheduler).__name__
@@ -207,7 +184,7 @@ def image_grid(images: Sequence[Image.Image]) -> Image.Image:
     return grid
 
 
-def diffusers_code(pipe, request: UnconditionalRequest) -> str:
+def diffusers_code(pipe: DDPMPipeline, request: UnconditionalRequest) -> str:
     """A plain-diffusers snippet that reproduces ``request``'s images: the seed's loop."""
     ref = getattr(pipe, "workbench_ref", None)
     location = ref.location if ref is not None else "<model folder>"

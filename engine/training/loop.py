@@ -23,6 +23,7 @@ from engine.training import checkpoints as ckpt
 from engine.cancel import CancelToken
 from engine.training.data import EpochSampler, attach_transform, load_image_data, make_dataloader, random_flip
 from engine.errors import Cancelled, DataError, InputError
+from engine.training.objectives import Objective, ObjectiveFactory
 from engine.training.objectives.pixel import NoisePrediction
 from engine.sampling.preview import to_uint8, upscale_nearest
 from engine.training.request import (RUN_CONTROL, TrainCheckpoint, TrainDone, TrainEvent, TrainRequest, TrainSample,
@@ -61,7 +62,7 @@ def make_accelerator(mixed_precision: str, gradient_accumulation_steps: int, dev
 
 class Trainer:
     def __init__(self, request: TrainRequest, *, models_dir: Path, data_dir: Path, device: str = "auto",
-                 objective=None, on_checkpoint=None):
+                 objective: ObjectiveFactory | None = None, on_checkpoint=None):
         self.request = request
         self.models_dir = models_dir
         self.data_dir = data_dir
@@ -199,7 +200,7 @@ class Trainer:
         self._setup_data(state)
 
         # 3. Model, AdamW, cosine schedule with warm-up; accelerate wraps them.
-        self.objective = self.objective_cls.from_request(request, self.data)
+        self.objective: Objective = self.objective_cls.from_request(request, self.data)
         model = self.objective.build_model(request.seed)
         optimizer = torch.optim.AdamW(model.parameters(), lr=request.learning_rate)
         self.total = request.max_steps or request.num_epochs * self.steps_per_epoch
@@ -373,7 +374,7 @@ def iter_train(
     data_dir: str | Path,
     cancel: CancelToken | None = None,
     device: str = "auto",
-    objective=None,
+    objective: ObjectiveFactory | None = None,
     on_checkpoint=None,
 ) -> Iterator[TrainEvent]:
     """Train as ``request`` says, yielding events; see the module docstring for their order.

@@ -96,7 +96,7 @@ def test_add_noise_overlays_and_model_schedules(client):
         ("/ddpm", dict(steps=1001), "steps"),
         ("/ddpm", dict(scheduler="PNDM", steps=3), "pndm cannot run 3 steps"),
         ("/ddpm", dict(model="no-such-model"), "unknown model"),
-        ("/ddpm", dict(model="digits-sd"), "not a unconditional model"),
+        ("/ddpm", dict(model="digits-sd"), "not an unconditional model; use it in the text-to-image tab"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_server_keeps_serving(client, endpoint, change, words):
