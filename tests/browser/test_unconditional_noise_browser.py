@@ -36,6 +36,9 @@ def test_generate_shows_previews_then_the_grid(page):
     assert "done" in page.locator("#ddpm-progress").inner_text()
     assert len(seen) >= 2, "the preview never changed before the final image"
     assert image_src(page, "ddpm-xt"), "no x_t preview"
+    # "done" can reach the page before the final PNG has loaded: wait for the image a person would see.
+    page.wait_for_function("() => { const i = document.querySelector('#ddpm-image img');"
+                           " return i && i.complete && i.naturalWidth > 0; }")
     size = page.evaluate("() => { const i = document.querySelector('#ddpm-image img');"
                          " return [i.naturalWidth, i.naturalHeight]; }")
     assert size == [64, 64]  # four 32 px images as a 2x2 grid
