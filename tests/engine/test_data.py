@@ -2,6 +2,7 @@
 
 import io
 import os
+import re
 import stat
 import zipfile
 
@@ -89,16 +90,27 @@ def test_rgba_transparent_becomes_white(tmp_path):
     assert torch.allclose(data.dataset[0]["images"], torch.ones(3, 8, 8))
 
 
-@pytest.mark.parametrize("source, words", [
-    ("empty", "no readable image"),
-    ("broken", "a.png"),
-    ("../outside", "outside the data dir"),
-    ("/etc", "outside the data dir"),
-    ("nothing-here", "unknown data"),
-    ("", "no data given"),
+SUFFIXES = ".png, .jpg, .jpeg, .webp, .bmp, .gif, .tif, .tiff"
+RELATIVE_ONLY = "only plain relative paths are allowed"
+
+
+def exactly(message: str) -> str:
+    return f"^{re.escape(message)}$"
+
+
+@pytest.mark.parametrize("source, message", [
+    ("empty", f"folder 'empty' has no readable image ({SUFFIXES}); add images or upload some"),
+    ("broken", f"folder 'broken' has no readable image ({SUFFIXES}); 1 file(s) could not be read: a.png; "
+               "add images or upload some"),
+    ("../outside", "'../outside' is outside the data dir {root}; only folders under it can be used"),
+    ("/etc", "'/etc' is outside the data dir {root}; only folders under it can be used"),
+    ("nothing-here", "unknown data 'nothing-here': not 'digits', not a folder under {root} (found: broken, mixed), "
+                     "and not a hub id like 'owner/name'"),
+    ("", "no data given; use 'digits', a folder under the data dir, or a hub id 'owner/name'"),
 ])
-def test_bad_sources_say_why(data_dir, source, words):
-    with pytest.raises(DataError, match=words):
+def test_bad_sources_say_why(data_dir, source, message):
+    message = message.replace("{root}", str(data_dir.resolve()))
+    with pytest.raises(DataError, match=exactly(message)):
         load_image_data(source, data_dir)
 
 
@@ -179,7 +191,8 @@ def test_save_uploads_files_and_zip_into_a_new_folder(tmp_path):
 def test_zip_path_traversal_is_refused(tmp_path, member):
     archive = make_zip(tmp_path / "bad.zip", {"fine.png": png_bytes(), member: png_bytes(1)})
     data_dir = tmp_path / "data"
-    with pytest.raises(DataError, match="unsafe member"):
+    message = f"bad.zip has an unsafe member {member!r} (absolute path, '..' or a link); {RELATIVE_ONLY}"
+    with pytest.raises(DataError, match=exactly(message)):
         save_uploads([archive], data_dir, "x")
     assert not (tmp_path / "evil.png").exists() and not (data_dir / "x").exists()
     assert [p.name for p in data_dir.iterdir()] == []
@@ -191,27 +204,31 @@ def test_zip_symlink_member_is_refused(tmp_path):
         info = zipfile.ZipInfo("link.png")
         info.external_attr = (stat.S_IFLNK | 0o777) << 16
         z.writestr(info, "/etc/passwd")
-    with pytest.raises(DataError, match="unsafe member"):
+    message = f"link.zip has an unsafe member 'link.png' (absolute path, '..' or a link); {RELATIVE_ONLY}"
+    with pytest.raises(DataError, match=exactly(message)):
         extract_zip(archive, tmp_path / "out")
 
 
 def test_zip_over_budget_is_refused(tmp_path):
     archive = make_zip(tmp_path / "big.zip", {"a.png": b"\0" * 10_000})
-    with pytest.raises(DataError, match="unpacks to"):
+    with pytest.raises(DataError, match=exactly("big.zip unpacks to 10000 bytes; at most 1000 allowed")):
         extract_zip(archive, tmp_path / "out", budget=1000)
 
 
 def test_upload_without_images_and_bad_names(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("x")
-    with pytest.raises(DataError, match="no image files"):
+    with pytest.raises(DataError, match=exactly(
+            f"the upload holds no image files; allowed: {SUFFIXES} or a .zip of them")):
         save_uploads([text], tmp_path / "data", "x")
     not_zip = tmp_path / "fake.zip"
     not_zip.write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="not a readable zip"):
+    with pytest.raises(DataError, match="^" + re.escape("fake.zip is not a readable zip file: ")):
         save_uploads([not_zip], tmp_path / "data", "x")
     for name in ("../up", ".hidden", "a/b"):
-        with pytest.raises(InputError, match="not allowed"):
+        message = (f"folder name {name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-', "
+                   "starting with a letter or digit")
+        with pytest.raises(InputError, match=exactly(message)):
             save_uploads([text], tmp_path / "data", name)
     assert os.listdir(tmp_path / "data") == []
 

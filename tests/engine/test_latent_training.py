@@ -1,6 +1,7 @@
 """The VAE and text-to-image objectives run on the shared training loop and save loadable models."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 from engine.builtin.recipes import sd_setup
 from engine.training.objectives.latent import VaeReconstruction
 from engine.sampling.preview import LATENT_RGB_FILE, LatentRGBPreviewer
+from engine.training.data import attach_transform, load_image_data
 from engine.training.loop import iter_train
 from engine.training.request import TrainDone, TrainRequest, TrainStep
 
@@ -31,7 +33,16 @@ def test_vae_then_text_to_image_on_the_shared_loop(tmp_path):
     sd_dir, _ = run(TrainRequest(run_name="sd", max_steps=3, use_ema=True, **common), tmp_path,
                     sd_setup(tmp_path / "vae"))
     pipe = StableDiffusionPipeline.from_pretrained(sd_dir, local_files_only=True)
-    assert pipe.vae.config.scaling_factor != 0.18215  # fitted to this VAE's latents
+    # Fitted to this VAE's latents as SD's 0.18215 was to SD's: 1 / their std over (up to) 512 training
+    # images, so that the latents the UNet learns on have unit std.
+    scale = pipe.vae.config.scaling_factor
+    assert isinstance(scale, float) and math.isfinite(scale) and 0.01 < scale < 100
+    data = load_image_data("digits", tmp_path)
+    attach_transform(data, 32)
+    images = torch.stack(data.dataset[:512]["images"]).expand(-1, 3, -1, -1)  # (512, 3, 32, 32), grey as RGB
+    with torch.no_grad():
+        latents = pipe.vae.encode(images).latent_dist.mean * scale  # (512, 4, 8, 8)
+    assert abs(latents.std().item() - 1.0) < 1e-3, scale
     image = pipe("the number 3", num_inference_steps=2, output_type="np").images[0]
     assert image.shape == (32, 32, 3)
     fitted = json.loads((tmp_path / "sd" / LATENT_RGB_FILE).read_text())
