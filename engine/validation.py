@@ -21,7 +21,10 @@ def check_float(name: str, value, lo: float, hi: float, *, low_open: bool = Fals
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (lo < value if low_open else lo <= value) and (value < hi if high_open else value <= hi)
     if not ok:
-        bounds = f"{'above' if low_open else 'from'} {lo:g} {'and below' if high_open else 'to'} {hi:g}"
+        low = f"above {lo:g}" if low_open else f"from {lo:g}"
+        high = (f"and below {hi:g}" if high_open else f"and at most {hi:g}") if low_open else \
+            (f"and below {hi:g}" if high_open else f"to {hi:g}")
+        bounds = f"{low} {high}"
         raise InputError(f"{name} must be a number {bounds}; got {value!r}")
 
 

@@ -95,8 +95,7 @@ class TrainRequest:
         check_float("learning rate", self.learning_rate, 0.0, 1.0, low_open=True)
         check_float("EMA decay", self.ema_max_decay, 0.0, 1.0, low_open=True, high_open=True)
         check_float("max gradient norm", self.max_grad_norm, 0.0, 1e6)
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise InputError(f"mixed precision {self.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISION)}")
+        check_choice("mixed precision", self.mixed_precision, MIXED_PRECISION)
         check_choice("beta schedule", self.beta_schedule, SAMPLER_BETA_SCHEDULES)  # the grids sample with DDIM
         for name in ("clamp_batch_size", "use_ema", "random_flip", "resume"):
             if not isinstance(getattr(self, name), bool):

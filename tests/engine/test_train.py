@@ -324,9 +324,9 @@ def test_bad_data_is_reported_before_any_step(tmp_path, data_dir):
     ("resolution", 31, "resolution must be a multiple of 2 for preset 'tiny'; got 31"),
     ("resolution", 4, "resolution must be a whole number from 8 to 1024; got 4"),
     ("batch_size", 0, "batch size must be a whole number from 1 to 4096; got 0"),
-    ("learning_rate", 0.0, "learning rate must be a number above 0 to 1; got 0.0"),
-    ("learning_rate", float("nan"), "learning rate must be a number above 0 to 1; got nan"),
-    ("mixed_precision", "fp8", "mixed precision 'fp8'; allowed: no, fp16, bf16"),
+    ("learning_rate", 0.0, "learning rate must be a number above 0 and at most 1; got 0.0"),
+    ("learning_rate", float("nan"), "learning rate must be a number above 0 and at most 1; got nan"),
+    ("mixed_precision", "fp8", "unknown mixed precision 'fp8'; allowed: no, fp16, bf16"),
     ("beta_schedule", "cosine", "unknown beta schedule 'cosine'; allowed: linear, scaled_linear, squaredcos_cap_v2"),
     ("ema_max_decay", 1.0, "EMA decay must be a number above 0 and below 1; got 1.0"),
     ("run_name", "../escape", "run name '../escape' is not allowed; use 1-64 letters, digits, '.', '_' or '-', "
