@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto = cuda, then mps, then cpu")
     p.add_argument("--auth", metavar="USER:PASSWORD", help="ask for this user name and password")
     p.add_argument("--share", action="store_true", help="make a public gradio.live link (off unless given)")
+    p.add_argument("--torch-threads", type=int, default=None, metavar="N",
+                   help="torch threads for sampling (default: all cores but one on a CPU, torch's own elsewhere)")
     args = p.parse_args(argv)
     if args.auth is not None and ":" not in args.auth:
         p.error("--auth takes user:password")
@@ -40,7 +42,9 @@ def build_app(args: argparse.Namespace):
     from engine.workbench import Folders, Workbench
     from ui import noise as noise_tab, train as train_tab, txt2img as txt2img_tab, unconditional as unconditional_tab
 
-    bench = Workbench(Folders(args.models_dir, args.data_dir, args.outputs_dir), device=args.device)
+    bench = Workbench(Folders(args.models_dir, args.data_dir, args.outputs_dir), device=args.device,
+                      torch_threads=args.torch_threads)
+    bench.start()  # the sampling worker imports torch while the page loads
     with gr.Blocks(title="Diffusion Workbench") as demo:
         gr.Markdown("# Diffusion Workbench\nEvery denoising step, visible.")
         with gr.Tab("Text to image", id="txt2img"):

@@ -21,8 +21,8 @@ from engine.events import Done, Started, Step
 from engine.forward import noise
 from engine.forward.noise import NoiseRequest, NoiseSchedule, NoiseStrip
 from engine.models.configs import native_size, read_scheduler_config
-from engine.models.devices import resolve_device
-from engine.models.registry import BUILTINS, ModelRegistry
+from engine.models.devices import default_torch_threads, resolve_device
+from engine.models.registry import BUILTINS, ModelRegistry, check_kind
 from engine.sampling import unconditional
 from engine.sampling.schedulers import SCHEDULERS
 from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img
@@ -31,6 +31,8 @@ from engine.training.checkpoints import list_runs
 from engine.training.data import list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
 from engine.training.request import RUN_NAME, TrainRequest, resume_request
+from engine.worker.child import WorkerConfig
+from engine.worker.process import DeviceWorker
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +45,43 @@ class Folders:
 
 
 class Workbench:
-    def __init__(self, folders: Folders, device: str = "auto"):
+    def __init__(self, folders: Folders, device: str = "auto", *, worker: bool = True,
+                 torch_threads: int | None = None, preview_interval: float = 0.1):
+        """``worker``: sample in a process of its own (the page's way: see :mod:`engine.worker`); False
+        samples in this process, on the calling thread. ``torch_threads``: intra-op threads for sampling
+        (None: all cores but one on a CPU). ``preview_interval``: seconds between streamed steps."""
         self.folders = folders
         self.placement = resolve_device(device)
         for folder in (folders.models_dir, folders.data_dir, folders.outputs_dir):
             Path(folder).mkdir(parents=True, exist_ok=True)
         self.registry = ModelRegistry(folders.models_dir, self.placement)
-        # One sampling run on the device at a time. The run holds it in its own (worker) thread until its
-        # loop has really ended, so a stopped run keeps the device until it stops and the next one waits.
+        self.torch_threads = torch_threads or default_torch_threads(self.placement)
+        # One sampling run on the device at a time. In this process the run holds the lock in its own thread
+        # until its loop has really ended; the worker process takes its runs one at a time.
         self._device = threading.Lock()
+        self.worker = DeviceWorker(WorkerConfig(
+            models_dir=Path(folders.models_dir), outputs_dir=Path(folders.outputs_dir), device=device,
+            torch_threads=self.torch_threads, min_interval=preview_interval)) if worker else None
         # One training job at a time, in the background; each checkpoint drops the run's cached pipeline,
         # so the Unconditional tab samples the new weights. accelerate picks mps itself under "auto".
         self.training = TrainingManager(folders.models_dir, folders.data_dir,
                                         device="auto" if device == "mps" else device,
-                                        on_checkpoint=lambda name, path: self.registry.forget(name))
+                                        on_checkpoint=lambda name, path: self._forget(name))
+
+    def start(self) -> None:
+        """Start the sampling worker now, so the first run does not wait for it to import torch."""
+        if self.worker is not None:
+            self.worker.start()
+
+    def close(self) -> None:
+        """Stop the sampling worker (the training job, if any, goes on until it ends or is stopped)."""
+        if self.worker is not None:
+            self.worker.close()
+
+    def _forget(self, name: str) -> None:
+        self.registry.forget(name)
+        if self.worker is not None:
+            self.worker.forget(name)
 
     # -- models ----------------------------------------------------------------------
     def list_models(self, kind: str) -> list[str]:
@@ -84,25 +109,27 @@ class Workbench:
     def iter_txt2img(self, request: Txt2ImgRequest, *,
                      cancel: CancelToken | None = None) -> Iterator[Started | Step | Done]:
         """Load the request's model (the built-in when none is named), then denoise step by step."""
-        request = replace(request, model=request.model or self.default_model("txt2img"))
-        with self._device:
-            check(cancel, 0)  # stopped while waiting for the device: nothing to load
-            pipe = self.registry.load(request.model, "txt2img")
-            yield from iter_txt2img(request, pipe=pipe, cancel=cancel, outputs_dir=self.folders.outputs_dir)
+        yield from self._run("txt2img", replace(request, model=request.model or self.default_model("txt2img")),
+                             cancel)
 
     # -- unconditional ---------------------------------------------------------------
     def iter_unconditional(self, request: UnconditionalRequest, *,
                            cancel: CancelToken | None = None) -> Iterator[Started | Step | Done]:
-        """Load the request's model (the built-in when none is named), then denoise from pure noise.
+        """Load the request's model (the built-in when none is named), then denoise from pure noise."""
+        yield from self._run("unconditional",
+                             replace(request, model=request.model or self.default_model("unconditional")), cancel)
 
-        Drawn in ``stream_latest``'s worker thread, the load keeps the page live, and a load error
-        reaches the consumer like any other.
-        """
-        request = replace(request, model=request.model or self.default_model("unconditional"))
+    def _run(self, kind: str, request, cancel: CancelToken | None) -> Iterator[Started | Step | Done]:
+        """A sampling run of ``kind`` on the worker, or here; a model of the wrong kind is refused first."""
+        check_kind(request.model, self.registry.resolve(request.model).pipeline_class, kind)
+        if self.worker is not None:
+            yield from self.worker.iter_run(kind, request, cancel=cancel)
+            return
+        loop = iter_txt2img if kind == "txt2img" else iter_unconditional
         with self._device:
-            check(cancel, 0)
-            pipe = self.registry.load(request.model, "unconditional")
-            yield from iter_unconditional(request, pipe=pipe, cancel=cancel, outputs_dir=self.folders.outputs_dir)
+            check(cancel, 0)  # stopped while waiting for the device: nothing to load
+            pipe = self.registry.load(request.model, kind)
+            yield from loop(request, pipe=pipe, cancel=cancel, outputs_dir=self.folders.outputs_dir)
 
     def default_steps(self, model: str, scheduler: str) -> int | None:
         """The default steps for an unconditional ``model`` and ``scheduler``; None where its config is unreadable."""

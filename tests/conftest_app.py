@@ -36,6 +36,7 @@ def running_app(app_dirs, tmp_path_factory):
     _, url, _ = app.launch(demo, args, prevent_thread_lock=True, quiet=True)
     yield url, bench, app_dirs
     demo.close()
+    bench.close()
 
 
 @pytest.fixture()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -32,3 +33,11 @@ def resolve_device(choice: str = "auto") -> Placement:
         raise InputError("device 'cuda' was asked for, but torch sees no CUDA device; use --device cpu")
     dtype = torch.float16 if choice == "cuda" else torch.float32
     return Placement(torch.device(choice), dtype)
+
+
+def default_torch_threads(placement: Placement) -> int | None:
+    """Intra-op threads for sampling: on a CPU all cores but one, which the server keeps (an OpenMP team
+    whose threads share a core with the server's slows every step); elsewhere torch's own default."""
+    if placement.device.type != "cpu":
+        return None
+    return max(1, (os.cpu_count() or 1) - 1)

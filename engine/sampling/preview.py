@@ -176,6 +176,11 @@ class X0Previewer:
         self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
         self.inner = inner
 
+    def __getstate__(self) -> dict:
+        """Crossing to another process (see engine.worker): the table as numpy, no tensor."""
+        table = self.alphas_cumprod
+        return {**self.__dict__, "alphas_cumprod": table.cpu().numpy() if hasattr(table, "cpu") else table}
+
     @property
     def alpha_bar(self) -> float:
         t = min(max(int(self.timestep), 0), len(self.alphas_cumprod) - 1)

@@ -1,0 +1,190 @@
+"""The worker process: loads models and runs sampling requests one at a time, sending their events back.
+
+Three threads: the main one receives messages (runs, cancels, forgets); a runner takes the runs in order
+and sends their events; the denoising loop of the current run runs in ``stream_latest``'s worker thread.
+Step events go out at most every ``min_interval`` seconds (the newest wins, the last is always sent),
+with their preview tensors as numpy arrays, so the server draws the previews and no tensor crosses.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import logging
+import queue
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from engine.cancel import CancelToken, check
+from engine.errors import WorkbenchError
+from engine.events import Done, Preview, Started, Step
+from engine.streaming import stream_latest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    models_dir: Path
+    outputs_dir: Path
+    device: str  # as --device takes it
+    torch_threads: int | None  # intra-op threads; None leaves torch's default
+    min_interval: float  # seconds between step events sent to the server
+
+
+def already_drawn(array: np.ndarray) -> np.ndarray:
+    """The previewer of a preview drawn in the worker (a VAE decode needs the model there)."""
+    return array
+
+
+def portable_preview(preview: Preview | None) -> Preview | None:
+    """A preview that crosses to the server: numpy in, numpy-only previewer; drawn here where it needs a model."""
+    from engine.sampling.preview import LatentRGBPreviewer, PixelPreviewer, X0Previewer, as_array
+
+    if preview is None:
+        return None
+    previewer = preview.previewer
+    inner = previewer.func if isinstance(previewer, functools.partial) else previewer
+    if isinstance(inner, X0Previewer):
+        inner = inner.inner
+    if isinstance(inner, (LatentRGBPreviewer, PixelPreviewer)):
+        tensor = preview.tensor
+        array = tuple(as_array(t) for t in tensor) if isinstance(tensor, tuple) else as_array(tensor)
+        return Preview(array, previewer)
+    return Preview(preview.array(), already_drawn)
+
+
+def portable(event):
+    """The event with its previews made portable (see :func:`portable_preview`)."""
+    if isinstance(event, Step):
+        return replace(event, preview_xt=portable_preview(event.preview_xt),
+                       preview_x0=portable_preview(event.preview_x0))
+    if isinstance(event, Done):
+        return replace(event, steps=tuple(portable(s) for s in event.steps))
+    return event
+
+
+class Runner:
+    """The worker's state: its models and the run under way."""
+
+    def __init__(self, config: WorkerConfig, conn):
+        from engine.models.devices import resolve_device
+        from engine.models.registry import ModelRegistry
+
+        self.config = config
+        self.conn = conn
+        self.send_lock = threading.Lock()
+        self.registry = ModelRegistry(config.models_dir, resolve_device(config.device))
+        self.runs: queue.Queue = queue.Queue()
+        self.cancelled: set[int] = set()  # runs stopped before they began
+        self.current: tuple[int, CancelToken] | None = None
+        self.lock = threading.Lock()
+
+    def send(self, *message) -> None:
+        with self.send_lock:
+            self.conn.send(message)
+
+    def events(self, kind: str, request, cancel: CancelToken):
+        from engine.sampling.txt2img import iter_txt2img
+        from engine.sampling.unconditional import iter_unconditional
+
+        check(cancel, 0)
+        pipe = self.registry.load(request.model, kind)
+        loop = iter_txt2img if kind == "txt2img" else iter_unconditional
+        yield from loop(request, pipe=pipe, cancel=cancel, outputs_dir=self.config.outputs_dir)
+
+    def run(self, run_id: int, kind: str, request) -> None:
+        cancel = CancelToken()
+        with self.lock:
+            if run_id in self.cancelled:
+                self.cancelled.discard(run_id)
+                cancel.cancel()
+            self.current = (run_id, cancel)
+        failed = True
+        try:
+            events = stream_latest(lambda token: self.events(kind, request, token), cancel=cancel,
+                                   min_interval=self.config.min_interval)
+            for event in events:
+                self.send("event", run_id, portable(event))
+            self.send("end", run_id, None)
+            failed = False
+        except WorkbenchError as exc:  # Cancelled included: the server knows it from the message
+            self.send("end", run_id, exc)
+        except Exception as exc:  # a bug: its traceback goes to this process's log, its type to the server
+            log.exception("run %d (%s) failed", run_id, kind)
+            self.send("end", run_id, _picklable(exc))
+        finally:
+            with self.lock:
+                self.current = None
+            if failed:  # a traceback holds the run's tensors in a reference cycle: free them now
+                gc.collect()  # (not after every run: a full collection costs a tenth of a second here)
+            _empty_device_cache()
+
+    def cancel(self, run_id: int) -> None:
+        with self.lock:
+            if self.current is not None and self.current[0] == run_id:
+                self.current[1].cancel()
+            else:
+                self.cancelled.add(run_id)
+
+    def run_forever(self) -> None:
+        while True:
+            item = self.runs.get()
+            if item is None:
+                return
+            self.run(*item)
+
+
+def _picklable(exc: Exception) -> Exception:
+    import pickle
+
+    try:
+        pickle.dumps(exc)
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _empty_device_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def serve(conn, config: WorkerConfig) -> None:
+    """The worker process's main function: answer the server's messages until it says stop or goes away."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s (worker): %(message)s")
+    import torch
+
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    torch.set_grad_enabled(False)
+    runner = Runner(config, conn)
+    thread = threading.Thread(target=runner.run_forever, name="worker-runner", daemon=True)
+    thread.start()
+    runner.send("ready", 0, None)
+    try:
+        while True:
+            message = conn.recv()
+            kind = message[0]
+            if kind == "run":
+                runner.runs.put(message[1:])
+            elif kind == "cancel":
+                runner.cancel(message[1])
+            elif kind == "forget":
+                runner.registry.forget(message[1])
+            elif kind == "stop":
+                break
+    except (EOFError, OSError):  # the server went away
+        pass
+    finally:
+        with runner.lock:
+            if runner.current is not None:
+                runner.current[1].cancel()
+        runner.runs.put(None)
+        thread.join(timeout=10)
+
