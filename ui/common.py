@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import html
+import inspect
 import logging
-from typing import Callable, Iterator
+from typing import AsyncIterator, Callable, Iterator
 
 import gradio as gr
 
+from engine.cancel import CancelToken
 from engine.errors import WorkbenchError
 from engine.streaming import stream_latest
 
@@ -30,12 +33,22 @@ def friendly_errors(fn: Callable) -> Callable:
         return gr.Error(f"Internal error ({type(exc).__name__}); the server log has the details.",
                         print_exception=False)
 
-    if _is_generator(fn):
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def async_gen_wrapper(*args, **kwargs):
+            try:
+                async for item in fn(*args, **kwargs):
+                    yield item
+            except Exception as exc:  # Stop's CancelledError and GeneratorExit are no Exceptions: they pass
+                raise convert(exc) from exc
+        return async_gen_wrapper
+
+    if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except Exception as exc:  # GeneratorExit (Stop) is no Exception: it passes through
+            except Exception as exc:
                 raise convert(exc) from exc
         return gen_wrapper
 
@@ -48,19 +61,34 @@ def friendly_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def _is_generator(fn: Callable) -> bool:
-    import inspect
-
-    return inspect.isgeneratorfunction(fn)
+_END = object()
 
 
-def stream(make_events: Callable, min_interval: float = PREVIEW_INTERVAL) -> Iterator:
-    """Events of ``make_events(cancel)`` from a worker thread, newest step first.
+async def stream_updates(make_events: Callable[[CancelToken], Iterator], render: Callable[[object], tuple | None],
+                         min_interval: float = PREVIEW_INTERVAL) -> AsyncIterator[tuple]:
+    """The page's updates for a run: ``make_events(cancel)``'s events (newest step first, see
+    ``stream_latest``), each turned into outputs by ``render`` (None: no update) in a worker thread.
 
-    When the page's Stop cancels the handler, the generator is closed: the run's
-    cancel token is set and the worker joined, so it ends within one step.
+    An async generator, so the page's Stop cancels it at once: Gradio cancels the awaiting task
+    (a sync generator would be waited for until its next update, up to a whole step), and this
+    sets the run's cancel token and returns. The run ends at its next step; the device stays
+    with it until then (the worker process takes runs one at a time).
     """
-    return stream_latest(make_events, min_interval=min_interval)
+    cancel = CancelToken()
+    events = stream_latest(make_events, cancel=cancel, min_interval=min_interval)
+
+    def next_update():  # in a worker thread: waiting, preview drawing and image encoding stay off the event loop
+        for event in events:
+            update = render(event)
+            if update is not None:
+                return update
+        return _END
+
+    try:
+        while (update := await asyncio.to_thread(next_update)) is not _END:
+            yield update
+    finally:
+        cancel.cancel()
 
 
 def progress_html(step: int, total: int, timestep: float | None = None, elapsed: float = 0.0,

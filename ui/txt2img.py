@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Callable
 
 import gradio as gr
-from PIL import Image
 
 from engine.events import Done, Started, Step
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, Txt2ImgRequest
-from ui.common import DEVICE_QUEUE, friendly_errors, model_dropdown, progress_html, stream, whole
+from ui.common import DEVICE_QUEUE, friendly_errors, model_dropdown, progress_html, stream_updates, whole
 
 
 def build(
@@ -57,34 +56,37 @@ def build(
             code = gr.Code(label="diffusers code", language="python", elem_id="t2i-code")
     history = gr.State(None)
 
+    def render(event) -> tuple | None:
+        """The seven outputs for one event (image, x_t, progress, info, code, scrubber, history)."""
+        if isinstance(event, Started):
+            return (gr.skip(), gr.skip(), progress_html(0, event.total, note=f"seed {event.info['seed']}"),
+                    event.info, gr.skip(), gr.update(visible=False), None)
+        if isinstance(event, Step):
+            return (event.preview_x0.array(), event.preview_xt.array(),
+                    progress_html(event.step, event.total, event.timestep, event.elapsed, event.eta),
+                    gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        if isinstance(event, Done):
+            final = event.paths[0] if event.paths else event.images[0]  # the saved PNG, sent as it is
+            info_out = dict(event.info)
+            info_out["file"] = event.paths[0] if event.paths else None
+            n = len(event.steps)
+            return (final, event.steps[-1].preview_xt.array() if n else None,
+                    progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"),
+                    info_out, event.code,
+                    gr.update(visible=n > 1, minimum=1, maximum=max(n, 2), value=n), event.steps)
+        return None
+
     @friendly_errors
-    def txt2img(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                vae_preview_every=0):
+    async def txt2img(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
+                      vae_preview_every=0):
         request = Txt2ImgRequest(
             model=model, prompt=prompt or "", negative_prompt=negative_prompt or "",
             num_inference_steps=whole(steps), guidance_scale=guidance_scale, scheduler=scheduler,
             seed=whole(seed), width=whole(width), height=whole(height),
             vae_preview_every=whole(vae_preview_every) or 0,
         )
-        total = request.num_inference_steps
-        for event in stream(lambda cancel: iter_txt2img(request, cancel=cancel)):
-            if isinstance(event, Started):
-                total = event.total
-                yield (gr.skip(), gr.skip(), progress_html(0, total, note=f"seed {event.info['seed']}"),
-                       event.info, gr.skip(), gr.update(visible=False), None)
-            elif isinstance(event, Step):
-                yield (event.preview_x0.array(), event.preview_xt.array(),
-                       progress_html(event.step, event.total, event.timestep, event.elapsed, event.eta),
-                       gr.skip(), gr.skip(), gr.skip(), gr.skip())
-            elif isinstance(event, Done):
-                final = Image.open(event.paths[0]) if event.paths else event.images[0]
-                info_out = dict(event.info)
-                info_out["file"] = event.paths[0] if event.paths else None
-                n = len(event.steps)
-                yield (final, event.steps[-1].preview_xt.array() if n else None,
-                       progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"),
-                       info_out, event.code,
-                       gr.update(visible=n > 1, minimum=1, maximum=max(n, 2), value=n), event.steps)
+        async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel), render):
+            yield update
 
     def show_step(index, steps):
         if not steps:

@@ -8,7 +8,7 @@ import gradio as gr
 
 from engine.events import Done, Started, Step
 from engine.sampling.unconditional import MAX_BATCH, UnconditionalRequest
-from ui.common import DEVICE_QUEUE, friendly_errors, model_dropdown, progress_html, stream, whole
+from ui.common import DEVICE_QUEUE, friendly_errors, model_dropdown, progress_html, stream_updates, whole
 
 
 def build(
@@ -54,26 +54,31 @@ def build(
             info = gr.JSON(label="Parameters used", elem_id="ddpm-info")
             code = gr.Code(label="The same loop in plain diffusers", language="python", elem_id="ddpm-code")
 
+    def render(event) -> tuple | None:
+        """The six outputs for one event (image, x_t, progress, timesteps, info, code)."""
+        if isinstance(event, Started):
+            return (gr.skip(), gr.skip(), progress_html(0, event.total, note=f"seed {event.info['seed']}"),
+                    _timesteps_text(event.timesteps), event.info, gr.skip())
+        if isinstance(event, Step):
+            return (event.preview_x0.array(), event.preview_xt.array(),
+                    progress_html(event.step, event.total, event.timestep, event.elapsed, event.eta),
+                    gr.skip(), gr.skip(), gr.skip())
+        if isinstance(event, Done):
+            info_out = dict(event.info)
+            info_out["files"] = list(event.paths)
+            n = len(event.steps)
+            return (final_image(event), gr.skip(),
+                    progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"),
+                    gr.skip(), info_out, event.code)
+        return None
+
     @friendly_errors
-    def ddpm(model, scheduler, steps, seed, batch_size):
+    async def ddpm(model, scheduler, steps, seed, batch_size):
         request = UnconditionalRequest(model=model or "", scheduler=scheduler,
                                        num_inference_steps=whole(steps), seed=whole(seed),
                                        batch_size=whole(batch_size))
-        for event in stream(lambda cancel: iter_unconditional(request, cancel=cancel)):
-            if isinstance(event, Started):
-                yield (gr.skip(), gr.skip(), progress_html(0, event.total, note=f"seed {event.info['seed']}"),
-                       _timesteps_text(event.timesteps), event.info, gr.skip())
-            elif isinstance(event, Step):
-                yield (event.preview_x0.array(), event.preview_xt.array(),
-                       progress_html(event.step, event.total, event.timestep, event.elapsed, event.eta),
-                       gr.skip(), gr.skip(), gr.skip())
-            elif isinstance(event, Done):
-                info_out = dict(event.info)
-                info_out["files"] = list(event.paths)
-                n = len(event.steps)
-                yield (final_image(event), gr.skip(),
-                       progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"),
-                       gr.skip(), info_out, event.code)
+        async for update in stream_updates(lambda cancel: iter_unconditional(request, cancel=cancel), render):
+            yield update
 
     def on_choice(model_name, scheduler_name):
         found = default_steps(model_name, scheduler_name)

@@ -13,13 +13,14 @@ import gc
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from engine.cancel import CancelToken, check
-from engine.errors import WorkbenchError
+from engine.errors import Cancelled, WorkbenchError
 from engine.events import Done, Preview, Started, Step
 from engine.streaming import stream_latest
 
@@ -103,7 +104,8 @@ class Runner:
                 self.cancelled.discard(run_id)
                 cancel.cancel()
             self.current = (run_id, cancel)
-        failed = True
+        failed, how = True, "done"
+        log.info("run %d started at %.3f (%s)", run_id, time.time(), kind)
         try:
             events = stream_latest(lambda token: self.events(kind, request, token), cancel=cancel,
                                    min_interval=self.config.min_interval)
@@ -111,12 +113,18 @@ class Runner:
                 self.send("event", run_id, portable(event))
             self.send("end", run_id, None)
             failed = False
-        except WorkbenchError as exc:  # Cancelled included: the server knows it from the message
+        except Cancelled as exc:
+            how = f"stopped: {exc}"
+            self.send("end", run_id, exc)
+        except WorkbenchError as exc:
+            how = f"refused: {exc}"
             self.send("end", run_id, exc)
         except Exception as exc:  # a bug: its traceback goes to this process's log, its type to the server
+            how = f"failed: {type(exc).__name__}"
             log.exception("run %d (%s) failed", run_id, kind)
             self.send("end", run_id, _picklable(exc))
         finally:
+            log.info("run %d ended at %.3f (%s)", run_id, time.time(), how)
             with self.lock:
                 self.current = None
             if failed:  # a traceback holds the run's tensors in a reference cycle: free them now
