@@ -32,7 +32,7 @@ from engine.training.data import list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
 from engine.training.request import RUN_NAME, TrainRequest, resume_request
 from engine.worker.child import WorkerConfig
-from engine.worker.process import DeviceWorker
+from engine.worker.process import DeviceWorker, RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,10 @@ class Workbench:
         """Stop the sampling worker (the training job, if any, goes on until it ends or is stopped)."""
         if self.worker is not None:
             self.worker.close()
+
+    def recent_runs(self) -> list[RunRecord]:
+        """The worker's latest sampling runs, oldest first: when each was queued, began and ended, and how."""
+        return list(self.worker.history) if self.worker is not None else []
 
     def _forget(self, name: str) -> None:
         self.registry.forget(name)

@@ -106,6 +106,7 @@ class Runner:
             self.current = (run_id, cancel)
         failed, how = True, "done"
         log.info("run %d started at %.3f (%s)", run_id, time.time(), kind)
+        self.send("started", run_id, None)
         try:
             events = stream_latest(lambda token: self.events(kind, request, token), cancel=cancel,
                                    min_interval=self.config.min_interval)

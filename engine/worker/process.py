@@ -10,6 +10,9 @@ out-of-memory kill), the runs under way end with a :class:`WorkerError` and the 
 from __future__ import annotations
 
 import itertools
+import time
+from collections import deque
+from dataclasses import dataclass
 import logging
 import multiprocessing
 import queue
@@ -17,17 +20,30 @@ import threading
 from typing import Iterator
 
 from engine.cancel import CancelToken
-from engine.errors import WorkbenchError
+from engine.errors import Cancelled, WorkbenchError
 from engine.worker.child import WorkerConfig, serve
 
 log = logging.getLogger(__name__)
 
 POLL = 0.05  # seconds between looks at a run's cancel token while it waits for the worker
 START_TIMEOUT = 300.0  # seconds for a fresh worker to import torch and diffusers
+HISTORY = 100  # runs remembered in DeviceWorker.history
 
 
 class WorkerError(WorkbenchError):
     """The device worker stopped while a run was under way."""
+
+
+@dataclass
+class RunRecord:
+    """When a run held the device, as the server saw it (``time.monotonic()``)."""
+
+    run_id: int
+    kind: str
+    queued: float
+    started: float | None = None  # the worker began it (after the run before it had ended)
+    ended: float | None = None
+    outcome: str = ""  # "done", "stopped", "failed: ..."
 
 
 class DeviceWorker:
@@ -39,6 +55,7 @@ class DeviceWorker:
         self._ready = threading.Event()
         self._runs: dict[int, queue.Queue] = {}
         self._ids = itertools.count(1)
+        self.history: deque[RunRecord] = deque(maxlen=HISTORY)  # the latest runs, oldest first
 
     # -- life --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -85,15 +102,19 @@ class DeviceWorker:
         run_id = next(self._ids)
         inbox: queue.Queue = queue.Queue()
         self._runs[run_id] = inbox
+        record = RunRecord(run_id, kind, queued=time.monotonic())
+        self.history.append(record)
         ended = False
         try:
             self.start()
             self._send(("run", run_id, kind, request))
             while True:
+                cancel.raise_if_cancelled()  # the finally below tells the worker
                 try:
                     kind_of, payload = inbox.get(timeout=POLL)
                 except queue.Empty:
-                    cancel.raise_if_cancelled()  # the finally below tells the worker
+                    continue
+                if kind_of == "started":
                     continue
                 if kind_of == "event":
                     yield payload
@@ -126,6 +147,18 @@ class DeviceWorker:
             if start:
                 raise WorkerError(f"the device worker cannot be reached ({exc}); the next run restarts it") from exc
 
+    def _note(self, kind: str, run_id: int, payload) -> None:
+        """Stamp a run's start and end as they arrive, whether or not anyone still reads its events."""
+        if kind not in ("started", "end"):
+            return
+        for record in reversed(self.history):
+            if record.run_id == run_id:
+                if kind == "started":
+                    record.started = time.monotonic()
+                else:
+                    record.ended, record.outcome = time.monotonic(), _outcome(payload)
+                return
+
     def _read(self, conn, process, ready: threading.Event) -> None:
         """The reader thread: hand each message to its run's inbox until the worker goes away."""
         try:
@@ -134,6 +167,7 @@ class DeviceWorker:
                 if kind == "ready":
                     ready.set()
                     continue
+                self._note(kind, run_id, payload)
                 inbox = self._runs.get(run_id)
                 if inbox is not None:
                     inbox.put((kind, payload))
@@ -150,3 +184,12 @@ class DeviceWorker:
                             "the next run starts a new one")
         for inbox in list(self._runs.values()):
             inbox.put(("end", error))
+        for record in self.history:
+            if record.started is not None and record.ended is None:
+                record.ended, record.outcome = time.monotonic(), "failed: the worker stopped"
+
+
+def _outcome(error: BaseException | None) -> str:
+    if error is None:
+        return "done"
+    return "stopped" if isinstance(error, Cancelled) else f"failed: {error}"

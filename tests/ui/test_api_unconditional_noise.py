@@ -156,14 +156,18 @@ def test_non_image_upload_is_refused(client, tmp_path):
     assert len(gallery) == 4
 
 
-def test_stop_a_1000_step_run_and_the_next_starts(client):
+def test_stop_a_1000_step_run_and_the_next_starts(client, running_app):
     """DDPM as trained (1000 steps): previews stream about 10 a second; Stop ends it."""
     job = client.submit(**{**DDPM_ARGS, "scheduler": "DDPM", "steps": 1000, "batch_size": 1}, api_name="/ddpm")
     assert len(wait_for_outputs(job, 3)) >= 3, "no preview arrived"
+    stopped = running_app[1].recent_runs()[-1]
+    start = time.perf_counter()
     job.cancel()
-    time.sleep(1.0)
-    assert "done" not in str(job.outputs()[-1][2])
+    assert time.perf_counter() - start < 1.0
     start = time.time()
     final = client.predict(**{**DDPM_ARGS, "steps": 2}, api_name="/ddpm")
     # the rest of the 1000 steps takes about 17 s: had Stop not ended the run, this one would queue behind it
     assert final[0] and time.time() - start < 8
+    assert "done" not in str(job.outputs()[-1][2])
+    following = running_app[1].recent_runs()[-1]
+    assert stopped.outcome == "stopped" and stopped.ended <= following.started

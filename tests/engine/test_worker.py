@@ -1,0 +1,99 @@
+"""The device worker process: same images and previews as in-process, Stop returns at once, runs never
+overlap, and a worker that dies takes only its run with it."""
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from engine.errors import Cancelled
+from engine.events import Done, Started, Step
+from engine.sampling.unconditional import UnconditionalRequest
+from engine.worker.process import WorkerError
+from engine.workbench import Folders, Workbench
+
+
+@pytest.fixture(scope="module")
+def benches(tmp_path_factory):
+    """The same folders sampled through the worker and in this process."""
+    from engine.testing.tiny import tiny_ddpm_pipeline
+
+    root = tmp_path_factory.mktemp("worker")
+    tiny_ddpm_pipeline(0).save_pretrained(root / "models" / "tiny-ddpm")
+    folders = Folders(root / "models", root / "data", root / "outputs")
+    worker, local = Workbench(folders, device="cpu", preview_interval=0.0), Workbench(folders, device="cpu",
+                                                                                        worker=False)
+    yield worker, local
+    worker.close()
+
+
+def run(bench, request, **kw):
+    events = list(bench.iter_unconditional(request, **kw))
+    assert isinstance(events[0], Started) and isinstance(events[-1], Done)
+    return events
+
+
+def test_worker_gives_the_same_images_and_previews_as_this_process(benches):
+    worker, local = benches
+    request = UnconditionalRequest(model="tiny-ddpm", scheduler="DPM++ 2M", num_inference_steps=6, seed=4,
+                                   batch_size=2)
+    theirs, ours = run(worker, request), run(local, request)
+    assert np.array_equal(np.asarray(theirs[-1].images[1]), np.asarray(ours[-1].images[1]))
+    steps = [e for e in theirs if isinstance(e, Step)]
+    assert [s.step for s in steps] == list(range(1, 7))  # preview_interval 0: every step crosses
+    local_steps = {e.step: e for e in ours if isinstance(e, Step)}
+    for s in steps:  # drawn here from the numpy the worker sent: the same pixels
+        assert np.array_equal(s.preview_x0.array(), local_steps[s.step].preview_x0.array())
+        assert np.array_equal(s.preview_xt.array(), local_steps[s.step].preview_xt.array())
+
+
+def test_closing_a_run_returns_at_once_and_the_next_waits_for_it(benches):
+    worker, _ = benches
+    slow = UnconditionalRequest(model="tiny-ddpm", scheduler="DDPM", num_inference_steps=1000, seed=1,
+                                batch_size=16)
+    events = worker.iter_unconditional(slow)
+    assert isinstance(next(events), Started)
+    assert isinstance(next(events), Step)
+    start = time.perf_counter()
+    events.close()
+    assert time.perf_counter() - start < 0.5
+    run(worker, UnconditionalRequest(model="tiny-ddpm", scheduler="DDIM", num_inference_steps=2, seed=1))
+    stopped, following = worker.recent_runs()[-2:]
+    assert stopped.outcome == "stopped" and following.outcome == "done"
+    assert stopped.ended <= following.started
+
+
+def test_a_cancel_token_stops_the_run_with_cancelled(benches):
+    from engine.cancel import CancelToken
+
+    worker, _ = benches
+    cancel = CancelToken()
+    events = worker.iter_unconditional(UnconditionalRequest(model="tiny-ddpm", scheduler="DDPM",
+                                                            num_inference_steps=1000, seed=1), cancel=cancel)
+    next(events)
+    cancel.cancel()
+    with pytest.raises(Cancelled):
+        list(events)
+
+
+def test_a_dead_worker_fails_its_run_and_the_next_run_starts_a_new_one(benches):
+    worker, _ = benches
+    events = worker.iter_unconditional(UnconditionalRequest(model="tiny-ddpm", scheduler="DDPM",
+                                                            num_inference_steps=1000, seed=2, batch_size=16))
+    next(events)
+    os.kill(worker.worker.pid, signal.SIGKILL)  # as an out-of-memory kill would
+    with pytest.raises(WorkerError, match=r"^the device worker stopped \(exit code -9\) during the run; the next "
+                                          r"run starts a new one$"):
+        list(events)
+    done = run(worker, UnconditionalRequest(model="tiny-ddpm", scheduler="DDIM", num_inference_steps=2, seed=1))
+    assert done[-1].images
+
+
+def test_errors_in_the_worker_reach_the_caller_as_they_were(benches):
+    from engine.errors import InputError
+
+    worker, _ = benches
+    with pytest.raises(InputError, match=r"^PNDM cannot run 2 steps on this model"):
+        run(worker, UnconditionalRequest(model="tiny-ddpm", scheduler="PNDM", num_inference_steps=2, seed=1))
