@@ -212,7 +212,7 @@ def measure_speed(app: App, engine: Engine, runs: int) -> dict[str, float]:
         if label == "default":
             ordered = all(p["steps"] == sorted(set(p["steps"])) and p["steps"][-1] == p["total"] for p in pages)
             report("6. steps streamed in order, the last one always delivered", str(ordered), ordered)
-            fps = statistics.median(len(p["steps"]) / p["loop"] for p in pages)
+            fps = statistics.median(len([k for k in p["steps"] if k]) / p["loop"] for p in pages)  # not Started
             report("6. preview frames the page receives per second of loop", f"{fps:.1f}")
             plain = [engine.run(args, kind, draw=False) for _ in range(runs)]
             slowdown = statistics.median(a["loop"] for a in alone) / statistics.median(a["loop"] for a in plain)
@@ -433,6 +433,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (medians)")
     parser.add_argument("--seconds", type=float, default=20.0, help="sampling time for bound 3")
     parser.add_argument("--no-browser", action="store_true", help="skip the Chromium figure")
+    parser.add_argument("--only", choices=("speed", "responsiveness", "stop", "clients"),
+                        help="measure one group only (speed includes the browser figure)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-page-"))
     for name in ("models", "data", "outputs", "gradio"):
@@ -444,12 +446,17 @@ def main() -> int:
     try:
         engine = Engine(root)
         print(f"app at {app.url} (log {app.log_path}); torch threads for sampling: {engine.bench.torch_threads}")
-        walls = measure_speed(app, engine, args.runs)
-        if not args.no_browser:
-            measure_browser(app, walls["default"], args.runs)
-        measure_responsiveness(app, args.seconds)
-        measure_stop(app)
-        measure_many_clients(app, engine)
+        wanted = {args.only} if args.only else {"speed", "responsiveness", "stop", "clients"}
+        if "speed" in wanted:
+            walls = measure_speed(app, engine, args.runs)
+            if not args.no_browser:
+                measure_browser(app, walls["default"], args.runs)
+        if "responsiveness" in wanted:
+            measure_responsiveness(app, args.seconds)
+        if "stop" in wanted:
+            measure_stop(app)
+        if "clients" in wanted:
+            measure_many_clients(app, engine)
     finally:
         app.close()
     failed = [name for name, _, ok in RESULTS if not ok]

@@ -36,7 +36,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
 
 # What DDPMScheduler (training, the forward process) takes; DDIM and the multistep samplers lack "sigmoid".
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
-SAMPLER_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+SAMPLER_BETA_SCHEDULES = tuple(s for s in BETA_SCHEDULES if s != "sigmoid")
 
 
 def scheduler_spec(name: str, allowed=SCHEDULERS) -> SchedulerSpec:
