@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench clean-venv
+.PHONY: run test bench clean-venv chromium
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,7 +17,18 @@ $(BIN)/.test-installed: $(BIN)/.installed requirements-test.txt
 run: $(BIN)/.installed
 	$(BIN)/python app.py $(ARGS)
 
-test: $(BIN)/.test-installed
+# The browser tests drive Debian's Chromium: installed here where we may (root with apt), else one line says how.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the browser tests (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "make test needs Chromium at /usr/bin/chromium: run 'sudo apt-get install chromium' (Debian/Ubuntu) and try again"; \
+	    exit 1; \
+	  fi; }
+
+test: $(BIN)/.test-installed chromium
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed
