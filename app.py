@@ -14,8 +14,21 @@ log = logging.getLogger("workbench")
 
 CSS = """
 .wb-progress-text { font-family: ui-monospace, monospace; font-size: 0.9em; }
+.wb-error .wb-progress-text { color: var(--error-text-color, #b91c1c); }
+.wb-stopped .wb-progress-text, .wb-waiting .wb-progress-text { font-weight: 600; }
 .wb-pixels img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 """
+# Ctrl+Enter (Cmd+Enter) runs the visible tab's Generate; the header's button switches dark mode.
+JS = """
+() => {
+  document.addEventListener('keydown', (e) => {
+    if (e.key !== 'Enter' || !(e.ctrlKey || e.metaKey)) return;
+    const visible = [...document.querySelectorAll('.wb-generate')].find(b => b.offsetParent !== null);
+    if (visible) { e.preventDefault(); visible.click(); }
+  });
+}
+"""
+DARK_MODE_JS = "() => { document.body.classList.toggle('dark'); }"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,10 +60,15 @@ def build_app(args: argparse.Namespace):
                       torch_threads=args.torch_threads)
     bench.start()  # the sampling worker imports torch while the page loads
     with gr.Blocks(title="Diffusion Workbench") as demo:
-        gr.Markdown("# Diffusion Workbench\nEvery denoising step, visible.")
+        with gr.Row():
+            gr.Markdown("# Diffusion Workbench\nEvery denoising step, visible.")
+            dark = gr.Button("◐ Dark mode", size="sm", scale=0, min_width=120, elem_id="dark-mode")
+        dark.click(None, js=DARK_MODE_JS)
         with gr.Tab("Text to image", id="txt2img"):
             txt2img_tab.build(
                 iter_txt2img=bench.iter_txt2img,
+                check_model=bench.check_model,
+                activity=bench.activity,
                 list_models=lambda: bench.list_models("txt2img"),
                 default_model=bench.default_model("txt2img"),
                 default_size=bench.default_size,
@@ -96,7 +114,7 @@ def launch(demo, args: argparse.Namespace, **kwargs):
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     return demo.launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-        css=CSS, footer_links=["api"], show_error=True, **kwargs,
+        css=CSS, js=JS, footer_links=["api"], show_error=True, **kwargs,
     )
 
 

@@ -11,7 +11,22 @@ class WorkbenchError(Exception):
 
 
 class InputError(WorkbenchError):
-    """A request field is out of range or of the wrong kind."""
+    """A request field is out of range or of the wrong kind.
+
+    ``field`` names the field as the message does (``"width"``, ``"guidance scale"``), so a page can
+    show the message beside the widget that caused it.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+    def __reduce__(self):  # crosses to and from the worker process with its field
+        return _input_error, (str(self), self.field)
+
+
+def _input_error(message: str, field: str | None) -> InputError:
+    return InputError(message, field=field)
 
 
 class ModelLoadError(WorkbenchError):

@@ -45,6 +45,7 @@ class Started:
     total: int
     timesteps: tuple[int, ...]
     info: dict = field(default_factory=dict)
+    code: str = ""  # plain-diffusers code for this run (also on Done): a stopped run has it too
 
 
 @dataclass(frozen=True, eq=False)

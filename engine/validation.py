@@ -13,7 +13,7 @@ def check_int(name: str, value, lo: int, hi: int) -> None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise InputError(f"{name} must be a whole number from {lo} to {hi}; got {value!r}")
+        raise InputError(f"{name} must be a whole number from {lo} to {hi}; got {value!r}", field=name)
 
 
 def check_float(name: str, value, lo: float, hi: float, *, low_open: bool = False, high_open: bool = False) -> None:
@@ -25,7 +25,7 @@ def check_float(name: str, value, lo: float, hi: float, *, low_open: bool = Fals
         high = (f"and below {hi:g}" if high_open else f"and at most {hi:g}") if low_open else \
             (f"and below {hi:g}" if high_open else f"to {hi:g}")
         bounds = f"{low} {high}"
-        raise InputError(f"{name} must be a number {bounds}; got {value!r}")
+        raise InputError(f"{name} must be a number {bounds}; got {value!r}", field=name)
 
 
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
@@ -40,4 +40,4 @@ def check_seed(value, *, allow_random: bool = True) -> None:
 def check_choice(name: str, value, allowed) -> None:
     """One of ``allowed``, named in the message."""
     if not isinstance(value, str) or value not in allowed:
-        raise InputError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+        raise InputError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}", field=name)

@@ -22,7 +22,7 @@ from engine.forward import noise
 from engine.forward.noise import NoiseRequest, NoiseSchedule, NoiseStrip
 from engine.models.configs import native_size, read_scheduler_config
 from engine.models.devices import default_torch_threads, resolve_device
-from engine.models.registry import BUILTINS, ModelRegistry, check_kind
+from engine.models.registry import BUILTINS, ModelRegistry
 from engine.sampling import unconditional
 from engine.sampling.schedulers import SCHEDULERS
 from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img
@@ -123,9 +123,21 @@ class Workbench:
         yield from self._run("unconditional",
                              replace(request, model=request.model or self.default_model("unconditional")), cancel)
 
+    def check_model(self, model: str, kind: str) -> None:
+        """Raise the :class:`ModelLoadError` a run of ``model`` would end with, where that is known without
+        loading it: unknown, outside the models dir, of the other kind, or an uncached hub id offline."""
+        self.registry.check_available(model or self.default_model(kind), kind)
+
+    def activity(self) -> str | None:
+        """What holds the device now, in words ("a text-to-image run", "an unconditional run"), or None."""
+        for record in reversed(self.recent_runs()):
+            if record.started is not None and record.ended is None:
+                return "a text-to-image run" if record.kind == "txt2img" else "an unconditional run"
+        return None
+
     def _run(self, kind: str, request, cancel: CancelToken | None) -> Iterator[Started | Step | Done]:
-        """A sampling run of ``kind`` on the worker, or here; a model of the wrong kind is refused first."""
-        check_kind(request.model, self.registry.resolve(request.model).pipeline_class, kind)
+        """A sampling run of ``kind`` on the worker, or here; what is known to fail is refused first."""
+        self.check_model(request.model, kind)
         if self.worker is not None:
             yield from self.worker.iter_run(kind, request, cancel=cancel)
             return

@@ -35,3 +35,23 @@ def fill_and_enter(box, value) -> None:
     """Type a value into a Playwright locator and press Enter, as a person commits a number."""
     box.fill(str(value))
     box.press("Enter")
+
+
+def console_errors(page) -> list:
+    """A list that fills with the page's console errors and uncaught exceptions from now on."""
+    errors = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return errors
+
+
+def save_screenshot(page, name: str) -> None:
+    """The page as a person sees it; into docs/screenshots/ when WORKBENCH_SCREENSHOTS names that folder
+    (``make screenshots``), else a throwaway file."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(os.environ.get("WORKBENCH_SCREENSHOTS") or tempfile.gettempdir())
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import html
 from typing import Callable
 
 import gradio as gr
 
+from engine.errors import Cancelled, InputError, ModelLoadError
 from engine.events import Done, Started, Step
-from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, Txt2ImgRequest
-from ui.common import DEVICE_QUEUE, friendly_errors, model_dropdown, progress_html, stream_updates, whole
+from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, PREVIEWS, Txt2ImgRequest
+from ui.common import (DEVICE_QUEUE, SessionRuns, field_messages, friendly_errors, message_html, model_dropdown,
+                       page_error, progress_html, stream_updates, whole)
+
+DEFAULT_PROMPT = "a handwritten digit seven"  # a prompt the built-in model knows, there as a value to edit
+# The engine's field names (as its messages say them) -> the position of their input below.
+FIELDS = {"model": 0, "prompt": 1, "steps": 3, "guidance scale": 4, "scheduler": 5, "seed": 6, "width": 7,
+          "height": 8, "VAE preview interval": 9, "preview": 10}
+FAR_FROM_NATIVE = 2.0  # a size this many times larger or smaller than the model's own gets a warning
 
 
 def build(
     *,
     iter_txt2img: Callable,  # (Txt2ImgRequest, cancel=) -> events
+    check_model: Callable[[str, str], None],  # (model, kind) -> None, or the error its run would end with
+    activity: Callable[[], str | None],  # what holds the device now, in words
     list_models: Callable[[], list[str]],
     default_model: str,
     default_size: Callable[[str], tuple[int, int] | None],
@@ -27,43 +38,76 @@ def build(
             with gr.Row():
                 model = model_dropdown(list_models(), default_model)
                 refresh = gr.Button("↻ Refresh", scale=1, min_width=60)
-            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a handwritten digit seven", elem_id="t2i-prompt")
-            negative_prompt = gr.Textbox(label="Negative prompt", lines=1)
+            prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt (Ctrl+Enter generates)", lines=2,
+                                elem_id="t2i-prompt")
+            negative_prompt = gr.Textbox(label="Negative prompt", lines=1, elem_id="t2i-negative")
             with gr.Row():
-                steps = gr.Slider(1, MAX_STEPS, value=defaults.num_inference_steps, step=1, label="Steps")
+                steps = gr.Slider(1, MAX_STEPS, value=defaults.num_inference_steps, step=1, label="Steps",
+                                  elem_id="t2i-steps")
                 guidance_scale = gr.Slider(1, MAX_GUIDANCE, value=defaults.guidance_scale, step=0.5,
-                                           label="Guidance scale (1 = no guidance)")
+                                           label="Guidance scale (1 = no guidance)", elem_id="t2i-guidance")
             with gr.Row():
-                scheduler = gr.Dropdown(schedulers, value=defaults.scheduler, label="Scheduler")
-                seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+                scheduler = gr.Dropdown(schedulers, value=defaults.scheduler, label="Scheduler",
+                                        elem_id="t2i-scheduler")
+                seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id="t2i-seed")
             with gr.Row():
-                width = gr.Number(value=size[0], precision=0, step=8, label="Width (multiple of 8)")
-                height = gr.Number(value=size[1], precision=0, step=8, label="Height (multiple of 8)")
-                vae_preview_every = gr.Number(value=0, precision=0, minimum=0, label="Full VAE preview every N steps (0 = off)")
+                width = gr.Number(value=size[0], precision=0, step=8, label="Width (multiple of 8)",
+                                  elem_id="t2i-width")
+                height = gr.Number(value=size[1], precision=0, step=8, label="Height (multiple of 8)",
+                                   elem_id="t2i-height")
             with gr.Row():
-                generate = gr.Button("Generate", variant="primary", elem_id="t2i-generate")
+                preview = gr.Radio(list(PREVIEWS), value=defaults.preview, label="x0 preview",
+                                   info="auto: a VAE decode where it is cheap on this device, else latent-to-RGB",
+                                   elem_id="t2i-preview")
+                vae_preview_every = gr.Number(value=0, precision=0, minimum=0, elem_id="t2i-vae-every",
+                                              label="VAE decode every N steps (0 = as the preview says)")
+            with gr.Row():
+                generate = gr.Button("Generate", variant="primary", elem_id="t2i-generate",
+                                     elem_classes="wb-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="t2i-stop")
         with gr.Column(scale=3):
             progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="t2i-progress")
             with gr.Row():
                 image = gr.Image(label="Predicted clean image x0 → final image", format="png", type="pil",
                                  interactive=False, height=360, elem_id="t2i-image", elem_classes="wb-pixels")
-                xt = gr.Image(label="Noisy latent after this step (the next step's input)", format="png", interactive=False, height=360,
-                              elem_id="t2i-xt", elem_classes="wb-pixels")
-            scrub = gr.Slider(1, 2, value=1, step=1, label="Scrub through the steps", visible=False,
-                              elem_id="t2i-scrub")
+                xt = gr.Image(label="Noisy latent after this step (the next step's input)", format="png",
+                              interactive=False, height=360, elem_id="t2i-xt", elem_classes="wb-pixels")
+            scrub = gr.Slider(1, 2, value=1, step=1, label="Scrub through the steps (the last is the final image)",
+                              visible=False, elem_id="t2i-scrub")
             info = gr.JSON(label="Parameters used", elem_id="t2i-info")
-            code = gr.Code(label="diffusers code", language="python", elem_id="t2i-code")
-    history = gr.State(None)
+            code = gr.Code(label="diffusers code", language="python", wrap_lines=True, elem_id="t2i-code")
+    history = gr.State(None)  # {"steps": the run's Step events, "final": its PNG or None}
+    runs = SessionRuns()
+    inputs = [model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
+              vae_preview_every, preview]
+    outputs = [image, xt, progress, info, code, scrub, history]
 
-    def render(event) -> tuple | None:
-        """The seven outputs for one event (image, x_t, progress, info, code, scrubber, history)."""
+    def make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
+                     vae_preview_every=0, preview="auto") -> Txt2ImgRequest:
+        """The page's values, by keyword, as the engine's request."""
+        return Txt2ImgRequest(
+            model=model, prompt=prompt or "", negative_prompt=negative_prompt or "",
+            num_inference_steps=whole(steps), guidance_scale=guidance_scale, scheduler=scheduler,
+            seed=whole(seed), width=whole(width), height=whole(height),
+            vae_preview_every=whole(vae_preview_every) or 0, preview=preview,
+        )
+
+    def render(event, run: dict | None = None) -> tuple | None:
+        """The seven outputs for one event; ``run`` (the page's) keeps what Stop will show."""
+        run = run if run is not None else {"steps": [], "note": ""}
         if isinstance(event, Started):
-            return (gr.skip(), gr.skip(), progress_html(0, event.total, note=f"seed {event.info['seed']}"),
-                    event.info, gr.skip(), gr.update(visible=False), None)
+            run["started"] = event
+            run["note"] = _run_note(event, run.get("warning", ""))
+            how = event.info.get("preview", "").split(":")[0]
+            return (gr.update(label=f"Predicted clean image x0 ({how}) → final image"), gr.skip(),
+                    progress_html(0, event.total, note=" · ".join(filter(None, [f"seed {event.info['seed']}",
+                                                                                 run["note"]]))),
+                    event.info, event.code, gr.update(visible=False), None)
         if isinstance(event, Step):
+            run["steps"].append(event)
             return (event.preview_x0.array(), event.preview_xt.array(),
-                    progress_html(event.step, event.total, event.timestep, event.elapsed, event.eta),
+                    progress_html(event.step, event.total, event.timestep, event.elapsed, event.eta,
+                                  note=run["note"]),
                     gr.skip(), gr.skip(), gr.skip(), gr.skip())
         if isinstance(event, Done):
             final = event.paths[0] if event.paths else event.images[0]  # the saved PNG, sent as it is
@@ -72,40 +116,129 @@ def build(
             n = len(event.steps)
             return (final, event.steps[-1].preview_xt.array() if n else None,
                     progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"),
-                    info_out, event.code,
-                    gr.update(visible=n > 1, minimum=1, maximum=max(n, 2), value=n), event.steps)
+                    info_out, event.code, _scrubber(n), {"steps": event.steps, "final": final})
         return None
 
     @friendly_errors
     async def txt2img(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                      vae_preview_every=0):
-        request = Txt2ImgRequest(
-            model=model, prompt=prompt or "", negative_prompt=negative_prompt or "",
-            num_inference_steps=whole(steps), guidance_scale=guidance_scale, scheduler=scheduler,
-            seed=whole(seed), width=whole(width), height=whole(height),
-            vae_preview_every=whole(vae_preview_every) or 0,
-        )
+                      vae_preview_every=0, preview="auto"):
+        """The API: errors are raised, as gradio_client expects."""
+        request = make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width,
+                               height, vae_preview_every, preview)
         async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel), render):
             yield update
 
+    async def txt2img_page(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
+                           vae_preview_every, preview, session: gr.Request):
+        """The page: the last result stays; an error is said in the progress line and a toast."""
+        run = runs.begin(session.session_hash)
+        try:
+            request = make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width,
+                                   height, vae_preview_every, preview)
+            run["warning"] = _far_from_native(request, default_size(request.model or default_model))
+            if run["warning"]:
+                gr.Warning(html.escape(run["warning"]))
+            async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel),
+                                               lambda event: render(event, run), cancel=run["cancel"]):
+                yield update
+        except Cancelled:  # the page's Stop
+            yield stopped(run)
+        except Exception as exc:
+            message = page_error(exc)
+            gr.Warning(html.escape(message))
+            yield (gr.skip(), gr.skip(), message_html(message), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        finally:
+            run["ended"] = True
+
+    def problem(*values) -> InputError | ModelLoadError | None:
+        """What is wrong with the page's values, found without running anything."""
+        try:
+            request = make_request(*values)
+            check_model(request.model or default_model, "txt2img")
+        except (InputError, ModelLoadError) as exc:
+            return exc
+        return None
+
+    def validate(*values):
+        """Each bad value shown beside its field before anything runs; the last result stays."""
+        exc = problem(*values)
+        return field_messages(exc, FIELDS, len(inputs)) if exc else [gr.validate(True, "")] * len(inputs)
+
+    def before_run(*values):
+        """At the click, in the progress line: what is wrong, or what the run waits for."""
+        exc = problem(*values)
+        if exc is not None:
+            return message_html(str(exc))
+        busy = activity()
+        return message_html(f"waiting for {busy} to finish", "waiting") if busy else gr.skip()
+
+    def stopped(run: dict) -> tuple:
+        """After Stop: where the run stopped; its frames so far, its parameters and its code stay."""
+        started, frames = run["started"], run["steps"]
+        if started is None:
+            return (gr.skip(), gr.skip(), message_html("Stopped before the first step", "stopped"), gr.skip(),
+                    gr.skip(), gr.skip(), gr.skip())
+        at = frames[-1].step if frames else 0
+        info_out = {**started.info, "stopped_at_step": at}
+        return (gr.skip(), gr.skip(), message_html(f"Stopped at step {at} of {started.total}", "stopped"),
+                info_out, started.code, _scrubber(len(frames)), {"steps": tuple(frames), "final": None})
+
+    def stop_page_run(session: gr.Request):
+        if runs.stop(session.session_hash):
+            return message_html("Stopping at the end of this step", "stopped")
+        return gr.skip()
+
     def show_step(index, steps):
-        if not steps:
+        if not steps or not steps["steps"]:
             return gr.skip(), gr.skip(), gr.skip()
-        s = steps[min(max(int(index), 1), len(steps)) - 1]
+        frames = steps["steps"]
+        s = frames[min(max(int(index), 1), len(frames)) - 1]
+        if int(index) >= len(frames) and steps["final"] is not None:
+            return steps["final"], s.preview_xt.array(), progress_html(s.step, s.total, elapsed=s.elapsed,
+                                                                        note="final image")
         return s.preview_x0.array(), s.preview_xt.array(), progress_html(s.step, s.total, s.timestep, s.elapsed)
 
     def on_model_change(name):
         found = default_size(name)
         return (gr.update(value=found[0]), gr.update(value=found[1])) if found else (gr.skip(), gr.skip())
 
-    event = generate.click(
-        txt2img,
-        inputs=[model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                vae_preview_every],
-        outputs=[image, xt, progress, info, code, scrub, history],
-        api_name="txt2img", concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
-    )
-    stop.click(None, None, None, cancels=[event], api_visibility="private")
-    scrub.release(show_step, [scrub, history], [image, xt, progress], api_visibility="private")
+    api_trigger = gr.Button(visible=False)  # the public /txt2img endpoint; the page's button below validates
+    api_trigger.click(txt2img, inputs=inputs, outputs=outputs, api_name="txt2img",
+                                  concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
+    generate.click(before_run, inputs, progress, queue=False, api_visibility="private")
+    generate.click(txt2img_page, inputs=inputs, outputs=outputs, validator=validate,
+                                api_visibility="private", concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
+    # The page's run ends through its own token, so it can say where it stopped (a cancelled event cannot).
+    stop.click(stop_page_run, None, progress, queue=False, api_visibility="private")
+    gr.on([scrub.release, scrub.input], show_step, [scrub, history], [image, xt, progress],
+          api_visibility="private")
     refresh.click(lambda: gr.update(choices=list_models()), None, model, api_visibility="private")
     model.change(on_model_change, model, [width, height], api_visibility="private")
+
+
+def _scrubber(frames: int):
+    return gr.update(visible=frames > 1, minimum=1, maximum=max(frames, 2), value=max(frames, 1))
+
+
+def _run_note(started: Started, warning: str = "") -> str:
+    """What a person may wonder about during the run: evaluations that are not steps, an empty prompt, the size."""
+    notes = [warning] if warning else []
+    if started.total != started.info["steps"]:
+        notes.append(f"{started.total} model evaluations for {started.info['steps']} steps "
+                     f"({started.info['scheduler']} evaluates the model more than once a step)")
+    if not started.info["prompt"].strip():
+        notes.append("empty prompt: nothing to guide towards, the image is the model's unconditional guess")
+    return " · ".join(notes)
+
+
+def _far_from_native(request: Txt2ImgRequest, native: tuple[int, int] | None) -> str:
+    """A warning when the size is far from the one the model was trained at, else ""."""
+    if native is None or request.width is None or request.height is None:
+        return ""
+    ratio = max(request.width / native[0], native[0] / request.width, request.height / native[1],
+                native[1] / request.height)
+    if ratio < FAR_FROM_NATIVE:
+        return ""
+    cost = request.width * request.height / (native[0] * native[1])
+    return (f"{request.width}x{request.height} is far from this model's {native[0]}x{native[1]}: expect noise "
+            f"rather than a picture, at about {cost:.3g}x the time")

@@ -224,12 +224,20 @@ class ModelRegistry:
         try:
             return cls.from_pretrained(ref.location, dtype=dtype, **extra)
         except (OSError, huggingface_hub.errors.HfHubHTTPError, ValueError) as exc:
-            raise ModelLoadError(
-                f"could not get {ref.name!r} from the Hugging Face Hub ({type(exc).__name__}); the hub is "
-                "unreachable or offline here. On a machine with access run "
-                f"`hf download {ref.name} --local-dir <models-dir>/{ref.name.split('/')[-1]}` "
-                "and copy the folder under --models-dir, then pick it from the list"
-            ) from exc
+            raise ModelLoadError(_hub_unreachable(ref.name, type(exc).__name__)) from exc
+
+    def check_available(self, name: str, kind: str) -> ModelRef:
+        """Resolve ``name`` and refuse at once what its load would refuse without reading weights: a pipeline
+        of the wrong kind, or a hub id that is neither cached here nor reachable (offline mode)."""
+        ref = self.resolve(name)
+        check_kind(ref.name, ref.pipeline_class, kind)
+        if ref.source == "hub":
+            import huggingface_hub
+
+            cached = huggingface_hub.try_to_load_from_cache(ref.location, "model_index.json")
+            if huggingface_hub.constants.HF_HUB_OFFLINE and not isinstance(cached, str):
+                raise ModelLoadError(_hub_unreachable(ref.name, "offline mode, not in the cache"))
+        return ref
 
     def _single_file_config(self, ref: ModelRef) -> Path:
         """The diffusers-format folder whose configs a single file is read with.
@@ -273,6 +281,12 @@ def check_kind(name: str, pipeline_class: str | None, kind: str) -> None:
                              f"use it in the {KIND_LABELS[other]} tab")
     raise ModelLoadError(f"{name!r} is a {pipeline_class}, which the {KIND_LABELS[kind]} loop cannot run; "
                          f"supported: {', '.join(supported)}")
+
+
+def _hub_unreachable(name: str, why: str) -> str:
+    return (f"could not get {name!r} from the Hugging Face Hub ({why}); the hub is unreachable or offline here. "
+            f"On a machine with access run `hf download {name} --local-dir MODELS_DIR/{name.split('/')[-1]}` "
+            "and copy the folder under --models-dir, then pick it from the list")
 
 
 def _pipeline_class(folder: Path) -> str | None:

@@ -13,6 +13,7 @@ import inspect
 import math
 import secrets
 import time
+import weakref
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -26,12 +27,16 @@ from engine.events import Done, Preview, Started, Step
 from engine.sampling.outputs import save_png
 from engine.sampling.preview import LatentRGBPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
-from engine.validation import check_int, check_seed
+from engine.validation import check_choice, check_int, check_seed
 
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin, StableDiffusionPipeline
 
 MAX_STEPS = 150
+PREVIEWS = ("auto", "latent", "vae")
+# "auto" decodes with the VAE when one decode takes at most this long on the device: previews are drawn
+# at most 10 times a second, off the loop, so they then cost at most a tenth of a core.
+VAE_PREVIEW_BUDGET = 0.010
 MAX_GUIDANCE = 20.0
 MAX_SIDE = 2048
 
@@ -46,16 +51,18 @@ class Txt2ImgRequest:
     seed: int = -1  # -1 draws a random seed; the one used is reported back
     width: int | None = None  # None: the model's own size (unet sample_size * vae scale factor)
     height: int | None = None
-    vae_preview_every: int = 0  # full VAE decode of x0 every N steps; 0 = never (3x slower, REFERENCE.md)
+    vae_preview_every: int = 0  # full VAE decode of x0 every N steps; 0: as ``preview`` says
+    preview: str = "auto"  # x0 preview: "auto" (a VAE decode where one is cheap, else "latent"), "latent", "vae"
     model: str = ""  # the model string, for the image's metadata
 
     def __post_init__(self):
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
-            raise InputError("prompt and negative prompt must be text")
+            raise InputError("prompt and negative prompt must be text", field="prompt")
         check_int("steps", self.num_inference_steps, 1, MAX_STEPS)
         g = self.guidance_scale
         if not isinstance(g, (int, float)) or isinstance(g, bool) or not math.isfinite(g) or not 1 <= g <= MAX_GUIDANCE:
-            raise InputError(f"guidance scale must be a number from 1 (no guidance) to {MAX_GUIDANCE:g}; got {g!r}")
+            raise InputError(f"guidance scale must be a number from 1 (no guidance) to {MAX_GUIDANCE:g}; got {g!r}",
+                             field="guidance scale")
         scheduler_spec(self.scheduler)
         check_seed(self.seed)
         for side in ("width", "height"):
@@ -64,8 +71,9 @@ class Txt2ImgRequest:
                 continue
             check_int(side, value, 8, MAX_SIDE)
             if value % 8:
-                raise InputError(f"{side} must be a multiple of 8 (8 to {MAX_SIDE}); got {value}")
+                raise InputError(f"{side} must be a multiple of 8 (8 to {MAX_SIDE}); got {value}", field=side)
         check_int("VAE preview interval", self.vae_preview_every, 0, MAX_STEPS)
+        check_choice("preview", self.preview, PREVIEWS)
 
     def resolved(self, pipe: StableDiffusionPipeline) -> "Txt2ImgRequest":
         """A copy with the seed drawn and the size taken from the model where not given."""
@@ -127,11 +135,13 @@ def iter_txt2img(
         latents = latents * scheduler.init_noise_sigma
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
         info = _info(request, scheduler)
-        yield Started(total=len(visited), timesteps=tuple(int(t) for t in visited), info=info)
+        every, info["preview"] = _vae_preview_every(request, vae, latents)
+        code = diffusers_code(pipe, request)
+        yield Started(total=len(visited), timesteps=tuple(int(t) for t in visited), info=info, code=code)
 
-        # 4. The denoising loop.
+        # 4. The denoising loop, x0 previewed by a VAE decode every ``every`` steps (0: never).
         previewer = LatentRGBPreviewer.for_model(_model_dir(pipe), unet.config.in_channels)
-        vae_previewer = VaePreviewer(vae) if request.vae_preview_every else None
+        vae_previewer = VaePreviewer(vae) if every else None
         steps: list[Step] = []
         start = time.perf_counter()
         for i, t in enumerate(timesteps):
@@ -143,7 +153,7 @@ def iter_txt2img(
                 noise_uncond, noise_text = noise_pred.chunk(2)
                 noise_pred = noise_uncond + request.guidance_scale * (noise_text - noise_uncond)
             out = scheduler.step(noise_pred, t, latents, **step_kwargs)
-            x0_previewer = vae_previewer if vae_previewer and (i + 1) % request.vae_preview_every == 0 else previewer
+            x0_previewer = vae_previewer if vae_previewer and (i + 1) % every == 0 else previewer
             x0 = getattr(out, "pred_original_sample", None)
             if x0 is None:  # drawn from (eps, x_t) only if a consumer looks at this step
                 x0, x0_previewer = (noise_pred, latents), X0Previewer(scheduler, visited[i], x0_previewer)
@@ -163,7 +173,41 @@ def iter_txt2img(
         images = pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True])
     info["elapsed"] = round(time.perf_counter() - start, 3)
     paths = tuple(str(save_png(im, info, outputs_dir, "txt2img")) for im in images) if outputs_dir else ()
-    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=diffusers_code(pipe, request))
+    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=code)
+
+
+_decode_seconds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # VAE -> {(shape, device): seconds}
+
+
+def _vae_preview_every(request: Txt2ImgRequest, vae, latents: torch.Tensor) -> tuple[int, str]:
+    """(steps between VAE-decoded x0 previews, 0 = none; what the page is shown, in words)."""
+    if request.vae_preview_every:
+        return request.vae_preview_every, f"VAE decode every {request.vae_preview_every} steps (asked for)"
+    if request.preview == "vae":
+        return 1, "VAE decode (asked for)"
+    if request.preview == "latent":
+        return 0, "linear latent-to-RGB (asked for)"
+    seconds = _decode_time(vae, latents)
+    if seconds <= VAE_PREVIEW_BUDGET:
+        return 1, f"VAE decode: {seconds * 1000:.1f} ms a frame on this device, cheap enough for every frame"
+    return 0, (f"linear latent-to-RGB: a VAE decode takes {seconds * 1000:.0f} ms here; "
+               "choose 'vae' to see it anyway")
+
+
+def _decode_time(vae, latents: torch.Tensor) -> float:
+    """One VAE decode of ``latents``' shape, timed once per VAE, shape and device (the first run pays it)."""
+    measured = _decode_seconds.setdefault(vae, {})
+    key = (tuple(latents.shape), str(latents.device))
+    if key not in measured:
+        vae.decode(latents / vae.config.scaling_factor)  # warm: first calls pay for allocations
+        if latents.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        vae.decode(latents / vae.config.scaling_factor)
+        if latents.device.type == "cuda":
+            torch.cuda.synchronize()
+        measured[key] = time.perf_counter() - start
+    return measured[key]
 
 
 def _info(request: Txt2ImgRequest, scheduler: SchedulerMixin) -> dict:

@@ -119,7 +119,8 @@ def iter_unconditional(
         timesteps = scheduler.timesteps
         visited = tuple(int(t) for t in timesteps.tolist())
         info = _info(request, scheduler, shape)
-        yield Started(total=len(visited), timesteps=visited, info=info)
+        code = diffusers_code(pipe, request)
+        yield Started(total=len(visited), timesteps=visited, info=info, code=code)
 
         # 4. The denoising loop: UNet, scheduler.step, next input.
         pixels = PixelPreviewer()
@@ -150,7 +151,7 @@ def iter_unconditional(
         images = pipe.numpy_to_pil(image.cpu().permute(0, 2, 3, 1).numpy())
     info["elapsed"] = round(time.perf_counter() - start, 3)
     paths = tuple(str(save_png(im, info, outputs_dir, "unconditional")) for im in images) if outputs_dir else ()
-    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=diffusers_code(pipe, request))
+    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=code)
 
 
 def final_image(done: Done) -> Image.Image:
