@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench clean-venv chromium
+.PHONY: run test bench clean-venv chromium screenshots
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ chromium:
 
 test: $(BIN)/.test-installed chromium
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The README's screenshots, taken by the browser tests from the real page.
+screenshots: $(BIN)/.test-installed chromium
+	WORKBENCH_SCREENSHOTS=$(CURDIR)/docs/screenshots HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m browser
 
 bench: $(BIN)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/txt2img.py

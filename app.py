@@ -41,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto = cuda, then mps, then cpu")
     p.add_argument("--auth", metavar="USER:PASSWORD", help="ask for this user name and password")
     p.add_argument("--share", action="store_true", help="make a public gradio.live link (off unless given)")
+    p.add_argument("--max-upload-mb", type=int, default=512, metavar="MB",
+                   help="largest upload for training data, unpacked (default 512)")
+    p.add_argument("--max-data-mb", type=int, default=8192, metavar="MB",
+                   help="the data dir may hold at most this much after an upload (default 8192)")
     p.add_argument("--torch-threads", type=int, default=None, metavar="N",
                    help="torch threads for sampling (default: all cores but one on a CPU, torch's own elsewhere)")
     args = p.parse_args(argv)
@@ -53,11 +57,13 @@ def build_app(args: argparse.Namespace):
     """The engine and the page; nothing is launched."""
     import gradio as gr
 
-    from engine.workbench import Folders, Workbench
+    from engine.workbench import Folders, UploadLimits, Workbench
     from ui import noise as noise_tab, train as train_tab, txt2img as txt2img_tab, unconditional as unconditional_tab
 
     bench = Workbench(Folders(args.models_dir, args.data_dir, args.outputs_dir), device=args.device,
-                      torch_threads=args.torch_threads)
+                      torch_threads=args.torch_threads,
+                      upload_limits=UploadLimits(upload_bytes=args.max_upload_mb * 1024**2,
+                                                 data_dir_bytes=args.max_data_mb * 1024**2))
     bench.start()  # the sampling worker imports torch while the page loads
     with gr.Blocks(title="Diffusion Workbench") as demo:
         with gr.Row():

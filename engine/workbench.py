@@ -28,7 +28,7 @@ from engine.sampling.schedulers import SCHEDULERS
 from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img
 from engine.sampling.unconditional import UNCONDITIONAL_SCHEDULERS, UnconditionalRequest, iter_unconditional
 from engine.training.checkpoints import list_runs
-from engine.training.data import list_sources, save_uploads
+from engine.training.data import UploadLimits, list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
 from engine.training.request import RUN_NAME, TrainRequest, resume_request
 from engine.worker.child import WorkerConfig
@@ -46,11 +46,13 @@ class Folders:
 
 class Workbench:
     def __init__(self, folders: Folders, device: str = "auto", *, worker: bool = True,
-                 torch_threads: int | None = None, preview_interval: float = 0.1):
+                 torch_threads: int | None = None, preview_interval: float = 0.1,
+                 upload_limits: UploadLimits = UploadLimits()):
         """``worker``: sample in a process of its own (the page's way: see :mod:`engine.worker`); False
         samples in this process, on the calling thread. ``torch_threads``: intra-op threads for sampling
         (None: all cores but one on a CPU). ``preview_interval``: seconds between streamed steps."""
         self.folders = folders
+        self.upload_limits = upload_limits
         self.placement = resolve_device(device)
         for folder in (folders.models_dir, folders.data_dir, folders.outputs_dir):
             Path(folder).mkdir(parents=True, exist_ok=True)
@@ -192,7 +194,7 @@ class Workbench:
 
     def save_training_upload(self, files: list[str | Path], name: str = "") -> str:
         """Uploaded images and zips saved as a new folder under the data dir; returns its name."""
-        return save_uploads(files, self.folders.data_dir, name).name
+        return save_uploads(files, self.folders.data_dir, name, self.upload_limits).name
 
     def list_runs(self) -> list[str]:
         """Runs under the models dir with a complete checkpoint: the ones that can be resumed."""

@@ -126,6 +126,7 @@ def test_engine_has_no_import_circle():
 def test_app_reaches_the_engine_only_through_the_facade():
     engine_imports = {n for n in imported_names(ROOT / "app.py") if n.startswith("engine.")}
     allowed = {"engine.workbench", "engine.workbench.Workbench", "engine.workbench.Folders",
+               "engine.workbench.UploadLimits",
                "engine.models.devices", "engine.models.devices.DEVICE_CHOICES"}
     assert engine_imports - allowed == set()
     assert "bench.registry" not in (ROOT / "app.py").read_text()

@@ -21,6 +21,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
@@ -35,8 +36,26 @@ log = logging.getLogger(__name__)
 DIGITS = "digits"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-MAX_UPLOAD_BYTES = 2 * 1024**3  # uncompressed total of one upload; a guard against zip bombs
+MAX_UPLOAD_BYTES = 512 * 1024**2  # unpacked size of one upload, counted as written: a guard against zip bombs
+MAX_DATA_DIR_BYTES = 8 * 1024**3  # all of the data dir after the upload
 MAX_UPLOAD_FILES = 100_000
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Caps on what an upload may write (``--max-upload-mb``, ``--max-data-mb``)."""
+
+    upload_bytes: int = MAX_UPLOAD_BYTES  # one upload, unpacked: enough for a few thousand photos
+    data_dir_bytes: int = MAX_DATA_DIR_BYTES  # the whole data dir: uploads never fill the disk
+    files: int = MAX_UPLOAD_FILES  # images in one upload
+
+    def describe(self) -> str:
+        return (f"at most {_mib(self.upload_bytes)} an upload and {_mib(self.data_dir_bytes)} in the data dir "
+                "(--max-upload-mb, --max-data-mb)")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:.0f} MiB"
 
 
 @dataclass(frozen=True)
@@ -284,29 +303,34 @@ def make_dataloader(data: ImageData, batch_size: int, sampler: EpochSampler, *, 
 
 
 # -- uploads ------------------------------------------------------------------------------
-def save_uploads(files: Iterable[str | Path], data_dir: str | Path, name: str = "") -> Path:
+def save_uploads(files: Iterable[str | Path], data_dir: str | Path, name: str = "",
+                 limits: UploadLimits = UploadLimits()) -> Path:
     """Copy uploaded images (and the images inside uploaded zips) into a new folder under ``data_dir``.
 
     The folder is filled under a hidden name and renamed into place at the end, so a
-    half-finished upload never shows up as a data source. Zip members with absolute
-    paths, ``..`` or links are refused. Returns the new folder.
+    half-finished upload never shows up as a data source, and a refused one leaves nothing.
+    Zip members with absolute paths, ``..`` or links are refused; bytes are counted as
+    they are written (a zip's size header can lie), against ``limits``; every image must
+    open in PIL, and the ones that do not are named. Returns the new folder.
     """
     root = Path(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     folder = root / _new_folder_name(root, name)
+    budget = min(limits.upload_bytes, limits.data_dir_bytes - _tree_bytes(root))
+    if budget <= 0:
+        raise DataError(f"the data dir is full ({_mib(_tree_bytes(root))} used); {limits.describe()}")
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}."))
     try:
         count, total = 0, 0
         for index, file in enumerate(Path(f) for f in files):
             if file.suffix.lower() == ".zip":
                 dest = tmp / f"{index:03d}-{_safe_stem(file.stem)}"
-                n, size = extract_zip(file, dest, budget=MAX_UPLOAD_BYTES - total)
+                n, size = extract_zip(file, dest, budget=budget - total, limits=limits)
                 count, total = count + n, total + size
             elif file.suffix.lower() in IMAGE_SUFFIXES:
-                total += file.stat().st_size
-                if total > MAX_UPLOAD_BYTES:
-                    raise DataError(f"the upload is over {MAX_UPLOAD_BYTES // 1024**3} GiB; upload fewer files")
-                shutil.copyfile(file, tmp / f"{index:05d}-{_safe_stem(file.stem)}{file.suffix.lower()}")
+                with open(file, "rb") as src:
+                    target = tmp / f"{index:05d}-{_safe_stem(file.stem)}{file.suffix.lower()}"
+                    total += _copy_within(src, target, budget - total, file.name, limits)
                 count += 1
             else:
                 log.info("upload: ignoring %s (not an image or a zip)", file.name)
@@ -314,6 +338,7 @@ def save_uploads(files: Iterable[str | Path], data_dir: str | Path, name: str = 
             raise DataError(
                 f"the upload holds no image files; allowed: {', '.join(IMAGE_SUFFIXES)} or a .zip of them"
             )
+        _check_images(tmp)
         tmp.replace(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -321,12 +346,14 @@ def save_uploads(files: Iterable[str | Path], data_dir: str | Path, name: str = 
     return folder
 
 
-def extract_zip(zip_path: str | Path, dest: str | Path, *, budget: int = MAX_UPLOAD_BYTES) -> tuple[int, int]:
+def extract_zip(zip_path: str | Path, dest: str | Path, *, budget: int = MAX_UPLOAD_BYTES,
+                limits: UploadLimits = UploadLimits()) -> tuple[int, int]:
     """Extract the image members of a zip into ``dest``; returns (images, bytes).
 
     Refuses (with :class:`DataError`) members that would land outside ``dest``
-    (absolute paths, ``..``, drive letters), symbolic links, and archives that
-    unpack to more than ``budget`` bytes or :data:`MAX_UPLOAD_FILES` files.
+    (absolute paths, ``..``, drive letters), symbolic links, damaged archives, and
+    archives that unpack to more than ``budget`` bytes (as declared, and as written)
+    or more than ``limits.files`` images.
     """
     dest = Path(dest)
     try:
@@ -339,17 +366,58 @@ def extract_zip(zip_path: str | Path, dest: str | Path, *, budget: int = MAX_UPL
             _check_member(member, Path(zip_path).name)
         images = [m for m in members if PurePosixPath(m.filename).suffix.lower() in IMAGE_SUFFIXES
                   and not any(p.startswith(".") or p == "__MACOSX" for p in PurePosixPath(m.filename).parts)]
-        if len(images) > MAX_UPLOAD_FILES:
-            raise DataError(f"{Path(zip_path).name} holds {len(images)} images; at most {MAX_UPLOAD_FILES} allowed")
+        if len(images) > limits.files:
+            raise DataError(f"{Path(zip_path).name} holds {len(images)} images; at most {limits.files} allowed")
         size = sum(m.file_size for m in images)
         if size > budget:
-            raise DataError(f"{Path(zip_path).name} unpacks to {size} bytes; at most {budget} allowed")
+            raise DataError(f"{Path(zip_path).name} unpacks to {size} bytes; at most {budget} allowed "
+                            f"({limits.describe()})")
+        written = 0
         for member in images:
             target = dest.joinpath(*PurePosixPath(member.filename).parts)
             target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(member) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
-    return len(images), size
+            try:
+                with archive.open(member) as src:
+                    written += _copy_within(src, target, budget - written, f"{Path(zip_path).name}: "
+                                            f"{member.filename}", limits)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # a damaged member or a lying header
+                raise DataError(f"{Path(zip_path).name} is damaged: member {member.filename!r} cannot be read "
+                                f"({exc}); re-create the zip") from exc
+    return len(images), written
+
+
+def _copy_within(src, target: Path, budget: int, name: str, limits: UploadLimits) -> int:
+    """Copy ``src`` to ``target``, counting bytes as they are written; refuse past ``budget``."""
+    written = 0
+    with open(target, "wb") as out:
+        while chunk := src.read(1024 * 1024):
+            written += len(chunk)
+            if written > budget:
+                raise DataError(f"{name} unpacks to more than the {budget} bytes left for this upload "
+                                f"({limits.describe()})")
+            out.write(chunk)
+    return written
+
+
+def _check_images(folder: Path) -> None:
+    """Every file of an upload must open as an image in PIL; the ones that do not are named."""
+    from PIL import Image
+
+    bad = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except Exception as exc:  # PIL raises many kinds for a file that is not an image; each is reported
+            bad.append(f"{path.relative_to(folder).as_posix().split('-', 1)[-1]} ({type(exc).__name__})")
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise DataError(f"the upload has {len(bad)} file(s) PIL cannot read as an image: {shown}; "
+                        "remove or re-save them and upload again (nothing was saved)")
+
+
+def _tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
 def _check_member(member: zipfile.ZipInfo, archive: str) -> None:

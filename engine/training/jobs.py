@@ -83,6 +83,7 @@ class TrainingManager:
         self._cancel: CancelToken | None = None
         self._setup_done = threading.Event()
         self._setup_error: BaseException | None = None
+        self._before = self._status
         recover_all(self.models_dir)  # a process killed mid-save leaves its previous checkpoint in place
 
     # -- control ----------------------------------------------------------------------------
@@ -103,6 +104,7 @@ class TrainingManager:
                     "stop it or wait for it to finish before starting another"
                 )
             self._cancel = CancelToken()
+            self._before = self._status  # shown again if this start is refused
             self._status = TrainStatus(state=STARTING, run_name=request.run_name,
                                        run_dir=str(self.models_dir / request.run_name))
             self._setup_done.clear()
@@ -157,9 +159,11 @@ class TrainingManager:
             _free_device_memory()
 
     def _fail(self, exc: BaseException, message: str) -> None:
-        if not self._setup_done.is_set():
-            self._setup_error = exc
         with self._lock:
+            if not self._setup_done.is_set():  # refused before its first step: the last run's status stays
+                self._setup_error = exc
+                self._status = self._before
+                return
             self._status = replace(self._status, state=FAILED, message=message, eta=None)
 
     def _apply(self, event) -> None:

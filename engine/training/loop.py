@@ -152,11 +152,17 @@ class Trainer:
         flag = torch.tensor([float(wanted)], device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, "sum").item() > 0)
 
-    def _log_event(self) -> TrainStep:
+    def _window_losses(self) -> tuple[float, ...]:
+        """The losses of the steps since the last report, averaged over processes (all of them take part)."""
+        if not self.window:
+            return ()
         values = torch.stack(self.window).float()  # (k,)
         if self.accelerator.num_processes > 1:
             values = self.accelerator.reduce(values, "mean")
-        losses = tuple(values.tolist())
+        return tuple(values.tolist())
+
+    def _log_event(self) -> TrainStep:
+        losses = self._window_losses()
         self.window.clear()
         self.history.extend(losses)
         now = time.perf_counter()
@@ -294,8 +300,10 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
     def _save(self) -> TrainCheckpoint:
         rng = self._rng_states()  # every process takes part
+        # Steps since the last report are in the checkpoint too: its history is every step's loss up to its step.
+        history = self.history + list(self._window_losses())
         if self.is_main:
-            ckpt.write_atomically(self.run_dir, lambda folder: self._write(folder, rng))
+            ckpt.write_atomically(self.run_dir, lambda folder: self._write(folder, rng, history))
             log.info("checkpoint at step %d: %s", self.step, self.run_dir)
             if self.on_checkpoint is not None:
                 self.on_checkpoint(self.request.run_name, self.run_dir)
@@ -310,7 +318,7 @@ class Trainer:
         gathered = self.accelerator.gather(state.to(self.accelerator.device)[None]).cpu()  # (N, L)
         return {f"process_{i}": row for i, row in enumerate(gathered)}
 
-    def _write(self, folder: Path, rng: dict[str, torch.Tensor]) -> None:
+    def _write(self, folder: Path, rng: dict[str, torch.Tensor], history: list[float]) -> None:
         unet = self.unwrapped
         trainer_dir = folder / ckpt.TRAINER_DIR
         trainer_dir.mkdir()
@@ -335,7 +343,7 @@ class Trainer:
             "num_processes": self.accelerator.num_processes, "num_images": len(self.data),
             "batch_size": self.batch_size, "optimizer": optimizer_meta,
             "lr_scheduler": ckpt.lr_scheduler_state(self.lr_scheduler), "lr": self.lr,
-            "ema": ema, "scaler": scaler, "history": self.history,
+            "ema": ema, "scaler": scaler, "history": history,
         })
 
     def _restore(self, state: dict) -> None:

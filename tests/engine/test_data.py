@@ -211,7 +211,9 @@ def test_zip_symlink_member_is_refused(tmp_path):
 
 def test_zip_over_budget_is_refused(tmp_path):
     archive = make_zip(tmp_path / "big.zip", {"a.png": b"\0" * 10_000})
-    with pytest.raises(DataError, match=exactly("big.zip unpacks to 10000 bytes; at most 1000 allowed")):
+    with pytest.raises(DataError, match=exactly("big.zip unpacks to 10000 bytes; at most 1000 allowed (at most 512 MiB "
+                                                "an upload and 8192 MiB in the data dir (--max-upload-mb, "
+                                                "--max-data-mb))")):
         extract_zip(archive, tmp_path / "out", budget=1000)
 
 
