@@ -28,6 +28,7 @@ JS = """
   });
 }
 """
+CACHE_CLEANING = (600, 3600)  # (every N seconds, delete cached files older than M seconds)
 DARK_MODE_JS = "() => { document.body.classList.toggle('dark'); }"
 
 
@@ -41,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto = cuda, then mps, then cpu")
     p.add_argument("--auth", metavar="USER:PASSWORD", help="ask for this user name and password")
     p.add_argument("--share", action="store_true", help="make a public gradio.live link (off unless given)")
+    p.add_argument("--temp-dir", type=Path, default=None,
+                   help="where the page's files (previews, uploads) are cached; the app's own, cleaned hourly "
+                        "(default: $GRADIO_TEMP_DIR if set, else ./.cache/gradio)")
     p.add_argument("--max-upload-mb", type=int, default=512, metavar="MB",
                    help="largest upload for training data, unpacked (default 512)")
     p.add_argument("--max-data-mb", type=int, default=8192, metavar="MB",
@@ -65,7 +69,12 @@ def build_app(args: argparse.Namespace):
                       upload_limits=UploadLimits(upload_bytes=args.max_upload_mb * 1024**2,
                                                  data_dir_bytes=args.max_data_mb * 1024**2))
     bench.start()  # the sampling worker imports torch while the page loads
-    with gr.Blocks(title="Diffusion Workbench") as demo:
+    # The app's own cache folder (never Gradio's default, which every Gradio app of the user shares and serves):
+    # a streamed run leaves about 15 preview files, so files older than an hour go, checked every 10 minutes.
+    temp_dir = args.temp_dir or Path(os.environ.get("GRADIO_TEMP_DIR") or Path(".cache") / "gradio")
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(temp_dir.resolve())
+    with gr.Blocks(title="Diffusion Workbench", delete_cache=CACHE_CLEANING) as demo:
         with gr.Row():
             gr.Markdown("# Diffusion Workbench\nEvery denoising step, visible.")
             dark = gr.Button("◐ Dark mode", size="sm", scale=0, min_width=120, elem_id="dark-mode")
@@ -116,11 +125,48 @@ def build_app(args: argparse.Namespace):
     return demo, bench
 
 
+class RequireLogin:
+    """With --auth, routes Gradio leaves open answer 401 until the caller has logged in. Gradio 6.31's
+    ``POST /gradio_api/cancel`` checks no login: anyone with a session hash and an event id could stop
+    another user's run."""
+
+    OPEN_ROUTES = ("/gradio_api/cancel",)
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        server = scope.get("app")
+        if (scope["type"] == "http" and scope["path"].rstrip("/") in self.OPEN_ROUTES
+                and getattr(server, "auth", None) is not None and not _logged_in(scope, server)):
+            await send({"type": "http.response.start", "status": 401,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": b'{"detail":"Not authenticated"}'})
+            return
+        await self.app(scope, receive, send)
+
+
+def _logged_in(scope, server) -> bool:
+    from http.cookies import SimpleCookie
+
+    cookies = SimpleCookie()
+    for name, value in scope.get("headers", []):
+        if name == b"cookie":
+            cookies.load(value.decode("latin-1"))
+    for name in (f"access-token-{server.cookie_id}", f"access-token-unsecure-{server.cookie_id}"):
+        if name in cookies and server.tokens.get(cookies[name].value) is not None:
+            return True
+    return False
+
+
 def launch(demo, args: argparse.Namespace, **kwargs):
+    from starlette.middleware import Middleware
+
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     return demo.launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-        css=CSS, js=JS, footer_links=["api"], show_error=True, **kwargs,
+        css=CSS, js=JS, footer_links=["api"], show_error=True,
+        app_kwargs={"middleware": [Middleware(RequireLogin)]}, **kwargs,
     )
 
 
