@@ -120,6 +120,14 @@ class ModelRegistry:
                     f"folder {name!r} has no model_index.json; a diffusers-format folder holds "
                     "model_index.json plus unet/, scheduler/ (and vae/, text_encoder/, tokenizer/ for text to image)"
                 )
+            pickles = sorted(p.relative_to(candidate).as_posix() for p in candidate.rglob("*")
+                             if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file())
+            if pickles:
+                raise ModelLoadError(
+                    f"folder {name!r} holds pickle weights ({', '.join(pickles[:3])}"
+                    f"{' ...' if len(pickles) > 3 else ''}), which can run code when loaded; safetensors only: "
+                    "save it with safe_serialization=True (the default) or convert the files"
+                )
             return ModelRef(name, "folder", str(candidate), _pipeline_class(candidate))
         if candidate.is_file():
             if candidate.suffix != ".safetensors":
@@ -202,7 +210,8 @@ class ModelRegistry:
             elif ref.source == "hub":
                 pipe = self._load_hub(ref, cls, dtype, extra)
             else:
-                pipe = cls.from_pretrained(ref.location, dtype=dtype, local_files_only=True, **extra)
+                pipe = cls.from_pretrained(ref.location, dtype=dtype, local_files_only=True, use_safetensors=True,
+                                           **extra)
         except ModelLoadError:
             raise
         except Exception as exc:  # diffusers raises many kinds; all mean "could not load"
@@ -222,7 +231,7 @@ class ModelRegistry:
         import huggingface_hub
 
         try:
-            return cls.from_pretrained(ref.location, dtype=dtype, **extra)
+            return cls.from_pretrained(ref.location, dtype=dtype, use_safetensors=True, **extra)
         except (OSError, huggingface_hub.errors.HfHubHTTPError, ValueError) as exc:
             raise ModelLoadError(_hub_unreachable(ref.name, type(exc).__name__)) from exc
 
