@@ -19,6 +19,7 @@ from diffusers import DDPMScheduler
 from PIL import Image, UnidentifiedImageError
 
 from engine.errors import InputError
+from engine.images import to_rgb
 from engine.models.configs import read_scheduler_config
 from engine.sampling.schedulers import BETA_SCHEDULES, make_scheduler, scheduler_spec
 from engine.validation import check_choice, check_int, check_seed
@@ -145,14 +146,14 @@ def load_image(source: str | Path | Image.Image | np.ndarray | None, sample_imag
 
         return Image.fromarray(load_sample_image(sample_image)).convert("RGB")
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
+        return to_rgb(source)
     if isinstance(source, np.ndarray):
         if source.ndim not in (2, 3) or source.dtype != np.uint8:
             raise InputError(f"an image array must be (H, W) or (H, W, C) uint8; got {source.shape} {source.dtype}")
-        return Image.fromarray(source).convert("RGB")
+        return to_rgb(Image.fromarray(source))
     try:
         with Image.open(source) as im:
-            return im.convert("RGB")
+            return to_rgb(im)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         name = Path(str(source)).name
         raise InputError(f"{name!r} is not an image PIL can read (PNG, JPEG, WebP, ...): {exc}") from None

@@ -29,6 +29,7 @@ from typing import Iterable, Iterator
 import torch
 
 from engine.errors import DataError, InputError
+from engine.images import to_8bit, to_rgb
 from engine.validation import HUB_ID
 
 log = logging.getLogger(__name__)
@@ -218,18 +219,10 @@ def _load_hub(source: str, data_dir: Path) -> ImageData:
 
 # -- preprocessing ------------------------------------------------------------------------
 def to_mode(image, channels: int):
-    """A PIL image in ``L`` (1 channel) or ``RGB``; transparency is laid on white, not dropped."""
-    from PIL import Image
-
+    """A PIL image in ``L`` (1 channel) or ``RGB`` (see :func:`engine.images.to_rgb`)."""
     if channels == 1:
-        return image.convert("L")
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+        return to_8bit(image).convert("L")
+    return to_rgb(image)
 
 
 def recipe_transform(resolution: int, channels: int, *, flip: bool):
