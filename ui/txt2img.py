@@ -33,6 +33,7 @@ def build(
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
     size = default_size(default_model) or (512, 512)
     defaults = Txt2ImgRequest(prompt="")
+    # Number boxes keep what was typed (no precision=0, which rounds 8.5 to 8): the engine refuses what is not whole.
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
@@ -49,17 +50,17 @@ def build(
             with gr.Row():
                 scheduler = gr.Dropdown(schedulers, value=defaults.scheduler, label="Scheduler",
                                         elem_id="t2i-scheduler")
-                seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id="t2i-seed")
+                seed = gr.Number(value=-1, label="Seed (-1 = random)", elem_id="t2i-seed")
             with gr.Row():
-                width = gr.Number(value=size[0], precision=0, step=8, label="Width (multiple of 8)",
+                width = gr.Number(value=size[0], step=8, label="Width (multiple of 8)",
                                   elem_id="t2i-width")
-                height = gr.Number(value=size[1], precision=0, step=8, label="Height (multiple of 8)",
+                height = gr.Number(value=size[1], step=8, label="Height (multiple of 8)",
                                    elem_id="t2i-height")
             with gr.Row():
                 preview = gr.Radio(list(PREVIEWS), value=defaults.preview, label="x0 preview",
                                    info="auto: a VAE decode where it is cheap on this device, else latent-to-RGB",
                                    elem_id="t2i-preview")
-                vae_preview_every = gr.Number(value=0, precision=0, minimum=0, elem_id="t2i-vae-every",
+                vae_preview_every = gr.Number(value=0, minimum=0, elem_id="t2i-vae-every",
                                               label="VAE decode every N steps (0 = as the preview says)")
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="t2i-generate",

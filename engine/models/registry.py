@@ -97,6 +97,8 @@ class ModelRegistry:
         name = (name or "").strip()
         if not name:
             raise ModelLoadError("no model given; pick one from the list or type a folder name under the models dir")
+        if any(ord(c) < 32 for c in name):  # a NUL would reach the file system as an error of its own
+            raise ModelLoadError(f"unknown model {name!r}: a model name has no control characters")
         if name in BUILTINS:
             b = BUILTINS[name]
             if not (b.folder / "model_index.json").is_file():

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 MAX_STEPS = 150
 PREVIEWS = ("auto", "latent", "vae")
+MAX_PROMPT_CHARS = 10_000
 # "auto" decodes with the VAE when one decode takes at most this long on the device: previews are drawn
 # at most 10 times a second, off the loop, so they then cost at most a tenth of a core.
 VAE_PREVIEW_BUDGET = 0.010
@@ -58,6 +59,10 @@ class Txt2ImgRequest:
     def __post_init__(self):
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise InputError("prompt and negative prompt must be text", field="prompt")
+        for field_name, text in (("prompt", self.prompt), ("negative prompt", self.negative_prompt)):
+            if len(text) > MAX_PROMPT_CHARS:  # the tokenizer keeps 77 tokens anyway; a huge text only costs time
+                raise InputError(f"{field_name} must be at most {MAX_PROMPT_CHARS} characters; got {len(text)}",
+                                 field=field_name)
         check_int("steps", self.num_inference_steps, 1, MAX_STEPS)
         g = self.guidance_scale
         if not isinstance(g, (int, float)) or isinstance(g, bool) or not math.isfinite(g) or not 1 <= g <= MAX_GUIDANCE:
