@@ -15,6 +15,7 @@ log = logging.getLogger("workbench")
 CSS = """
 .wb-progress-text { font-family: ui-monospace, monospace; font-size: 0.9em; }
 .wb-pixels img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+.wb-pixels .image-frame { padding-top: 28px; box-sizing: border-box; }  /* below the label and buttons */
 """
 
 
@@ -61,6 +62,7 @@ def build_app(args: argparse.Namespace):
                 iter_unconditional=bench.iter_unconditional,
                 final_image=bench.final_image,
                 default_steps=bench.default_steps,
+                estimate=bench.estimate_unconditional,
                 list_models=lambda: bench.list_models("unconditional"),
                 default_model=bench.default_model("unconditional"),
                 schedulers=list(bench.schedulers("unconditional")),
