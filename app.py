@@ -17,6 +17,7 @@ CSS = """
 .wb-error .wb-progress-text { color: var(--error-text-color, #b91c1c); }
 .wb-stopped .wb-progress-text, .wb-waiting .wb-progress-text { font-weight: 600; }
 .wb-pixels img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+.wb-pixels .image-frame { padding-top: 28px; box-sizing: border-box; }  /* below the label and buttons */
 """
 # Ctrl+Enter (Cmd+Enter) runs the visible tab's Generate; the header's button switches dark mode.
 JS = """
@@ -94,6 +95,7 @@ def build_app(args: argparse.Namespace):
                 iter_unconditional=bench.iter_unconditional,
                 final_image=bench.final_image,
                 default_steps=bench.default_steps,
+                estimate=bench.estimate_unconditional,
                 list_models=lambda: bench.list_models("unconditional"),
                 default_model=bench.default_model("unconditional"),
                 schedulers=list(bench.schedulers("unconditional")),

@@ -72,10 +72,12 @@ class Step:
 
 @dataclass(frozen=True, eq=False)
 class Done:
-    """The run finished: final images, the parameters used and every step's event."""
+    """The run finished: final images, the parameters used and every step's event (the loop says which
+    steps keep their previews)."""
 
     images: tuple  # PIL images
     info: dict
     steps: tuple[Step, ...] = ()
     paths: tuple[str, ...] = ()
     code: str = ""  # plain-diffusers code that reproduces the images
+    grid: str = ""  # a batch's grid, saved beside its images; "" for one image or nothing saved

@@ -25,13 +25,19 @@ from engine.models.devices import default_torch_threads, resolve_device
 from engine.models.registry import BUILTINS, ModelRegistry
 from engine.sampling import unconditional
 from engine.sampling.schedulers import SCHEDULERS
-from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img
-from engine.sampling.unconditional import UNCONDITIONAL_SCHEDULERS, UnconditionalRequest, iter_unconditional
+from engine.sampling.txt2img import Txt2ImgRequest
+from engine.sampling.unconditional import (
+    PROBE_STEPS,
+    UNCONDITIONAL_SCHEDULERS,
+    RunEstimate,
+    UnconditionalRequest,
+    seconds_per_step,
+)
 from engine.training.checkpoints import list_runs
 from engine.training.data import UploadLimits, list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
 from engine.training.request import RUN_NAME, TrainRequest, resume_request
-from engine.worker.child import WorkerConfig
+from engine.worker.child import MODEL_KIND, WorkerConfig, loop_of
 from engine.worker.process import DeviceWorker, RunRecord
 
 log = logging.getLogger(__name__)
@@ -69,6 +75,8 @@ class Workbench:
         self.training = TrainingManager(folders.models_dir, folders.data_dir,
                                         device="auto" if device == "mps" else device,
                                         on_checkpoint=lambda name, path: self._forget(name))
+        # Seconds a step of an unconditional (model, batch size) took here, and how it was measured.
+        self._step_seconds: dict[tuple[str, int], tuple[float, str]] = {}
 
     def start(self) -> None:
         """Start the sampling worker now, so the first run does not wait for it to import torch."""
@@ -121,9 +129,41 @@ class Workbench:
     # -- unconditional ---------------------------------------------------------------
     def iter_unconditional(self, request: UnconditionalRequest, *,
                            cancel: CancelToken | None = None) -> Iterator[Started | Step | Done]:
-        """Load the request's model (the built-in when none is named), then denoise from pure noise."""
-        yield from self._run("unconditional",
-                             replace(request, model=request.model or self.default_model("unconditional")), cancel)
+        """Load the request's model (the built-in when none is named), then denoise from pure noise.
+        The run's time a step is kept for :meth:`estimate_unconditional` (a stopped run's too)."""
+        request = replace(request, model=request.model or self.default_model("unconditional"))
+        last, done = None, None
+        try:
+            for event in self._run("unconditional", request, cancel):
+                if isinstance(event, Step):
+                    last = event
+                elif isinstance(event, Done):
+                    done = event
+                yield event
+        finally:
+            key = (request.model, request.batch_size)
+            if done is not None:
+                self._step_seconds[key] = (seconds_per_step(done.steps), "the last run")
+            elif last is not None and last.step >= PROBE_STEPS:  # stopped: its steps so far, past the warm-up
+                self._step_seconds[key] = (last.elapsed / last.step, "the last run")
+
+    def estimate_unconditional(self, request: UnconditionalRequest, *, probe: bool = True) -> RunEstimate | None:
+        """How long ``request`` would take on this device, before it starts: its steps times the seconds a step
+        of its model and batch size took in the last such run here, else (``probe``) in a probe run of
+        ``PROBE_STEPS`` steps, saved nowhere, queued on the device like any run. None where nothing was
+        measured (and ``probe`` is False) or the model's steps are unknown."""
+        request = replace(request, model=request.model or self.default_model("unconditional"))
+        steps = request.num_inference_steps or self.default_steps(request.model, request.scheduler)
+        key = (request.model, request.batch_size)
+        if steps is None:
+            return None
+        if key not in self._step_seconds and probe:
+            done = list(self._run("probe", request, None))[-1]
+            self._step_seconds.setdefault(key, (seconds_per_step(done.steps), f"a {PROBE_STEPS}-step probe"))
+        if key not in self._step_seconds:
+            return None
+        seconds, measured_by = self._step_seconds[key]
+        return RunEstimate(num_inference_steps=int(steps), seconds_per_step=seconds, measured_by=measured_by)
 
     def check_model(self, model: str, kind: str) -> None:
         """Raise the :class:`ModelLoadError` a run of ``model`` would end with, where that is known without
@@ -134,20 +174,21 @@ class Workbench:
         """What holds the device now, in words ("a text-to-image run", "an unconditional run"), or None."""
         for record in reversed(self.recent_runs()):
             if record.started is not None and record.ended is None:
-                return "a text-to-image run" if record.kind == "txt2img" else "an unconditional run"
+                return {"txt2img": "a text-to-image run", "probe": "a timing probe"}.get(record.kind,
+                                                                                       "an unconditional run")
         return None
 
     def _run(self, kind: str, request, cancel: CancelToken | None) -> Iterator[Started | Step | Done]:
-        """A sampling run of ``kind`` on the worker, or here; what is known to fail is refused first."""
-        self.check_model(request.model, kind)
+        """A sampling run of ``kind`` (see ``MODEL_KIND``) on the worker, or here; what is known to fail is
+        refused first."""
+        self.check_model(request.model, MODEL_KIND[kind])
         if self.worker is not None:
             yield from self.worker.iter_run(kind, request, cancel=cancel)
             return
-        loop = iter_txt2img if kind == "txt2img" else iter_unconditional
         with self._device:
             check(cancel, 0)  # stopped while waiting for the device: nothing to load
-            pipe = self.registry.load(request.model, kind)
-            yield from loop(request, pipe=pipe, cancel=cancel, outputs_dir=self.folders.outputs_dir)
+            pipe = self.registry.load(request.model, MODEL_KIND[kind])
+            yield from loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.folders.outputs_dir)
 
     def default_steps(self, model: str, scheduler: str) -> int | None:
         """The default steps for an unconditional ``model`` and ``scheduler``; None where its config is unreadable."""

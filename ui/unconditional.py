@@ -6,8 +6,9 @@ from typing import Callable
 
 import gradio as gr
 
+from engine.errors import WorkbenchError
 from engine.events import Done, Started, Step
-from engine.sampling.unconditional import MAX_BATCH, UnconditionalRequest
+from engine.sampling.unconditional import DEFAULT_STEPS, MAX_BATCH, RunEstimate, UnconditionalRequest
 from ui.common import DEVICE_QUEUE, friendly_errors, model_dropdown, progress_html, stream_updates, whole
 
 
@@ -16,6 +17,7 @@ def build(
     iter_unconditional: Callable,  # (UnconditionalRequest, cancel=) -> events
     final_image: Callable,  # Done -> the image, or the batch's grid, with its PNG parameters
     default_steps: Callable[[str, str], int | None],  # (model, scheduler) -> steps, None if unknown
+    estimate: Callable[..., RunEstimate | None],  # (UnconditionalRequest, probe=) -> the run's time here
     list_models: Callable[[], list[str]],
     default_model: str,
     schedulers: list[str],
@@ -30,46 +32,54 @@ def build(
                 refresh = gr.Button("↻ Refresh", scale=1, min_width=60, elem_id="ddpm-refresh")
             with gr.Row():
                 scheduler = gr.Dropdown(schedulers, value=defaults.scheduler, label="Scheduler",
-                                        info="DDPM samples as the model was trained", elem_id="ddpm-scheduler")
-                steps = gr.Number(value=default_steps(default_model, defaults.scheduler) or 50, precision=0,
+                                        info=f"{defaults.scheduler} is fast; DDPM samples as the model was trained",
+                                        elem_id="ddpm-scheduler")
+                steps = gr.Number(value=default_steps(default_model, defaults.scheduler) or DEFAULT_STEPS,
                                   label="Steps", elem_id="ddpm-steps",
-                                  info="default: the model's training timesteps for DDPM, 50 for the others")
+                                  info=f"default: {DEFAULT_STEPS}, or the model's training timesteps for DDPM")
+            as_trained = gr.Button(_as_trained_label(default_steps(default_model, "DDPM")), size="sm",
+                                   elem_id="ddpm-as-trained")
+            estimate_line = gr.Markdown(visible="hidden", elem_id="ddpm-estimate")  # shown before slow runs
             with gr.Row():
-                seed = gr.Number(value=defaults.seed, precision=0, label="Seed (-1 = random)", elem_id="ddpm-seed")
-                batch_size = gr.Number(value=defaults.batch_size, precision=0, label=f"Batch size (1 to {MAX_BATCH})",
+                seed = gr.Number(value=defaults.seed, label="Seed (-1 = random)", elem_id="ddpm-seed")
+                batch_size = gr.Number(value=defaults.batch_size, label=f"Batch size (1 to {MAX_BATCH})",
                                        elem_id="ddpm-batch")
             with gr.Row():
-                generate = gr.Button("Generate", variant="primary", elem_id="ddpm-generate")
+                generate = gr.Button("Generate", variant="primary", elem_id="ddpm-generate", elem_classes="wb-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="ddpm-stop")
             timesteps = gr.Textbox(label="Timesteps the loop visits (scheduler.timesteps)", lines=3, max_lines=6,
                                    interactive=False, elem_id="ddpm-timesteps")
         with gr.Column(scale=3):
             progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="ddpm-progress")
             with gr.Row():
-                image = gr.Image(label="Predicted clean image x0 → final image (a grid for a batch)", format="png",
-                                 type="pil", interactive=False, height=360, elem_id="ddpm-image",
-                                 elem_classes="wb-pixels")
-                xt = gr.Image(label="Noisy image after this step (the next step's input)", format="png", interactive=False, height=360,
+                image = gr.Image(label="Predicted x0 → final image", format="png", type="pil", interactive=False,
+                                 height=360, elem_id="ddpm-image", elem_classes="wb-pixels")
+                xt = gr.Image(label="Noisy image after this step", format="png", interactive=False, height=360,
                               elem_id="ddpm-xt", elem_classes="wb-pixels")
+            scrub = gr.Slider(1, 2, value=1, step=1, label="Scrub through the steps", visible=False,
+                              elem_id="ddpm-scrub")
             info = gr.JSON(label="Parameters used", elem_id="ddpm-info")
             code = gr.Code(label="The same loop in plain diffusers", language="python", elem_id="ddpm-code")
+    history = gr.State(None)  # (the steps kept with previews, the final image) of the last run
 
     def render(event) -> tuple | None:
-        """The six outputs for one event (image, x_t, progress, timesteps, info, code)."""
+        """The eight outputs for one event (image, x_t, progress, timesteps, info, code, scrubber, history)."""
         if isinstance(event, Started):
             return (gr.skip(), gr.skip(), progress_html(0, event.total, note=f"seed {event.info['seed']}"),
-                    _timesteps_text(event.timesteps), event.info, gr.skip())
+                    _timesteps_text(event.timesteps), event.info, gr.skip(), gr.update(visible=False), None)
         if isinstance(event, Step):
             return (event.preview_x0.array(), event.preview_xt.array(),
                     progress_html(event.step, event.total, event.timestep, event.elapsed, event.eta),
-                    gr.skip(), gr.skip(), gr.skip())
+                    gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
         if isinstance(event, Done):
+            final = event.grid or (event.paths[0] if event.paths else final_image(event))  # the saved PNG as is
             info_out = dict(event.info)
             info_out["files"] = list(event.paths)
+            info_out["grid"] = event.grid or None
             n = len(event.steps)
-            return (final_image(event), gr.skip(),
-                    progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"),
-                    gr.skip(), info_out, event.code)
+            frames = tuple(s for s in event.steps if s.preview_xt is not None)  # every k-th step, the last always
+            return (final, gr.skip(), progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"),
+                    gr.skip(), info_out, event.code, _scrubber(frames, n), (frames, final))
         return None
 
     @friendly_errors
@@ -80,19 +90,87 @@ def build(
         async for update in stream_updates(lambda cancel: iter_unconditional(request, cancel=cancel), render):
             yield update
 
+    def show_step(value, last_run):
+        """A kept step's x0 and x_t; the last position shows the final image."""
+        if not last_run or not last_run[0]:
+            return gr.skip(), gr.skip(), gr.skip()
+        frames, final = last_run
+        s = min(frames, key=lambda f: abs(f.step - value))
+        last = s is frames[-1]
+        return (final if last else s.preview_x0.array(), s.preview_xt.array(),
+                progress_html(s.step, s.total, s.timestep, s.elapsed, note="final image" if last else "scrubbed"))
+
+    @friendly_errors
+    def show_estimate(model_name, scheduler_name, steps_value, batch):
+        """Before a run slower than the default starts: about how long it takes here (a short probe first,
+        where this model and batch size have not run yet)."""
+        if not isinstance(whole(steps_value), int) or whole(steps_value) <= DEFAULT_STEPS:
+            yield gr.update(visible="hidden")
+            return
+        try:
+            request = UnconditionalRequest(model=model_name or "", scheduler=scheduler_name,
+                                           num_inference_steps=whole(steps_value), batch_size=whole(batch))
+            found = estimate(request, probe=False)
+            if found is None:
+                yield gr.update(visible=True, value="Estimating the time: a few steps of this model on this device…")
+                found = estimate(request)
+        except WorkbenchError as exc:
+            yield gr.update(visible=True, value=f"No time estimate: {exc}")
+            return
+        yield gr.update(visible=True, value=_estimate_text(scheduler_name, found)) if found else \
+            gr.update(visible="hidden")
+
     def on_choice(model_name, scheduler_name):
         found = default_steps(model_name, scheduler_name)
         return gr.update(value=found) if found else gr.skip()
 
+    def as_trained_choice(model_name):
+        found = default_steps(model_name, "DDPM")
+        return "DDPM", gr.update(value=found) if found else gr.skip()
+
     event = generate.click(
         ddpm, inputs=[model, scheduler, steps, seed, batch_size],
-        outputs=[image, xt, progress, timesteps, info, code],
+        outputs=[image, xt, progress, timesteps, info, code, scrub, history],
         api_name="ddpm", concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
     )
     stop.click(None, None, None, cancels=[event], api_visibility="private")
+    scrub.input(show_step, [scrub, history], [image, xt, progress], trigger_mode="always_last",
+                show_progress="hidden", api_visibility="private")
     refresh.click(lambda: gr.update(choices=list_models()), None, model, api_visibility="private")
-    gr.on([model.change, scheduler.change], on_choice, [model, scheduler], steps, api_visibility="private")
+    # One listener on each dropdown's change: a second one (the estimate's) made Gradio send the change twice,
+    # and the late one reset steps typed meanwhile. The estimate follows the steps, and the choice's update.
+    estimate_inputs = [model, scheduler, steps, batch_size]
+    estimate_args = dict(fn=show_estimate, inputs=estimate_inputs, outputs=estimate_line, show_progress="hidden",
+                         api_visibility="private")
+    gr.on([model.change, scheduler.change], on_choice, [model, scheduler], steps,
+          api_visibility="private").then(**estimate_args)
+    gr.on([steps.change, batch_size.change], trigger_mode="always_last", **estimate_args)
+    event.then(**estimate_args)  # now from this run's own time a step
+    as_trained.click(as_trained_choice, model, [scheduler, steps], api_visibility="private")
+    model.change(lambda m: gr.update(value=_as_trained_label(default_steps(m, "DDPM"))), model, as_trained,
+                 api_visibility="private")
     return model
+
+
+def _as_trained_label(train_steps: int | None) -> str:
+    return f"DDPM as trained ({train_steps} steps)" if train_steps else "DDPM as trained"
+
+
+def _scrubber(frames: tuple[Step, ...], total: int):
+    """The slider over the kept steps: their step numbers, every k-th, ending at the last."""
+    if len(frames) < 2:
+        return gr.update(visible=False)
+    every = frames[1].step - frames[0].step
+    kept = "every step" if every == 1 else f"{len(frames)} of {total} kept, one in {every}"
+    return gr.update(visible=True, minimum=frames[0].step, maximum=frames[-1].step, step=every,
+                     value=frames[-1].step, label=f"Scrub through the steps ({kept}; the last is the final image)")
+
+
+def _estimate_text(scheduler: str, found: RunEstimate) -> str:
+    seconds = round(found.seconds)
+    minutes = f" ({seconds // 60} min {seconds % 60} s)" if seconds >= 90 else ""
+    return (f"{scheduler}, {found.num_inference_steps} steps: **about {seconds} s**{minutes} on this device "
+            f"({found.seconds_per_step:.3f} s a step, measured by {found.measured_by})")
 
 
 def _timesteps_text(timesteps: tuple[int, ...]) -> str:

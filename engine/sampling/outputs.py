@@ -33,8 +33,8 @@ def a1111_parameters(info: dict) -> str:
     return "\n".join(lines)
 
 
-def save_png(image: Image.Image, info: dict, outputs_dir: str | Path, kind: str) -> Path:
-    """Save under ``outputs_dir/kind/YYYY-MM-DD/NNNNN-seed.png``, written atomically."""
+def save_png(image: Image.Image, info: dict, outputs_dir: str | Path, kind: str, suffix: str = "") -> Path:
+    """Save under ``outputs_dir/kind/YYYY-MM-DD/NNNNN-seed<suffix>.png`` (the next number), written atomically."""
     folder = Path(outputs_dir) / kind / date.today().isoformat()
     folder.mkdir(parents=True, exist_ok=True)
     meta = PngImagePlugin.PngInfo()
@@ -43,7 +43,7 @@ def save_png(image: Image.Image, info: dict, outputs_dir: str | Path, kind: str)
         numbers = [int(m.group(1)) for p in folder.iterdir() if (m := re.match(r"(\d+)-", p.name))]
         start = max(numbers, default=0) + 1
         for n in itertools.count(start):
-            path = folder / f"{n:05d}-{info.get('seed', 0)}.png"
+            path = folder / f"{n:05d}-{info.get('seed', 0)}{suffix}.png"
             if not path.exists():
                 break
         with atomic_write(path) as tmp:

@@ -36,6 +36,18 @@ class WorkerConfig:
     min_interval: float  # seconds between step events sent to the server
 
 
+# A run's kind -> the kind of model it loads. "probe": a few unconditional steps, saved nowhere, that time a step.
+MODEL_KIND = {"txt2img": "txt2img", "unconditional": "unconditional", "probe": "unconditional"}
+
+
+def loop_of(kind: str):
+    """The sampling loop of a run of ``kind`` (a key of ``MODEL_KIND``)."""
+    from engine.sampling.txt2img import iter_txt2img
+    from engine.sampling.unconditional import iter_probe, iter_unconditional
+
+    return {"txt2img": iter_txt2img, "unconditional": iter_unconditional, "probe": iter_probe}[kind]
+
+
 def already_drawn(array: np.ndarray) -> np.ndarray:
     """The previewer of a preview drawn in the worker (a VAE decode needs the model there)."""
     return array
@@ -89,13 +101,9 @@ class Runner:
             self.conn.send(message)
 
     def events(self, kind: str, request, cancel: CancelToken):
-        from engine.sampling.txt2img import iter_txt2img
-        from engine.sampling.unconditional import iter_unconditional
-
         check(cancel, 0)
-        pipe = self.registry.load(request.model, kind)
-        loop = iter_txt2img if kind == "txt2img" else iter_unconditional
-        yield from loop(request, pipe=pipe, cancel=cancel, outputs_dir=self.config.outputs_dir)
+        pipe = self.registry.load(request.model, MODEL_KIND[kind])
+        yield from loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.config.outputs_dir)
 
     def run(self, run_id: int, kind: str, request) -> None:
         cancel = CancelToken()

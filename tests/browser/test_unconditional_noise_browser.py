@@ -25,6 +25,8 @@ def set_number(page, elem_id, value):
 def test_generate_shows_previews_then_the_grid(page):
     open_tab(page, "Unconditional")
     pick(page, "ddpm-model-row", "digits-ddpm")
+    page.wait_for_function("() => document.querySelector('#ddpm-steps input').value === '50'")  # DDIM: 50
+    pick(page, "ddpm-scheduler", "DDPM")
     page.wait_for_function("() => document.querySelector('#ddpm-steps input').value === '1000'")  # DDPM: T
     pick(page, "ddpm-scheduler", "DDIM")
     page.wait_for_function("() => document.querySelector('#ddpm-steps input').value === '50'")
@@ -41,7 +43,7 @@ def test_generate_shows_previews_then_the_grid(page):
                            " return i && i.complete && i.naturalWidth > 0; }")
     size = page.evaluate("() => { const i = document.querySelector('#ddpm-image img');"
                          " return [i.naturalWidth, i.naturalHeight]; }")
-    assert size == [64, 64]  # four 32 px images as a 2x2 grid
+    assert size == [66, 66]  # four 32 px images as a 2x2 grid, 2 px between them
     assert "tensor([" in page.locator("#ddpm-timesteps textarea").input_value()
     assert "Step 60/60" in page.locator("#ddpm-progress").inner_text()
     page.screenshot(path="/tmp/wb-unconditional.png")

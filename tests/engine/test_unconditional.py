@@ -2,6 +2,8 @@
 
 import inspect
 import re
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +16,16 @@ from engine.sampling.outputs import read_parameters
 from engine.sampling.schedulers import make_scheduler
 from engine.streaming import stream_latest
 from engine.sampling.unconditional import (
+    GRID_GAP,
+    PROBE_STEPS,
+    SCRUB_FRAMES,
     UNCONDITIONAL_SCHEDULERS,
     UnconditionalRequest,
     image_grid,
+    iter_probe,
     iter_unconditional,
+    scrub_every,
+    seconds_per_step,
 )
 
 
@@ -120,7 +128,7 @@ def test_why_ddpm_pipeline_is_not_the_reference(tiny_ddpm, scheduler):
 
 @pytest.mark.slow
 def test_full_ddpm_run_streams_throttled_and_matches_pipeline():
-    """1000 DDPM steps as trained (the default), consumed as the page consumes them (8 px: ~2 ms a step)."""
+    """1000 DDPM steps as trained, consumed as the page consumes them (8 px: ~2 ms a step)."""
     from engine.testing.tiny import tiny_ddpm_pipeline
 
     pipe = tiny_ddpm_pipeline(seed=0, sample_size=8)
@@ -135,7 +143,9 @@ def test_full_ddpm_run_streams_throttled_and_matches_pipeline():
     # At most ~10 previews a second reach the page, and the last step is always among them.
     assert len(steps) <= done.info["elapsed"] / 0.1 + 3
     assert steps[-1].step == 1000 and steps[-1].preview_x0.array().shape == (256, 256, 3)
-    assert len(done.steps) == 1000 and all(s.preview_xt is None for s in done.steps)
+    # Done keeps every step's timing, and the previews of every 10th for the scrubber (the last among them).
+    kept = [s.step for s in done.steps if s.preview_xt is not None]
+    assert len(done.steps) == 1000 and kept == list(range(10, 1001, 10))
     theirs = pipeline_images(pipe, "DDPM", num_inference_steps=1000, seed=7)
     assert np.abs(as_array(done.images) - theirs).max() <= 2
 
@@ -150,6 +160,9 @@ def test_default_steps_follow_the_scheduler():
     from engine.testing.tiny import tiny_ddpm_pipeline
 
     pipe = tiny_ddpm_pipeline(seed=0, sample_size=8, num_train_timesteps=100)
+    # The default is fast: DDIM at 50 steps, not DDPM at the model's T (1000 steps for the built-in).
+    assert UnconditionalRequest().resolved(pipe).num_inference_steps == 50
+    assert UnconditionalRequest().scheduler == "DDIM" == UNCONDITIONAL_SCHEDULERS[0]
     assert UnconditionalRequest(scheduler="DDPM").resolved(pipe).num_inference_steps == 100
     assert UnconditionalRequest(scheduler="UniPC").resolved(pipe).num_inference_steps == 50
     message = "steps for this model (trained with 100 timesteps) must be a whole number from 1 to 100; got 101"
@@ -170,7 +183,7 @@ def test_event_stream_contract(tiny_ddpm):
     assert not np.array_equal(steps[0].preview_xt.array(), steps[-1].preview_xt.array())
     done = events[-1]
     assert done.info["seed"] == 3 and len(done.images) == 3
-    assert image_grid(done.images).size == (32, 32)
+    assert image_grid(done.images).size == (32 + GRID_GAP, 32 + GRID_GAP)  # 2x2 tiles of 16 px, gaps between
 
 
 def test_random_seed_is_resolved_and_reported(tiny_ddpm):
@@ -202,9 +215,84 @@ def test_png_written_with_parameters(tiny_ddpm, tmp_path):
     request = UnconditionalRequest(scheduler="DDIM", num_inference_steps=4, seed=42, batch_size=2, model="tiny")
     done = list(iter_unconditional(request, pipe=tiny_ddpm, outputs_dir=tmp_path))[-1]
     assert len(done.paths) == 2
-    text = read_parameters(done.paths[0])
-    for part in ("Steps: 4", "Sampler: DDIM", "Seed: 42", "Size: 16x16", "Model: tiny", "Batch size: 2"):
-        assert part in text
+    for path in (*done.paths, done.grid):
+        text = read_parameters(path)
+        for part in ("Steps: 4", "Sampler: DDIM", "Seed: 42", "Size: 16x16", "Model: tiny", "Batch size: 2"):
+            assert part in text
+
+
+def test_the_batch_grid_is_saved_beside_its_tiles(tiny_ddpm, tmp_path):
+    from PIL import Image
+
+    request = UnconditionalRequest(num_inference_steps=3, seed=5, batch_size=3)
+    done = list(iter_unconditional(request, pipe=tiny_ddpm, outputs_dir=tmp_path))[-1]
+    grid = done.grid
+    assert grid.endswith("-grid.png") and all(Path(p).parent == Path(grid).parent for p in done.paths)
+    with Image.open(grid) as im:
+        saved = np.asarray(im.convert("RGB")).astype(int)
+    assert np.array_equal(saved, np.asarray(image_grid(done.images).convert("RGB")).astype(int))
+    for i, path in enumerate(done.paths):  # each tile of the saved grid is its saved image
+        r, c = divmod(i, 2)
+        y, x = r * (16 + GRID_GAP), c * (16 + GRID_GAP)
+        with Image.open(path) as tile:
+            assert np.array_equal(saved[y:y + 16, x:x + 16], np.asarray(tile.convert("RGB")).astype(int))
+    one = list(iter_unconditional(replace(request, batch_size=1), pipe=tiny_ddpm, outputs_dir=tmp_path))[-1]
+    assert one.grid == "" and len(one.paths) == 1  # one image is its own grid: not saved twice
+
+
+def test_grid_has_gaps_of_its_colour_between_tiles_only():
+    from PIL import Image
+
+    tiles = [Image.new("L", (4, 3), v) for v in (0, 255, 40, 200, 90)]  # 5 tiles: 3 columns, 2 rows
+    grid = np.asarray(image_grid(tiles, gap=2, color="#808080"))
+    assert grid.shape == (3 * 2 + 2, 4 * 3 + 2 * 2)
+    for i, v in enumerate((0, 255, 40, 200, 90)):
+        r, c = divmod(i, 3)
+        assert (grid[r * 5:r * 5 + 3, c * 6:c * 6 + 4] == v).all()
+    assert (grid[3:5, :] == 128).all() and (grid[:, 4:6] == 128).all() and (grid[:, 10:12] == 128).all()
+    assert (grid[5:, 12:] == 128).all()  # the empty sixth place
+    assert image_grid(tiles[:1]) is tiles[0]
+    rgb = np.asarray(image_grid([t.convert("RGB") for t in tiles[:2]], gap=1, color="#808080"))
+    assert rgb.shape == (3, 9, 3) and (rgb[:, 4] == 128).all()
+
+
+def test_done_keeps_a_bounded_number_of_steps_previews_for_the_scrubber(tiny_ddpm):
+    events = run(tiny_ddpm, scheduler="DDIM", num_inference_steps=250, seed=3)
+    done, streamed = events[-1], {e.step: e for e in events if isinstance(e, Step)}
+    kept = [s for s in done.steps if s.preview_xt is not None]
+    # every 3rd step counted back from the last: 84 frames, at most SCRUB_FRAMES, the last always
+    assert [s.step for s in kept] == list(range(1, 251, 3)) and len(kept) <= SCRUB_FRAMES
+    assert len(done.steps) == 250 and all(s.preview_x0 is None for s in done.steps if s not in kept)
+    assert all(s.elapsed == streamed[s.step].elapsed for s in done.steps)  # every step's timing, as streamed
+    # a kept step's previews are that step's: the last x_t is the final image, upscaled
+    final = np.asarray(done.images[0]).astype(int)
+    last_xt = kept[-1].preview_xt.array().astype(int)
+    assert np.array_equal(last_xt[::16, ::16], final)
+    assert not np.array_equal(kept[0].preview_x0.array(), kept[-1].preview_x0.array())
+    # short runs keep every step
+    assert all(s.preview_xt is not None for s in run(tiny_ddpm, num_inference_steps=7, seed=1)[-1].steps)
+
+
+def test_scrub_frames_are_bounded_by_count_and_memory(tiny_ddpm, monkeypatch):
+    from engine.sampling import unconditional
+
+    assert scrub_every(1000, 4096) == 10 and scrub_every(50, 4096) == 1 and scrub_every(101, 4096) == 2
+    assert scrub_every(1000, unconditional.SCRUB_BYTES // 5) == 200  # 5 frames of a big batch
+    assert scrub_every(1000, unconditional.SCRUB_BYTES * 3) == 500  # never fewer than the two ends
+    frame = 3 * 2 * 3 * 16 * 16 * 4  # x_t, x0 and the UNet output of a 2-image 16 px float32 batch
+    monkeypatch.setattr(unconditional, "SCRUB_BYTES", 4 * frame)
+    done = run(tiny_ddpm, num_inference_steps=20, seed=1, batch_size=2)[-1]
+    assert [s.step for s in done.steps if s.preview_xt is not None] == [5, 10, 15, 20]
+
+
+def test_a_probe_times_a_few_steps_and_saves_nothing(tiny_ddpm, tmp_path):
+    request = UnconditionalRequest(scheduler="DDPM", batch_size=2)
+    events = list(iter_probe(request, pipe=tiny_ddpm, outputs_dir=tmp_path))
+    done = events[-1]
+    assert isinstance(done, Done) and len(done.steps) == PROBE_STEPS and len(done.images) == 2
+    assert done.paths == () and not any(tmp_path.iterdir())
+    per_step = seconds_per_step(done.steps)
+    assert per_step == (done.steps[-1].elapsed - done.steps[0].elapsed) / (PROBE_STEPS - 1) and per_step > 0
 
 
 @pytest.mark.parametrize("scheduler", list(UNCONDITIONAL_SCHEDULERS))

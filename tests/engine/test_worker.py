@@ -4,6 +4,7 @@ overlap, and a worker that dies takes only its run with it."""
 import os
 import signal
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -97,3 +98,29 @@ def test_errors_in_the_worker_reach_the_caller_as_they_were(benches):
     worker, _ = benches
     with pytest.raises(InputError, match=r"^PNDM cannot run 2 steps on this model"):
         run(worker, UnconditionalRequest(model="tiny-ddpm", scheduler="PNDM", num_inference_steps=2, seed=1))
+
+
+@pytest.mark.parametrize("where", ["worker", "local"])
+def test_estimate_probes_once_then_uses_the_last_run(benches, where):
+    from engine.sampling.unconditional import PROBE_STEPS, seconds_per_step
+
+    bench = benches[0] if where == "worker" else benches[1]
+    batch = 3 if where == "worker" else 4  # a model and batch size that neither bench has run yet
+    outputs = bench.folders.outputs_dir
+    files_before = sorted(outputs.rglob("*.png"))
+    as_trained = UnconditionalRequest(model="tiny-ddpm", scheduler="DDPM", batch_size=batch)
+    assert bench.estimate_unconditional(as_trained, probe=False) is None  # nothing measured yet
+    probed = bench.estimate_unconditional(as_trained)
+    # DDPM as trained: the model's 1000 steps, times a step timed by a short probe that saved nothing
+    assert probed.num_inference_steps == 1000 and probed.measured_by == f"a {PROBE_STEPS}-step probe"
+    assert probed.seconds == pytest.approx(1000 * probed.seconds_per_step) and probed.seconds_per_step > 0
+    assert sorted(outputs.rglob("*.png")) == files_before
+    if where == "worker":
+        assert bench.recent_runs()[-1].kind == "probe"
+    # the same model and batch size sampled: now the estimate is that run's own time a step
+    done = run(bench, UnconditionalRequest(model="tiny-ddpm", num_inference_steps=8, seed=1, batch_size=batch))[-1]
+    after = bench.estimate_unconditional(replace(as_trained, num_inference_steps=200), probe=False)
+    assert after.measured_by == "the last run" and after.num_inference_steps == 200
+    assert after.seconds_per_step == seconds_per_step(done.steps)
+    # another batch size is another measurement
+    assert bench.estimate_unconditional(replace(as_trained, batch_size=batch + 10), probe=False) is None

@@ -52,3 +52,9 @@ def test_nan_and_infinity_are_refused(running_app, value):
 
 def test_unicode_and_null_bytes_in_a_prompt_are_just_text(running_app):
     assert call(running_app[0], "txt2img", {**TXT2IMG, "prompt": "ein Ziffer sieben \u2603 \x00 \U0001f600"}) == "ok"
+
+
+def test_a_fractional_batch_size_is_refused_not_rounded(client):
+    """/ddpm used to run batch size 2.5 as 2 (the number box rounded it)."""
+    with pytest.raises(Exception, match=r"^batch size must be a whole number from 1 to 16; got 2\.5$"):
+        client.predict(model="digits-ddpm", scheduler="DDIM", steps=2, seed=1, batch_size=2.5, api_name="/ddpm")

@@ -3,6 +3,7 @@
 import json
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from gradio_client import handle_file
 from PIL import Image
 
 from tests.helpers import wait_for_outputs
+
+GAP, GAP_GREY = 2, 128  # the grid's gap between tiles: 2 px of mid-grey
 
 DDPM_ARGS = dict(model="digits-ddpm", scheduler="DDIM", steps=12, seed=3, batch_size=2)
 NOISE_ARGS = dict(image=None, timesteps="0, 50, 400, 999", beta_schedule="squaredcos_cap_v2",
@@ -33,7 +36,7 @@ def test_ddpm_streams_previews_then_the_grid_equal_to_the_pipeline(client, runni
     assert info["seed"] == 3 and info["steps"] == 12 and info["scheduler"] == "DDIM" and len(info["files"]) == 2
     assert "tensor([" in timesteps and timesteps.rstrip("])").endswith(", 0")
     with Image.open(image_path) as im:
-        assert im.format == "PNG" and im.size == (64, 32)  # two 32 px images side by side
+        assert im.format == "PNG" and im.size == (64 + GAP, 32)  # two 32 px images side by side, a gap between
         params = im.text["parameters"]
         grid = np.asarray(im.convert("RGB")).astype(int)
     assert "Steps: 12, Sampler: DDIM, Seed: 3, Size: 32x32, Model: digits-ddpm, Batch size: 2" in params
@@ -43,8 +46,8 @@ def test_ddpm_streams_previews_then_the_grid_equal_to_the_pipeline(client, runni
     pipe.set_progress_bar_config(disable=True)
     out = pipe(batch_size=2, num_inference_steps=12, generator=torch.Generator("cpu").manual_seed(3),
                output_type="np").images
-    theirs = np.concatenate(list((out * 255).round().astype(int)), axis=1)  # (32, 64, 3)
-    assert np.abs(grid - theirs).max() <= 2
+    theirs = (out * 255).round().astype(int)  # (2, 32, 32, 1)
+    assert np.abs(grid[:, :32] - theirs[0]).max() <= 2 and np.abs(grid[:, 32 + GAP:] - theirs[1]).max() <= 2
     with Image.open(info["files"][1]) as saved:
         assert "Seed: 3" in saved.text["parameters"]
 
@@ -67,6 +70,45 @@ def test_ddpm_random_seed_is_shown(client):
     # the seed shown is the one used: typed in, it gives the same batch
     again, info = grid_and_info(client.predict(**{**args, "seed": seeds[0]}, api_name="/ddpm"))
     assert info["seed"] == seeds[0] and np.array_equal(again, first)
+
+
+def test_ddpm_defaults_to_a_fast_sampler(client):
+    """/ddpm with only a model and a seed samples with DDIM at 50 steps, not DDPM at the model's 1000."""
+    params = {p["parameter_name"]: p for p in client.view_api(return_format="dict", print_info=False)
+              ["named_endpoints"]["/ddpm"]["parameters"]}
+    assert list(params) == ["model", "scheduler", "steps", "seed", "batch_size"]  # the documented names and order
+    assert params["scheduler"]["parameter_default"] == "DDIM" and params["steps"]["parameter_default"] == 50
+    start = time.perf_counter()
+    final = client.predict(model="digits-ddpm", seed=3, api_name="/ddpm")
+    info = as_dict(final[4])
+    assert (info["scheduler"], info["steps"], info["scheduler_class"]) == ("DDIM", 50, "DDIMScheduler")
+    assert time.perf_counter() - start < 15  # DDPM's 1000 steps take 20 times as long
+    # DDPM as trained is still there when asked for
+    assert as_dict(client.predict(model="digits-ddpm", scheduler="DDPM", steps=4, seed=3,
+                                  api_name="/ddpm")[4])["scheduler_class"] == "DDPMScheduler"
+
+
+def test_ddpm_saves_the_grid_beside_its_tiles(client):
+    final = client.predict(**{**DDPM_ARGS, "batch_size": 4, "steps": 3}, api_name="/ddpm")
+    info = as_dict(final[4])
+    grid_path, tiles = info["grid"], info["files"]
+    assert grid_path.endswith("-grid.png") and len(tiles) == 4
+    assert all(Path(t).parent == Path(grid_path).parent for t in tiles)  # beside its tiles
+    with Image.open(grid_path) as im:
+        assert im.format == "PNG" and im.size == (64 + GAP, 64 + GAP)
+        params = im.text["parameters"]
+        assert "Steps: 3, Sampler: DDIM, Seed: 3, Size: 32x32, Model: digits-ddpm, Batch size: 4" in params
+        saved = np.asarray(im.convert("RGB")).astype(int)
+    with Image.open(final[0]) as shown:  # what the page shows is the saved grid
+        assert np.array_equal(np.asarray(shown.convert("RGB")).astype(int), saved)
+    assert (saved[32:32 + GAP] == GAP_GREY).all() and (saved[:, 32:32 + GAP] == GAP_GREY).all()
+    for i, tile in enumerate(tiles):
+        y, x = (i // 2) * (32 + GAP), (i % 2) * (32 + GAP)
+        with Image.open(tile) as im:
+            assert np.array_equal(saved[y:y + 32, x:x + 32], np.asarray(im.convert("RGB")).astype(int))
+    # one image is its own grid: nothing more is saved
+    one = as_dict(client.predict(**{**DDPM_ARGS, "batch_size": 1, "steps": 2}, api_name="/ddpm")[4])
+    assert one["grid"] is None and len(one["files"]) == 1
 
 
 def test_add_noise_pixels_equal_ddpm_scheduler_add_noise(client):
