@@ -139,6 +139,26 @@ def parse_timesteps(value: str | Sequence) -> tuple[int, ...]:
     return tuple(out)
 
 
+def clamp_timesteps(value: str | Sequence, num_train_timesteps: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Timesteps fitted to a schedule of ``num_train_timesteps``: (the timesteps, the ones past its end).
+
+    Those past the end (above num_train_timesteps - 1) move to the end, and the end is then shown
+    once: 0, 600, 999 on a 500-step schedule give 0, 499 (and 600, 999 as past it). Negative ones
+    stay as given, for :class:`NoiseRequest` to refuse.
+    """
+    check_int("num_train_timesteps", num_train_timesteps, 2, MAX_TRAIN_TIMESTEPS)
+    last = int(num_train_timesteps) - 1
+    fitted, past = [], []
+    for t in parse_timesteps(value):
+        if t > last:
+            past.append(t)
+            t = last
+        if t == last and past and last in fitted:
+            continue
+        fitted.append(t)
+    return tuple(fitted), tuple(past)
+
+
 def load_image(source: str | Path | Image.Image | np.ndarray | None, sample_image: str = "china.jpg") -> Image.Image:
     """An RGB PIL image from a path, a PIL image or an array; ``None`` gives a built-in sample."""
     if source is None:

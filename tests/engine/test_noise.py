@@ -17,6 +17,7 @@ from engine.forward.noise import (
     NoiseRequest,
     NoiseSchedule,
     add_noise,
+    clamp_timesteps,
     load_image,
     parse_timesteps,
     schedule_curves,
@@ -135,6 +136,20 @@ def test_parse_timesteps():
     for bad, got in (("0, x", "'x'"), ("1.5", "'1.5'"), ("nan", "'nan'"), ([True], "True"), ([[1]], "[1]")):
         with pytest.raises(InputError, match=exactly(f"timesteps must be whole numbers like 0, 50, 999; got {got}")):
             parse_timesteps(bad)
+
+
+def test_timesteps_past_the_end_move_to_the_end_once():
+    # DDPM's default strip on a 500-step schedule: 600, 800 and 999 would all be 499; it is shown once.
+    assert clamp_timesteps(DEFAULT_TIMESTEPS, 500) == ((0, 50, 100, 200, 400, 499), (600, 800, 999))
+    assert clamp_timesteps("0, 499, 600", 500) == ((0, 499), (600,))
+    assert clamp_timesteps("0, 600, 499", 500) == ((0, 499), (600,))
+    # Nothing past the end: as given, duplicates included; negatives are left for NoiseRequest to refuse.
+    assert clamp_timesteps("999, 999, 3", 1000) == ((999, 999, 3), ())
+    assert clamp_timesteps("-1, 5", 10) == ((-1, 5), ())
+    with pytest.raises(InputError, match=exactly("timesteps must be whole numbers like 0, 50, 999; got 'x'")):
+        clamp_timesteps("0, x", 1000)
+    with pytest.raises(InputError, match=exactly("num_train_timesteps must be a whole number from 2 to 10000; got 1")):
+        clamp_timesteps("0", 1)
 
 
 @pytest.mark.parametrize(

@@ -111,32 +111,79 @@ def test_ddpm_saves_the_grid_beside_its_tiles(client):
     assert one["grid"] is None and len(one["files"]) == 1
 
 
-def test_add_noise_pixels_equal_ddpm_scheduler_add_noise(client):
+def diffusers_strip(timesteps, seed=4, **schedule) -> np.ndarray:
+    """x_t of the sample image at 128 px through diffusers' own add_noise: (N, H, W, 3) uint8."""
     from engine.forward.noise import image_to_tensor, load_image
 
-    gallery, _, *plots = client.predict(**NOISE_ARGS, api_name="/add_noise")
-    assert [g["caption"].split(",")[0] for g in gallery] == ["t = 0", "t = 50", "t = 400", "t = 999"]
-    ours = np.stack([np.asarray(Image.open(g["image"]).convert("RGB")) for g in gallery])
     x0 = image_to_tensor(load_image(None, "china.jpg"), 128)
-    noise = torch.randn(x0.shape, generator=torch.Generator("cpu").manual_seed(4))
-    scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", num_train_timesteps=1000)
-    x_t = torch.cat([scheduler.add_noise(x0, noise, torch.tensor([t])) for t in (0, 50, 400, 999)])
-    theirs = ((x_t / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    assert np.array_equal(ours, theirs)
-    # The curve data: four plots, each with the schedule's curve and DDIM's marker stems.
+    noise = torch.randn(x0.shape, generator=torch.Generator("cpu").manual_seed(seed))
+    scheduler = DDPMScheduler(**schedule)
+    x_t = torch.cat([scheduler.add_noise(x0, noise, torch.tensor([t])) for t in timesteps])
+    return ((x_t / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def plot_rows(plot) -> dict:
+    """A plot's data as {series: [(t, value), ...]}."""
+    plot = as_dict(plot)
+    t, value, series = (plot["columns"].index(c) for c in ("t", "value", "series"))
+    rows = {}
+    for row in plot["data"]:
+        rows.setdefault(row[series], []).append((row[t], row[value]))
+    return rows
+
+
+def test_add_noise_returns_the_strip_the_frame_and_the_curves_as_diffusers_computes_them(client):
+    gallery, frame, *plots, note = client.predict(**NOISE_ARGS, t=200, api_name="/add_noise")
+    assert [g["caption"].split(",")[0] for g in gallery] == ["t = 0", "t = 50", "t = 400", "t = 999"]
+    ours = np.stack([pixels(g["image"]) for g in gallery])
+    assert np.array_equal(ours, diffusers_strip((0, 50, 400, 999), beta_schedule="squaredcos_cap_v2"))
+    # The frame is x_t at the slider's t, from the same noise.
+    assert np.array_equal(pixels(frame)[None], diffusers_strip((200,), beta_schedule="squaredcos_cap_v2"))
+    assert note == ""
+    # The curve data: four plots, each with the schedule's curve, DDIM's 50 ticks and the cursor at t.
+    ddim = DDIMScheduler(beta_schedule="squaredcos_cap_v2")
+    ddim.set_timesteps(50)
     assert len(plots) == 4
     for plot in plots:
-        plot = as_dict(plot)
-        series = {row[plot["columns"].index("series")] for row in plot["data"]}
-        assert any(s.startswith("squaredcos_cap_v2") for s in series) and "DDIM, 50 steps" in series
+        rows = plot_rows(plot)
+        assert any(s.startswith("squaredcos_cap_v2") for s in rows)
+        assert sorted({t for t, _ in rows["DDIM, 50 steps"]}) == sorted(ddim.timesteps.tolist())
+        assert {t for t, _ in rows["slider t"]} == {200}
 
 
-def test_add_noise_overlays_and_model_schedules(client):
-    _, _, beta_plot, *_ = client.predict(**NOISE_ARGS, overlay=["linear", "sigmoid"], model="digits-ddpm",
-                                         api_name="/add_noise")
-    beta_plot = as_dict(beta_plot)
-    series = {row[beta_plot["columns"].index("series")] for row in beta_plot["data"]}
-    assert {"digits-ddpm", "linear", "sigmoid"} <= series
+def test_add_noise_frame_defaults_to_t_500(client):
+    _, frame, *_ = client.predict(**NOISE_ARGS, api_name="/add_noise")
+    assert np.array_equal(pixels(frame)[None], diffusers_strip((500,), beta_schedule="squaredcos_cap_v2"))
+
+
+def test_timesteps_past_the_end_are_shown_at_the_end_and_said_so(client):
+    """num_train_timesteps=500 with 999 still in the timesteps: no error; 999 shown as 499, once."""
+    gallery, frame, *_, note = client.predict(**{**NOISE_ARGS, "num_train_timesteps": 500},
+                                              api_name="/add_noise")
+    assert [g["caption"].split(",")[0] for g in gallery] == ["t = 0", "t = 50", "t = 400", "t = 499"]
+    schedule = dict(beta_schedule="squaredcos_cap_v2", num_train_timesteps=500)
+    assert np.array_equal(np.stack([pixels(g["image"]) for g in gallery]),
+                          diffusers_strip((0, 50, 400, 499), **schedule))
+    assert note == "Timestep 999 is past the end of this schedule (num_train_timesteps = 500): shown at t = 499."
+    assert np.array_equal(pixels(frame)[None], diffusers_strip((499,), **schedule))  # t = 500 is past it too
+    _, _, *_, note = client.predict(**{**NOISE_ARGS, "timesteps": "0, 600, 1000, 999", "num_train_timesteps": 500},
+                                    api_name="/add_noise")
+    assert note == ("Timesteps 600, 1000, 999 are past the end of this schedule (num_train_timesteps = 500): "
+                    "shown at t = 499.")
+
+
+def test_marker_steps_past_the_schedule_mark_every_timestep_and_say_so(client):
+    """A 30-step schedule with DDIM's 50 steps still asked for: every t is marked, no error."""
+    gallery, _, beta_plot, *_, note = client.predict(**{**NOISE_ARGS, "timesteps": "0, 10, 29",
+                                                        "num_train_timesteps": 30}, api_name="/add_noise")
+    assert len(gallery) == 3
+    assert note == "DDIM cannot take 50 steps on a schedule of 30 timesteps: marked for 30 steps."
+    assert sorted({t for t, _ in plot_rows(beta_plot)["DDIM, 30 steps"]}) == list(range(30))
 
 
 def exactly(message: str) -> str:
@@ -146,8 +193,6 @@ def exactly(message: str) -> str:
 @pytest.mark.parametrize(
     "endpoint, change, pattern",
     [
-        ("/add_noise", dict(timesteps="0, 1000"),
-         exactly("timesteps must be whole numbers from 0 to 999 (num_train_timesteps - 1); got 1000")),
         ("/add_noise", dict(timesteps="-1"),
          exactly("timesteps must be whole numbers from 0 to 999 (num_train_timesteps - 1); got -1")),
         ("/add_noise", dict(timesteps="5, ten"), exactly("timesteps must be whole numbers like 0, 50, 999; got 'ten'")),

@@ -1,0 +1,247 @@
+"""A person's first minutes in the Noise tab: it opens drawn, every field redraws, nothing breaks."""
+
+import math
+import re
+import time
+
+import pytest
+from diffusers import DDPMScheduler
+
+from tests.helpers import fill_and_enter, image_src
+from ui.noise import CURSOR_COLOR, PALETTE, TICK_COLOR
+
+pytestmark = pytest.mark.browser
+
+PLOT_COUNT = 4
+
+
+def open_noise_tab(page):
+    page.get_by_role("tab", name="Noise", exact=True).click()
+    page.wait_for_selector("#noise-plot-3 svg g.mark-line path")
+
+
+def pick(page, elem_id, option):
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def type_into_slider(page, elem_id, value):
+    """Type a value into a slider's number box and leave it, as a person sets a slider exactly."""
+    box = page.locator(f"#{elem_id} input[data-testid='number-input']")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def captions(page) -> list[str]:
+    return page.locator("#noise-strip .caption-label").all_inner_texts()
+
+
+def wait_for_captions(page, first_words: list[str], timeout: float = 60.0) -> list[str]:
+    """The strip's captions once their "t = ..." parts are ``first_words``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        shown = captions(page)
+        if [c.split(",")[0] for c in shown] == first_words:
+            return shown
+        time.sleep(0.1)
+    raise AssertionError(f"the strip shows {captions(page)}, not {first_words}")
+
+
+def frame_caption(page) -> str:
+    return page.locator("#noise-single [data-testid='block-label']").inner_text().strip()
+
+
+def wait_for_frame_caption(page, text: str, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and frame_caption(page) != text:
+        time.sleep(0.1)
+    assert frame_caption(page) == text
+
+
+def sqrt_alpha_bar(t: int, **schedule) -> str:
+    return f"{math.sqrt(float(DDPMScheduler(**schedule).alphas_cumprod[t])):.2f}"
+
+
+def line(page, plot: int, color: str) -> dict:
+    """The screen box of plot ``plot``'s line drawn in ``color``."""
+    return page.locator(f"#noise-plot-{plot} svg g.mark-line path[stroke='{color}']").bounding_box()
+
+
+def shape(page, plot: int, color: str) -> dict:
+    """The geometry of plot ``plot``'s line drawn in ``color``, in the chart's own units (stroke left out:
+    a screen box of a comb grows by its stroke's miter limit)."""
+    return page.evaluate("""([plot, color]) => {
+        const b = document.querySelector(`#noise-plot-${plot} svg g.mark-line path[stroke='${color}']`).getBBox();
+        return {x: b.x, y: b.y, width: b.width, height: b.height};
+    }""", [plot, color])
+
+
+def x_axis_label(page, plot: int, t: int) -> dict:
+    """The screen box of the x axis' label that reads ``t``."""
+    axis = page.locator(f"#noise-plot-{plot} svg g.role-axis[aria-label^='X-axis'] text")
+    return axis.filter(has_text=re.compile(f"^{t}$")).first.bounding_box()
+
+
+def centre(box: dict) -> float:
+    return box["x"] + box["width"] / 2
+
+
+def assert_cursor_at(page, t: int) -> None:
+    """On every plot the red vertical line stands on the x axis' label for ``t``."""
+    for plot in range(PLOT_COUNT):
+        deadline = time.time() + 30
+        while True:
+            cursor, label = line(page, plot, CURSOR_COLOR), x_axis_label(page, plot, t)
+            offset = abs(centre(cursor) - centre(label)) if cursor and label else None
+            if offset is not None and offset <= 2 or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        assert cursor is not None, f"plot {plot} has no cursor"
+        assert label is not None, f"plot {plot} has no x axis label {t}"
+        assert cursor["width"] <= 3, f"plot {plot}: the cursor is not a vertical line: {cursor}"  # its stroke
+        assert offset <= 2, f"plot {plot}: the cursor is {offset:.1f} px from t = {t} on the axis"
+
+
+def test_the_tab_opens_drawn_with_a_frame_and_a_cursor(page):
+    """Nothing pressed: the strip, the slider's frame with its caption and the plots with a cursor."""
+    open_noise_tab(page)
+    linear = [f"t = {t}, √ᾱ = {sqrt_alpha_bar(t)}" for t in (0, 50, 100, 200, 400, 600, 800, 999)]
+    assert captions(page) == linear
+    assert image_src(page, "noise-single"), "no frame at the slider's t"
+    assert frame_caption(page) == f"x_t at t = 500, √ᾱ = {sqrt_alpha_bar(500)}"
+    assert_cursor_at(page, 500)
+
+
+def test_the_slider_moves_the_frame_and_every_cursor(page):
+    open_noise_tab(page)
+    before = image_src(page, "noise-single")
+    type_into_slider(page, "noise-t", 200)
+    wait_for_frame_caption(page, f"x_t at t = 200, √ᾱ = {sqrt_alpha_bar(200)}")
+    assert image_src(page, "noise-single") != before
+    assert_cursor_at(page, 200)
+
+
+def test_500_training_timesteps_fit_the_timesteps_and_say_so(page):
+    """999 is still in the timesteps box: it is shown at 499, and the page says why."""
+    open_noise_tab(page)
+    fill_and_enter(page.locator("#noise-T input"), 500)
+    shown = wait_for_captions(page, ["t = 0", "t = 50", "t = 100", "t = 200", "t = 400", "t = 499"])
+    assert shown[-1] == f"t = 499, √ᾱ = {sqrt_alpha_bar(499, num_train_timesteps=500)}"
+    assert page.locator("#noise-note").inner_text().strip() == (
+        "Timesteps 600, 800, 999 are past the end of this schedule (num_train_timesteps = 500): shown at t = 499.")
+    assert page.locator("#noise-timesteps textarea, #noise-timesteps input").first.input_value() == \
+        "0, 50, 100, 200, 400, 600, 800, 999"  # what the person typed stays
+    assert page.locator("[data-testid='toast-body']").count() == 0, "an error was shown"
+    # The slider ends where the schedule does, and its frame with it.
+    wait_for_frame_caption(page, f"x_t at t = 499, √ᾱ = {sqrt_alpha_bar(499, num_train_timesteps=500)}")
+    assert page.locator("#noise-t input[type='range']").get_attribute("max") == "499"
+    for plot in range(PLOT_COUNT):
+        assert line(page, plot, CURSOR_COLOR), f"plot {plot} is not drawn"
+
+
+def test_a_models_schedule_fills_the_fields_read_only(page, running_app):
+    model = running_app[1].schedule_of_model("digits-sd")
+    open_noise_tab(page)
+    fields = {"noise-beta-schedule": model.beta_schedule, "noise-T": str(model.num_train_timesteps),
+              "noise-beta-start": str(model.beta_start), "noise-beta-end": str(model.beta_end)}
+    assert model.beta_schedule != "linear" and model.beta_start != 0.0001  # the fields must visibly change
+    pick(page, "noise-model", "digits-sd")
+    legend = page.locator("#noise-plot-1 svg g.role-legend")
+    legend.get_by_text("digits-sd", exact=True).wait_for()
+    for elem_id, value in fields.items():
+        box = page.locator(f"#{elem_id} input")
+        assert box.input_value() == value, elem_id
+        assert box.is_disabled(), f"{elem_id} can be edited while a model's schedule is shown"
+    assert page.locator("#noise-rescale input").is_checked() == model.rescale_betas_zero_snr
+    assert page.locator("#noise-rescale input").is_disabled()
+    # Back to the settings: the same fields, editable again.
+    pick(page, "noise-model", "(the settings below)")
+    legend.get_by_text(model.beta_schedule, exact=True).wait_for()
+    for elem_id, value in fields.items():
+        assert page.locator(f"#{elem_id} input").is_enabled(), elem_id
+        assert page.locator(f"#{elem_id} input").input_value() == value, elem_id
+
+
+def natural_widths(page) -> set:
+    return set(page.evaluate("() => Array.from(document.querySelectorAll('#noise-strip img'))"
+                             ".map(i => i.complete ? i.naturalWidth : 0)"))
+
+
+def test_resolution_redraws_like_every_other_field(page):
+    open_noise_tab(page)
+    assert natural_widths(page) == {128}
+    type_into_slider(page, "noise-resolution", 64)
+    deadline = time.time() + 60
+    while time.time() < deadline and natural_widths(page) != {64}:
+        time.sleep(0.1)
+    assert natural_widths(page) == {64}, "the strip was not redrawn at 64 px"
+    before = page.locator("#noise-strip img").first.get_attribute("src")
+    page.locator("#noise-sample").get_by_text("flower.jpg", exact=True).click()
+    deadline = time.time() + 60
+    while time.time() < deadline and page.locator("#noise-strip img").first.get_attribute("src") == before:
+        time.sleep(0.1)
+    assert page.locator("#noise-strip img").first.get_attribute("src") != before, "the sample image did not redraw"
+    assert natural_widths(page) == {64}
+
+
+def test_visited_timesteps_are_short_ticks_not_bars(page):
+    """DDIM's 50 timesteps: a comb along each plot's bottom, a twentieth of the cursor's height."""
+    open_noise_tab(page)
+    for plot in range(PLOT_COUNT):
+        ticks, cursor, curve = (shape(page, plot, color) for color in (TICK_COLOR, CURSOR_COLOR, PALETTE[0]))
+        assert ticks["height"] < 0.1 * cursor["height"], f"plot {plot}: ticks {ticks}, cursor {cursor}"
+        assert abs((ticks["y"] + ticks["height"]) - (cursor["y"] + cursor["height"])) <= 0.5  # along the bottom
+        assert ticks["width"] > 0.9 * curve["width"]  # from t = 0 to 980 of 999
+
+
+READABLE = {  # label a person reads -> the parameter name in its info line
+    "Beta schedule": "beta_schedule",
+    "Training timesteps T": "num_train_timesteps",
+    "First beta": "beta_start: β at t = 0",
+    "Last beta": "beta_end: β at t = T - 1",
+    "Zero terminal SNR: pure noise at t = T - 1": "rescale_betas_zero_snr (Lin et al. 2023)",
+}
+
+
+def test_schedule_labels_are_readable_whole_and_name_the_parameter(page):
+    open_noise_tab(page)
+    form = page.locator("#noise-form")
+    for label, info in READABLE.items():
+        assert form.get_by_text(label, exact=True).is_visible(), label
+        assert form.get_by_text(info, exact=True).is_visible(), info
+    # No label is cut off: each one's text ends inside its own block.
+    cut = page.evaluate("""() => Array.from(document.querySelectorAll(
+            '#noise-form [data-testid="block-info"], #noise-form .label-text, #noise-form .info-text'))
+        .filter(e => {
+            const block = e.closest('.block').getBoundingClientRect(), r = e.getBoundingClientRect();
+            return e.scrollWidth > e.clientWidth + 1 || r.right > block.right + 1;
+        }).map(e => e.textContent.trim())""")
+    assert cut == []
+
+
+def test_using_the_tab_logs_no_browser_errors(page):
+    """Redraws while the tab is hidden, a resize, overlays, a model, the slider: no console errors."""
+    errors = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.reload()
+    page.wait_for_selector("#t2i-generate")
+    open_noise_tab(page)
+    # A new schedule drawn while the person has moved on to another tab, then a resize.
+    pick(page, "noise-beta-schedule", "squaredcos_cap_v2")
+    page.get_by_role("tab", name="Training", exact=True).click()
+    time.sleep(3)
+    open_noise_tab(page)
+    wait_for_captions(page, ["t = 0", "t = 50", "t = 100", "t = 200", "t = 400", "t = 600", "t = 800", "t = 999"])
+    page.set_viewport_size({"width": 900, "height": 900})
+    time.sleep(1)
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    page.locator("#noise-overlay").get_by_label("linear", exact=True).check()
+    page.locator("#noise-plot-2 svg g.role-legend").get_by_text("linear: noise", exact=True).wait_for()
+    pick(page, "noise-model", "digits-ddpm")
+    page.locator("#noise-plot-0 svg g.role-legend").get_by_text("digits-ddpm", exact=True).wait_for()
+    type_into_slider(page, "noise-t", 300)
+    wait_for_frame_caption(page, f"x_t at t = 300, √ᾱ = {sqrt_alpha_bar(300)}")
+    page.set_viewport_size({"width": 1000, "height": 900})
+    time.sleep(1)
+    assert errors == []
