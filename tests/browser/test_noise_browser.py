@@ -7,7 +7,7 @@ import time
 import pytest
 from diffusers import DDPMScheduler
 
-from tests.helpers import fill_and_enter, image_src
+from tests.helpers import fill_and_enter, image_src, save_screenshot
 from ui.noise import CURSOR_COLOR, PALETTE, TICK_COLOR
 
 pytestmark = pytest.mark.browser
@@ -110,6 +110,7 @@ def test_the_tab_opens_drawn_with_a_frame_and_a_cursor(page):
     assert image_src(page, "noise-single"), "no frame at the slider's t"
     assert frame_caption(page) == f"x_t at t = 500, √ᾱ = {sqrt_alpha_bar(500)}"
     assert_cursor_at(page, 500)
+    save_screenshot(page, "noise")
 
 
 def test_the_slider_moves_the_frame_and_every_cursor(page):

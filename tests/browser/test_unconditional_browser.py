@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from engine.sampling.unconditional import UnconditionalRequest
-from tests.helpers import fill_and_enter, image_src
+from tests.helpers import fill_and_enter, image_src, save_screenshot
 
 pytestmark = pytest.mark.browser
 
@@ -143,7 +143,7 @@ def test_grid_with_gaps_is_saved_and_the_scrubber_goes_back_through_the_steps(ta
                            "document.querySelector('#ddpm-progress').innerText)")
     last_src = wait_src_change(page, "ddpm-image", second_src)
     assert np.array_equal(pixels(page, last_src), final)
-    page.screenshot(path="/tmp/wb-unconditional-scrub.png")
+    save_screenshot(page, "unconditional")
 
 
 def test_a_model_picked_as_the_training_tab_hands_one_over_keeps_the_fast_default(tab, running_app):
