@@ -200,18 +200,25 @@ def _vae_preview_every(request: Txt2ImgRequest, vae, latents: torch.Tensor) -> t
 
 
 def _decode_time(vae, latents: torch.Tensor) -> float:
-    """One VAE decode of ``latents``' shape, timed once per VAE, shape and device (the first run pays it)."""
+    """A VAE decode of ``latents``' shape, timed once per VAE, shape and device (the first run pays it).
+
+    The fastest of a few decodes, so a busy moment does not decide for good; one far over the budget
+    decides at once (a large VAE on a CPU need not be timed five times).
+    """
     measured = _decode_seconds.setdefault(vae, {})
     key = (tuple(latents.shape), str(latents.device))
     if key not in measured:
         vae.decode(latents / vae.config.scaling_factor)  # warm: first calls pay for allocations
-        if latents.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        vae.decode(latents / vae.config.scaling_factor)
-        if latents.device.type == "cuda":
-            torch.cuda.synchronize()
-        measured[key] = time.perf_counter() - start
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            vae.decode(latents / vae.config.scaling_factor)
+            if latents.device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+            if best > 5 * VAE_PREVIEW_BUDGET:
+                break
+        measured[key] = best
     return measured[key]
 
 
