@@ -15,6 +15,7 @@ log = logging.getLogger("workbench")
 CSS = """
 .wb-progress-text { font-family: ui-monospace, monospace; font-size: 0.9em; }
 .wb-pixels img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+.wb-vega .vega-embed { width: 100%; }  /* Gradio centres the chart: a "container" width would measure 0 */
 """
 
 
