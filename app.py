@@ -18,6 +18,7 @@ CSS = """
 .wb-stopped .wb-progress-text, .wb-waiting .wb-progress-text { font-weight: 600; }
 .wb-pixels img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 .wb-pixels .image-frame { padding-top: 28px; box-sizing: border-box; }  /* below the label and buttons */
+.wb-vega .vega-embed { width: 100%; }  /* Gradio centres the chart: a "container" width would measure 0 */
 """
 # Ctrl+Enter (Cmd+Enter) runs the visible tab's Generate; the header's button switches dark mode.
 JS = """

@@ -9,15 +9,17 @@ Stop asks the run to save a checkpoint and end.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import gradio as gr
-import pandas as pd
+from gradio.components.plot import PlotData
 
 from engine.sampling.schedulers import SAMPLER_BETA_SCHEDULES
 from engine.training.objectives.pixel import PRESETS
+from engine.training.recipes import DEFAULT_RECIPE, RECIPE_FIELDS, RECIPES
 from engine.training.request import MIXED_PRECISION, RUN_CONTROL, TrainRequest, field_help
 from engine.training.jobs import FAILED, IDLE, TrainStatus
 from ui.common import DEVICE_QUEUE, friendly_errors, progress_html, whole
@@ -27,6 +29,8 @@ MAX_PLOT_POINTS = 1000  # per curve: a long run's history is thinned so that a p
 STOP_WAIT = 120.0  # seconds Stop waits for the checkpoint before it answers (the run still ends after)
 UNCONDITIONAL_TAB = "Unconditional"  # the tab "Sample from this checkpoint" switches to
 HELP = {name: comment for name, (_, comment) in field_help().items()}
+GRID_HEIGHT = 540  # px the sample grid is shown at: a 4x4 grid of 128 px samples with 8 px gaps is 536
+LOSS_COLOURS = {"raw": "#a3a3a3", "smoothed": "#ea580c"}
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class _Status:
 
     progress: gr.HTML
     info: gr.JSON
-    loss_plot: gr.LinePlot
+    loss_plot: gr.Plot
     grid: gr.Image
     checkpoint: gr.Markdown
     sample: gr.Button
@@ -73,6 +77,7 @@ def build(
     api_trigger = gr.Button(visible=False)
 
     form = {field: w[field] for field in START_PARAMS.values()}  # TrainRequest field -> its widget
+    recipe_form = {field: form[field] for field in RECIPE_FIELDS}
 
     @friendly_errors
     @_takes(START_SIGNATURE)  # gradio names the endpoint's parameters after this signature
@@ -115,6 +120,12 @@ def build(
             return gr.skip()
         return gr.update(choices=list_unconditional_models(), value=s.run_name)
 
+    def pick_recipe(name):  # fills the recipe's settings; the data, flip, seed and the rest stay as they are
+        if name not in RECIPES:
+            return {widget: gr.skip() for widget in recipe_form.values()}
+        settings = RECIPES[name].settings
+        return {widget: settings[field] for field, widget in recipe_form.items()}
+
     @friendly_errors
     def pick_run(name):  # fills the form with the run's settings, resume (ticked) included
         if not name:
@@ -133,6 +144,7 @@ def build(
                     api_name="train_upload")
     w["refresh_data"].click(lambda: gr.update(choices=list_data()), None, w["data"], api_visibility="private")
     w["runs"].change(pick_run, w["runs"], list(form.values()), api_visibility="private")
+    w["recipe"].input(pick_recipe, w["recipe"], list(recipe_form.values()), api_visibility="private")
     gr.on(None, show_all, None, status.outputs() + [seen], api_visibility="private", concurrency_limit=None,
           show_progress="hidden")  # on page load: a reopened page shows the running job at once
     gr.Timer(POLL_INTERVAL).tick(poll, seen, status.outputs() + [seen], api_visibility="private",
@@ -156,7 +168,7 @@ START_REQUIRED = {
 START_OPTIONAL = {
     "preset": "preset", "epochs": "num_epochs", "gradient_accumulation_steps": "gradient_accumulation_steps",
     "beta_schedule": "beta_schedule", "num_train_timesteps": "num_train_timesteps", "resume": "resume",
-    "clamp_batch_size": "clamp_batch_size", "random_flip": "random_flip",
+    "clamp_batch_size": "clamp_batch_size", "random_flip": "random_flip", "first_sample_step": "first_sample_step",
 }
 START_PARAMS = {**START_REQUIRED, **START_OPTIONAL}
 _DEFAULTS = TrainRequest()
@@ -191,20 +203,30 @@ def _page_value(field: str, value):
 
 # -- layout ------------------------------------------------------------------------------------
 def _settings(d: TrainRequest, list_data, list_runs) -> dict:
-    """The left column: data, recipe, run, Start and Stop. Widgets by name (TrainRequest's, for its fields)."""
+    """The left column: recipe, Start and Stop on top (in reach without scrolling), then data and settings.
+    Widgets by name (TrainRequest's, for its fields)."""
     w = {}
 
     def number(name, label, **kw):
         w[name] = gr.Number(value=getattr(d, name), precision=0, label=label, info=HELP[name], **kw)
 
     with gr.Row():
+        w["start"] = gr.Button("Start", variant="primary", elem_id="train-start")
+        w["stop"] = gr.Button("Stop (saves a checkpoint)", variant="stop", elem_id="train-stop")
+    w["recipe"] = gr.Dropdown(list(RECIPES), value=DEFAULT_RECIPE, label="Recipe", elem_id="train-recipe",
+                              info="fills the settings below; " + "; ".join(f"{r.name}: {r.summary}"
+                                                                            for r in RECIPES.values()))
+    with gr.Row():
         w["data"] = gr.Dropdown(list_data(), value=d.data, label="Data", allow_custom_value=True, scale=4,
                                 elem_id="train-data",
                                 info="digits (built in), a folder under the data dir, or a hub dataset id (owner/name)")
         w["refresh_data"] = gr.Button("↻ Refresh", scale=1, min_width=60, elem_id="train-data-refresh")
-    w["clamp_batch_size"] = gr.Checkbox(value=d.clamp_batch_size, elem_id="train-clamp",
-                                        label="clamp_batch_size: with fewer images than the batch size, "
-                                              "train on all of them")
+    with gr.Row():
+        w["random_flip"] = gr.Checkbox(value=d.random_flip, label="Random horizontal flip", info=HELP["random_flip"],
+                                       elem_id="train-flip")
+        w["clamp_batch_size"] = gr.Checkbox(value=d.clamp_batch_size, elem_id="train-clamp",
+                                            label="clamp_batch_size: with fewer images than the batch size, "
+                                                  "train on all of them")
     with gr.Accordion("Upload images or a zip as a new data folder", open=False):
         w["files"] = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or zips",
                              elem_id="train-files")
@@ -229,11 +251,10 @@ def _settings(d: TrainRequest, list_data, list_runs) -> dict:
         w["run_name"] = gr.Textbox(label="Run name", info=HELP["run_name"], elem_id="train-run-name")
         number("save_every", "Save every N steps", elem_id="train-save-every")
         number("sample_every", "Sample every N steps", elem_id="train-sample-every")
+        number("first_sample_step", "First grid at step", elem_id="train-first-sample")
     with gr.Accordion("More settings", open=False):
         with gr.Row():
             w["use_ema"] = gr.Checkbox(value=d.use_ema, label="EMA weights", info=HELP["use_ema"])
-            w["random_flip"] = gr.Checkbox(value=d.random_flip, label="Random horizontal flip",
-                                           info=HELP["random_flip"])
             number("seed", "Seed")
         with gr.Row():
             w["beta_schedule"] = gr.Dropdown(list(SAMPLER_BETA_SCHEDULES), value=d.beta_schedule, label="Beta schedule",
@@ -246,19 +267,14 @@ def _settings(d: TrainRequest, list_data, list_runs) -> dict:
                                        "intervals above apply")
         w["runs"] = gr.Dropdown(list_runs(), value=None, label="Runs with a checkpoint", elem_id="train-runs",
                                 info="pick one to fill the form with its settings and resume it")
-    with gr.Row():
-        w["start"] = gr.Button("Start", variant="primary", elem_id="train-start")
-        w["stop"] = gr.Button("Stop (saves a checkpoint)", variant="stop", elem_id="train-stop")
     return w
 
 
 def _status_column(runs: gr.Dropdown, unconditional_model: gr.Dropdown | None) -> _Status:
     """The right column: progress, loss curve, sample grid, checkpoint, the status as JSON."""
     progress = gr.HTML(_progress(TrainStatus()), elem_id="train-progress")
-    loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Training loss", height=280, x_title="step",
-                            y_title="loss (MSE)", elem_id="train-loss",
-                            color_map={"raw": "#a3a3a3", "smoothed": "#ea580c"})
-    grid = gr.Image(label=_grid_label(TrainStatus()), format="png", interactive=False, height=320,
+    loss_plot = gr.Plot(label="Training loss (log scale)", elem_id="train-loss", elem_classes="wb-vega")
+    grid = gr.Image(label=_grid_label(TrainStatus()), format="png", interactive=False, height=GRID_HEIGHT,
                     elem_id="train-grid", elem_classes="wb-pixels")
     with gr.Row():
         checkpoint = gr.Markdown("No checkpoint yet.", elem_id="train-checkpoint")
@@ -279,7 +295,7 @@ def status_dict(s: TrainStatus, *, history: bool = False) -> dict:
         "lr": s.lr, "steps_per_sec": round(s.steps_per_sec, 3), "images_per_sec": round(s.images_per_sec, 2),
         "eta": None if s.eta is None else round(s.eta, 1), "elapsed": round(s.elapsed, 1),
         "grid_step": s.grid_step, "checkpoint": s.checkpoint, "checkpoint_step": s.checkpoint_step,
-        "run_dir": s.run_dir, "message": s.message,
+        "run_dir": s.run_dir, "message": s.message, "hint": s.hint,
     }
     if history:
         out["losses"] = [_finite(x) for x in s.losses]  # losses[i] is the loss of step i + 1
@@ -287,19 +303,41 @@ def status_dict(s: TrainStatus, *, history: bool = False) -> dict:
     return out
 
 
-def loss_frame(losses, smoothed) -> pd.DataFrame:
-    """Long-format rows (step, loss, series) for the plot, thinned to :data:`MAX_PLOT_POINTS` per curve."""
+def loss_rows(losses, smoothed) -> list[dict]:
+    """Long-format rows {step, loss, series}, thinned to :data:`MAX_PLOT_POINTS` per curve; a loss that a log
+    axis cannot show (not finite, or not above 0) is left out."""
     n = len(losses)
     stride = max(1, math.ceil(n / MAX_PLOT_POINTS))
     index = list(range(0, n, stride))
     if index and index[-1] != n - 1:
         index.append(n - 1)  # always the newest point
-    steps = [i + 1 for i in index]
-    return pd.DataFrame({
-        "step": steps * 2,
-        "loss": [losses[i] for i in index] + [smoothed[i] for i in index],
-        "series": ["raw"] * len(index) + ["smoothed"] * len(index),
-    })
+    rows = []
+    for series, values in (("raw", losses), ("smoothed", smoothed)):
+        rows += [{"step": i + 1, "loss": float(values[i]), "series": series} for i in index
+                 if math.isfinite(values[i]) and values[i] > 0]
+    return rows
+
+
+def loss_plot(losses, smoothed) -> PlotData:
+    """The loss curves as a Vega-Lite spec with a log y axis: a loss falls by orders of magnitude, and a linear
+    axis goes flat after the first few dozen steps. Drawn as SVG, so the page (and a test) can read the axes."""
+    spec = {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "width": "container", "height": 240, "autosize": {"type": "fit", "contains": "padding"},
+        "padding": {"top": 32, "left": 5, "right": 5, "bottom": 5},  # room for the block's label
+        "data": {"values": loss_rows(losses, smoothed)},
+        "mark": {"type": "line", "clip": True},
+        "encoding": {
+            "x": {"field": "step", "type": "quantitative", "title": "step"},
+            "y": {"field": "loss", "type": "quantitative", "title": "loss (MSE, log scale)",
+                  "scale": {"type": "log"}},
+            "color": {"field": "series", "type": "nominal", "title": None,
+                      "scale": {"domain": list(LOSS_COLOURS), "range": list(LOSS_COLOURS.values())},
+                      "legend": {"orient": "top-right"}},
+        },
+        "usermeta": {"embedOptions": {"renderer": "svg", "actions": False}},
+    }
+    return PlotData(type="altair", plot=json.dumps(spec))
 
 
 def _status_updates(s: TrainStatus, shown: dict | None, status: _Status, list_runs, list_unconditional_models):
@@ -318,7 +356,7 @@ def _status_updates(s: TrainStatus, shown: dict | None, status: _Status, list_ru
     updates = [
         _progress(s) if text else gr.skip(),
         status_dict(s) if text else gr.skip(),
-        (loss_frame(s.losses, s.smoothed) if s.losses else None) if plot else gr.skip(),
+        (loss_plot(s.losses, s.smoothed) if s.losses else None) if plot else gr.skip(),
         gr.update(value=s.grid, label=_grid_label(s)) if grid else gr.skip(),
         _checkpoint_text(s) if checkpoint else gr.skip(),
         gr.update(visible=bool(s.checkpoint) and status.unconditional_model is not None) if checkpoint else gr.skip(),
@@ -343,6 +381,8 @@ def _progress(s: TrainStatus) -> str:
         parts.append(f"ETA {_duration(s.eta)}")
     if s.message:
         parts.append(s.message)
+    if s.hint:
+        parts.append(s.hint)
     return progress_html(s.step, s.total or 1, elapsed=s.elapsed, note=" · ".join(parts))
 
 

@@ -36,7 +36,8 @@ DDPM_REQUEST = TrainRequest(
 # digits-sd stage 1: the VAE (32 px -> 8x8x4).
 VAE_REQUEST = TrainRequest(
     data="digits", run_name="digits-sd-vae", resolution=32, batch_size=128, max_steps=1500,
-    learning_rate=1e-3, lr_warmup_steps=100, random_flip=False, seed=0, save_every=0, sample_every=0, log_every=100,
+    learning_rate=1e-3, lr_warmup_steps=100, use_ema=False, random_flip=False, seed=0, save_every=0, sample_every=0,
+    log_every=100,
 )
 # digits-sd stage 2: the conditional UNet and the text encoder, in the VAE's latent space.
 SD_REQUEST = TrainRequest(

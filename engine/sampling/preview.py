@@ -45,6 +45,34 @@ def as_array(x) -> np.ndarray:
     return x.numpy().astype(np.float32, copy=False)
 
 
+def images_to_uint8(images) -> np.ndarray:
+    """(B, 3|1, H, W) in [-1, 1] -> (B, H, W, 3) uint8, each image on its own."""
+    images = as_array(images)
+    if images.shape[1] == 1:
+        images = np.repeat(images, 3, axis=1)
+    # Clamp and round before casting (ComfyUI latent_preview.py::preview_to_image).
+    images = np.round(np.clip(images / 2 + 0.5, 0, 1) * 255).astype(np.uint8)
+    return np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+
+
+def spaced_grid(images: np.ndarray, *, min_tile: int, gap: int, colour: tuple[int, int, int]) -> np.ndarray:
+    """(B, h, w, 3) uint8 -> (H, W, 3) uint8: as square as the batch allows, row by row, each image enlarged
+    (nearest, an integer factor) to at least ``min_tile`` pixels a side, ``gap`` pixels of ``colour`` between
+    neighbours and none around the edge. An empty cell in the last row stays ``colour``."""
+    b, h, w, _ = images.shape
+    factor = max(1, math.ceil(min_tile / max(1, min(h, w))))
+    th, tw = h * factor, w * factor
+    cols = math.ceil(math.sqrt(b))
+    rows = math.ceil(b / cols)
+    grid = np.empty((rows * th + (rows - 1) * gap, cols * tw + (cols - 1) * gap, 3), dtype=np.uint8)
+    grid[:] = np.asarray(colour, dtype=np.uint8)
+    for i in range(b):
+        r, k = divmod(i, cols)
+        y, x = r * (th + gap), k * (tw + gap)
+        grid[y:y + th, x:x + tw] = images[i].repeat(factor, axis=0).repeat(factor, axis=1)
+    return grid
+
+
 def to_uint8(images) -> np.ndarray:
     """(B, 3|1, H, W) in [-1, 1] -> (H, W, 3) uint8 of the first image (or a grid)."""
     images = as_array(images)

@@ -3,7 +3,8 @@
 Every :class:`engine.training.request.TrainRequest` field is an option (``--max-steps``,
 ``--use-ema/--no-use-ema``, ...). One process::
 
-    python -m engine.training --data digits --run-name digits-32 --max-steps 2000
+    python -m engine.training --data digits --run-name digits-quick            # the "quick" recipe (the defaults)
+    python -m engine.training --recipe tutorial --run-name digits-tutorial     # the diffusers tutorial's schedule
 
 Several GPUs or machines (accelerate is the distributed engine; on a machine
 without a GPU the processes train on the CPU)::
@@ -31,6 +32,7 @@ log = logging.getLogger("engine.training.request")
 def build_parser() -> argparse.ArgumentParser:
     from engine.sampling.schedulers import SAMPLER_BETA_SCHEDULES
     from engine.training.objectives.pixel import PRESETS
+    from engine.training.recipes import DEFAULT_RECIPE, RECIPES
     from engine.training.request import MIXED_PRECISION, field_help
 
     parser = argparse.ArgumentParser(prog="python -m engine.training", description=__doc__.split("\n\n")[0])
@@ -40,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sample grids go to OUTPUTS_DIR/train/<run>/ (outputs)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--recipe", choices=tuple(RECIPES), default=None,
+                        help="start from a named recipe's settings; options given beside it win. "
+                             + "; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values())
+                             + f" (default: the defaults below, which are {DEFAULT_RECIPE!r})")
     group = parser.add_argument_group("training settings (TrainRequest fields; given ones only)")
     choices = {"preset": tuple(PRESETS), "mixed_precision": MIXED_PRECISION, "beta_schedule": SAMPLER_BETA_SCHEDULES}
     for name, (default, comment) in field_help().items():
@@ -53,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def request_from_args(args: argparse.Namespace):
-    """Only the options given on the command line; with ``--resume`` they change the saved request."""
+    """Only the options given on the command line (over ``--recipe``'s settings); with ``--resume`` they change
+    the saved request."""
+    from engine.training.recipes import recipe
     from engine.training.request import TrainRequest, resume_request
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainRequest) if getattr(args, f.name) is not None}
@@ -62,8 +70,11 @@ def request_from_args(args: argparse.Namespace):
         given.pop("resume")
         if not name:
             raise InputError("--resume needs --run-name: the run to continue")
+        if args.recipe is not None:
+            raise InputError(f"--recipe {args.recipe} sets up a new run; a resumed run keeps its own settings")
         return resume_request(args.models_dir, name, **given)
-    return TrainRequest(**given)
+    base = recipe(args.recipe).settings if args.recipe is not None else {}
+    return TrainRequest(**{**base, **given})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +93,7 @@ def _train(args: argparse.Namespace, cancel: CancelToken) -> int:
     from PIL import Image
 
     from engine.training.loop import iter_train
+    from engine.training.recipes import steps_hint
     from engine.training.request import TrainDone, TrainSample, TrainStarted, TrainStep
 
     request = request_from_args(args)
@@ -96,6 +108,8 @@ def _train(args: argparse.Namespace, cancel: CancelToken) -> int:
                 log.info("run %s: steps %d-%d of %d (%d per epoch), batch %d x %d process(es); %s",
                          event.run_name, event.start_step + 1, event.total, event.total, event.steps_per_epoch,
                          event.batch_size, event.num_processes, event.data.summary())
+                if hint := steps_hint(request):
+                    log.info("%s", hint)
         elif isinstance(event, TrainDone):
             if main_process:
                 log.info("%s at step %d of %d in %s; checkpoint: %s", "stopped" if event.stopped else "finished",

@@ -21,6 +21,7 @@ from engine.cancel import CancelToken
 from engine.training.checkpoints import recover_all
 from engine.errors import JobRunningError, WorkbenchError
 from engine.training.loop import iter_train
+from engine.training.recipes import steps_hint
 from engine.training.request import TrainCheckpoint, TrainDone, TrainRequest, TrainSample, TrainStarted, TrainStep
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class TrainStatus:
     checkpoint: str | None = None  # folder of the latest checkpoint (a DDPMPipeline)
     checkpoint_step: int | None = None
     message: str = ""  # what the data held, or why the job failed
+    hint: str = ""  # how many steps the samples need before they look like something, where measured
 
     @property
     def active(self) -> bool:
@@ -106,7 +108,7 @@ class TrainingManager:
             self._cancel = CancelToken()
             self._before = self._status  # shown again if this start is refused
             self._status = TrainStatus(state=STARTING, run_name=request.run_name,
-                                       run_dir=str(self.models_dir / request.run_name))
+                                       run_dir=str(self.models_dir / request.run_name), hint=steps_hint(request))
             self._setup_done.clear()
             self._setup_error = None
             self._thread = threading.Thread(target=self._run, args=(request, self._cancel),

@@ -25,13 +25,15 @@ from engine.training.data import EpochSampler, attach_transform, load_image_data
 from engine.errors import Cancelled, DataError, InputError
 from engine.training.objectives import Objective, ObjectiveFactory
 from engine.training.objectives.pixel import NoisePrediction
-from engine.sampling.preview import to_uint8, upscale_nearest
+from engine.sampling.preview import images_to_uint8, spaced_grid
 from engine.training.request import (RUN_CONTROL, TrainCheckpoint, TrainDone, TrainEvent, TrainRequest, TrainSample,
                                      TrainStarted, TrainStep)
 
 log = logging.getLogger(__name__)
 
-GRID_MIN_SIDE = 256  # sample grids are upscaled (nearest) to at least this many pixels
+GRID_MIN_TILE = 120  # each sample of a grid is enlarged (nearest) to at least this many pixels a side
+GRID_GAP = 8  # pixels between a grid's samples, so that 16 digits read as 16 and not as one picture
+GRID_GAP_COLOUR = (229, 231, 235)  # a light grey, apart from the digits' black and white
 
 
 def make_accelerator(mixed_precision: str, gradient_accumulation_steps: int, device: str = "auto"):
@@ -91,8 +93,7 @@ class Trainer:
         if self.window:
             yield self._log_event()
         if not stopped and self.request.sample_every and self.last_sample != self.step and self.is_main:
-            grid = self._sample(None)
-            yield TrainSample(self.step, grid)
+            yield self._sample(None)
         if self.saved_step != self.step:
             yield self._save()
         self.accelerator.wait_for_everyone()
@@ -137,10 +138,18 @@ class Trainer:
         request = self.request
         if self.step % request.log_every == 0 or self.step == self.total:
             yield self._log_event()
-        if request.sample_every and self.step % request.sample_every == 0 and self.is_main:
-            grid = self._sample(cancel if self.accelerator.num_processes == 1 else None)
-            if grid is not None:
-                yield TrainSample(self.step, grid)
+        if self._grid_due() and self.is_main:
+            sample = self._sample(cancel if self.accelerator.num_processes == 1 else None)
+            if sample is not None:
+                yield sample
+
+    def _grid_due(self) -> bool:
+        """A grid every ``sample_every`` steps, and an early one ``first_sample_step`` steps into this session."""
+        request = self.request
+        if not request.sample_every:
+            return False
+        early = request.first_sample_step and self.step - self.start_step == request.first_sample_step
+        return bool(early) or self.step % request.sample_every == 0
 
     def _stop_requested(self, cancel: CancelToken | None) -> bool:
         """Whether to stop now; processes agree on it at log steps."""
@@ -172,7 +181,7 @@ class Trainer:
                          lr=self.lr, steps_per_sec=steps_per_sec,
                          images_per_sec=steps_per_sec * self.images_per_step, elapsed=now - self.started_at)
 
-    def _sample(self, cancel: CancelToken | None):
+    def _sample(self, cancel: CancelToken | None) -> TrainSample | None:
         """A grid from the (EMA) model with the request's fixed seed; None if cancelled."""
         unet, request = self.unwrapped, self.request
         unet.eval()
@@ -189,7 +198,9 @@ class Trainer:
                 self.ema.restore(unet.parameters())
             unet.train()
         self.last_sample = self.step
-        return upscale_nearest(to_uint8(images.float()), GRID_MIN_SIDE)
+        samples = images_to_uint8(images.float())  # (N, h, w, 3)
+        grid = spaced_grid(samples, min_tile=GRID_MIN_TILE, gap=GRID_GAP, colour=GRID_GAP_COLOUR)
+        return TrainSample(self.step, grid, samples)
 
     # -- set-up -------------------------------------------------------------------------------
     def _setup(self) -> TrainStarted:
@@ -224,6 +235,7 @@ class Trainer:
         self.step_loss, self.window, self.history = None, [], []
         if state is not None:
             self._restore(state)
+        self.start_step = self.step
         if self.step >= self.total:
             raise InputError(f"run {request.run_name!r} already reached step {self.step} of {self.total}; "
                              "raise max steps or epochs to train further")

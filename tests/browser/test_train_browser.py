@@ -101,3 +101,93 @@ def test_train_watch_stop_and_sample_the_checkpoint(page):
     page.wait_for_function("() => [...document.querySelectorAll('input')].some("
                            "i => i.value === 'browser-run' && i.offsetParent !== null)")
     assert unconditional_model_box(page).input_value() == "browser-run"
+
+
+# -- the first minutes with the defaults ----------------------------------------------------------------------
+GAP_COLOUR = (229, 231, 235)
+VIEWPORT = {"width": 1400, "height": 1000}
+
+
+@pytest.fixture()
+def watched_page(browser, running_app):
+    """A page at 1400x1000 whose console errors and uncaught exceptions are collected from before it loads."""
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    errors = []
+    page.on("console", lambda message: errors.append(f"console: {message.text}") if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
+    page.goto(running_app[0])
+    page.wait_for_selector("#t2i-generate")
+    open_tab(page, "Training")
+    page.locator("#train-start").wait_for(state="visible")
+    yield page, errors
+    context.close()
+
+
+def in_viewport(page, selector):
+    box = page.locator(selector).bounding_box()
+    return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= VIEWPORT["height"] \
+        and box["x"] >= 0 and box["x"] + box["width"] <= VIEWPORT["width"]
+
+
+def test_start_and_stop_in_reach_flip_off_and_recipes_fill_the_form(watched_page):
+    page, errors = watched_page
+    # 1. At load, without scrolling, Start and Stop are on screen.
+    assert page.evaluate("window.scrollY") == 0
+    assert in_viewport(page, "#train-start") and in_viewport(page, "#train-stop")
+
+    # 2. The horizontal flip is off for the digits; the recipe is "quick".
+    assert not page.locator("#train-flip input").is_checked()
+    assert page.locator("#train-recipe input").input_value() == "quick"
+    assert page.locator("#train-lr input").input_value() == "0.001"
+
+    # 3. Picking the tutorial's recipe fills in its schedule (the flip stays off); "quick" brings the defaults back.
+    page.locator("#train-recipe input").click()
+    page.get_by_role("option", name="tutorial", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#train-lr input').value === '0.0001'")
+    assert page.locator("#train-warmup input").input_value() == "500"
+    assert page.locator("#train-sample-every input").input_value() == "500"
+    assert page.locator("#train-max-steps input").input_value() == "0"
+    assert not page.locator("#train-flip input").is_checked()
+    page.locator("#train-recipe input").click()
+    page.get_by_role("option", name="quick", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#train-lr input').value === '0.001'")
+    assert page.locator("#train-max-steps input").input_value() == "1200"
+    assert errors == []
+
+
+def test_the_defaults_show_a_spaced_grid_within_the_first_minute(watched_page):
+    page, errors = watched_page
+    # 1. Start with the defaults; the first sample grid is on the page within a minute of the click.
+    page.locator("#train-start").click()
+    started = time.time()
+    run_name = re.search(r"running · (\S+) ·", wait_text(page, PROGRESS, r"running · \S+ ·")).group(1)
+    wait_text(page, "#train-grid", r"Samples at step 25\b", timeout=60 - (time.time() - started))
+    page.wait_for_selector("#train-grid img")
+    assert time.time() - started <= 60
+    wait_text(page, PROGRESS, r"digits need about \d+ steps at the 'quick' recipe for recognisable samples")
+
+    # 2. The grid is large, and its samples have gaps of the gap colour between them.
+    box = page.locator("#train-grid img").bounding_box()
+    assert box["width"] >= 480 and box["height"] >= 480
+    png = page.request.get(page.locator("#train-grid img").get_attribute("src")).body()
+    from io import BytesIO
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(BytesIO(png)).convert("RGB"))
+    assert pixels.shape == (536, 536, 3)  # 4x4 samples of 16 px at 128 px, 8 px gaps
+    for start in (128, 264, 400):
+        assert (pixels[start:start + 8] == GAP_COLOUR).all() and (pixels[:, start:start + 8] == GAP_COLOUR).all()
+
+    # 3. The loss plot's y axis is logarithmic.
+    axis = page.locator("#train-loss svg [aria-roledescription='axis'][aria-label^='Y-axis']")
+    axis.wait_for(timeout=30_000)
+    assert "log scale" in axis.get_attribute("aria-label")
+    page.screenshot(path="/tmp/wb-train-first-minute.png")
+
+    page.locator("#train-stop").click()
+    wait_text(page, PROGRESS, f"stopped · {run_name}")
+    assert errors == []

@@ -46,8 +46,9 @@ def data_dir(tmp_path_factory):
 
 
 def request(**kw) -> TrainRequest:
-    settings = dict(data="shapes", resolution=SIZE, batch_size=4, learning_rate=1e-3, lr_warmup_steps=2,
-                    log_every=1, save_every=0, sample_every=0, sample_images=4, sample_num_inference_steps=8)
+    settings = dict(data="shapes", preset="tiny", resolution=SIZE, batch_size=4, learning_rate=1e-3, lr_warmup_steps=2,
+                    use_ema=False, log_every=1, save_every=0, sample_every=0, first_sample_step=0, sample_images=4,
+                    sample_num_inference_steps=8)
     return TrainRequest(**{**settings, **kw})
 
 
@@ -104,20 +105,19 @@ def test_loss_falls_grid_matches_ddim_and_checkpoint_samples(tmp_path, data_dir)
     lrs = expected_lrs(2e-3, 5, 40)
     assert [e.lr for e in steps] == pytest.approx([lrs[e.step - 1] for e in steps], rel=1e-9)
 
-    # 3. The last grid is what DDIMPipeline samples from the saved checkpoint with the same seed.
+    # 3. The last grid's samples are what DDIMPipeline samples from the saved checkpoint with the same seed.
     pipe = DDPMPipeline.from_pretrained(done.path, local_files_only=True)
     ddim = DDIMPipeline(unet=pipe.unet, scheduler=pipe.scheduler)
     ddim.set_progress_bar_config(disable=True)
     images = ddim(batch_size=4, generator=torch.Generator("cpu").manual_seed(7), num_inference_steps=8, eta=0.0,
                   output_type="np").images  # (4, 16, 16, 3) in [0, 1]
     expected = (images * 255).round().astype(int)
-    expected = np.concatenate([np.concatenate(list(expected[r * 2:(r + 1) * 2]), axis=1) for r in range(2)], axis=0)
-    grids = [e.grid for e in events if isinstance(e, TrainSample)]
-    grid = grids[-1]
-    assert grid.dtype == np.uint8 and grid.shape == (256, 256, 3)
-    scale = grid.shape[0] // expected.shape[0]
-    assert np.abs(grid[::scale, ::scale].astype(int) - expected).max() <= 1
-    assert np.abs(grids[0].astype(int) - grid.astype(int)).max() > 10  # the model changed between grids
+    samples = [e for e in events if isinstance(e, TrainSample)]
+    last = samples[-1]
+    assert last.images.dtype == np.uint8 and last.images.shape == (4, SIZE, SIZE, 3)
+    assert np.abs(last.images.astype(int) - expected).max() <= 1
+    assert np.abs(tiles_of(last.grid, 2, 2).astype(int) - expected).max() <= 1  # the grid shows them, in order
+    assert np.abs(samples[0].images.astype(int) - last.images.astype(int)).max() > 10  # the model changed
 
     # 4. The checkpoint is a DDPMPipeline that samples.
     pipe.set_progress_bar_config(disable=True)
@@ -164,8 +164,8 @@ def test_stop_then_resume_continues_as_if_never_stopped(tmp_path, data_dir, use_
     assert ckpt.read_state(tmp_path / "stopped")["history"] == pytest.approx(expected, rel=1e-5)
 
     # 4. A resume keeps the run's settings and refuses a finished run.
-    may_change = ("max_steps, num_epochs, save_every, sample_every, log_every, num_workers, sample_images, "
-                  "sample_num_inference_steps")
+    may_change = ("max_steps, num_epochs, save_every, sample_every, first_sample_step, log_every, num_workers, "
+                  "sample_images, sample_num_inference_steps")
     with pytest.raises(InputError, match="^" + re.escape(
             "resuming 'stopped' keeps its settings, but these differ: learning_rate 0.001 -> 0.5; "
             f"only {may_change} may change") + "$"):
@@ -176,6 +176,85 @@ def test_stop_then_resume_continues_as_if_never_stopped(tmp_path, data_dir, use_
     with pytest.raises(InputError, match="^" + re.escape(
             f"a resumed run keeps its settings; cannot change seed (allowed: {may_change})") + "$"):
         resume_request(tmp_path, "stopped", seed=1)
+
+
+GAP_COLOUR = (229, 231, 235)
+
+
+def tiles_of(grid, rows, cols):
+    """The samples of a grid with gaps, shrunk back to their size: (rows * cols, h, w, 3)."""
+    from engine.training.loop import GRID_GAP
+
+    tile = (grid.shape[0] - (rows - 1) * GRID_GAP) // rows
+    assert grid.shape == (rows * tile + (rows - 1) * GRID_GAP, cols * tile + (cols - 1) * GRID_GAP, 3)
+    scale = tile // SIZE
+    return np.stack([grid[r * (tile + GRID_GAP):r * (tile + GRID_GAP) + tile:scale,
+                          c * (tile + GRID_GAP):c * (tile + GRID_GAP) + tile:scale]
+                     for r in range(rows) for c in range(cols)])
+
+
+def test_first_grid_comes_early_then_every_n_steps_and_has_gaps(tmp_path, data_dir):
+    from engine.training.loop import GRID_GAP, GRID_GAP_COLOUR
+
+    # 1. A first grid 3 steps in, then every 5; after a resume at step 6 the first comes 3 steps into that session.
+    req = request(run_name="early", max_steps=12, sample_every=5, first_sample_step=3, sample_images=5,
+                  sample_num_inference_steps=2)
+    first = run(req, tmp_path, data_dir, cancel_at=6)
+    assert [e.step for e in first if isinstance(e, TrainSample)] == [3, 5]
+    resumed = run(resume_request(tmp_path, "early"), tmp_path, data_dir)
+    assert [e.step for e in resumed if isinstance(e, TrainSample)] == [9, 10, 12]
+    assert [e.step for e in run(request(run_name="none-early", max_steps=6, sample_every=5), tmp_path, data_dir)
+            if isinstance(e, TrainSample)] == [5, 6]  # first_sample_step 0: none early (the last step has one)
+
+    # 2. Five samples: a 3x2 grid (three columns), each sample enlarged 8x to 128 px, 8 px gaps of a light grey
+    #    between them and in the empty cell, none around the edge.
+    sample = resumed[-3]
+    assert isinstance(sample, TrainSample) and sample.images.shape == (5, SIZE, SIZE, 3)
+    grid = sample.grid
+    assert GRID_GAP == 8 and GRID_GAP_COLOUR == GAP_COLOUR
+    assert grid.shape == (2 * 128 + 8, 3 * 128 + 2 * 8, 3)
+    for gap in (grid[128:136], grid[:, 128:136], grid[:, 264:272], grid[136:, 272:]):  # rows, columns, empty cell
+        assert (gap == GAP_COLOUR).all()
+    tiles = np.stack([grid[r * 136:r * 136 + 128:8, c * 136:c * 136 + 128:8] for r in range(2) for c in range(3)])
+    assert np.array_equal(tiles[:5], sample.images)
+    assert not (grid[:128, :128] == GAP_COLOUR).all(axis=2).all()  # a sample is drawn, not the gap colour
+
+
+def test_defaults_are_the_quick_recipe_and_the_tutorial_is_a_named_one():
+    from engine.training.cli import build_parser, request_from_args
+    from engine.training.recipes import RECIPE_FIELDS, RECIPES, recipe, steps_hint
+
+    # 1. TrainRequest's defaults are the "quick" recipe; the tutorial's schedule is the "tutorial" recipe.
+    defaults = TrainRequest()
+    assert {f: getattr(defaults, f) for f in RECIPE_FIELDS} == RECIPES["quick"].settings
+    assert (defaults.preset, defaults.resolution, defaults.max_steps, defaults.learning_rate) == ("digits", 16, 1200,
+                                                                                                  1e-3)
+    assert defaults.sample_every <= 100 and 0 < defaults.first_sample_step <= 50  # a grid early, then often
+    assert defaults.random_flip is False  # digits are not left-right symmetric
+    tutorial = recipe("tutorial").settings
+    assert (tutorial["num_epochs"], tutorial["max_steps"], tutorial["learning_rate"], tutorial["lr_warmup_steps"],
+            tutorial["sample_every"]) == (50, 0, 1e-4, 500, 500)
+    with pytest.raises(InputError, match="^" + re.escape("unknown recipe 'fast'; allowed: quick, tutorial") + "$"):
+        recipe("fast")
+
+    # 2. The command line takes a recipe; options given beside it win; a resume keeps its own settings.
+    parser = build_parser()
+    req = request_from_args(parser.parse_args(["--recipe", "tutorial", "--seed", "3"]))
+    assert {f: getattr(req, f) for f in RECIPE_FIELDS} == tutorial and req.seed == 3 and req.random_flip is False
+    req = request_from_args(parser.parse_args(["--recipe", "tutorial", "--learning-rate", "0.002"]))
+    assert req.learning_rate == 0.002 and req.lr_warmup_steps == 500
+    assert request_from_args(parser.parse_args([])) == TrainRequest()
+    with pytest.raises(InputError, match="a resumed run keeps its own settings"):
+        request_from_args(parser.parse_args(["--recipe", "quick", "--resume", "--run-name", "x"]))
+    assert "--recipe {quick,tutorial}" in parser.format_help()
+
+    # 3. The hint says how long the digits take, where measured.
+    assert steps_hint(defaults) == (f"digits need about {RECIPES['quick'].digits_steps} steps at the 'quick' recipe "
+                                    "for recognisable samples")
+    assert steps_hint(TrainRequest(**tutorial)).startswith("no measured figure for the 'tutorial' recipe; at the "
+                                                           "'quick' recipe digits need about")
+    assert steps_hint(TrainRequest(learning_rate=5e-4)).startswith("no measured figure for these settings")
+    assert steps_hint(TrainRequest(data="shapes")) == ""
 
 
 def unconditional_models(models_dir):
@@ -219,8 +298,8 @@ def save_then_die(path, tensors):
     real(path, tensors)
 ckpt.save_tensors = save_then_die
 
-req = TrainRequest(data="shapes", run_name="killed", resolution=16, batch_size=4, max_steps=4, save_every=2,
-                   sample_every=0, log_every=1, lr_warmup_steps=1)
+req = TrainRequest(data="shapes", run_name="killed", preset="tiny", resolution=16, batch_size=4, max_steps=4,
+                   use_ema=False, save_every=2, sample_every=0, log_every=1, lr_warmup_steps=1)
 for event in iter_train(req, models_dir=sys.argv[1], data_dir=sys.argv[2], device="cpu"):
     print(type(event).__name__, getattr(event, "step", ""), flush=True)
 """
@@ -321,7 +400,7 @@ def test_bad_data_is_reported_before_any_step(tmp_path, data_dir):
 
 @pytest.mark.parametrize("field, value, message", [
     ("preset", "huge", "unknown preset 'huge'; allowed: tiny, small, digits, ddpm-128"),
-    ("resolution", 31, "resolution must be a multiple of 2 for preset 'tiny'; got 31"),
+    ("resolution", 30, "resolution must be a multiple of 4 for preset 'digits'; got 30"),
     ("resolution", 4, "resolution must be a whole number from 8 to 1024; got 4"),
     ("batch_size", 0, "batch size must be a whole number from 1 to 4096; got 0"),
     ("learning_rate", 0.0, "learning rate must be a number above 0 and at most 1; got 0.0"),
@@ -355,7 +434,8 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path, data_dir):
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "engine.training",
            "--models-dir", str(tmp_path / "models"), "--data-dir", str(data_dir), "--outputs-dir", str(tmp_path),
-           "--data", "shapes", "--run-name", "ddp", "--resolution", str(SIZE), "--batch-size", "4",
+           "--data", "shapes", "--run-name", "ddp", "--preset", "tiny", "--no-use-ema", "--resolution", str(SIZE),
+           "--batch-size", "4",
            "--max-steps", "4", "--log-every", "2", "--sample-every", "0", "--lr-warmup-steps", "1"]
     proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -394,6 +474,7 @@ def test_training_manager_runs_one_job_in_the_background(tmp_path, data_dir):
     assert len(status.losses) == len(status.smoothed) == status.step
     assert status.smoothed == pytest.approx(smooth(status.losses))
     assert status.lr > 0 and status.steps_per_sec > 0 and status.eta > 0 and status.grid.dtype == np.uint8
+    assert status.hint == ""  # no measured figure for data other than the digits
 
     # 2. Stop saves a checkpoint and ends the job.
     manager.stop()

@@ -15,7 +15,9 @@ from PIL import Image
 
 # Tiny and fast on one CPU core: about 3-20 steps a second, depending on how often it samples.
 RUN = dict(dataset="digits", resolution=16, batch_size=8, max_steps=400, learning_rate=1e-3, lr_warmup_steps=5,
-           mixed_precision="no", ema=False, seed=0, run_name="", save_every=0, sample_every=10, preset="tiny")
+           mixed_precision="no", ema=False, seed=0, run_name="", save_every=0, sample_every=10, preset="tiny",
+           first_sample_step=0)
+GAP_COLOUR = (229, 231, 235)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,12 @@ def test_train_watch_stop_then_sample_the_checkpoint(client, running_app):
     assert later["lr"] > 0 and later["steps_per_sec"] > 0 and later["eta"] > 0
     assert later["grid_step"] >= 10 and later["grid_step"] % 10 == 0
     with Image.open(grid) as im:
-        assert im.format == "PNG" and im.size[0] == im.size[1] >= 64  # a 4x4 grid of 16 px samples
+        assert im.format == "PNG" and im.size == (536, 536)  # 4x4 samples of 16 px shown at 128 px, 8 px gaps
+        pixels = np.asarray(im.convert("RGB"))
+    for k in range(1, 4):  # the gaps between rows and between columns are the gap colour all along
+        start = k * 136 - 8
+        assert (pixels[start:start + 8] == GAP_COLOUR).all() and (pixels[:, start:start + 8] == GAP_COLOUR).all()
+    assert later["hint"].startswith("no measured figure for these settings; at the 'quick' recipe digits need about")
 
     # 2. A second Start while it runs is refused with a clear message; the first goes on.
     with pytest.raises(Exception, match="a training job is running"):
@@ -198,20 +205,19 @@ def test_clamp_trains_on_fewer_images_than_the_batch(client, running_app, few_im
 
 
 # Every /train_start parameter with its own value, none the default (the booleans are told apart by the second
-# set below). "digits" needs sides that divide by 4: 12 px, and 16 images for one step of 7 x 2 accumulated.
+# set below). "tiny" needs sides that divide by 2: 12 px, and 16 images for one step of 7 x 2 accumulated.
 SLOTS = dict(dataset="api-slots-data", resolution=12, batch_size=7, max_steps=3, learning_rate=3e-3, lr_warmup_steps=5,
-             mixed_precision="bf16", ema=True, seed=11, run_name="api-slots", save_every=13, sample_every=17,
-             preset="digits", epochs=19, gradient_accumulation_steps=2, beta_schedule="squaredcos_cap_v2",
-             num_train_timesteps=100, resume=False, clamp_batch_size=True, random_flip=False)
-# The same with clamp_batch_size and random_flip the other way round: any two of the four booleans differ in SLOTS,
-# here, or both.
-SLOTS_FLIPPED = {**SLOTS, "run_name": "api-slots-flipped", "ema": True, "clamp_batch_size": False,
-                 "random_flip": True}
+             mixed_precision="bf16", ema=False, seed=11, run_name="api-slots", save_every=13, sample_every=17,
+             preset="tiny", epochs=19, gradient_accumulation_steps=2, beta_schedule="squaredcos_cap_v2",
+             num_train_timesteps=100, resume=False, clamp_batch_size=True, random_flip=True, first_sample_step=23)
+# The same with ema and clamp_batch_size the other way round: any two of the four booleans differ in SLOTS, here,
+# or both (resume is false in both, random_flip true in both).
+SLOTS_FLIPPED = {**SLOTS, "run_name": "api-slots-flipped", "ema": True, "clamp_batch_size": False}
 # README "Training" -> "API": the documented order, and the TrainRequest field of each parameter whose name differs.
 DOCUMENTED = ["dataset", "resolution", "batch_size", "max_steps", "learning_rate", "lr_warmup_steps",
               "mixed_precision", "ema", "seed", "run_name", "save_every", "sample_every", "preset", "epochs",
               "gradient_accumulation_steps", "beta_schedule", "num_train_timesteps", "resume", "clamp_batch_size",
-              "random_flip"]
+              "random_flip", "first_sample_step"]
 REQUEST_FIELD = {"dataset": "data", "ema": "use_ema", "epochs": "num_epochs"}
 
 
@@ -244,6 +250,18 @@ def test_train_start_parameters_are_the_documented_ones(client):
     assert all(p["parameter_has_default"] for p in params if p["parameter_name"] != "run_name")
 
 
+def test_train_start_defaults_are_the_quick_recipe_without_a_flip(client):
+    """The page's defaults, which /train_start takes for a parameter not given: the "quick" recipe, digits
+    unflipped, a first grid early."""
+    params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/train_start"]["parameters"]
+    defaults = {p["parameter_name"]: p["parameter_default"] for p in params}
+    assert {k: defaults[k] for k in ("dataset", "preset", "resolution", "batch_size", "max_steps", "learning_rate",
+                                     "lr_warmup_steps", "ema", "sample_every", "first_sample_step",
+                                     "random_flip")} == dict(
+        dataset="digits", preset="digits", resolution=16, batch_size=32, max_steps=1200, learning_rate=1e-3,
+        lr_warmup_steps=100, ema=True, sample_every=100, first_sample_step=25, random_flip=False)
+
+
 def test_each_value_lands_in_its_own_field(client, running_app, slots_data):
     bench = running_app[1]
     # 1. By keyword: each value is in its own field of the request the run trained with.
@@ -260,7 +278,7 @@ def test_each_value_lands_in_its_own_field(client, running_app, slots_data):
     assert saved_request(running_app, "api-slots-flipped")[1] == expected_request(SLOTS_FLIPPED)
 
     # 3. Resume: the run-control values reach their own fields; the run keeps the rest of its settings.
-    control = dict(max_steps=4, epochs=29, save_every=31, sample_every=37)
+    control = dict(max_steps=4, epochs=29, save_every=31, sample_every=37, first_sample_step=41)
     client.predict(**{**SLOTS, **control, "resume": True}, api_name="/train_start")
     s = bench.training.wait(120)
     assert (s.state, s.start_step, s.step, s.total) == ("finished", 3, 4, 4), s.message
