@@ -16,7 +16,7 @@ import time
 import weakref
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -35,9 +35,12 @@ if TYPE_CHECKING:
 MAX_STEPS = 150
 PREVIEWS = ("auto", "latent", "vae")
 MAX_PROMPT_CHARS = 10_000
-# "auto" decodes with the VAE when one decode takes at most this long on the device: previews are drawn
-# at most 10 times a second, off the loop, so they then cost at most a tenth of a core.
-VAE_PREVIEW_BUDGET = 0.010
+# "auto" measures a decode's cost in floating-point operations (counted by torch on a 4x4 latent and scaled
+# to the run's size: a count, unlike a stopwatch, does not change when the machine is busy). On a CPU it
+# decodes with the VAE up to this many per frame (a few ms: at most 10 frames a second, in another thread);
+VAE_PREVIEW_CPU_FLOPS = 0.5e9
+# on a GPU, where a decode shares the device with the loop, up to this share of a denoising step's work.
+VAE_PREVIEW_SHARE = 0.2
 MAX_GUIDANCE = 20.0
 MAX_SIDE = 2048
 
@@ -140,7 +143,12 @@ def iter_txt2img(
         latents = latents * scheduler.init_noise_sigma
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
         info = _info(request, scheduler)
-        every, info["preview"] = _vae_preview_every(request, vae, latents)
+
+        def step() -> None:  # one UNet evaluation as the loop makes it: counted only where it decides
+            model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if do_cfg else latents, timesteps[0])
+            unet(model_input, timesteps[0], encoder_hidden_states=embeds)
+
+        every, info["preview"] = _vae_preview_every(request, vae, latents, step)
         code = diffusers_code(pipe, request)
         yield Started(total=len(visited), timesteps=tuple(int(t) for t in visited), info=info, code=code)
 
@@ -181,10 +189,11 @@ def iter_txt2img(
     yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=code)
 
 
-_decode_seconds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # VAE -> {(shape, device): seconds}
+_decode_flops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # VAE -> {what: floating-point operations}
 
 
-def _vae_preview_every(request: Txt2ImgRequest, vae, latents: torch.Tensor) -> tuple[int, str]:
+def _vae_preview_every(request: Txt2ImgRequest, vae, latents: torch.Tensor,
+                       step: Callable[[], None]) -> tuple[int, str]:
     """(steps between VAE-decoded x0 previews, 0 = none; what the page is shown, in words)."""
     if request.vae_preview_every:
         return request.vae_preview_every, f"VAE decode every {request.vae_preview_every} steps (asked for)"
@@ -192,34 +201,34 @@ def _vae_preview_every(request: Txt2ImgRequest, vae, latents: torch.Tensor) -> t
         return 1, "VAE decode (asked for)"
     if request.preview == "latent":
         return 0, "linear latent-to-RGB (asked for)"
-    seconds = _decode_time(vae, latents)
-    if seconds <= VAE_PREVIEW_BUDGET:
-        return 1, f"VAE decode: {seconds * 1000:.1f} ms a frame on this device, cheap enough for every frame"
-    return 0, (f"linear latent-to-RGB: a VAE decode takes {seconds * 1000:.0f} ms here; "
-               "choose 'vae' to see it anyway")
+    small = torch.zeros((1, latents.shape[1], 4, 4), device=latents.device, dtype=latents.dtype)
+    per_pixel = _counted_once(vae, "decode", lambda: _flops(lambda: vae.decode(small)) / 16)
+    decode = per_pixel * latents.shape[-2] * latents.shape[-1]  # decoders grow with the area
+    if latents.device.type == "cpu":
+        if decode <= VAE_PREVIEW_CPU_FLOPS:
+            return 1, f"VAE decode: {decode / 1e9:.2f} GFLOP a frame, cheap on this CPU"
+        return 0, f"linear latent-to-RGB: a VAE decode is {decode / 1e9:.1f} GFLOP here; choose 'vae' to see it"
+    share = decode / max(_counted_once(vae, ("step", tuple(latents.shape)), lambda: _flops(step)), 1)
+    if share <= VAE_PREVIEW_SHARE:
+        return 1, f"VAE decode: {share:.0%} of a step's work on this device"
+    return 0, f"linear latent-to-RGB: a VAE decode is {share:.1f}x a step's work here; choose 'vae' to see it"
 
 
-def _decode_time(vae, latents: torch.Tensor) -> float:
-    """A VAE decode of ``latents``' shape, timed once per VAE, shape and device (the first run pays it).
-
-    The fastest of a few decodes, so a busy moment does not decide for good; one far over the budget
-    decides at once (a large VAE on a CPU need not be timed five times).
-    """
-    measured = _decode_seconds.setdefault(vae, {})
-    key = (tuple(latents.shape), str(latents.device))
+def _counted_once(vae, key, measure: Callable[[], float]) -> float:
+    """``measure()``, once per VAE (so per model) and ``key``."""
+    measured = _decode_flops.setdefault(vae, {})
     if key not in measured:
-        vae.decode(latents / vae.config.scaling_factor)  # warm: first calls pay for allocations
-        best = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
-            vae.decode(latents / vae.config.scaling_factor)
-            if latents.device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-            if best > 5 * VAE_PREVIEW_BUDGET:
-                break
-        measured[key] = best
+        measured[key] = measure()
     return measured[key]
+
+
+def _flops(work: Callable[[], None]) -> int:
+    """Floating-point operations ``work()`` does, counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        work()
+    return counter.get_total_flops()
 
 
 def _info(request: Txt2ImgRequest, scheduler: SchedulerMixin) -> dict:
