@@ -240,8 +240,10 @@ def build(
         return [gr.update(value=v, interactive=False) for v in values]
 
     def fit_slider(num_train_timesteps, t):
+        """The slider ends where the schedule does; its value moves only if past the end (a value sent
+        back unchanged could undo a slide made while this was on its way)."""
         last = whole(num_train_timesteps) - 1
-        return gr.update(maximum=last, value=min(whole(t), last))
+        return gr.update(maximum=last, value=last) if whole(t) > last else gr.update(maximum=last)
 
     inputs = [image, timesteps, beta_schedule, num_train_timesteps, seed, beta_start, beta_end, rescale,
               resolution, sample_image, model, overlay, marker_scheduler, marker_steps, single_t]
