@@ -240,8 +240,8 @@ def build(
         return [gr.update(value=v, interactive=False) for v in values]
 
     def fit_slider(num_train_timesteps, t):
-        """The slider's end follows T; its value moves only when past the end, so a t the person typed
-        meanwhile is never put back (this runs after a redraw, with the t of when the redraw began)."""
+        """The slider ends where the schedule does; its value moves only if past the end (a value sent
+        back unchanged could undo a slide made while this was on its way)."""
         last = whole(num_train_timesteps) - 1
         return gr.update(maximum=last, value=last) if whole(t) > last else gr.update(maximum=last)
 

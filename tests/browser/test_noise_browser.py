@@ -223,9 +223,13 @@ def test_schedule_labels_are_readable_whole_and_name_the_parameter(page):
 def test_using_the_tab_logs_no_browser_errors(page):
     """Redraws while the tab is hidden, a resize, overlays, a model, the slider: no console errors."""
     errors = []
+    # A second page of the fixture's browser, listened to from its first request on (reloading the
+    # fixture's page instead would log its own aborted connections).
+    page, url = page.context.new_page(), page.url
+    page.set_default_timeout(60_000)
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.reload()
+    page.goto(url)
     page.wait_for_selector("#t2i-generate")
     open_noise_tab(page)
     # A new schedule drawn while the person has moved on to another tab, then a resize.
