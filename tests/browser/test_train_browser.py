@@ -4,6 +4,8 @@ import re
 import time
 
 import pytest
+
+from tests.helpers import save_screenshot
 import torch
 
 pytestmark = pytest.mark.browser
@@ -61,7 +63,7 @@ def test_train_watch_stop_and_sample_the_checkpoint(page):
     assert re.search(r"Samples at step \d+", page.locator("#train-grid").inner_text())
     step_before = int(re.search(r"Step (\d+)/400", progress_text(page)).group(1))
     wait_text(page, PROGRESS, r"steps/s · ETA \d+:\d\d")
-    page.screenshot(path="/tmp/wb-train.png", full_page=True)
+    save_screenshot(page, "training")
 
     # A reopened page shows the running job.
     other = page.context.new_page()
