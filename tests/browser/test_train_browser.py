@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.helpers import save_screenshot
+from tests.helpers import save_screenshot, console_errors
 import torch
 
 pytestmark = pytest.mark.browser
@@ -116,9 +116,7 @@ def watched_page(browser, running_app):
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
     page.set_default_timeout(60_000)
-    errors = []
-    page.on("console", lambda message: errors.append(f"console: {message.text}") if message.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
+    errors = console_errors(page)
     page.goto(running_app[0])
     page.wait_for_selector("#t2i-generate")
     open_tab(page, "Training")

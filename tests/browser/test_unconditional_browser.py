@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from engine.sampling.unconditional import UnconditionalRequest
-from tests.helpers import fill_and_enter, image_src, save_screenshot
+from tests.helpers import fill_and_enter, image_src, save_screenshot, console_errors
 
 pytestmark = pytest.mark.browser
 
@@ -24,9 +24,7 @@ def tab(browser, running_app):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(60_000)
-    errors = []
-    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    errors = console_errors(page)
     page.goto(running_app[0])
     page.get_by_role("tab", name="Unconditional", exact=True).click()
     page.wait_for_selector("#ddpm-generate", state="visible")
