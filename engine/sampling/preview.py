@@ -155,6 +155,15 @@ class VaePreviewer:
         images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
         return upscale_nearest(to_uint8(images), self.min_side)
 
+    @torch.no_grad()
+    def many(self, latents: list, min_side: int | None = None) -> list[np.ndarray]:
+        """Several single-image previews in one decode (a run's history: one call, not one a step)."""
+        min_side = self.min_side if min_side is None else min_side
+        batch = torch.from_numpy(np.concatenate([as_array(x[:1]) for x in latents])).to(self.vae.device,
+                                                                                        self.vae.dtype)
+        images = self.vae.decode(batch / self.vae.config.scaling_factor).sample  # (N, 3, H, W)
+        return [upscale_nearest(to_uint8(images[i:i + 1]), min_side) for i in range(len(latents))]
+
 
 def vp_scale(scheduler: SchedulerMixin) -> float:
     """1 / sqrt(sigma^2 + 1) for sigma-parameterised schedulers (Karras et al. 2022, eq. 7), else 1.

@@ -8,6 +8,7 @@ with their preview tensors as numpy arrays, so the server draws the previews and
 
 from __future__ import annotations
 
+import copy
 import functools
 import gc
 import logging
@@ -22,6 +23,7 @@ import numpy as np
 from engine.cancel import CancelToken, check
 from engine.errors import Cancelled, WorkbenchError
 from engine.events import Done, Preview, Started, Step
+from engine.sampling.preview import upscale_nearest
 from engine.streaming import stream_latest
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,24 @@ def portable_preview(preview: Preview | None) -> Preview | None:
         tensor = preview.tensor
         array = tuple(as_array(t) for t in tensor) if isinstance(tensor, tuple) else as_array(tensor)
         return Preview(array, previewer)
+    native = _at_native_size(previewer)
+    if native is not None:  # drawn here, sent small, enlarged in the server (a 256 px frame is 64x the bytes)
+        small, min_side = native
+        return Preview(Preview(preview.tensor, small).array(), functools.partial(upscale_nearest, min_side=min_side))
     return Preview(preview.array(), already_drawn)
+
+
+def _at_native_size(previewer):
+    """(the same VAE previewer drawing at the decoded size, the size it enlarges to), or None."""
+    from engine.sampling.preview import VaePreviewer, X0Previewer
+
+    if isinstance(previewer, VaePreviewer):
+        return VaePreviewer(previewer.vae, min_side=1), previewer.min_side
+    if isinstance(previewer, X0Previewer) and isinstance(previewer.inner, VaePreviewer):
+        small = copy.copy(previewer)
+        small.inner = VaePreviewer(previewer.inner.vae, min_side=1)
+        return small, previewer.inner.min_side
+    return None
 
 
 def portable(event):
@@ -76,8 +95,37 @@ def portable(event):
         return replace(event, preview_xt=portable_preview(event.preview_xt),
                        preview_x0=portable_preview(event.preview_x0))
     if isinstance(event, Done):
-        return replace(event, steps=tuple(portable(s) for s in event.steps))
+        drawn = _vae_history(event.steps)
+        return replace(event, steps=tuple(
+            replace(portable(s), preview_x0=Preview(drawn[i], _enlarge(s.preview_x0.previewer))) if i in drawn
+            else portable(s)
+            for i, s in enumerate(event.steps)))
     return event
+
+
+def _enlarge(previewer):
+    """The server-side half of a VAE preview sent small: nearest-neighbour up to the previewer's size."""
+    return functools.partial(upscale_nearest, min_side=_at_native_size(previewer)[1])
+
+
+def _vae_history(steps) -> dict[int, np.ndarray]:
+    """The x0 previews of a run's history that need the VAE, drawn in one batched decode: {step index: image}."""
+    from engine.sampling.preview import VaePreviewer, X0Previewer, as_array, x0_from
+
+    pending = []
+    for i, step in enumerate(steps):
+        preview = step.preview_x0
+        previewer = preview.previewer if preview is not None else None
+        if isinstance(previewer, VaePreviewer):
+            pending.append((i, as_array(preview.tensor), previewer))
+        elif isinstance(previewer, X0Previewer) and isinstance(previewer.inner, VaePreviewer):
+            model_output, sample = (as_array(x) for x in preview.tensor)
+            x0 = x0_from(model_output, sample, previewer.alpha_bar, previewer.prediction_type)
+            pending.append((i, x0, previewer.inner))
+    if not pending:
+        return {}
+    images = pending[0][2].many([x0 for _, x0, _ in pending], min_side=1)  # sent small, enlarged in the server
+    return {i: image for (i, _, _), image in zip(pending, images)}
 
 
 class Runner:
