@@ -31,6 +31,14 @@ def wait_done(page):
     page.wait_for_function("() => document.querySelector('#t2i-progress').innerText.includes('done')")
 
 
+def generate(page, seed, steps):
+    """Set the seed and steps, click Generate and wait for the final image."""
+    set_number(page, "Seed (-1 = random)", seed)
+    set_steps(page, steps)
+    page.locator("#t2i-generate").click()
+    wait_done(page)
+
+
 def shown_image(page, elem_id) -> np.ndarray:
     """The pixels of the image #elem_id shows, fetched as the browser fetched them."""
     page.wait_for_function(f"() => {{ const i = document.querySelector('#{elem_id} img');"
@@ -79,10 +87,7 @@ def test_default_x0_preview_is_readable(page):
 
 
 def test_scrubbing_to_the_last_step_shows_the_final_image(page):
-    set_number(page, "Seed (-1 = random)", 8)
-    set_steps(page, 6)
-    page.locator("#t2i-generate").click()
-    wait_done(page)
+    generate(page, 8, 6)
     final = shown_image(page, "t2i-image")
     scrub_to(page, 2)
     page.wait_for_function("() => document.querySelector('#t2i-progress').innerText.includes('Step 2/6')")
@@ -119,10 +124,7 @@ def test_stop_says_where_it_stopped_and_the_next_run_starts(page):
 
 
 def test_bad_width_is_said_beside_it_and_the_last_image_stays(page):
-    set_number(page, "Seed (-1 = random)", 4)
-    set_steps(page, 4)
-    page.locator("#t2i-generate").click()
-    wait_done(page)
+    generate(page, 4, 4)
     before = shown_image(page, "t2i-image")
     set_number(page, "Width (multiple of 8)", 30)
     page.locator("#t2i-generate").click()
