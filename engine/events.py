@@ -81,3 +81,19 @@ class Done:
     paths: tuple[str, ...] = ()
     code: str = ""  # plain-diffusers code that reproduces the images
     grid: str = ""  # a batch's grid, saved beside its images; "" for one image or nothing saved
+
+
+# How a run's history (``Done.steps``) reaches a consumer across the device worker, where a VAE preview costs a decode:
+HISTORY_MODES = (
+    "drawn",  # every step's previews drawn before Done is sent (the default; Done alone is complete)
+    "after",  # Done first, with the frames drawn for the stream and the nearest of them in the gaps; then StepsDrawn
+    "streamed",  # the frames drawn for the stream, the nearest of them in the gaps; nothing drawn after the loop
+)
+
+
+@dataclass(frozen=True, eq=False)
+class StepsDrawn:
+    """After a ``Done`` sent with ``history="after"``: the run's steps again, every preview drawn, so the final image
+    reaches the page without waiting for the previews of the steps it did not show."""
+
+    steps: tuple[Step, ...]

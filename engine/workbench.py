@@ -17,7 +17,7 @@ from PIL import Image
 
 from engine.cancel import CancelToken, check
 from engine.errors import InputError, ModelLoadError, WorkbenchError
-from engine.events import Done, Started, Step
+from engine.events import HISTORY_MODES, Done, Started, Step, StepsDrawn
 from engine.forward import noise
 from engine.forward.noise import NoiseRequest, NoiseSchedule, NoiseStrip
 from engine.models.configs import native_size, read_scheduler_config
@@ -37,6 +37,7 @@ from engine.training.checkpoints import list_runs
 from engine.training.data import UploadLimits, list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
 from engine.training.request import RUN_NAME, TrainRequest, resume_request
+from engine.validation import check_choice
 from engine.worker.child import MODEL_KIND, WorkerConfig, loop_of
 from engine.worker.process import DeviceWorker, RunRecord
 
@@ -120,11 +121,15 @@ class Workbench:
         return native_size(folder) if folder is not None else None
 
     # -- text to image ---------------------------------------------------------------
-    def iter_txt2img(self, request: Txt2ImgRequest, *,
-                     cancel: CancelToken | None = None) -> Iterator[Started | Step | Done]:
-        """Load the request's model (the built-in when none is named), then denoise step by step."""
+    def iter_txt2img(self, request: Txt2ImgRequest, *, cancel: CancelToken | None = None,
+                     history: str = "drawn") -> Iterator[Started | Step | Done | StepsDrawn]:
+        """Load the request's model (the built-in when none is named), then denoise step by step. ``history``
+        (one of ``HISTORY_MODES``) says when the previews of the steps the stream skipped are drawn: before
+        ``Done`` ("drawn"), after it in a ``StepsDrawn`` ("after": the final image does not wait for them), or
+        never ("streamed": a gap shows the nearest frame drawn for the stream)."""
+        check_choice("history", history, HISTORY_MODES)
         yield from self._run("txt2img", replace(request, model=request.model or self.default_model("txt2img")),
-                             cancel)
+                             cancel, history)
 
     # -- unconditional ---------------------------------------------------------------
     def iter_unconditional(self, request: UnconditionalRequest, *,
@@ -178,17 +183,21 @@ class Workbench:
                                                                                        "an unconditional run")
         return None
 
-    def _run(self, kind: str, request, cancel: CancelToken | None) -> Iterator[Started | Step | Done]:
+    def _run(self, kind: str, request, cancel: CancelToken | None,
+             history: str = "drawn") -> Iterator[Started | Step | Done | StepsDrawn]:
         """A sampling run of ``kind`` (see ``MODEL_KIND``) on the worker, or here; what is known to fail is
         refused first."""
         self.check_model(request.model, MODEL_KIND[kind])
         if self.worker is not None:
-            yield from self.worker.iter_run(kind, request, cancel=cancel)
+            yield from self.worker.iter_run(kind, request, cancel=cancel, history=history)
             return
         with self._device:
             check(cancel, 0)  # stopped while waiting for the device: nothing to load
             pipe = self.registry.load(request.model, MODEL_KIND[kind])
-            yield from loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.folders.outputs_dir)
+            for event in loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.folders.outputs_dir):
+                yield event
+                if isinstance(event, Done) and history == "after":  # here every preview is drawn on first look
+                    yield StepsDrawn(event.steps)
 
     def default_steps(self, model: str, scheduler: str) -> int | None:
         """The default steps for an unconditional ``model`` and ``scheduler``; None where its config is unreadable."""

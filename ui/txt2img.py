@@ -8,7 +8,7 @@ from typing import Callable
 import gradio as gr
 
 from engine.errors import Cancelled, InputError, ModelLoadError
-from engine.events import Done, Started, Step
+from engine.events import Done, Started, Step, StepsDrawn
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, PREVIEWS, Txt2ImgRequest
 from ui.common import (DEVICE_QUEUE, SessionRuns, field_messages, friendly_errors, message_html, model_dropdown,
                        page_error, progress_html, stream_updates, whole)
@@ -115,9 +115,12 @@ def build(
             info_out = dict(event.info)
             info_out["file"] = event.paths[0] if event.paths else None
             n = len(event.steps)
+            run["final"] = final
             return (final, event.steps[-1].preview_xt.array() if n else None,
                     progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"),
                     info_out, event.code, _scrubber(n), {"steps": event.steps, "final": final})
+        if isinstance(event, StepsDrawn):  # the frames the stream skipped, drawn after the final image went out
+            return (gr.skip(),) * 6 + ({"steps": event.steps, "final": run.get("final")},)
         return None
 
     @friendly_errors
@@ -126,7 +129,9 @@ def build(
         """The API: errors are raised, as gradio_client expects."""
         request = make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width,
                                height, vae_preview_every, preview)
-        async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel), render):
+        # An API client gets no history (a gr.State): nothing is drawn for it after the loop.
+        async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel, history="streamed"),
+                                           render):
             yield update
 
     async def txt2img_page(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
@@ -139,11 +144,12 @@ def build(
             run["warning"] = _far_from_native(request, default_size(request.model or default_model))
             if run["warning"]:
                 gr.Warning(html.escape(run["warning"]))
-            async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel),
+            async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel, history="after"),
                                                lambda event: render(event, run), cancel=run["cancel"]):
                 yield update
-        except Cancelled:  # the page's Stop
-            yield stopped(run)
+        except Cancelled:  # the page's Stop (after the final image, only its previews' history was still coming)
+            if run.get("final") is None:
+                yield stopped(run)
         except Exception as exc:
             message = page_error(exc)
             gr.Warning(html.escape(message))

@@ -22,7 +22,7 @@ import numpy as np
 
 from engine.cancel import CancelToken, check
 from engine.errors import Cancelled, WorkbenchError
-from engine.events import Done, Preview, Started, Step
+from engine.events import Done, Preview, Step, StepsDrawn
 from engine.sampling.preview import upscale_nearest
 from engine.streaming import stream_latest
 
@@ -89,18 +89,79 @@ def _at_native_size(previewer):
     return None
 
 
+def costly(preview: Preview | None) -> bool:
+    """Whether drawing ``preview`` needs the model here (a VAE decode), not only numpy in the server."""
+    return preview is not None and _at_native_size(preview.previewer) is not None
+
+
 def portable(event):
-    """The event with its previews made portable (see :func:`portable_preview`)."""
+    """The event with its previews made portable (see :func:`portable_preview`); a ``Done``'s history drawn whole."""
     if isinstance(event, Step):
         return replace(event, preview_xt=portable_preview(event.preview_xt),
                        preview_x0=portable_preview(event.preview_x0))
     if isinstance(event, Done):
-        drawn = _vae_history(event.steps)
-        return replace(event, steps=tuple(
-            replace(portable(s), preview_x0=Preview(drawn[i], _enlarge(s.preview_x0.previewer))) if i in drawn
-            else portable(s)
-            for i, s in enumerate(event.steps)))
+        return next(iter(PortableRun("drawn").events(event)))
     return event
+
+
+class PortableRun:
+    """One run's events made portable, each costly preview drawn once: the frames drawn for the stream are kept,
+    and a ``Done``'s history reuses them; its other costly frames are drawn or filled as ``history`` says (one
+    of ``HISTORY_MODES``)."""
+
+    def __init__(self, history: str = "drawn"):
+        self.history = history
+        self.sent: dict[int, Step] = {}  # step number -> the portable step sent to the server
+
+    def events(self, event):
+        """What to send for ``event``, in order (a generator: ``Done`` goes out before ``StepsDrawn`` is drawn)."""
+        if isinstance(event, Step):
+            self.sent[event.step] = portable(event)
+            yield self.sent[event.step]
+            return
+        if not isinstance(event, Done):
+            yield event
+            return
+        steps, gaps = self._history(event.steps)
+        if self.history == "drawn":
+            yield replace(event, steps=self._drawn(steps, gaps))
+            return
+        yield replace(event, steps=self._filled(steps, gaps))
+        if self.history == "after":
+            yield StepsDrawn(self._drawn(steps, gaps))
+
+    def _history(self, steps) -> tuple[list[Step], list[int]]:
+        """The portable steps, and the indices of those whose costly x0 preview is not drawn yet (left as it is)."""
+        out, gaps = [], []
+        for i, step in enumerate(steps):
+            if step.step in self.sent:
+                out.append(self.sent[step.step])
+            elif costly(step.preview_x0):
+                out.append(replace(step, preview_xt=portable_preview(step.preview_xt)))
+                gaps.append(i)
+            else:
+                out.append(portable(step))
+        return out, gaps
+
+    @staticmethod
+    def _drawn(steps: list[Step], gaps: list[int]) -> tuple[Step, ...]:
+        drawn = _vae_history([steps[i] for i in gaps])
+        out = list(steps)
+        for k, i in enumerate(gaps):
+            out[i] = replace(steps[i], preview_x0=Preview(drawn[k], _enlarge(steps[i].preview_x0.previewer)))
+        return tuple(out)
+
+    @staticmethod
+    def _filled(steps: list[Step], gaps: list[int]) -> tuple[Step, ...]:
+        """Each gap shows the nearest drawn frame before it (after it, for gaps before the first)."""
+        missing = set(gaps)
+        drawn = [i for i in range(len(steps)) if i not in missing]
+        out = list(steps)
+        for i in gaps:
+            before = [k for k in drawn if k < i]
+            near = before[-1] if before else next((k for k in drawn if k > i), None)
+            out[i] = replace(steps[i], preview_x0=steps[near].preview_x0 if near is not None else None)
+        return tuple(out)
 
 
 def _enlarge(previewer):
@@ -109,7 +170,7 @@ def _enlarge(previewer):
 
 
 def _vae_history(steps) -> dict[int, np.ndarray]:
-    """The x0 previews of a run's history that need the VAE, drawn in one batched decode: {step index: image}."""
+    """The x0 previews of ``steps`` that need the VAE, drawn in one batched decode: {index in steps: image}."""
     from engine.sampling.preview import VaePreviewer, X0Previewer, as_array, x0_from
 
     pending = []
@@ -153,7 +214,7 @@ class Runner:
         pipe = self.registry.load(request.model, MODEL_KIND[kind])
         yield from loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.config.outputs_dir)
 
-    def run(self, run_id: int, kind: str, request) -> None:
+    def run(self, run_id: int, kind: str, request, history: str = "drawn") -> None:
         cancel = CancelToken()
         with self.lock:
             if run_id in self.cancelled:
@@ -166,8 +227,10 @@ class Runner:
         try:
             events = stream_latest(lambda token: self.events(kind, request, token), cancel=cancel,
                                    min_interval=self.config.min_interval)
+            run = PortableRun(history)
             for event in events:
-                self.send("event", run_id, portable(event))
+                for message in run.events(event):
+                    self.send("event", run_id, message)
             self.send("end", run_id, None)
             failed = False
         except Cancelled as exc:

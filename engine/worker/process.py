@@ -96,8 +96,10 @@ class DeviceWorker:
         self._send(("forget", name), start=False)
 
     # -- runs ----------------------------------------------------------------------------------
-    def iter_run(self, kind: str, request, *, cancel: CancelToken | None = None) -> Iterator[object]:
-        """Run ``request`` on the worker ("txt2img" or "unconditional"), yielding its events."""
+    def iter_run(self, kind: str, request, *, cancel: CancelToken | None = None,
+                 history: str = "drawn") -> Iterator[object]:
+        """Run ``request`` on the worker ("txt2img" or "unconditional"), yielding its events; ``history`` (one of
+        ``HISTORY_MODES``) says how ``Done.steps``'s previews are drawn."""
         cancel = cancel or CancelToken()
         run_id = next(self._ids)
         inbox: queue.Queue = queue.Queue()
@@ -107,7 +109,7 @@ class DeviceWorker:
         ended = False
         try:
             self.start()
-            self._send(("run", run_id, kind, request))
+            self._send(("run", run_id, kind, request, history))
             while True:
                 cancel.raise_if_cancelled()  # the finally below tells the worker
                 try:
