@@ -65,6 +65,7 @@ def build_app(args: argparse.Namespace):
 
     from engine.workbench import Folders, UploadLimits, Workbench
     from ui import noise as noise_tab, train as train_tab, txt2img as txt2img_tab, unconditional as unconditional_tab
+    from ui import history as history_tab, pnginfo as pnginfo_tab
 
     bench = Workbench(Folders(args.models_dir, args.data_dir, args.outputs_dir), device=args.device,
                       torch_threads=args.torch_threads,
@@ -82,7 +83,7 @@ def build_app(args: argparse.Namespace):
             dark = gr.Button("◐ Dark mode", size="sm", scale=0, min_width=120, elem_id="dark-mode")
         dark.click(None, js=DARK_MODE_JS)
         with gr.Tab("Text to image", id="txt2img"):
-            txt2img_tab.build(
+            txt2img_fields = txt2img_tab.build(
                 iter_txt2img=bench.iter_txt2img,
                 check_model=bench.check_model,
                 activity=bench.activity,
@@ -90,9 +91,10 @@ def build_app(args: argparse.Namespace):
                 default_model=bench.default_model("txt2img"),
                 default_size=bench.default_size,
                 schedulers=list(bench.schedulers("txt2img")),
+                export_run=bench.export_run,
             )
         with gr.Tab("Unconditional", id="unconditional"):
-            unconditional_model = unconditional_tab.build(
+            unconditional_fields = unconditional_tab.build(
                 iter_unconditional=bench.iter_unconditional,
                 final_image=bench.final_image,
                 default_steps=bench.default_steps,
@@ -100,6 +102,7 @@ def build_app(args: argparse.Namespace):
                 list_models=lambda: bench.list_models("unconditional"),
                 default_model=bench.default_model("unconditional"),
                 schedulers=list(bench.schedulers("unconditional")),
+                export_run=bench.export_run,
             )
         with gr.Tab("Noise", id="noise"):
             noise_tab.build(
@@ -121,8 +124,24 @@ def build_app(args: argparse.Namespace):
                 save_upload=bench.save_training_upload,
                 list_runs=bench.list_runs,
                 list_unconditional_models=lambda: bench.list_models("unconditional"),
-                unconditional_model=unconditional_model,
+                unconditional_model=unconditional_fields["model"],
             )
+        targets = {"txt2img": txt2img_fields, "unconditional": unconditional_fields}  # where past settings go back
+        with gr.Tab("History", id="history") as history:
+            history_tab.build(
+                history_page=bench.history_page,
+                history_image=bench.history_image,
+                history_thumbnail=bench.history_thumbnail,
+                read_png_info=bench.read_png_info,
+                trash_image=bench.trash_image,
+                export_run=bench.export_run,
+                iter_replay=bench.iter_replay,
+                list_models=lambda: bench.list_models("txt2img") + bench.list_models("unconditional"),
+                targets=targets,
+                tab=history,
+            )
+        with gr.Tab("PNG Info", id="pnginfo"):
+            pnginfo_tab.build(read_png_info=bench.read_png_info, targets=targets)
         # -- more tabs are added here --
     demo.queue(default_concurrency_limit=1, max_size=64)
     return demo, bench

@@ -81,6 +81,19 @@ class Done:
     paths: tuple[str, ...] = ()
     code: str = ""  # plain-diffusers code that reproduces the images
     grid: str = ""  # a batch's grid, saved beside its images; "" for one image or nothing saved
+    record: dict = field(default_factory=dict)  # what replays the run (engine.sampling.runrecord); {} if stopped
+
+
+@dataclass(frozen=True, eq=False)
+class BatchDone:
+    """After the last run of a batch count (N runs, seeds s, s+1, ...): their seeds, every run's saved images, and
+    the grid of all their images, saved beside them."""
+
+    seeds: tuple[int, ...]
+    paths: tuple[str, ...]
+    grid: str  # the grid's PNG; "" when nothing was saved
+    image: Any  # the grid, a PIL image
+    info: dict = field(default_factory=dict)  # the first run's parameters, with batch_count
 
 
 # How a run's history (``Done.steps``) reaches a consumer across the device worker, where a VAE preview costs a decode:

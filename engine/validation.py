@@ -29,6 +29,7 @@ def check_float(name: str, value, lo: float, hi: float, *, low_open: bool = Fals
 
 
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
+MAX_BATCH_COUNT = 100  # runs one click makes; each is saved, so a larger batch fills the outputs dir quickly
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # 'owner/name' on the Hugging Face Hub
 
 
@@ -41,3 +42,11 @@ def check_choice(name: str, value, allowed) -> None:
     """One of ``allowed``, named in the message."""
     if not isinstance(value, str) or value not in allowed:
         raise InputError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}", field=name)
+
+
+def check_batch_count(value, seed: int = 0) -> None:
+    """Runs of a batch count: 1 to ``MAX_BATCH_COUNT``, and seeds ``seed`` .. ``seed`` + count - 1 all valid."""
+    check_int("batch count", value, 1, MAX_BATCH_COUNT)
+    if seed + int(value) - 1 > MAX_SEED:
+        raise InputError(f"seed {seed} with batch count {int(value)} runs past the largest seed {MAX_SEED}; "
+                         "choose a smaller seed", field="seed")

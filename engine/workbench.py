@@ -7,6 +7,7 @@ Everything the page can do, a Python caller can do through this class alone.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,13 +18,17 @@ from PIL import Image
 
 from engine.cancel import CancelToken, check
 from engine.errors import InputError, ModelLoadError, WorkbenchError
-from engine.events import HISTORY_MODES, Done, Started, Step, StepsDrawn
+from engine.events import HISTORY_MODES, BatchDone, Done, Started, Step, StepsDrawn
 from engine.forward import noise
 from engine.forward.noise import NoiseRequest, NoiseSchedule, NoiseStrip
 from engine.models.configs import native_size, read_scheduler_config
 from engine.models.devices import default_torch_threads, resolve_device
 from engine.models.registry import BUILTINS, ModelRegistry
 from engine.sampling import unconditional
+from engine.sampling.history import HistoryPage, HistoryQuery, ImageHistory
+from engine.sampling.outputs import save_png
+from engine.sampling.pnginfo import PngInfo, png_info
+from engine.sampling.replay import ReplayReport, cannot, export_bundle, read_bundle, verdict
 from engine.sampling.schedulers import SCHEDULERS
 from engine.sampling.txt2img import Txt2ImgRequest
 from engine.sampling.unconditional import (
@@ -37,7 +42,8 @@ from engine.training.checkpoints import list_runs
 from engine.training.data import UploadLimits, list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
 from engine.training.request import RUN_NAME, TrainRequest, resume_request
-from engine.validation import check_choice
+from engine.models.identity import identity_changes
+from engine.validation import check_batch_count, check_choice
 from engine.worker.child import MODEL_KIND, WorkerConfig, loop_of
 from engine.worker.process import DeviceWorker, RunRecord
 
@@ -64,6 +70,7 @@ class Workbench:
         for folder in (folders.models_dir, folders.data_dir, folders.outputs_dir):
             Path(folder).mkdir(parents=True, exist_ok=True)
         self.registry = ModelRegistry(folders.models_dir, self.placement)
+        self.image_history = ImageHistory(folders.outputs_dir)  # the outputs dir's images, for History
         self.torch_threads = torch_threads or default_torch_threads(self.placement)
         # One sampling run on the device at a time. In this process the run holds the lock in its own thread
         # until its loop has really ended; the worker process takes its runs one at a time.
@@ -121,22 +128,65 @@ class Workbench:
         return native_size(folder) if folder is not None else None
 
     # -- text to image ---------------------------------------------------------------
-    def iter_txt2img(self, request: Txt2ImgRequest, *, cancel: CancelToken | None = None,
-                     history: str = "drawn") -> Iterator[Started | Step | Done | StepsDrawn]:
+    def iter_txt2img(self, request: Txt2ImgRequest, *, cancel: CancelToken | None = None, history: str = "drawn",
+                     batch_count: int = 1) -> Iterator[Started | Step | Done | StepsDrawn | BatchDone]:
         """Load the request's model (the built-in when none is named), then denoise step by step. ``history``
         (one of ``HISTORY_MODES``) says when the previews of the steps the stream skipped are drawn: before
         ``Done`` ("drawn"), after it in a ``StepsDrawn`` ("after": the final image does not wait for them), or
-        never ("streamed": a gap shows the nearest frame drawn for the stream)."""
+        never ("streamed": a gap shows the nearest frame drawn for the stream). ``batch_count`` > 1 makes
+        that many runs, seeds s, s+1, ..., each saved, then a grid of them all (:meth:`_batch`)."""
         check_choice("history", history, HISTORY_MODES)
-        yield from self._run("txt2img", replace(request, model=request.model or self.default_model("txt2img")),
-                             cancel, history)
+        request = replace(request, model=request.model or self.default_model("txt2img"))
+        yield from self._batch("txt2img", request, batch_count, lambda r: self._run("txt2img", r, cancel, history))
 
     # -- unconditional ---------------------------------------------------------------
-    def iter_unconditional(self, request: UnconditionalRequest, *,
-                           cancel: CancelToken | None = None) -> Iterator[Started | Step | Done]:
-        """Load the request's model (the built-in when none is named), then denoise from pure noise.
-        The run's time a step is kept for :meth:`estimate_unconditional` (a stopped run's too)."""
+    def iter_unconditional(self, request: UnconditionalRequest, *, cancel: CancelToken | None = None,
+                           batch_count: int = 1) -> Iterator[Started | Step | Done | BatchDone]:
+        """Load the request's model (the built-in when none is named), then denoise from pure noise;
+        ``batch_count`` runs as :meth:`iter_txt2img` makes them. The run's time a step is kept for
+        :meth:`estimate_unconditional` (a stopped run's too)."""
         request = replace(request, model=request.model or self.default_model("unconditional"))
+        yield from self._batch("unconditional", request, batch_count,
+                               lambda r: self._timed_unconditional(r, cancel))
+
+    def _batch(self, kind: str, request, batch_count: int, run) -> Iterator:
+        """``batch_count`` runs of ``request`` (``run(request)`` gives one run's events), seeds s, s+1, ... from
+        its seed (drawn once where it is -1); each run's events are passed on, tagged in their info with
+        ``batch_index`` and ``batch_count``; then a :class:`BatchDone` with the grid of all their images, saved
+        beside them. One cancel token ends the whole batch: a stopped run raises and no later run starts."""
+        # 1. One run is one run: nothing is tagged, no grid.
+        check_batch_count(batch_count)
+        batch_count = int(batch_count)
+        if batch_count == 1:
+            yield from run(request)
+            return
+        # 2. Seeds s .. s+N-1, all valid.
+        seed = request.seed if request.seed >= 0 else secrets.randbelow(2**32)
+        check_batch_count(batch_count, seed)
+        # 3. The runs, one after another on the device's queue.
+        dones: list[Done] = []
+        for index in range(batch_count):
+            for event in run(replace(request, seed=seed + index)):
+                if isinstance(event, (Started, Done)):
+                    event = replace(event, info={**event.info, "batch_index": index + 1, "batch_count": batch_count})
+                if isinstance(event, Done):
+                    dones.append(event)
+                yield event
+        # 4. Their images as one grid, saved beside them with the first run's parameters.
+        images = [image for done in dones for image in done.images]
+        grid = unconditional.image_grid(images)
+        seeds = [d.info["seed"] for d in dones]
+        info = {**dones[0].info, "seeds": seeds}
+        first = dones[0].record  # the grid's settings are the first run's and the count: no run to replay alone
+        record = {k: first[k] for k in ("format", "version", "kind", "request", "model") if k in first}
+        path = save_png(grid, info, self.folders.outputs_dir, kind, suffix="-grid",
+                        record={**record, "batch_count": batch_count, "seeds": seeds})
+        yield BatchDone(seeds=tuple(d.info["seed"] for d in dones),
+                        paths=tuple(p for d in dones for p in d.paths), grid=str(path), image=grid, info=info)
+
+    def _timed_unconditional(self, request: UnconditionalRequest,
+                             cancel: CancelToken | None) -> Iterator[Started | Step | Done]:
+        """One unconditional run; its time a step is kept for :meth:`estimate_unconditional`."""
         last, done = None, None
         try:
             for event in self._run("unconditional", request, cancel):
@@ -211,6 +261,110 @@ class Workbench:
     def final_image(done: Done) -> Image.Image:
         """What a run ends with on the page: its image, or a batch as one grid, with the PNG parameters."""
         return unconditional.final_image(done)
+
+    # -- history, PNG info, replay ----------------------------------------------------------
+    def history_page(self, query: HistoryQuery = HistoryQuery()) -> HistoryPage:
+        """A page of the outputs dir's images, newest first, filtered as ``query`` says."""
+        return self.image_history.page(query)
+
+    def history_image(self, path: str) -> Path:
+        """History image ``path`` (relative to the outputs dir): its file, checked to be one."""
+        return self.image_history.resolve(path)
+
+    def history_thumbnail(self, path: str) -> Path:
+        """What History's grid shows for ``path``: the image, or a smaller copy of a large one."""
+        return self.image_history.thumbnail(path)
+
+    def trash_image(self, path: str) -> str:
+        """Move history image ``path`` to the trash folder inside the outputs dir; returns its new path there."""
+        return self.image_history.trash(path)
+
+    def read_png_info(self, image: str | Path) -> PngInfo:
+        """What a PNG (ours, A1111/Forge's, ComfyUI's) says about how it was made, in this workbench's terms:
+        a model that is not here is moved to what cannot be used, as are settings the image's tab refuses."""
+        info = png_info(image, verify=True)
+        settings, unused = dict(info.settings), list(info.unused)
+        # 1. The model: its name, else A1111's name with .safetensors, where that is a model here.
+        model = settings.pop("model", None)
+        if model:
+            found = next((m for m in (model, f"{model}.safetensors") if self._model_here(m, info.kind)), None)
+            if found:
+                settings["model"] = found
+            else:
+                unused.append(f"model {model!r} is not here (not a built-in, nor under the models dir); "
+                              "the page's model is kept")
+        # 2. The scheduler: the unconditional tab offers fewer.
+        if info.kind == "unconditional" and settings.get("scheduler") not in (None, *self.schedulers(info.kind)):
+            unused.append(f"scheduler {settings.pop('scheduler')} is not offered for unconditional models")
+        return replace(info, settings=settings, unused=tuple(unused))
+
+    def _model_here(self, model: str, kind: str) -> bool:
+        try:
+            self.registry.check_available(model, kind)
+        except ModelLoadError:
+            return False
+        return True
+
+    def export_run(self, image: str | Path) -> dict:
+        """The replay bundle of a saved image (a path under the outputs dir, relative to it or not): its run's
+        record and the image's path, as "Export run" writes it to a file."""
+        path = self._outputs_path(image)
+        record = self.image_history.info(path).record
+        if record is not None and "batch_count" in record and "images_sha256" not in record:
+            raise InputError(f"{path} is the grid of a batch count's runs, not one run; export one of its images",
+                             field="image")
+        if record is None:
+            raise InputError(f"{path} has no run record (saved before runs were recorded, or not by this workbench);"
+                             " PNG Info shows its settings", field="image")
+        return export_bundle(record, path)
+
+    def _outputs_path(self, image: str | Path) -> str:
+        """``image`` as History names it (relative to the outputs dir), checked to be an image there."""
+        text = str(image or "").strip()
+        candidate = Path(text)
+        if candidate.is_absolute() or not (self.image_history.outputs_dir / candidate).exists():
+            try:
+                text = Path(text).resolve().relative_to(self.image_history.outputs_dir).as_posix()
+            except ValueError:
+                pass  # refused below, with History's own message
+        self.image_history.resolve(text)
+        return text
+
+    def iter_replay(self, run_file: str | Path, *,
+                    cancel: CancelToken | None = None) -> Iterator[Started | Step | Done | ReplayReport]:
+        """Replay the run in ``run_file`` (a bundle "Export run" wrote, or a PNG this workbench saved): its events,
+        then a :class:`ReplayReport` saying whether the images came out identical (see
+        :mod:`engine.sampling.replay`). A model that is missing or changed ends it before anything runs."""
+        # 1. The bundle, checked: ours, a format this version reads, a model name inside the models dir.
+        bundle = read_bundle(run_file)
+        model = bundle.request.model
+        # 2. The model: here, and the same bytes as in the run.
+        try:
+            ref = self.registry.check_available(model, MODEL_KIND[bundle.kind])
+            current = self.registry.identity(ref)
+        except ModelLoadError as exc:
+            yield cannot(f"the model {model!r} is not here ({exc})")
+            return
+        changes = identity_changes(bundle.record["model"], current)
+        if changes:
+            yield cannot(f"the model {model!r} here is not the run's: {'; '.join(changes)}")
+            return
+        # 3. The run again, on the device's queue like any other, then the verdict.
+        done = None
+        for event in self._run(bundle.kind, bundle.request, cancel, "streamed"):
+            if isinstance(event, Done):
+                done = event
+            yield event
+        yield verdict(bundle, done.record, done.images, done.paths, bundle.original or self._original(bundle))
+
+    def _original(self, bundle) -> Image.Image | None:
+        """The run's own image from the outputs dir, where the bundle names one that is still there."""
+        try:
+            path = self.image_history.resolve(bundle.image or "")
+            with Image.open(path) as im:
+                return im.copy()
+        except (WorkbenchError, OSError):
+            return None
 
     # -- the forward process -----------------------------------------------------------
     @staticmethod

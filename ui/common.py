@@ -6,9 +6,13 @@ import asyncio
 import functools
 import html
 import inspect
+import json
 import logging
+import os
+import tempfile
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator
 
 import gradio as gr
@@ -174,3 +178,73 @@ def model_dropdown(choices: list[str], value: str, label: str = "Model") -> gr.D
         choices=choices, value=value, label=label, allow_custom_value=True, scale=4,
         info="A built-in, a folder or .safetensors under the models dir, or a hub id (owner/name)",
     )
+
+
+# The tabs a past image's settings go back to, by the kind its run record (or folder) names.
+TAB_LABELS = {"txt2img": "Text to image", "unconditional": "Unconditional"}
+
+
+def switch_tab_js(label: str) -> str:
+    """Client-side: click the tab whose button reads ``label`` (the tabs sit in the Blocks' own Tabs, which no
+    handler holds)."""
+    return ("() => { const tab = [...document.querySelectorAll('button[role=tab]')]"
+            f".find(b => b.innerText.trim() === {label!r}); if (tab) tab.click(); }}")
+
+
+# The same, for the tab of a kind given as the event's input.
+SELECT_KIND_TAB_JS = ("(kind) => { const label = " + json.dumps(TAB_LABELS) + "[kind];"
+                      " const tab = [...document.querySelectorAll('button[role=tab]')]"
+                      ".find(b => b.innerText.trim() === label); if (tab) tab.click(); return kind; }")
+
+
+def settings_updates(targets: dict[str, dict], kind: str, settings: dict, *, seed_only: bool = False) -> dict:
+    """``settings`` (request field -> value) as updates of the ``kind`` tab's widgets in ``targets`` (tab kind ->
+    {request field: widget}); the batch count goes back to the image's (1 for one run). ``seed_only``: the seed."""
+    fields = targets.get(kind, {})
+    if seed_only:
+        return {fields["seed"]: settings["seed"]} if "seed" in fields and "seed" in settings else {}
+    values = {**settings, "batch_count": settings.get("batch_count", 1)}
+    return {widget: values[name] for name, widget in fields.items() if name in values}
+
+
+def write_run_file(bundle: dict, image: str) -> str:
+    """A run's bundle as a small JSON file for the page to download, named after its image."""
+    folder = Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir()) / "runs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{'-'.join(Path(image).with_suffix('').parts[-3:])}-run.json"
+    path.write_text(json.dumps(bundle, indent=1))
+    return str(path)
+
+
+def seed_buttons(prefix: str) -> tuple[gr.Button, gr.Button]:
+    """♻ (the seed the last run used) and 🎲 (-1: a new random seed each run), beside a seed box."""
+    return (gr.Button("♻", size="sm", scale=0, min_width=44, elem_id=f"{prefix}-reuse-seed"),
+            gr.Button("🎲", size="sm", scale=0, min_width=44, elem_id=f"{prefix}-random-seed"))
+
+
+def last_seed(shown: dict | None):
+    """The seed the parameters box shows the last run used (a batch's first), else no change."""
+    seed = shown.get("seed") if isinstance(shown, dict) else None
+    return seed if isinstance(seed, int) else gr.skip()
+
+
+def batch_note(info: dict) -> str:
+    """"run 2 of 4" for a run of a batch count, else ""."""
+    return f"run {info['batch_index']} of {info['batch_count']}" if "batch_count" in info and "batch_index" in info \
+        else ""
+
+
+def export_update(export_run: Callable[[str], dict], shown: dict | None):
+    """The Export button after a run: the run's replay file, where the run saved an image (hidden otherwise)."""
+    shown = shown if isinstance(shown, dict) else {}
+    if shown.get("seeds"):  # a batch count's grid is no one run: History exports each of them
+        image = None
+    else:
+        image = shown.get("file") or next(iter(shown.get("files") or []), None)
+    if not image:
+        return gr.update(visible=False, value=None)
+    try:
+        return gr.update(visible=True, value=write_run_file(export_run(image), image))
+    except WorkbenchError as exc:
+        log.info("no replay file for %s: %s", image, exc)
+        return gr.update(visible=False, value=None)

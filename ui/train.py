@@ -22,7 +22,7 @@ from engine.training.objectives.pixel import PRESETS
 from engine.training.recipes import DEFAULT_RECIPE, RECIPE_FIELDS, RECIPES
 from engine.training.request import MIXED_PRECISION, RUN_CONTROL, TrainRequest, field_help
 from engine.training.jobs import FAILED, IDLE, TrainStatus
-from ui.common import DEVICE_QUEUE, friendly_errors, progress_html, whole
+from ui.common import DEVICE_QUEUE, friendly_errors, progress_html, switch_tab_js, whole
 
 POLL_INTERVAL = 1.0  # seconds between status polls; the loss itself arrives every log_every steps
 MAX_PLOT_POINTS = 1000  # per curve: a long run's history is thinned so that a poll stays small
@@ -151,7 +151,7 @@ def build(
                                  concurrency_limit=None, show_progress="hidden")
     if unconditional_model is not None:
         status.sample.click(sample_checkpoint, None, unconditional_model, api_visibility="private",
-                            js=_switch_tab_js(UNCONDITIONAL_TAB))
+                            js=switch_tab_js(UNCONDITIONAL_TAB))  # then the server sets its model
 
 
 # -- /train_start: the one map from the API to the request -----------------------------------------
@@ -397,12 +397,6 @@ def _checkpoint_text(s: TrainStatus) -> str:
         return "No checkpoint yet."
     return (f"Checkpoint at step {s.checkpoint_step}: model **`{s.run_name}`** in the Unconditional tab's list; "
             f"in Python `DDPMPipeline.from_pretrained(\"{s.checkpoint}\")`.")
-
-
-def _switch_tab_js(label: str) -> str:
-    """Client-side: click the tab whose button reads ``label`` (the server then sets its model)."""
-    return ("() => { const tab = [...document.querySelectorAll('button[role=tab]')]"
-            f".find(b => b.innerText.trim() === {label!r}); if (tab) tab.click(); }}")
 
 
 def _duration(seconds: float) -> str:

@@ -8,15 +8,17 @@ from typing import Callable
 import gradio as gr
 
 from engine.errors import Cancelled, InputError, ModelLoadError
-from engine.events import Done, Started, Step, StepsDrawn
+from engine.events import BatchDone, Done, Started, Step, StepsDrawn
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, PREVIEWS, Txt2ImgRequest
-from ui.common import (DEVICE_QUEUE, SessionRuns, field_messages, friendly_errors, message_html, model_dropdown,
-                       page_error, progress_html, stream_updates, whole)
+from engine.validation import check_batch_count
+from ui.common import (DEVICE_QUEUE, SessionRuns, batch_note, export_update, field_messages, friendly_errors,
+                       last_seed, message_html, model_dropdown, page_error, progress_html, seed_buttons,
+                       stream_updates, whole)
 
 DEFAULT_PROMPT = "a handwritten digit seven"  # a prompt the built-in model knows, there as a value to edit
 # The engine's field names (as its messages say them) -> the position of their input below.
 FIELDS = {"model": 0, "prompt": 1, "steps": 3, "guidance scale": 4, "scheduler": 5, "seed": 6, "width": 7,
-          "height": 8, "VAE preview interval": 9, "preview": 10}
+          "height": 8, "VAE preview interval": 9, "preview": 10, "batch count": 11}
 FAR_FROM_NATIVE = 2.0  # a size this many times larger or smaller than the model's own gets a warning
 
 
@@ -29,8 +31,10 @@ def build(
     default_model: str,
     default_size: Callable[[str], tuple[int, int] | None],
     schedulers: list[str],
-) -> None:
-    """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
+    export_run: Callable[[str], dict] | None = None,  # a saved image -> its run's replay bundle
+) -> dict:
+    """Lay out the tab inside the current ``gr.Blocks`` and wire its events; returns its settings' widgets by
+    request field name (History and PNG Info fill them)."""
     size = default_size(default_model) or (512, 512)
     defaults = Txt2ImgRequest(prompt="")
     # Number boxes keep what was typed (no precision=0, which rounds 8.5 to 8): the engine refuses what is not whole.
@@ -41,7 +45,7 @@ def build(
                 refresh = gr.Button("↻ Refresh", scale=1, min_width=60)
             prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt (Ctrl+Enter generates)", lines=2,
                                 elem_id="t2i-prompt")
-            negative_prompt = gr.Textbox(label="Negative prompt", lines=1, elem_id="t2i-negative")
+            negative_prompt = gr.Textbox(value="", label="Negative prompt", lines=1, elem_id="t2i-negative")
             with gr.Row():
                 steps = gr.Slider(1, MAX_STEPS, value=defaults.num_inference_steps, step=1, label="Steps",
                                   elem_id="t2i-steps")
@@ -51,11 +55,14 @@ def build(
                 scheduler = gr.Dropdown(schedulers, value=defaults.scheduler, label="Scheduler",
                                         elem_id="t2i-scheduler")
                 seed = gr.Number(value=-1, label="Seed (-1 = random)", elem_id="t2i-seed")
+                reuse_seed, random_seed = seed_buttons("t2i")
             with gr.Row():
                 width = gr.Number(value=size[0], step=8, label="Width (multiple of 8)",
                                   elem_id="t2i-width")
                 height = gr.Number(value=size[1], step=8, label="Height (multiple of 8)",
                                    elem_id="t2i-height")
+                batch_count = gr.Number(value=1, label="Batch count (runs: seeds s, s+1, ...)",
+                                        elem_id="t2i-batch-count")
             with gr.Row():
                 preview = gr.Radio(list(PREVIEWS), value=defaults.preview, label="x0 preview",
                                    info="auto: a VAE decode where it is cheap on this device, else latent-to-RGB",
@@ -76,16 +83,17 @@ def build(
             scrub = gr.Slider(1, 2, value=1, step=1, label="Scrub through the steps (the last is the final image)",
                               visible=False, elem_id="t2i-scrub")
             info = gr.JSON(label="Parameters used", elem_id="t2i-info")
+            export = gr.DownloadButton("Export run (replay file)", visible=False, size="sm", elem_id="t2i-export")
             code = gr.Code(label="diffusers code", language="python", wrap_lines=True, elem_id="t2i-code")
     history = gr.State(None)  # {"steps": the run's Step events, "final": its PNG or None}
     runs = SessionRuns()
     inputs = [model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-              vae_preview_every, preview]
+              vae_preview_every, preview, batch_count]
     outputs = [image, xt, progress, info, code, scrub, history]
 
     def make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                     vae_preview_every=0, preview="auto") -> Txt2ImgRequest:
-        """The page's values, by keyword, as the engine's request."""
+                     vae_preview_every=0, preview="auto", batch_count=1) -> Txt2ImgRequest:
+        """The page's values, by keyword, as the engine's request (the batch count goes beside it)."""
         return Txt2ImgRequest(
             model=model, prompt=prompt or "", negative_prompt=negative_prompt or "",
             num_inference_steps=whole(steps), guidance_scale=guidance_scale, scheduler=scheduler,
@@ -97,8 +105,8 @@ def build(
         """The seven outputs for one event; ``run`` (the page's) keeps what Stop will show."""
         run = run if run is not None else {"steps": [], "note": ""}
         if isinstance(event, Started):
-            run["started"] = event
-            run["note"] = _run_note(event, run.get("warning", ""))
+            run.update(started=event, steps=[], final=None)  # a batch's next run starts afresh
+            run["note"] = " · ".join(filter(None, [batch_note(event.info), _run_note(event, run.get("warning", ""))]))
             how = event.info.get("preview", "").split(":")[0]
             return (gr.update(label=f"Predicted clean image x0 ({how}) → final image"), gr.skip(),
                     progress_html(0, event.total, note=" · ".join(filter(None, [f"seed {event.info['seed']}",
@@ -121,21 +129,27 @@ def build(
                     info_out, event.code, _scrubber(n), {"steps": event.steps, "final": final})
         if isinstance(event, StepsDrawn):  # the frames the stream skipped, drawn after the final image went out
             return (gr.skip(),) * 6 + ({"steps": event.steps, "final": run.get("final")},)
+        if isinstance(event, BatchDone):  # the batch's grid, its runs' files listed
+            return (event.grid or event.image, gr.skip(),
+                    progress_html(1, 1, note=f"done · {len(event.seeds)} runs, seeds {event.seeds[0]} to "
+                                             f"{event.seeds[-1]}"),
+                    {**event.info, "files": list(event.paths), "grid": event.grid or None}, gr.skip(),
+                    gr.update(visible=False), None)
         return None
 
     @friendly_errors
     async def txt2img(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                      vae_preview_every=0, preview="auto"):
+                      vae_preview_every=0, preview="auto", batch_count=1):
         """The API: errors are raised, as gradio_client expects."""
         request = make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width,
                                height, vae_preview_every, preview)
         # An API client gets no history (a gr.State): nothing is drawn for it after the loop.
-        async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel, history="streamed"),
-                                           render):
+        async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel, history="streamed",
+                                                                       batch_count=whole(batch_count)), render):
             yield update
 
     async def txt2img_page(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                           vae_preview_every, preview, session: gr.Request):
+                           vae_preview_every, preview, batch_count, session: gr.Request):
         """The page: the last result stays; an error is said in the progress line and a toast."""
         run = runs.begin(session.session_hash)
         try:
@@ -144,7 +158,8 @@ def build(
             run["warning"] = _far_from_native(request, default_size(request.model or default_model))
             if run["warning"]:
                 gr.Warning(html.escape(run["warning"]))
-            async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel, history="after"),
+            async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel, history="after",
+                                                                           batch_count=whole(batch_count)),
                                                lambda event: render(event, run), cancel=run["cancel"]):
                 yield update
         except Cancelled:  # the page's Stop (after the final image, only its previews' history was still coming)
@@ -161,6 +176,7 @@ def build(
         """What is wrong with the page's values, found without running anything."""
         try:
             request = make_request(*values)
+            check_batch_count(whole(values[FIELDS["batch count"]]), max(request.seed, 0))
             check_model(request.model or default_model, "txt2img")
         except (InputError, ModelLoadError) as exc:
             return exc
@@ -187,7 +203,8 @@ def build(
                     gr.skip(), gr.skip(), gr.skip())
         at = frames[-1].step if frames else 0
         info_out = {**started.info, "stopped_at_step": at}
-        return (gr.skip(), gr.skip(), message_html(f"Stopped at step {at} of {started.total}", "stopped"),
+        batch = f" ({batch_note(started.info)})" if batch_note(started.info) else ""
+        return (gr.skip(), gr.skip(), message_html(f"Stopped at step {at} of {started.total}{batch}", "stopped"),
                 info_out, started.code, _scrubber(len(frames)), {"steps": tuple(frames), "final": None})
 
     def stop_page_run(session: gr.Request):
@@ -213,14 +230,22 @@ def build(
     api_trigger.click(txt2img, inputs=inputs, outputs=outputs, api_name="txt2img",
                                   concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
     generate.click(before_run, inputs, progress, queue=False, api_visibility="private")
-    generate.click(txt2img_page, inputs=inputs, outputs=outputs, validator=validate,
-                                api_visibility="private", concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
+    page_run = generate.click(txt2img_page, inputs=inputs, outputs=outputs, validator=validate,
+                              api_visibility="private", concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
+    if export_run is not None:  # a finished run's replay file, ready to download
+        page_run.then(lambda shown: export_update(export_run, shown), info, export, api_visibility="private")
+    reuse_seed.click(last_seed, info, seed, api_visibility="private")
+    random_seed.click(lambda: -1, None, seed, api_visibility="private")
     # The page's run ends through its own token, so it can say where it stopped (a cancelled event cannot).
     stop.click(stop_page_run, None, progress, queue=False, api_visibility="private")
     gr.on([scrub.release, scrub.input], show_step, [scrub, history], [image, xt, progress],
           api_visibility="private")
     refresh.click(lambda: gr.update(choices=list_models()), None, model, api_visibility="private")
-    model.change(on_model_change, model, [width, height], api_visibility="private")
+    # A person's pick only: a model filled in with its settings (History, PNG Info) keeps their size.
+    model.input(on_model_change, model, [width, height], api_visibility="private")
+    return {"model": model, "prompt": prompt, "negative_prompt": negative_prompt, "num_inference_steps": steps,
+            "guidance_scale": guidance_scale, "scheduler": scheduler, "seed": seed, "width": width, "height": height,
+            "batch_count": batch_count}
 
 
 def _scrubber(frames: int):

@@ -7,9 +7,10 @@ from typing import Callable
 import gradio as gr
 
 from engine.errors import WorkbenchError
-from engine.events import Done, Started, Step
+from engine.events import BatchDone, Done, Started, Step
 from engine.sampling.unconditional import DEFAULT_STEPS, MAX_BATCH, RunEstimate, UnconditionalRequest
-from ui.common import DEVICE_QUEUE, friendly_errors, model_dropdown, progress_html, stream_updates, whole
+from ui.common import (DEVICE_QUEUE, batch_note, export_update, friendly_errors, last_seed, model_dropdown,
+                       progress_html, seed_buttons, stream_updates, whole)
 
 
 def build(
@@ -21,9 +22,10 @@ def build(
     list_models: Callable[[], list[str]],
     default_model: str,
     schedulers: list[str],
-) -> gr.Dropdown:
-    """Lay out the tab inside the current ``gr.Blocks`` and wire its events; returns the model box
-    (the Training tab keeps its list up to date)."""
+    export_run: Callable[[str], dict] | None = None,  # a saved image -> its run's replay bundle
+) -> dict:
+    """Lay out the tab inside the current ``gr.Blocks`` and wire its events; returns its settings' widgets by
+    request field name (the Training tab keeps the model box's list up to date; History and PNG Info fill them)."""
     defaults = UnconditionalRequest()
     with gr.Row():
         with gr.Column(scale=2):
@@ -42,8 +44,12 @@ def build(
             estimate_line = gr.Markdown(visible="hidden", elem_id="ddpm-estimate")  # shown before slow runs
             with gr.Row():
                 seed = gr.Number(value=defaults.seed, label="Seed (-1 = random)", elem_id="ddpm-seed")
+                reuse_seed, random_seed = seed_buttons("ddpm")
+            with gr.Row():
                 batch_size = gr.Number(value=defaults.batch_size, label=f"Batch size (1 to {MAX_BATCH})",
                                        elem_id="ddpm-batch")
+                batch_count = gr.Number(value=1, label="Batch count (runs: seeds s, s+1, ...)",
+                                        elem_id="ddpm-batch-count")
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="ddpm-generate", elem_classes="wb-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="ddpm-stop")
@@ -59,18 +65,26 @@ def build(
             scrub = gr.Slider(1, 2, value=1, step=1, label="Scrub through the steps", visible=False,
                               elem_id="ddpm-scrub")
             info = gr.JSON(label="Parameters used", elem_id="ddpm-info")
+            export = gr.DownloadButton("Export run (replay file)", visible=False, size="sm", elem_id="ddpm-export")
             code = gr.Code(label="The same loop in plain diffusers", language="python", elem_id="ddpm-code")
     history = gr.State(None)  # (the steps kept with previews, the final image) of the last run
 
     def render(event) -> tuple | None:
         """The eight outputs for one event (image, x_t, progress, timesteps, info, code, scrubber, history)."""
         if isinstance(event, Started):
-            return (gr.skip(), gr.skip(), progress_html(0, event.total, note=f"seed {event.info['seed']}"),
+            note = " · ".join(filter(None, [f"seed {event.info['seed']}", batch_note(event.info)]))
+            return (gr.skip(), gr.skip(), progress_html(0, event.total, note=note),
                     _timesteps_text(event.timesteps), event.info, gr.skip(), gr.update(visible=False), None)
         if isinstance(event, Step):
             return (event.preview_x0.array(), event.preview_xt.array(),
                     progress_html(event.step, event.total, event.timestep, event.elapsed, event.eta),
                     gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        if isinstance(event, BatchDone):  # the grid of every run's images, their files listed
+            return (event.grid or event.image, gr.skip(),
+                    progress_html(1, 1, note=f"done · {len(event.seeds)} runs, seeds {event.seeds[0]} to "
+                                             f"{event.seeds[-1]}"),
+                    gr.skip(), {**event.info, "files": list(event.paths), "grid": event.grid or None}, gr.skip(),
+                    gr.update(visible=False), None)
         if isinstance(event, Done):
             final = event.grid or (event.paths[0] if event.paths else final_image(event))  # the saved PNG as is
             info_out = dict(event.info)
@@ -83,11 +97,12 @@ def build(
         return None
 
     @friendly_errors
-    async def ddpm(model, scheduler, steps, seed, batch_size):
+    async def ddpm(model, scheduler, steps, seed, batch_size, batch_count=1):
         request = UnconditionalRequest(model=model or "", scheduler=scheduler,
                                        num_inference_steps=whole(steps), seed=whole(seed),
                                        batch_size=whole(batch_size))
-        async for update in stream_updates(lambda cancel: iter_unconditional(request, cancel=cancel), render):
+        async for update in stream_updates(lambda cancel: iter_unconditional(request, cancel=cancel,
+                                                                             batch_count=whole(batch_count)), render):
             yield update
 
     def show_step(value, last_run):
@@ -129,11 +144,15 @@ def build(
         return "DDPM", gr.update(value=found) if found else gr.skip()
 
     event = generate.click(
-        ddpm, inputs=[model, scheduler, steps, seed, batch_size],
+        ddpm, inputs=[model, scheduler, steps, seed, batch_size, batch_count],
         outputs=[image, xt, progress, timesteps, info, code, scrub, history],
         api_name="ddpm", concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
     )
-    stop.click(None, None, None, cancels=[event], api_visibility="private")
+    stop.click(None, None, None, cancels=[event], api_visibility="private")  # the whole batch: one token
+    if export_run is not None:  # a finished run's replay file, ready to download
+        event.then(lambda shown: export_update(export_run, shown), info, export, api_visibility="private")
+    reuse_seed.click(last_seed, info, seed, api_visibility="private")
+    random_seed.click(lambda: -1, None, seed, api_visibility="private")
     scrub.input(show_step, [scrub, history], [image, xt, progress], trigger_mode="always_last",
                 show_progress="hidden", api_visibility="private")
     refresh.click(lambda: gr.update(choices=list_models()), None, model, api_visibility="private")
@@ -142,14 +161,16 @@ def build(
     estimate_inputs = [model, scheduler, steps, batch_size]
     estimate_args = dict(fn=show_estimate, inputs=estimate_inputs, outputs=estimate_line, show_progress="hidden",
                          api_visibility="private")
-    gr.on([model.change, scheduler.change], on_choice, [model, scheduler], steps,
+    # A person's pick only: settings filled in (History, PNG Info) keep their steps.
+    gr.on([model.input, scheduler.input], on_choice, [model, scheduler], steps,
           api_visibility="private").then(**estimate_args)
     gr.on([steps.change, batch_size.change], trigger_mode="always_last", **estimate_args)
     event.then(**estimate_args)  # now from this run's own time a step
     as_trained.click(as_trained_choice, model, [scheduler, steps], api_visibility="private")
     model.change(lambda m: gr.update(value=_as_trained_label(default_steps(m, "DDPM"))), model, as_trained,
                  api_visibility="private")
-    return model
+    return {"model": model, "scheduler": scheduler, "num_inference_steps": steps, "seed": seed,
+            "batch_size": batch_size, "batch_count": batch_count}
 
 
 def _as_trained_label(train_steps: int | None) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.models.devices import Placement
+from engine.models.identity import model_identity
 from engine.errors import ModelLoadError
 from engine.validation import HUB_ID
 
@@ -227,7 +228,15 @@ class ModelRegistry:
         pipe.set_progress_bar_config(disable=True)
         pipe.to(self.placement.device)
         pipe.workbench_ref = ref  # where it came from, for the code snippet and metadata
+        pipe.workbench_identity = self.identity(ref)  # what it is, for a run's record (hashed once per change)
         return pipe
+
+    def identity(self, ref: ModelRef | str) -> dict:
+        """The identity of the model ``ref`` (or a model string) points at, as a run's record keeps it
+        (see :mod:`engine.models.identity`)."""
+        ref = self.resolve(ref) if isinstance(ref, str) else ref
+        config = self._single_file_config(ref) if ref.source == "single_file" else None
+        return model_identity(ref, config)
 
     def _load_hub(self, ref: ModelRef, cls, dtype, extra):
         import huggingface_hub

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import threading
 from datetime import date
@@ -13,6 +14,7 @@ from PIL import Image, PngImagePlugin
 from engine.files import atomic_write
 
 _lock = threading.Lock()
+RECORD_CHUNK = "workbench"  # the PNG text chunk holding a run's record as JSON (engine.sampling.runrecord)
 
 
 def a1111_parameters(info: dict) -> str:
@@ -28,17 +30,23 @@ def a1111_parameters(info: dict) -> str:
         ("Size", f"{info['width']}x{info['height']}" if "width" in info else None),
         ("Model", info.get("model")),
         ("Batch size", info.get("batch_size")),
+        ("Batch count", info.get("batch_count")),
     ]
     lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None))
     return "\n".join(lines)
 
 
-def save_png(image: Image.Image, info: dict, outputs_dir: str | Path, kind: str, suffix: str = "") -> Path:
-    """Save under ``outputs_dir/kind/YYYY-MM-DD/NNNNN-seed<suffix>.png`` (the next number), written atomically."""
+def save_png(image: Image.Image, info: dict, outputs_dir: str | Path, kind: str, suffix: str = "",
+             record: dict | None = None) -> Path:
+    """Save under ``outputs_dir/kind/YYYY-MM-DD/NNNNN-seed<suffix>.png`` (the next number), written atomically,
+    with A1111's ``parameters`` text and, where given, the run's ``record`` as JSON in the ``workbench`` chunk
+    (see :mod:`engine.sampling.runrecord`)."""
     folder = Path(outputs_dir) / kind / date.today().isoformat()
     folder.mkdir(parents=True, exist_ok=True)
     meta = PngImagePlugin.PngInfo()
     meta.add_text("parameters", a1111_parameters(info))
+    if record:
+        meta.add_text(RECORD_CHUNK, json.dumps(record, separators=(",", ":")))
     with _lock:
         numbers = [int(m.group(1)) for p in folder.iterdir() if (m := re.match(r"(\d+)-", p.name))]
         start = max(numbers, default=0) + 1

@@ -26,6 +26,7 @@ from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
 from engine.sampling.outputs import save_png
 from engine.sampling.preview import LatentRGBPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
+from engine.sampling.runrecord import run_record, tensor_sha256
 from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
 from engine.validation import check_choice, check_int, check_seed
 
@@ -140,6 +141,7 @@ def iter_txt2img(
         shape = (1, unet.config.in_channels, request.height // pipe.vae_scale_factor,
                  request.width // pipe.vae_scale_factor)
         latents = randn_tensor(shape, generator=generator, device=device, dtype=embeds.dtype)  # (1, 4, h, w)
+        noise_sha256 = tensor_sha256(latents)  # for the run's record: a replay checks it draws the same noise
         latents = latents * scheduler.init_noise_sigma
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
         info = _info(request, scheduler)
@@ -185,8 +187,10 @@ def iter_txt2img(
         image = vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=generator)[0]
         images = pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True])
     info["elapsed"] = round(time.perf_counter() - start, 3)
-    paths = tuple(str(save_png(im, info, outputs_dir, "txt2img")) for im in images) if outputs_dir else ()
-    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=code)
+    record = run_record("txt2img", request, pipe, noise_sha256, images)
+    paths = tuple(str(save_png(im, info, outputs_dir, "txt2img", record=record)) for im in images) if outputs_dir \
+        else ()
+    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=code, record=record)
 
 
 _decode_flops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # VAE -> {what: floating-point operations}

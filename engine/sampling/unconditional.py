@@ -30,6 +30,7 @@ from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
 from engine.sampling.outputs import a1111_parameters, save_png
 from engine.sampling.preview import PixelPreviewer, X0Previewer, scaled, vp_scale
+from engine.sampling.runrecord import run_record, tensor_sha256
 from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
 from engine.validation import check_int, check_seed
 
@@ -120,6 +121,7 @@ def iter_unconditional(
         # 2. The initial noise, drawn as DDPMPipeline draws it (one generator, the whole batch).
         shape = sample_shape(unet.config, request.batch_size)
         image = randn_tensor(shape, generator=generator, device=device, dtype=unet.dtype)  # (B, C, H, W)
+        noise_sha256 = tensor_sha256(image)  # for the run's record: a replay checks it draws the same noise
         image = image * scheduler.init_noise_sigma  # 1 except for sigma-space schedulers (Euler)
 
         # 3. The timesteps the loop visits (980, 960, ..., 0 for 50 of 1000), read to the host once.
@@ -164,8 +166,10 @@ def iter_unconditional(
         image = (image / 2 + 0.5).clamp(0, 1)
         images = pipe.numpy_to_pil(image.cpu().permute(0, 2, 3, 1).numpy())
     info["elapsed"] = round(time.perf_counter() - start, 3)
-    paths, grid = _save(images, info, outputs_dir) if outputs_dir else ((), "")
-    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=code, grid=grid)
+    record = run_record("unconditional", request, pipe, noise_sha256, images)
+    paths, grid = _save(images, info, outputs_dir, record) if outputs_dir else ((), "")
+    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=code, grid=grid,
+               record=record)
 
 
 def scrub_every(total: int, frame_bytes: int) -> int:
@@ -175,12 +179,15 @@ def scrub_every(total: int, frame_bytes: int) -> int:
     return max(1, math.ceil(total / frames))
 
 
-def _save(images: Sequence[Image.Image], info: dict, outputs_dir: str | Path) -> tuple[tuple[str, ...], str]:
-    """Each image as a PNG with the parameters, then a batch's grid beside them ("" for one image)."""
-    paths = tuple(str(save_png(im, info, outputs_dir, "unconditional")) for im in images)
+def _save(images: Sequence[Image.Image], info: dict, outputs_dir: str | Path,
+          record: dict | None = None) -> tuple[tuple[str, ...], str]:
+    """Each image as a PNG with the parameters and the run's record, then a batch's grid beside them ("" for
+    one image)."""
+    paths = tuple(str(save_png(im, info, outputs_dir, "unconditional", record=record)) for im in images)
     if len(images) == 1:
         return paths, ""
-    return paths, str(save_png(image_grid(images), info, outputs_dir, "unconditional", suffix="-grid"))
+    return paths, str(save_png(image_grid(images), info, outputs_dir, "unconditional", suffix="-grid",
+                               record=record))
 
 
 def iter_probe(

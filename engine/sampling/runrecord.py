@@ -1,0 +1,79 @@
+"""A run's record: everything a replay needs to run it again and to tell whether it came out the same.
+
+The loops build one per run (:func:`run_record`) and save it in each PNG they write, as the ``workbench``
+text chunk beside A1111's ``parameters``; "Export run" writes it out as a small JSON file (the replay
+bundle, see :mod:`engine.sampling.replay`)::
+
+    {"format": "diffusion-workbench-run", "version": 1, "kind": "txt2img",
+     "request": {...the resolved request: seed drawn, size and steps filled in...},
+     "model": {"name": "digits-sd", "source": "builtin", "sha256": "...", "files": {"unet/...": "..."}},
+     "environment": {"torch": "2.14.1", "diffusers": "0.42.1", "transformers": "5.24.0", "gradio": "6.31.0",
+                     "device": "cpu", "device_name": "cpu", "dtype": "float32"},
+     "noise_sha256": "...", "images_sha256": ["..."]}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+from dataclasses import asdict
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+FORMAT = "diffusion-workbench-run"
+VERSION = 1  # bumped when a field changes meaning; a replay refuses newer bundles
+LIBRARIES = ("torch", "diffusers", "transformers", "gradio")  # versions that can change an image's pixels
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes, read on the CPU."""
+    t = tensor.detach().to("cpu").contiguous()
+    digest = hashlib.sha256(f"{t.dtype} {tuple(t.shape)}\n".encode())
+    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def image_sha256(image: Image.Image | np.ndarray) -> str:
+    """SHA-256 of an image's pixels (mode, size and bytes): the same for the image and its PNG read back."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    digest = hashlib.sha256(f"{image.mode} {image.width}x{image.height}\n".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """The installed versions of the libraries that can change an image ("not installed" where absent)."""
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def environment(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
+    """Library versions, the device (and its name: which GPU) and the dtype a run used."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {**library_versions(), "device": device.type, "device_name": name, "dtype": str(dtype).removeprefix("torch.")}
+
+
+def run_record(kind: str, request, pipe, noise_sha256: str, images: Sequence[Image.Image]) -> dict:
+    """The record of a finished run of ``kind`` ("txt2img" or "unconditional"): ``request`` resolved,
+    the model's identity (set on ``pipe`` by the registry), environment, the initial noise's hash
+    (:func:`tensor_sha256`) and the images hashed."""
+    model = getattr(pipe, "workbench_identity", None) or {"name": request.model, "source": "unknown"}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": kind,
+        "request": asdict(request),
+        "model": model,
+        "environment": environment(pipe.device, pipe.unet.dtype),
+        "noise_sha256": noise_sha256,
+        "images_sha256": [image_sha256(im) for im in images],
+    }
