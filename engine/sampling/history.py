@@ -21,7 +21,7 @@ from PIL import Image
 from engine.errors import InputError, WorkbenchError
 from engine.files import atomic_write
 from engine.sampling.pnginfo import PngInfo, png_info
-from engine.validation import check_choice, check_int
+from engine.validation import check_int
 
 PER_PAGE = 48  # images a page: a 8x6 grid of thumbnails
 MAX_PER_PAGE = 500
@@ -42,7 +42,9 @@ class HistoryQuery:
     per_page: int = PER_PAGE
 
     def __post_init__(self):
-        check_choice("tab", self.kind, KIND_FILTERS)
+        if self.kind not in KIND_FILTERS:
+            raise InputError(f"tab must be '' (every tab), 'txt2img' or 'unconditional'; got {self.kind!r}",
+                             field="tab")
         if not isinstance(self.model, str) or not isinstance(self.search, str):
             raise InputError("model and search must be text", field="search")
         if len(self.search) > MAX_SEARCH_CHARS:
