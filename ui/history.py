@@ -176,26 +176,32 @@ def build(
                                                 "stopped")),
                 gallery: gallery_value, paths: page_paths, page_box: page_shown, counts: counts_text}
 
-    def render(event) -> tuple | None:
-        """The replay panel's (progress, verdict, image) for one event."""
-        if isinstance(event, Started):
-            return (progress_html(0, event.total, note=f"replaying seed {event.info['seed']}"), None, None)
-        if isinstance(event, Step):
-            return (progress_html(event.step, event.total, event.timestep, event.elapsed, event.eta), gr.skip(),
-                    gr.skip())
-        if isinstance(event, Done):
-            return (gr.skip(), gr.skip(), event.paths[0] if event.paths else None)
-        if isinstance(event, ReplayReport):
-            kind_of = "waiting" if event.outcome in (IDENTICAL, WITHIN) else "error"
-            return (message_html(event.message, kind_of), event.as_dict(), gr.skip())
-        return None
+    def renderer() -> Callable:
+        """A replay's render: the replay panel's (progress, verdict, image) for one event; the verdict's update
+        carries the replayed image again (an API client keeps only the last)."""
+        replayed = {"image": None}
+
+        def render(event) -> tuple | None:
+            if isinstance(event, Started):
+                return (progress_html(0, event.total, note=f"replaying seed {event.info['seed']}"), None, None)
+            if isinstance(event, Step):
+                return (progress_html(event.step, event.total, event.timestep, event.elapsed, event.eta), gr.skip(),
+                        gr.skip())
+            if isinstance(event, Done):
+                replayed["image"] = event.paths[0] if event.paths else None
+                return (gr.skip(), gr.skip(), replayed["image"])
+            if isinstance(event, ReplayReport):
+                kind_of = "waiting" if event.outcome in (IDENTICAL, WITHIN) else "error"
+                return (message_html(event.message, kind_of), event.as_dict(), replayed["image"])
+            return None
+        return render
 
     @friendly_errors
     async def replay_api(run_file):
         """/replay: a run file (or a PNG this workbench saved) run again; the verdict as JSON, the image."""
         if not run_file:
             raise gr.Error("no run file given: send the JSON that Export run wrote, or a PNG this workbench saved")
-        async for update in stream_updates(lambda cancel: iter_replay(run_file, cancel=cancel), render):
+        async for update in stream_updates(lambda cancel: iter_replay(run_file, cancel=cancel), renderer()):
             yield update
 
     async def replay_page(run_file_path):
@@ -205,7 +211,8 @@ def build(
                 yield (message_html("Drop a run file (from Export run) or a PNG this workbench saved first"),
                        gr.skip(), gr.skip())
                 return
-            async for update in stream_updates(lambda cancel: iter_replay(run_file_path, cancel=cancel), render):
+            async for update in stream_updates(lambda cancel: iter_replay(run_file_path, cancel=cancel),
+                                               renderer()):
                 yield update
         except Exception as exc:
             yield (message_html(page_error(exc)), gr.skip(), gr.skip())
