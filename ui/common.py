@@ -234,6 +234,12 @@ def batch_note(info: dict) -> str:
         else ""
 
 
+def done_note(info: dict) -> str:
+    """The progress line's note when a run ends: "done", or which run of a batch count has finished (the batch is
+    done when its grid is)."""
+    return f"{batch_note(info)} finished" if batch_note(info) else "done"
+
+
 def export_update(export_run: Callable[[str], dict], shown: dict | None):
     """The Export button after a run: the run's replay file, where the run saved an image (hidden otherwise)."""
     shown = shown if isinstance(shown, dict) else {}

@@ -45,16 +45,18 @@ def build(
         search_box = gr.Textbox(value="", label="Search prompts (Enter)", placeholder="words the prompt holds", scale=3,
                             elem_id="history-search")
         refresh = gr.Button("↻ Refresh", scale=0, min_width=90, elem_id="history-refresh")
-    with gr.Row(equal_height=True):
+    with gr.Row():
         newer = gr.Button("◀ Newer", size="sm", scale=0, min_width=90, elem_id="history-newer")
-        page_box = gr.Number(value=1, label="Page", minimum=1, scale=0, min_width=90, elem_id="history-page")
         older = gr.Button("Older ▶", size="sm", scale=0, min_width=90, elem_id="history-older")
+        page_box = gr.Number(value=1, label="Page (Enter)", minimum=1, scale=0, min_width=110,
+                             elem_id="history-page")
         counts = gr.Markdown(elem_id="history-counts")
     # 2. The page of thumbnails, and the picked image with what can be done with it.
     with gr.Row():
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Outputs, newest first (click one)", columns=8, height=640,
-                                 allow_preview=False, object_fit="contain", elem_id="history-gallery")
+                                 allow_preview=False, object_fit="contain", elem_id="history-gallery",
+                                 elem_classes="wb-pixels")
         with gr.Column(scale=2):
             picked = gr.Image(label="Picked image", type="filepath", format="png", interactive=False, height=300,
                               elem_id="history-image", elem_classes="wb-pixels")

@@ -11,9 +11,9 @@ from engine.errors import Cancelled, InputError, ModelLoadError
 from engine.events import BatchDone, Done, Started, Step, StepsDrawn
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, PREVIEWS, Txt2ImgRequest
 from engine.validation import check_batch_count
-from ui.common import (DEVICE_QUEUE, SessionRuns, batch_note, export_update, field_messages, friendly_errors,
-                       last_seed, message_html, model_dropdown, page_error, progress_html, seed_buttons,
-                       stream_updates, whole)
+from ui.common import (DEVICE_QUEUE, SessionRuns, batch_note, done_note, export_update, field_messages,
+                       friendly_errors, last_seed, message_html, model_dropdown, page_error, progress_html,
+                       seed_buttons, stream_updates, whole)
 
 DEFAULT_PROMPT = "a handwritten digit seven"  # a prompt the built-in model knows, there as a value to edit
 # The engine's field names (as its messages say them) -> the position of their input below.
@@ -125,7 +125,7 @@ def build(
             n = len(event.steps)
             run["final"] = final
             return (final, event.steps[-1].preview_xt.array() if n else None,
-                    progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"),
+                    progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note=done_note(event.info)),
                     info_out, event.code, _scrubber(n), {"steps": event.steps, "final": final})
         if isinstance(event, StepsDrawn):  # the frames the stream skipped, drawn after the final image went out
             return (gr.skip(),) * 6 + ({"steps": event.steps, "final": run.get("final")},)

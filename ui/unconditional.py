@@ -9,8 +9,8 @@ import gradio as gr
 from engine.errors import WorkbenchError
 from engine.events import BatchDone, Done, Started, Step
 from engine.sampling.unconditional import DEFAULT_STEPS, MAX_BATCH, RunEstimate, UnconditionalRequest
-from ui.common import (DEVICE_QUEUE, batch_note, export_update, friendly_errors, last_seed, model_dropdown,
-                       progress_html, seed_buttons, stream_updates, whole)
+from ui.common import (DEVICE_QUEUE, batch_note, done_note, export_update, friendly_errors, last_seed,
+                       model_dropdown, progress_html, seed_buttons, stream_updates, whole)
 
 
 def build(
@@ -92,7 +92,8 @@ def build(
             info_out["grid"] = event.grid or None
             n = len(event.steps)
             frames = tuple(s for s in event.steps if s.preview_xt is not None)  # every k-th step, the last always
-            return (final, gr.skip(), progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"),
+            return (final, gr.skip(),
+                    progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note=done_note(event.info)),
                     gr.skip(), info_out, event.code, _scrubber(frames, n), (frames, final))
         return None
 

@@ -1,0 +1,145 @@
+"""A person makes a batch, finds one image of it in History, uses its settings and gets the same image again; reuses
+a seed; replays a past run; drops an A1111 PNG into PNG Info and sends it to Text to image."""
+
+import io
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.engine.test_pnginfo import write_png
+from tests.helpers import console_errors, fill_and_enter, save_screenshot
+
+pytestmark = pytest.mark.browser
+
+A1111_TEXT = ("a handwritten digit five\nNegative prompt: blurry\n"
+              "Steps: 7, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 5.5, Seed: 777, Size: 40x48, "
+              "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Version: v1.10.1")
+
+
+def open_tab(page, name):
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def pick(page, elem_id, option):
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def set_number(page, elem_id, value):
+    fill_and_enter(page.locator(f"#{elem_id} input").first, value)
+
+
+def value(page, elem_id) -> str:
+    return page.locator(f"#{elem_id} input, #{elem_id} textarea").first.input_value()
+
+
+def wait_text(page, elem_id, text):
+    page.wait_for_function(f"() => document.querySelector('#{elem_id}')?.innerText.includes({text!r})")
+
+
+def shown_image(page, elem_id) -> np.ndarray:
+    """The pixels of the image #elem_id shows, fetched as the browser fetched them."""
+    page.wait_for_function(f"() => {{ const i = document.querySelector('#{elem_id} img');"
+                           " return i && i.complete && i.naturalWidth > 0; }")
+    src = page.locator(f"#{elem_id} img").first.get_attribute("src")
+    return np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"))
+
+
+def generate(page):
+    """Click Generate and wait for this run's end (the progress line said "done" for the last one too)."""
+    line = "document.querySelector('#t2i-progress .wb-progress-text')?.innerText"
+    before = page.evaluate(f"() => {line}")
+    page.locator("#t2i-generate").click()
+    page.wait_for_function(f"() => {{ const t = {line}; return t !== {before!r} && /· done/.test(t); }}")
+
+
+def test_pick_a_past_image_use_its_settings_and_get_it_again(page):
+    errors = console_errors(page)
+    # 1. A batch of four runs to come back to: seeds 4242 to 4245, each saved, then their grid.
+    page.locator("#t2i-prompt textarea").fill("a handwritten digit three")
+    pick(page, "t2i-scheduler", "Euler")
+    set_number(page, "t2i-seed", 4242)
+    set_number(page, "t2i-steps", 4)
+    set_number(page, "t2i-batch-count", 4)
+    generate(page)
+    assert "4 runs, seeds 4242 to 4245" in page.locator("#t2i-progress").inner_text()
+    # 2. The page moves on to other settings.
+    page.locator("#t2i-prompt textarea").fill("a handwritten digit eight")
+    pick(page, "t2i-scheduler", "DDIM")
+    set_number(page, "t2i-seed", -1)
+    set_number(page, "t2i-steps", 9)
+    set_number(page, "t2i-batch-count", 1)
+    # 3. History: the batch is there, newest first; the run with seed 4244 is picked.
+    open_tab(page, "History")
+    search = page.locator("#history-search textarea, #history-search input").first
+    fill_and_enter(search, "digit three")
+    page.wait_for_function("() => document.querySelectorAll('#history-gallery img').length >= 5")
+    page.locator("#history-gallery button").filter(has_text="4244 · a handwritten digit three").first.click()
+    wait_text(page, "history-info", "4244")
+    wait_text(page, "history-status", "From Text to image · Diffusion Workbench")
+    page.wait_for_selector("#history-export", state="visible")  # its run can be exported
+    picked = shown_image(page, "history-image")
+    save_screenshot(page, "history")
+    # 4. Its settings go back to Text to image, which opens; the same image comes out.
+    page.locator("#history-use").click()
+    page.wait_for_selector("#t2i-generate", state="visible")
+    page.wait_for_function("() => document.querySelector('#t2i-seed input').value === '4244'")
+    assert value(page, "t2i-prompt") == "a handwritten digit three"
+    assert (value(page, "t2i-scheduler"), value(page, "t2i-steps"), value(page, "t2i-batch-count")) == \
+        ("Euler", "4", "1")
+    assert (value(page, "t2i-width"), value(page, "t2i-height")) == ("32", "32")
+    generate(page)
+    assert np.array_equal(shown_image(page, "t2i-image"), picked)
+    assert errors == []
+
+
+def test_reuse_and_random_seed_buttons(page):
+    set_number(page, "t2i-seed", -1)
+    set_number(page, "t2i-steps", 2)
+    generate(page)
+    page.locator("#t2i-reuse-seed").click()
+    page.wait_for_function("() => document.querySelector('#t2i-seed input').value !== '-1'")
+    assert re.search(rf'"seed"\s*:\s*{value(page, "t2i-seed")}\b', page.locator("#t2i-info").inner_text())
+    page.locator("#t2i-random-seed").click()
+    page.wait_for_function("() => document.querySelector('#t2i-seed input').value === '-1'")
+
+
+def test_replay_a_past_image_is_identical(page):
+    set_number(page, "t2i-seed", 77)
+    set_number(page, "t2i-steps", 3)
+    page.locator("#t2i-prompt textarea").fill("a handwritten digit four replayed")
+    generate(page)
+    page.wait_for_selector("#t2i-export", state="visible")  # every result can be exported
+    open_tab(page, "History")
+    fill_and_enter(page.locator("#history-search textarea, #history-search input").first, "four replayed")
+    page.locator("#history-gallery button").filter(has_text="77 · a handwritten digit four").first.click()
+    wait_text(page, "history-status", "From Text to image")
+    page.locator("#history-replay").click()
+    wait_text(page, "replay-progress", "Identical: the replay's image hashes as the run's did")
+
+
+def test_drop_an_a1111_png_and_send_it_to_text_to_image(page, tmp_path):
+    errors = console_errors(page)
+    open_tab(page, "PNG Info")
+    upload = page.locator("#pnginfo-file input[type=file]")
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png", format="JPEG")
+    upload.set_input_files(str(tmp_path / "photo.png"))
+    wait_text(page, "pnginfo-status", "photo.png is not a PNG file (it does not start with the PNG signature)")
+    assert page.locator("#pnginfo-send").is_disabled()
+    page.locator("#pnginfo-file button[aria-label='Clear']").first.click()
+    upload.set_input_files(str(write_png(tmp_path / "from-a1111.png", size=(40, 48), parameters=A1111_TEXT)))
+    wait_text(page, "pnginfo-status", "A1111/Forge: 8 settings this workbench can use")
+    notes = page.locator("#pnginfo-unused").inner_text()
+    assert "Model hash: 6ce0161689 — not used (the model is chosen by name here; its hash is not checked)" in notes
+    assert "model 'v1-5-pruned-emaonly' is not here (not a built-in, nor under the models dir); the page's model " \
+           "is kept" in notes
+    page.locator("#pnginfo-send").click()
+    page.wait_for_selector("#t2i-generate", state="visible")
+    page.wait_for_function("() => document.querySelector('#t2i-seed input').value === '777'")
+    assert (value(page, "t2i-prompt"), value(page, "t2i-negative")) == ("a handwritten digit five", "blurry")
+    assert (value(page, "t2i-steps"), value(page, "t2i-guidance"), value(page, "t2i-scheduler")) == \
+        ("7", "5.5", "DPM++ 2M Karras")
+    assert (value(page, "t2i-width"), value(page, "t2i-height")) == ("40", "48")
+    assert errors == []
