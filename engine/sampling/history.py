@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ TRASH = ".trash"  # deleted images go here, inside the outputs dir; hidden folde
 THUMBNAILS = ".thumbnails"
 THUMBNAIL_SIDE = 256  # images larger than this are shown in the grid as a smaller copy, made once
 MAX_SEARCH_CHARS = 1_000
+SETTLE_SECONDS = 2.0  # a folder changed this recently is listed again: its modification time may lag a change
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class ImageHistory:
     def __init__(self, outputs_dir: str | Path):
         self.outputs_dir = Path(outputs_dir).resolve()
         self._meta: dict[str, tuple[int, int, HistoryEntry]] = {}  # path -> (mtime_ns, size, entry)
+        self._folders: dict[Path, tuple[int, list[_File], list[Path]]] = {}  # folder -> (mtime_ns, PNGs, folders)
         self._lock = threading.Lock()
 
     # -- listing -----------------------------------------------------------------------------------------------
@@ -114,27 +117,47 @@ class ImageHistory:
                            len(matching), len(files))
 
     def _scan(self) -> list[_File]:
+        """Every PNG under the outputs dir, newest first. A folder's listing is kept while its modification time
+        stays (a file saved, renamed or moved away changes it), so past days' folders are not listed again; a
+        folder changed in the last ``SETTLE_SECONDS`` is always listed (its time may not have moved yet)."""
         found: list[_File] = []
         stack = [self.outputs_dir]
+        now = time.time_ns()
         while stack:
             folder = stack.pop()
             try:
-                entries = list(os.scandir(folder))
+                mtime = folder.stat().st_mtime_ns
             except OSError:
                 continue
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue  # the trash, thumbnails, files being written
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-                elif entry.name.lower().endswith(".png") and entry.is_file(follow_symlinks=False):
-                    stat = entry.stat(follow_symlinks=False)
-                    rel = Path(entry.path).relative_to(self.outputs_dir).as_posix()
-                    top = rel.split("/", 1)[0]
-                    found.append(_File(rel, top if top in KINDS and "/" in rel else "", stat.st_mtime_ns,
-                                       stat.st_size))
+            with self._lock:
+                cached = self._folders.get(folder)
+            if cached is None or cached[0] != mtime or now - mtime < SETTLE_SECONDS * 1e9:
+                cached = (mtime, *self._list(folder))
+                with self._lock:
+                    self._folders[folder] = cached
+            found.extend(cached[1])
+            stack.extend(cached[2])
         found.sort(key=lambda f: (f.mtime_ns, f.path), reverse=True)
         return found
+
+    def _list(self, folder: Path) -> tuple[list[_File], list[Path]]:
+        """(the folder's PNGs, its sub-folders); hidden ones skipped (the trash, thumbnails, files being written)."""
+        files, folders = [], []
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return files, folders
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(Path(entry.path))
+            elif entry.name.lower().endswith(".png") and entry.is_file(follow_symlinks=False):
+                stat = entry.stat(follow_symlinks=False)
+                rel = Path(entry.path).relative_to(self.outputs_dir).as_posix()
+                top = rel.split("/", 1)[0]
+                files.append(_File(rel, top if top in KINDS and "/" in rel else "", stat.st_mtime_ns, stat.st_size))
+        return files, folders
 
     def _entry(self, file: _File) -> HistoryEntry:
         """The file's entry, its metadata read once per (size, modification time)."""

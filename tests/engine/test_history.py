@@ -145,3 +145,19 @@ def test_large_images_get_a_thumbnail_small_ones_are_shown_as_they_are(outputs):
 def test_bad_queries_are_refused(change, message):
     with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
         HistoryQuery(**change)
+
+
+def test_past_folders_are_listed_once_and_again_when_they_change(outputs):
+    """A folder's listing is kept while its modification time stays: an image saved into a past day's folder (a
+    new name in it) shows at once, and one moved away is gone."""
+    out, names = outputs
+    day = (out / names[0]).parent
+    os.utime(day, (T0, T0))  # a day long past: its listing is kept
+    history = ImageHistory(out)
+    assert history.page().total == 6
+    Image.new("RGB", (4, 4)).save(day / "99999-1.png")
+    os.utime(day / "99999-1.png", (T0 + 90, T0 + 90))
+    assert paths(history.page())[0] == day.relative_to(out).as_posix() + "/99999-1.png"
+    os.utime(day, (T0, T0))
+    history.trash(day.relative_to(out).as_posix() + "/99999-1.png")
+    assert history.page().total == 6
