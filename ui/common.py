@@ -182,6 +182,9 @@ def model_dropdown(choices: list[str], value: str, label: str = "Model") -> gr.D
 
 # The tabs a past image's settings go back to, by the kind its run record (or folder) names.
 TAB_LABELS = {"txt2img": "Text to image", "unconditional": "Unconditional"}
+# Beside a tab's request fields: the gr.State that holds the settings filled in last, so that the tab's own
+# "model changed: take its default size / steps" listeners leave the filled values alone.
+FILLED = "_filled"
 
 
 def switch_tab_js(label: str) -> str:
@@ -203,7 +206,7 @@ def settings_updates(targets: dict[str, dict], kind: str, settings: dict, *, see
     fields = targets.get(kind, {})
     if seed_only:
         return {fields["seed"]: settings["seed"]} if "seed" in fields and "seed" in settings else {}
-    values = {**settings, "batch_count": settings.get("batch_count", 1)}
+    values = {**settings, "batch_count": settings.get("batch_count", 1), FILLED: dict(settings)}
     return {widget: values[name] for name, widget in fields.items() if name in values}
 
 

@@ -11,7 +11,7 @@ from engine.errors import Cancelled, InputError, ModelLoadError
 from engine.events import BatchDone, Done, Started, Step, StepsDrawn
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, PREVIEWS, Txt2ImgRequest
 from engine.validation import check_batch_count
-from ui.common import (DEVICE_QUEUE, SessionRuns, batch_note, done_note, export_update, field_messages,
+from ui.common import (DEVICE_QUEUE, FILLED, SessionRuns, batch_note, done_note, export_update, field_messages,
                        friendly_errors, last_seed, message_html, model_dropdown, page_error, progress_html,
                        seed_buttons, stream_updates, whole)
 
@@ -222,7 +222,9 @@ def build(
                                                                         note="final image")
         return s.preview_x0.array(), s.preview_xt.array(), progress_html(s.step, s.total, s.timestep, s.elapsed)
 
-    def on_model_change(name):
+    def on_model_change(name, given=None):
+        if given and given.get("model") == name and "width" in given:
+            return gr.skip(), gr.skip()  # filled in with its settings (History, PNG Info): their size stays
         found = default_size(name)
         return (gr.update(value=found[0]), gr.update(value=found[1])) if found else (gr.skip(), gr.skip())
 
@@ -241,11 +243,12 @@ def build(
     gr.on([scrub.release, scrub.input], show_step, [scrub, history], [image, xt, progress],
           api_visibility="private")
     refresh.click(lambda: gr.update(choices=list_models()), None, model, api_visibility="private")
-    # A person's pick only: a model filled in with its settings (History, PNG Info) keeps their size.
-    model.input(on_model_change, model, [width, height], api_visibility="private")
+    filled = gr.State(None)  # the settings History or PNG Info filled in last, until a person picks a model
+    model.change(on_model_change, [model, filled], [width, height], api_visibility="private")
+    model.input(lambda: None, None, filled, api_visibility="private")
     return {"model": model, "prompt": prompt, "negative_prompt": negative_prompt, "num_inference_steps": steps,
             "guidance_scale": guidance_scale, "scheduler": scheduler, "seed": seed, "width": width, "height": height,
-            "batch_count": batch_count}
+            "batch_count": batch_count, FILLED: filled}
 
 
 def _scrubber(frames: int):

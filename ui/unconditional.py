@@ -9,7 +9,7 @@ import gradio as gr
 from engine.errors import WorkbenchError
 from engine.events import BatchDone, Done, Started, Step
 from engine.sampling.unconditional import DEFAULT_STEPS, MAX_BATCH, RunEstimate, UnconditionalRequest
-from ui.common import (DEVICE_QUEUE, batch_note, done_note, export_update, friendly_errors, last_seed,
+from ui.common import (DEVICE_QUEUE, FILLED, batch_note, done_note, export_update, friendly_errors, last_seed,
                        model_dropdown, progress_html, seed_buttons, stream_updates, whole)
 
 
@@ -136,7 +136,10 @@ def build(
         yield gr.update(visible=True, value=_estimate_text(scheduler_name, found)) if found else \
             gr.update(visible="hidden")
 
-    def on_choice(model_name, scheduler_name):
+    def on_choice(model_name, scheduler_name, given=None):
+        if given and (given.get("model"), given.get("scheduler")) == (model_name, scheduler_name) \
+                and "num_inference_steps" in given:
+            return gr.skip()  # filled in with its settings (History, PNG Info): their steps stay
         found = default_steps(model_name, scheduler_name)
         return gr.update(value=found) if found else gr.skip()
 
@@ -162,16 +165,17 @@ def build(
     estimate_inputs = [model, scheduler, steps, batch_size]
     estimate_args = dict(fn=show_estimate, inputs=estimate_inputs, outputs=estimate_line, show_progress="hidden",
                          api_visibility="private")
-    # A person's pick only: settings filled in (History, PNG Info) keep their steps.
-    gr.on([model.input, scheduler.input], on_choice, [model, scheduler], steps,
+    filled = gr.State(None)  # the settings History or PNG Info filled in last, until a person picks
+    gr.on([model.change, scheduler.change], on_choice, [model, scheduler, filled], steps,
           api_visibility="private").then(**estimate_args)
+    gr.on([model.input, scheduler.input], lambda: None, None, filled, api_visibility="private")
     gr.on([steps.change, batch_size.change], trigger_mode="always_last", **estimate_args)
     event.then(**estimate_args)  # now from this run's own time a step
     as_trained.click(as_trained_choice, model, [scheduler, steps], api_visibility="private")
     model.change(lambda m: gr.update(value=_as_trained_label(default_steps(m, "DDPM"))), model, as_trained,
                  api_visibility="private")
     return {"model": model, "scheduler": scheduler, "num_inference_steps": steps, "seed": seed,
-            "batch_size": batch_size, "batch_count": batch_count}
+            "batch_size": batch_size, "batch_count": batch_count, FILLED: filled}
 
 
 def _as_trained_label(train_steps: int | None) -> str:

@@ -118,6 +118,15 @@ def test_replay_a_past_image_is_identical(page):
     wait_text(page, "history-status", "From Text to image")
     page.locator("#history-replay").click()
     wait_text(page, "replay-progress", "Identical: the replay's image hashes as the run's did")
+    # The replay is saved like any run: two images now; the picked one goes to the trash, the replay stays.
+    fill_and_enter(page.locator("#history-search textarea, #history-search input").first, "four replayed")
+    page.wait_for_function("() => document.querySelectorAll('#history-gallery img').length === 2")
+    page.locator("#history-gallery button").filter(has_text="77 · a handwritten digit four").first.click()
+    wait_text(page, "history-status", "From Text to image")
+    page.locator("#history-delete").click()
+    wait_text(page, "history-status", "to .trash/txt2img/")
+    wait_text(page, "history-counts", "1 of ")
+    assert page.locator("#history-gallery img").count() == 1
 
 
 def test_drop_an_a1111_png_and_send_it_to_text_to_image(page, tmp_path):
