@@ -7,7 +7,8 @@ import httpx
 import pytest
 
 TXT2IMG = dict(model="digits-sd", prompt="a handwritten digit seven", negative_prompt="", steps=2,
-               guidance_scale=7.5, scheduler="DDIM", seed=1, width=32, height=32, vae_preview_every=0, preview="auto")
+               guidance_scale=7.5, scheduler="DDIM", seed=1, width=32, height=32, vae_preview_every=0, preview="auto",
+               batch_count=1)
 ORDER = list(TXT2IMG)
 
 
