@@ -17,6 +17,8 @@ DEFAULT_PROMPT = "a handwritten digit seven"  # a prompt the built-in model know
 # The engine's field names (as its messages say them) -> the position of their input below.
 FIELDS = {"model": 0, "prompt": 1, "steps": 3, "guidance scale": 4, "scheduler": 5, "seed": 6, "width": 7,
           "height": 8, "VAE preview interval": 9, "preview": 10}
+SCRUB_LABEL = "Scrub through the steps (the last is the final image)"
+SCRUB_DRAWING = "· drawing the previews of the steps the stream skipped…"
 FAR_FROM_NATIVE = 2.0  # a size this many times larger or smaller than the model's own gets a warning
 
 
@@ -73,7 +75,7 @@ def build(
                                  interactive=False, height=360, elem_id="t2i-image", elem_classes="wb-pixels")
                 xt = gr.Image(label="Noisy latent after this step (the next step's input)", format="png",
                               interactive=False, height=360, elem_id="t2i-xt", elem_classes="wb-pixels")
-            scrub = gr.Slider(1, 2, value=1, step=1, label="Scrub through the steps (the last is the final image)",
+            scrub = gr.Slider(1, 2, value=1, step=1, label=SCRUB_LABEL,
                               visible=False, elem_id="t2i-scrub")
             info = gr.JSON(label="Parameters used", elem_id="t2i-info")
             code = gr.Code(label="diffusers code", language="python", wrap_lines=True, elem_id="t2i-code")
@@ -118,9 +120,11 @@ def build(
             run["final"] = final
             return (final, event.steps[-1].preview_xt.array() if n else None,
                     progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"),
-                    info_out, event.code, _scrubber(n), {"steps": event.steps, "final": final})
+                    info_out, event.code, _scrubber(n, drawing=run.get("history") == "after"),
+                    {"steps": event.steps, "final": final})
         if isinstance(event, StepsDrawn):  # the frames the stream skipped, drawn after the final image went out
-            return (gr.skip(),) * 6 + ({"steps": event.steps, "final": run.get("final")},)
+            return ((gr.skip(),) * 5 + (gr.update(label=SCRUB_LABEL),)
+                    + ({"steps": event.steps, "final": run.get("final")},))
         return None
 
     @friendly_errors
@@ -144,6 +148,7 @@ def build(
             run["warning"] = _far_from_native(request, default_size(request.model or default_model))
             if run["warning"]:
                 gr.Warning(html.escape(run["warning"]))
+            run["history"] = "after"
             async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel, history="after"),
                                                lambda event: render(event, run), cancel=run["cancel"]):
                 yield update
@@ -213,8 +218,10 @@ def build(
     api_trigger.click(txt2img, inputs=inputs, outputs=outputs, api_name="txt2img",
                                   concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
     generate.click(before_run, inputs, progress, queue=False, api_visibility="private")
-    generate.click(txt2img_page, inputs=inputs, outputs=outputs, validator=validate,
-                                api_visibility="private", concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
+    # A click while the last run is still ending (its history's previews being drawn after the final image went
+    # out) queues one more run rather than being dropped (Gradio's default "once" ignores it).
+    generate.click(txt2img_page, inputs=inputs, outputs=outputs, validator=validate, trigger_mode="always_last",
+                   api_visibility="private", concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
     # The page's run ends through its own token, so it can say where it stopped (a cancelled event cannot).
     stop.click(stop_page_run, None, progress, queue=False, api_visibility="private")
     gr.on([scrub.release, scrub.input], show_step, [scrub, history], [image, xt, progress],
@@ -223,8 +230,10 @@ def build(
     model.change(on_model_change, model, [width, height], api_visibility="private")
 
 
-def _scrubber(frames: int):
-    return gr.update(visible=frames > 1, minimum=1, maximum=max(frames, 2), value=max(frames, 1))
+def _scrubber(frames: int, drawing: bool = False):
+    """The scrub slider over ``frames`` steps; ``drawing``: the previews the stream skipped are still coming."""
+    return gr.update(visible=frames > 1, minimum=1, maximum=max(frames, 2), value=max(frames, 1),
+                     label=SCRUB_LABEL + (f" {SCRUB_DRAWING}" if drawing else ""))
 
 
 def _run_note(started: Started, warning: str = "") -> str:
