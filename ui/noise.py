@@ -30,7 +30,7 @@ from engine.forward.noise import (
     NoiseSchedule,
     clamp_timesteps,
 )
-from ui.common import friendly_errors, whole
+from ui.common import friendly_errors, uploaded_path, whole
 
 CUSTOM = "(the settings below)"
 NO_MARKER = "(none)"
@@ -99,6 +99,7 @@ def build(
                            overlay)
         main = next(iter(chosen.values()))
         common = dict(schedule=main, seed=whole(seed), resolution=whole(resolution), sample_image=sample_image)
+        image = uploaded_path(image, "image")  # the API's file dict (it skips Gradio's preprocessing), or a path
 
         # 2. The strip (its timesteps fitted to the schedule: those past its end shown at its end) and the
         # frame at the slider's t, both with diffusers' add_noise.
@@ -255,7 +256,10 @@ def build(
         drawn.success(dress, [colors, frame_caption], [single, *plots], api_visibility="private")
         drawn.success(fit_slider, [num_train_timesteps, single_t], single_t, api_visibility="private")
 
-    then_dress_and_fit(show.click(add_noise_endpoint, inputs, outputs, api_name="add_noise", **queue))
+    # The API takes values as sent (preprocess=False): the engine checks each, and its message names the field and
+    # what it takes, where Gradio's own checks (a number box's bounds, a dropdown's choices) name neither.
+    then_dress_and_fit(show.click(add_noise_endpoint, inputs, outputs, api_name="add_noise", preprocess=False,
+                                  **queue))
     # Every field redraws when a person changes it: choices when picked, typed values on Enter, sliders
     # on release. Only a person's changes: the fields a model fills do not set off a second redraw.
     then_dress_and_fit(gr.on(
