@@ -181,7 +181,7 @@ def uploaded_path(value, name: str) -> str | None:
     cache = os.path.realpath(get_upload_folder())
     if not isinstance(path, str) or not os.path.realpath(path).startswith(cache + os.sep):
         raise InputError(f"{name} must be a file uploaded to this app, as gradio_client's handle_file(path) sends "
-                         f"it; got {given(value)}", field=name)
+                         f"it; got {given(path)}", field=name)
     return path
 
 
