@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 DEVICE_QUEUE = "device"  # one concurrency group for all model work: tabs queue, never fight
 PREVIEW_INTERVAL = 0.1  # seconds between preview frames: about 10 a second, the browser keeps up
 CACHE_HASH_DIR = re.compile(r"[0-9a-f]{64}")  # Gradio caches each file in a folder named by its content's hash
-EMPTY_DIR_AGE = 600.0  # seconds an emptied hash folder stays: Gradio fills a folder the moment it makes one
+EMPTY_DIR_AGE = 60.0  # seconds an emptied hash folder stays: Gradio fills a folder the moment it makes one
 
 
 def friendly_errors(fn: Callable) -> Callable:
@@ -247,9 +247,10 @@ def prune_cache(demo: gr.Blocks, keep: int) -> int:
             if not files:
                 empty.append(sub)
     found.sort(reverse=True)
-    for _, path in found[keep:]:
+    for mtime, path in found[keep:]:
         with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+            if os.stat(path).st_mtime == mtime:  # not written again (the same image) since it was listed
+                os.remove(path)
     now = time.time()
     for sub in empty:  # an old empty folder only: a new one may be about to get its file
         with contextlib.suppress(OSError):
