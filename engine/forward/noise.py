@@ -173,7 +173,7 @@ def load_image(source: str | Path | Image.Image | np.ndarray | None, sample_imag
         return to_rgb(Image.fromarray(source))
     try:
         with Image.open(source) as im:
-            return to_rgb(im)
+            return to_rgb(im.copy())  # read now: the file closes here, and an RGB image would come back unread
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         name = Path(str(source)).name
         cause = str(exc).replace(str(source), name)  # PIL quotes the whole path: the file's name is enough

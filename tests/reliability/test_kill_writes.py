@@ -60,7 +60,8 @@ def kill_while_writing(script: str, args: list, seed: int) -> tuple[list[str], i
 
 
 def partial_writes(folder) -> list[Path]:
-    return sorted(Path(folder).rglob(".*.tmp"))
+    """Hidden files and folders: where a write is under way (what is listed never starts with '.')."""
+    return sorted(Path(folder).rglob(".*"))
 
 
 def complete_png(path: Path) -> bool:
