@@ -67,7 +67,7 @@ def p99(values: list[float]) -> float:
 
 # -- the app under test ------------------------------------------------------------------------------
 class App:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, extra_args: tuple[str, ...] = ()):
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -76,7 +76,7 @@ class App:
                    HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
             [sys.executable, "app.py", "--port", str(self.port), "--models-dir", str(root / "models"),
-             "--data-dir", str(root / "data"), "--outputs-dir", str(root / "outputs"), "--device", "cpu"],
+             "--data-dir", str(root / "data"), "--outputs-dir", str(root / "outputs"), "--device", "cpu", *extra_args],
             cwd=ROOT, env=env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT)
         import httpx
 

@@ -22,7 +22,8 @@ from engine.forward import noise
 from engine.forward.noise import NoiseRequest, NoiseSchedule, NoiseStrip
 from engine.models.configs import native_size, read_scheduler_config
 from engine.models.devices import default_torch_threads, resolve_device
-from engine.models.registry import BUILTINS, ModelRegistry
+from engine.files import remove_partial_writes, shown_paths
+from engine.models.registry import BUILTIN_DIR, BUILTINS, ModelRegistry
 from engine.sampling import unconditional
 from engine.sampling.schedulers import SCHEDULERS
 from engine.sampling.txt2img import Txt2ImgRequest
@@ -37,7 +38,7 @@ from engine.training.checkpoints import list_runs
 from engine.training.data import UploadLimits, list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
 from engine.training.request import RUN_NAME, TrainRequest, resume_request
-from engine.validation import check_choice
+from engine.validation import check_choice, given
 from engine.worker.child import MODEL_KIND, WorkerConfig, loop_of
 from engine.worker.process import DeviceWorker, RunRecord
 
@@ -63,6 +64,10 @@ class Workbench:
         self.placement = resolve_device(device)
         for folder in (folders.models_dir, folders.data_dir, folders.outputs_dir):
             Path(folder).mkdir(parents=True, exist_ok=True)
+        # What a process killed mid-write left (a PNG, an upload's hidden folder) goes; nothing half-written is listed.
+        for folder, pattern in ((folders.outputs_dir, "**/.*.tmp"), (folders.data_dir, ".*.tmp")):
+            if removed := remove_partial_writes(folder, pattern):
+                log.warning("removed %d partial write(s) of a killed process from %s", len(removed), folder)
         self.registry = ModelRegistry(folders.models_dir, self.placement)
         self.torch_threads = torch_threads or default_torch_threads(self.placement)
         # One sampling run on the device at a time. In this process the run holds the lock in its own thread
@@ -88,6 +93,13 @@ class Workbench:
         """Stop the sampling worker (the training job, if any, goes on until it ends or is stopped)."""
         if self.worker is not None:
             self.worker.close()
+
+    def shown(self, text: str) -> str:
+        """``text`` (a saved file's path, a code snippet, a status) as the page shows it: the models, data and
+        outputs dirs written as ``models``, ``data`` and ``outputs`` (``outputs/txt2img/.../00001-7.png``), so
+        nothing a person reads holds the server's absolute paths. Files handed to the page to serve stay real."""
+        return shown_paths(text, {"models": self.folders.models_dir, "data": self.folders.data_dir,
+                                  "outputs": self.folders.outputs_dir, "builtin_models": BUILTIN_DIR})
 
     def recent_runs(self) -> list[RunRecord]:
         """The worker's latest sampling runs, oldest first: when each was queued, began and ended, and how."""
@@ -230,7 +242,10 @@ class Workbench:
 
     def schedule_of_model(self, model: str) -> NoiseSchedule:
         """The noise schedule ``model`` was trained with, from its scheduler config."""
-        return noise.schedule_of_model(self.registry.resolve(model).location)
+        try:
+            return noise.schedule_of_model(self.registry.resolve(model).location)
+        except ModelLoadError as exc:  # it names the config's folder
+            raise ModelLoadError(self.registry.shown(str(exc))) from exc
 
     def list_schedule_models(self) -> list[str]:
         """Models whose schedule the Noise tab can show: every model with a scheduler config."""
@@ -270,8 +285,8 @@ class Workbench:
 
 def _checked_run_name(run_name: str) -> str:
     """Run names are plain folder names: nothing that could point outside the models dir."""
-    run_name = (run_name or "").strip()
-    if not RUN_NAME.match(run_name):
-        raise InputError(f"run name {run_name!r} is not allowed; give the name of a run under the models dir "
+    run_name = (run_name.strip() if isinstance(run_name, str) else run_name) or ""
+    if not isinstance(run_name, str) or not RUN_NAME.match(run_name):
+        raise InputError(f"run name {given(run_name)} is not allowed; give the name of a run under the models dir "
                          "(letters, digits, '.', '_' or '-')")
     return run_name

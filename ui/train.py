@@ -11,18 +11,19 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import gradio as gr
 from gradio.components.plot import PlotData
 
+from engine.errors import InputError
 from engine.sampling.schedulers import SAMPLER_BETA_SCHEDULES
 from engine.training.objectives.pixel import PRESETS
 from engine.training.recipes import DEFAULT_RECIPE, RECIPE_FIELDS, RECIPES
 from engine.training.request import MIXED_PRECISION, RUN_CONTROL, TrainRequest, field_help
 from engine.training.jobs import FAILED, IDLE, TrainStatus
-from ui.common import DEVICE_QUEUE, friendly_errors, progress_html, whole
+from ui.common import DEVICE_QUEUE, friendly_errors, progress_html, uploaded_path, whole
 
 POLL_INTERVAL = 1.0  # seconds between status polls; the loss itself arrives every log_every steps
 MAX_PLOT_POINTS = 1000  # per curve: a long run's history is thinned so that a poll stays small
@@ -62,10 +63,17 @@ def build(
     save_upload: Callable[[list[str], str], str],  # (files, folder name) -> the new folder's name
     list_runs: Callable[[], list[str]],  # runs with a checkpoint to resume
     list_unconditional_models: Callable[[], list[str]],
+    shown: Callable[[str], str],  # a path or a message as people read it: the app's folders relative
     unconditional_model: gr.Dropdown | None = None,  # the Unconditional tab's model box, kept up to date
 ) -> None:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
     defaults = TrainRequest()
+
+    def as_shown(s: TrainStatus) -> TrainStatus:
+        """The status as the page shows it: the run's folder and checkpoint as ``models/<run>``."""
+        return replace(s, run_dir=shown(s.run_dir), checkpoint=s.checkpoint and shown(s.checkpoint),
+                       message=shown(s.message))
+
     with gr.Row():
         with gr.Column(scale=2):
             w = _settings(defaults, list_data, list_runs)
@@ -85,34 +93,41 @@ def build(
         given = START_SIGNATURE.bind(*args, **kwargs)
         given.apply_defaults()
         values = {START_PARAMS[name]: value for name, value in given.arguments.items()}  # by TrainRequest field
-        if values.pop("resume"):
+        resume = values.pop("resume")
+        if not isinstance(resume, bool):  # the API takes values as sent: 'no' would be true
+            raise InputError(f"resume must be true or false; got {resume!r}", field="resume")
+        if resume:
             started = resume_training(_page_value("run_name", values["run_name"]),
                                       **{field: _page_value(field, values[field]) for field in RESUME_CHANGES})
         else:
             started = start_training(TrainRequest(**{field: _page_value(field, v) for field, v in values.items()}))
         if started.state == FAILED:  # not the user's doing: the log has the traceback
             raise gr.Error(started.message, print_exception=False)
-        return status_dict(started)
+        return status_dict(as_shown(started))
 
     @friendly_errors
     def train_stop():
-        return status_dict(stop_training(STOP_WAIT))
+        return status_dict(as_shown(stop_training(STOP_WAIT)))
 
     @friendly_errors
     def train_status():
-        s = training_status()
+        s = as_shown(training_status())
         return status_dict(s, history=True), s.grid
 
     @friendly_errors
     def train_upload(files, folder_name):
-        name = save_upload(list(files or []), (folder_name or "").strip())
+        if files is not None and not isinstance(files, list):
+            raise InputError(f"files must be a list of files (gradio_client's handle_file); got {files!r}",
+                             field="files")
+        name = save_upload([uploaded_path(f, "files") for f in files or []],
+                           folder_name.strip() if isinstance(folder_name, str) else folder_name)
         return gr.update(choices=list_data(), value=name), f"Saved as data folder **{name}**; it is selected above."
 
     def show_all():
         return poll(None)
 
-    def poll(shown):
-        return _status_updates(training_status(), shown, status, list_runs, list_unconditional_models)
+    def poll(on_page):
+        return _status_updates(as_shown(training_status()), on_page, status, list_runs, list_unconditional_models)
 
     def sample_checkpoint():
         s = training_status()
@@ -133,15 +148,17 @@ def build(
         saved = run_settings(name)
         return {widget: getattr(saved, field) for field, widget in form.items()}
 
+    # The API takes values as sent (preprocess=False): the engine checks each, and its message names the field and
+    # what it takes, where Gradio's own checks name neither (and a number box rounds 2.5 to 2 unasked).
     w["start"].click(
         train_start, inputs=list(form.values()), outputs=[status.info], api_name="train_start",
-        concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
+        concurrency_id=DEVICE_QUEUE, concurrency_limit=1, preprocess=False,
     )
     # Status and Stop stay out of the device queue: they must answer while the run holds the device.
     w["stop"].click(train_stop, None, [status.info], api_name="train_stop", concurrency_limit=None)
     api_trigger.click(train_status, None, [api_status, api_grid], api_name="train_status", concurrency_limit=None)
     w["save"].click(train_upload, [w["files"], w["folder_name"]], [w["data"], w["upload_note"]],
-                    api_name="train_upload")
+                    api_name="train_upload", preprocess=False)
     w["refresh_data"].click(lambda: gr.update(choices=list_data()), None, w["data"], api_visibility="private")
     w["runs"].change(pick_run, w["runs"], list(form.values()), api_visibility="private")
     w["recipe"].input(pick_recipe, w["recipe"], list(recipe_form.values()), api_visibility="private")
@@ -194,8 +211,8 @@ def _takes(signature: inspect.Signature) -> Callable:
 def _page_value(field: str, value):
     """A widget's value as ``field`` of TrainRequest takes it: whole numbers as ints, text stripped."""
     default = getattr(_DEFAULTS, field)
-    if isinstance(default, str):
-        return (value or "").strip()
+    if isinstance(default, str):  # anything else as sent: the request refuses it by name
+        return "" if value is None else value.strip() if isinstance(value, str) else value
     if isinstance(default, int) and not isinstance(default, bool):
         return whole(value)
     return value  # booleans and floats as the page gives them

@@ -31,6 +31,7 @@ def build(
     default_model: str,
     default_size: Callable[[str], tuple[int, int] | None],
     schedulers: list[str],
+    shown: Callable[[str], str],  # a path or a code snippet as people read it: the app's folders relative
 ) -> None:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
     size = default_size(default_model) or (512, 512)
@@ -105,7 +106,7 @@ def build(
             return (gr.update(label=f"Predicted clean image x0 ({how}) → final image"), gr.skip(),
                     progress_html(0, event.total, note=" · ".join(filter(None, [f"seed {event.info['seed']}",
                                                                                  run["note"]]))),
-                    event.info, event.code, gr.update(visible=False), None)
+                    event.info, shown(event.code), gr.update(visible=False), None)
         if isinstance(event, Step):
             run["steps"].append(event)
             return (event.preview_x0.array(), event.preview_xt.array(),
@@ -115,12 +116,12 @@ def build(
         if isinstance(event, Done):
             final = event.paths[0] if event.paths else event.images[0]  # the saved PNG, sent as it is
             info_out = dict(event.info)
-            info_out["file"] = event.paths[0] if event.paths else None
+            info_out["file"] = shown(event.paths[0]) if event.paths else None  # the image itself is sent as it is
             n = len(event.steps)
             run["final"] = final
             return (final, event.steps[-1].preview_xt.array() if n else None,
                     progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"),
-                    info_out, event.code, _scrubber(n, drawing=run.get("history") == "after"),
+                    info_out, shown(event.code), _scrubber(n, drawing=run.get("history") == "after"),
                     {"steps": event.steps, "final": final})
         if isinstance(event, StepsDrawn):  # the frames the stream skipped, drawn after the final image went out
             return ((gr.skip(),) * 5 + (gr.update(label=SCRUB_LABEL),)
@@ -193,7 +194,7 @@ def build(
         at = frames[-1].step if frames else 0
         info_out = {**started.info, "stopped_at_step": at}
         return (gr.skip(), gr.skip(), message_html(f"Stopped at step {at} of {started.total}", "stopped"),
-                info_out, started.code, _scrubber(len(frames)), {"steps": tuple(frames), "final": None})
+                info_out, shown(started.code), _scrubber(len(frames)), {"steps": tuple(frames), "final": None})
 
     def stop_page_run(session: gr.Request):
         if runs.stop(session.session_hash):
@@ -215,8 +216,10 @@ def build(
         return (gr.update(value=found[0]), gr.update(value=found[1])) if found else (gr.skip(), gr.skip())
 
     api_trigger = gr.Button(visible=False)  # the public /txt2img endpoint; the page's button below validates
-    api_trigger.click(txt2img, inputs=inputs, outputs=outputs, api_name="txt2img",
-                                  concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
+    # The API takes values as sent (preprocess=False): the engine checks each, and its message names the field and
+    # what it takes, where Gradio's own checks (a slider's bounds, a dropdown's choices) name neither.
+    api_trigger.click(txt2img, inputs=inputs, outputs=outputs, api_name="txt2img", preprocess=False,
+                      concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
     generate.click(before_run, inputs, progress, queue=False, api_visibility="private")
     # A click while the last run is still ending (its history's previews being drawn after the final image went
     # out) queues one more run rather than being dropped (Gradio's default "once" ignores it).

@@ -21,6 +21,7 @@ def build(
     list_models: Callable[[], list[str]],
     default_model: str,
     schedulers: list[str],
+    shown: Callable[[str], str],  # a path or a code snippet as people read it: the app's folders relative
 ) -> gr.Dropdown:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events; returns the model box
     (the Training tab keeps its list up to date)."""
@@ -74,12 +75,12 @@ def build(
         if isinstance(event, Done):
             final = event.grid or (event.paths[0] if event.paths else final_image(event))  # the saved PNG as is
             info_out = dict(event.info)
-            info_out["files"] = list(event.paths)
-            info_out["grid"] = event.grid or None
+            info_out["files"] = [shown(path) for path in event.paths]  # the images themselves are sent as they are
+            info_out["grid"] = shown(event.grid) if event.grid else None
             n = len(event.steps)
             frames = tuple(s for s in event.steps if s.preview_xt is not None)  # every k-th step, the last always
             return (final, gr.skip(), progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"),
-                    gr.skip(), info_out, event.code, _scrubber(frames, n), (frames, final))
+                    gr.skip(), info_out, shown(event.code), _scrubber(frames, n), (frames, final))
         return None
 
     @friendly_errors
@@ -132,6 +133,7 @@ def build(
         ddpm, inputs=[model, scheduler, steps, seed, batch_size],
         outputs=[image, xt, progress, timesteps, info, code, scrub, history],
         api_name="ddpm", concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
+        preprocess=False,  # values as sent: the engine's checks name the field and what it takes
     )
     stop.click(None, None, None, cancels=[event], api_visibility="private")
     scrub.input(show_step, [scrub, history], [image, xt, progress], trigger_mode="always_last",

@@ -21,12 +21,14 @@ from typing import Any
 
 from engine.models.devices import Placement
 from engine.errors import ModelLoadError
+from engine.files import shown_paths
 from engine.validation import HUB_ID
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # engine/models/registry.py -> the repository
 BUILTIN_DIR = REPO_ROOT / "builtin_models"  # shipped (or built on first use), never the user's models dir
+MAX_NAME_CHARS = 1024  # a model string: a path under the models dir or a hub id, never longer
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 # The pipeline classes each loop runs: a UNet2DConditionModel + VAE + CLIP text encoder for text to image;
 # a UNet2DModel with a DDPM-family scheduler for unconditional sampling. Anything else is refused by name.
@@ -75,6 +77,10 @@ class ModelRegistry:
         self._loading: dict[str, _PendingLoad] = {}  # loads under way, by cache key
         self._lock = threading.Lock()  # guards the two dicts; never held through a load
 
+    def shown(self, text: str) -> str:
+        """``text`` with the models dir and the built-ins' folder as their names (``models/x``), for messages."""
+        return shown_paths(text, {"models": self.models_dir, "builtin_models": BUILTIN_DIR})
+
     # -- listing -----------------------------------------------------------------------
     def list_models(self, kind: str) -> list[str]:
         """Built-ins of ``kind`` first, then what is under ``models_dir`` (no hub ids)."""
@@ -94,7 +100,12 @@ class ModelRegistry:
 
     # -- resolving ---------------------------------------------------------------------
     def resolve(self, name: str) -> ModelRef:
+        if name is not None and not isinstance(name, str):
+            raise ModelLoadError(f"model must be text: a built-in's name, a folder or file under the models dir, "
+                                 f"or a hub id; got {name!r}")
         name = (name or "").strip()
+        if len(name) > MAX_NAME_CHARS:  # no file name is this long: the file system would refuse it (an OSError)
+            raise ModelLoadError(f"model must be at most {MAX_NAME_CHARS} characters; got {len(name)}")
         if not name:
             raise ModelLoadError("no model given; pick one from the list or type a folder name under the models dir")
         if any(ord(c) < 32 for c in name):  # a NUL would reach the file system as an error of its own
@@ -102,7 +113,8 @@ class ModelRegistry:
         if name in BUILTINS:
             b = BUILTINS[name]
             if not (b.folder / "model_index.json").is_file():
-                raise ModelLoadError(f"built-in model {name!r} is missing from {b.folder}; retrain it with "
+                raise ModelLoadError(f"built-in model {name!r} is missing from {b.folder.relative_to(REPO_ROOT)}; "
+                                     f"retrain it with "
                                      f"`python -m engine.builtin train {name}`")
             return ModelRef(name, "builtin", str(b.folder), _pipeline_class(b.folder))
         if name.lower().endswith(PICKLE_SUFFIXES):
@@ -114,7 +126,7 @@ class ModelRegistry:
         inside = candidate == self.models_dir or self.models_dir in candidate.parents
         if Path(name).is_absolute() or ".." in Path(name).parts or not inside:
             raise ModelLoadError(
-                f"{name!r} is outside the models dir {self.models_dir}; only models under it can be loaded"
+                f"{name!r} is outside the models dir (--models-dir); only models under it can be loaded"
             )
         if candidate.is_dir():
             if not (candidate / "model_index.json").is_file():
@@ -139,7 +151,7 @@ class ModelRegistry:
             return ModelRef(name, "hub", name)
         raise ModelLoadError(
             f"unknown model {name!r}: not a built-in ({', '.join(BUILTINS)}), not a folder or .safetensors "
-            f"file under {self.models_dir}, and not a hub id like 'owner/name'"
+            "file under the models dir (--models-dir), and not a hub id like 'owner/name'"
         )
 
     # -- loading -----------------------------------------------------------------------
@@ -214,11 +226,11 @@ class ModelRegistry:
             else:
                 pipe = cls.from_pretrained(ref.location, dtype=dtype, local_files_only=True, use_safetensors=True,
                                            **extra)
-        except ModelLoadError:
-            raise
+        except ModelLoadError as exc:  # the single-file loader's, naming its file and config folder
+            raise ModelLoadError(self.shown(str(exc))) from exc
         except Exception as exc:  # diffusers raises many kinds; all mean "could not load"
             log.warning("loading %r from %s failed", ref.name, ref.location, exc_info=True)  # ours or theirs
-            raise ModelLoadError(f"could not load {ref.name!r} from {ref.location}: {type(exc).__name__}: {exc}") from exc
+            raise ModelLoadError(f"could not load {ref.name!r}: {type(exc).__name__}: {self.shown(str(exc))}") from exc
         check_kind(ref.name, type(pipe).__name__, kind)  # a hub id's class is known only now
         unet = getattr(pipe, "unet", None)
         if type(unet).__name__ != UNET_CLASSES[kind]:

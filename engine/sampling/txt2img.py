@@ -27,7 +27,7 @@ from engine.events import Done, Preview, Started, Step
 from engine.sampling.outputs import save_png
 from engine.sampling.preview import LatentRGBPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
-from engine.validation import check_choice, check_int, check_seed
+from engine.validation import check_choice, check_int, check_seed, given
 
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin, StableDiffusionPipeline
@@ -69,7 +69,7 @@ class Txt2ImgRequest:
         check_int("steps", self.num_inference_steps, 1, MAX_STEPS)
         g = self.guidance_scale
         if not isinstance(g, (int, float)) or isinstance(g, bool) or not math.isfinite(g) or not 1 <= g <= MAX_GUIDANCE:
-            raise InputError(f"guidance scale must be a number from 1 (no guidance) to {MAX_GUIDANCE:g}; got {g!r}",
+            raise InputError(f"guidance scale must be a number from 1 (no guidance) to {MAX_GUIDANCE:g}; got {given(g)}",
                              field="guidance scale")
         scheduler_spec(self.scheduler)
         check_seed(self.seed)

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.errors import InputError
-from engine.files import fsync_path
+from engine.files import fsync_path, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -135,15 +135,7 @@ def _save_in_progress(folder: Path) -> bool:
     if int(pid) == os.getpid():
         with _saving_lock:
             return folder.resolve() in _saving
-    return _alive(int(pid))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError, OSError):
-        return False
-    return True
+    return process_alive(int(pid))
 
 
 def recover_all(models_dir: str | Path) -> None:
@@ -176,10 +168,10 @@ def read_state(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     recover(run_dir)
     if not is_complete(run_dir):
-        raise InputError(f"no complete checkpoint to resume in {run_dir}; start a new run instead")
+        raise InputError(f"run {run_dir.name!r} has no complete checkpoint to resume; start a new run instead")
     state = json.loads((run_dir / TRAINER_DIR / STATE_FILE).read_text())
     if state.get("format") != FORMAT:
-        raise InputError(f"checkpoint {run_dir} has trainer format {state.get('format')!r}; "
+        raise InputError(f"the checkpoint of run {run_dir.name!r} has trainer format {state.get('format')!r}; "
                          f"this version reads {FORMAT}")
     return state
 

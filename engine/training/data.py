@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -29,14 +27,16 @@ from typing import Iterable, Iterator
 import torch
 
 from engine.errors import DataError, InputError
+from engine.files import partial_path
 from engine.images import to_8bit, to_rgb
-from engine.validation import HUB_ID
+from engine.validation import HUB_ID, given
 
 log = logging.getLogger(__name__)
 
 DIGITS = "digits"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_SOURCE_CHARS = 1024  # a data string: a folder under the data dir or a hub id, never longer
 MAX_UPLOAD_BYTES = 512 * 1024**2  # unpacked size of one upload, counted as written: a guard against zip bombs
 MAX_DATA_DIR_BYTES = 8 * 1024**3  # all of the data dir after the upload
 MAX_UPLOAD_FILES = 100_000
@@ -110,6 +110,10 @@ def list_sources(data_dir: str | Path) -> list[str]:
 def load_image_data(source: str, data_dir: str | Path) -> ImageData:
     """Resolve ``source``, check every image, and return the dataset; raises :class:`DataError`."""
     source = (source or "").strip()
+    if len(source) > MAX_SOURCE_CHARS:  # no folder name is this long: the file system would refuse it
+        raise DataError(f"data must be at most {MAX_SOURCE_CHARS} characters; got {len(source)}")
+    if any(ord(c) < 32 for c in source):  # a NUL would reach the file system as an error of its own
+        raise DataError(f"unknown data {source!r}: a data name has no control characters")
     if not source:
         raise DataError(f"no data given; use {DIGITS!r}, a folder under the data dir, or a hub id 'owner/name'")
     if source == DIGITS:
@@ -117,13 +121,13 @@ def load_image_data(source: str, data_dir: str | Path) -> ImageData:
     root = Path(data_dir).resolve()
     candidate = (root / source).resolve()
     if Path(source).is_absolute() or ".." in Path(source).parts or root not in (candidate, *candidate.parents):
-        raise DataError(f"{source!r} is outside the data dir {root}; only folders under it can be used")
+        raise DataError(f"{source!r} is outside the data dir (--data-dir); only folders under it can be used")
     if candidate.is_dir():
         return _load_folder(source, candidate)
     if HUB_ID.match(source):
-        return _load_hub(source, root)
+        return _load_hub(source)
     raise DataError(
-        f"unknown data {source!r}: not {DIGITS!r}, not a folder under {root} "
+        f"unknown data {source!r}: not {DIGITS!r}, not a folder under the data dir (--data-dir) "
         f"(found: {', '.join(list_sources(root)[1:]) or 'none'}), and not a hub id like 'owner/name'"
     )
 
@@ -187,7 +191,7 @@ def _load_folder(source: str, folder: Path) -> ImageData:
     return ImageData(dataset, report)
 
 
-def _load_hub(source: str, data_dir: Path) -> ImageData:
+def _load_hub(source: str) -> ImageData:
     import datasets
 
     from datasets.exceptions import DatasetNotFoundError
@@ -198,7 +202,7 @@ def _load_hub(source: str, data_dir: Path) -> ImageData:
         raise DataError(
             f"could not get dataset {source!r} from the Hugging Face Hub ({exc}); the hub "
             "is unreachable or offline here. On a machine with access run "
-            f"`hf download {source} --repo-type dataset --local-dir {data_dir / source.split('/')[-1]}` "
+            f"`hf download {source} --repo-type dataset --local-dir DATA_DIR/{source.split('/')[-1]}` "
             "and copy the folder under --data-dir, then pick it from the list"
         ) from exc
     except DatasetNotFoundError as exc:  # the hub answered: no such dataset, or it is private or gated
@@ -312,8 +316,7 @@ def save_uploads(files: Iterable[str | Path], data_dir: str | Path, name: str = 
     budget = min(limits.upload_bytes, limits.data_dir_bytes - _tree_bytes(root))
     if budget <= 0:
         raise DataError(f"the data dir is full ({_mib(_tree_bytes(root))} used); {limits.describe()}")
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}."))
-    try:
+    with partial_path(root, folder.name, folder=True) as tmp:  # a killed upload's is removed at start-up
         count, total = 0, 0
         for index, file in enumerate(Path(f) for f in files):
             if file.suffix.lower() == ".zip":
@@ -333,8 +336,6 @@ def save_uploads(files: Iterable[str | Path], data_dir: str | Path, name: str = 
             )
         _check_images(tmp)
         tmp.replace(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("saved %d uploaded image(s) to %s", count, folder)
     return folder
 
@@ -429,10 +430,10 @@ def _safe_stem(stem: str) -> str:
 
 
 def _new_folder_name(root: Path, name: str) -> str:
-    name = (name or "").strip() or "upload"
-    if not FOLDER_NAME.match(name):
+    name = (name.strip() if isinstance(name, str) else name) or "upload"
+    if not isinstance(name, str) or not FOLDER_NAME.match(name):
         raise InputError(
-            f"folder name {name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-', "
+            f"folder name {given(name)} is not allowed; use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     candidate, n = name, 1

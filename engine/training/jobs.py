@@ -20,6 +20,7 @@ import numpy as np
 from engine.cancel import CancelToken
 from engine.training.checkpoints import recover_all
 from engine.errors import JobRunningError, WorkbenchError
+from engine.files import shown_paths
 from engine.training.loop import iter_train
 from engine.training.recipes import steps_hint
 from engine.training.request import TrainCheckpoint, TrainDone, TrainRequest, TrainSample, TrainStarted, TrainStep
@@ -155,7 +156,8 @@ class TrainingManager:
             self._fail(exc, str(exc))
         except Exception as exc:  # a bug: keep the traceback in the log, show a short message
             log.exception("training job %s failed", request.run_name)
-            self._fail(exc, f"training failed ({type(exc).__name__}: {exc}); the log has the details")
+            cause = shown_paths(str(exc), {"models": self.models_dir, "data": self.data_dir})
+            self._fail(exc, f"training failed ({type(exc).__name__}: {cause}); the log has the details")
         finally:
             self._setup_done.set()
             _free_device_memory()
@@ -163,7 +165,7 @@ class TrainingManager:
     def _fail(self, exc: BaseException, message: str) -> None:
         with self._lock:
             if not self._setup_done.is_set():  # refused before its first step: the last run's status stays
-                self._setup_error = exc
+                self._setup_error = exc if isinstance(exc, WorkbenchError) else WorkbenchError(message)
                 self._status = self._before
                 return
             self._status = replace(self._status, state=FAILED, message=message, eta=None)

@@ -263,7 +263,7 @@ class Trainer:
         acc.wait_for_everyone()
         if not request.resume:
             if self.run_dir.exists():
-                raise InputError(f"a run or model named {request.run_name!r} already exists in {self.models_dir}; "
+                raise InputError(f"a run or model named {request.run_name!r} already exists in the models dir; "
                                  "resume it or pick another run name")
             return None
         state = ckpt.read_state(self.run_dir)

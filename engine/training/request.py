@@ -25,7 +25,7 @@ from engine.training.data import DataReport
 from engine.errors import InputError
 from engine.sampling.schedulers import SAMPLER_BETA_SCHEDULES
 from engine.training.objectives.pixel import PRESETS, size_multiple
-from engine.validation import MAX_SEED, check_choice, check_float, check_int
+from engine.validation import MAX_SEED, check_choice, check_float, check_int, given
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,10 @@ class TrainRequest:
     resume: bool = False  # continue run_name from its checkpoint
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise InputError(f"unknown preset {self.preset!r}; allowed: {', '.join(PRESETS)}")
-        if self.run_name and not RUN_NAME.match(self.run_name):
+        check_choice("preset", self.preset, PRESETS)
+        if not isinstance(self.run_name, str) or (self.run_name and not RUN_NAME.match(self.run_name)):
             raise InputError(
-                f"run name {self.run_name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-', "
+                f"run name {given(self.run_name)} is not allowed; use 1-64 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
         if self.resume and not self.run_name:
@@ -102,7 +101,7 @@ class TrainRequest:
         check_choice("beta schedule", self.beta_schedule, SAMPLER_BETA_SCHEDULES)  # the grids sample with DDIM
         for name in ("clamp_batch_size", "use_ema", "random_flip", "resume"):
             if not isinstance(getattr(self, name), bool):
-                raise InputError(f"{name} must be true or false; got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be true or false; got {given(getattr(self, name))}")
         if not isinstance(self.data, str) or not self.data.strip():
             raise InputError("data must name 'digits', a folder under the data dir, or a hub id 'owner/name'")
 
