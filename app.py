@@ -122,6 +122,8 @@ def build_app(args: argparse.Namespace):
                 list_runs=bench.list_runs,
                 list_unconditional_models=lambda: bench.list_models("unconditional"),
                 unconditional_model=unconditional_model,
+                list_txt2img_models=lambda: bench.list_models("txt2img"),
+                base_resolution=bench.training_base_size,
             )
         # -- more tabs are added here --
     demo.queue(default_concurrency_limit=1, max_size=64)

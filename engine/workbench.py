@@ -20,7 +20,7 @@ from engine.errors import InputError, ModelLoadError, WorkbenchError
 from engine.events import HISTORY_MODES, Done, Started, Step, StepsDrawn
 from engine.forward import noise
 from engine.forward.noise import NoiseRequest, NoiseSchedule, NoiseStrip
-from engine.models.configs import native_size, read_scheduler_config
+from engine.models.configs import native_size, read_scheduler_config, unet_side
 from engine.models.devices import default_torch_threads, resolve_device
 from engine.models.registry import BUILTINS, ModelRegistry
 from engine.sampling import unconditional
@@ -33,6 +33,7 @@ from engine.sampling.unconditional import (
     UnconditionalRequest,
     seconds_per_step,
 )
+from engine.training.base import SCRATCH
 from engine.training.checkpoints import list_runs
 from engine.training.data import UploadLimits, list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
@@ -253,6 +254,22 @@ class Workbench:
     def run_settings(self, run_name: str) -> TrainRequest:
         """The request ``run_name`` was started with, set to resume."""
         return resume_request(self.folders.models_dir, _checked_run_name(run_name))
+
+    def training_base_size(self, start_from: str, method: str = "full") -> int | None:
+        """The resolution a run starting from ``start_from`` trains at (its model's own); None for "scratch", a hub
+        id not downloaded, or unreadable configs."""
+        if not start_from or start_from == SCRATCH:
+            return None
+        try:
+            folder = self.registry.config_folder(start_from)
+        except ModelLoadError:
+            return None
+        if folder is None:
+            return None
+        if method == "lora":
+            size = native_size(folder)
+            return size[0] if size else None
+        return unet_side(folder)
 
     def start_training(self, request: TrainRequest) -> TrainStatus:
         """Start ``request`` in the background; returns once its first step is about to run."""

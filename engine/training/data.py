@@ -5,6 +5,10 @@ A data source is one string, in the order tried:
 2. a folder under ``data_dir`` (read with ``datasets``' imagefolder);
 3. a hub dataset id (``owner/name``), where the hub is reachable.
 
+A LoRA run needs captions (:func:`load_captioned_data`): a ``text`` column in ``datasets``' imagefolder
+``metadata.jsonl`` (``{"file_name": "a.png", "text": "..."}`` per line), or a ``.txt`` beside each image;
+an image whose caption is missing or empty is reported by name, never guessed.
+
 Every folder image is opened and decoded once before training, so an empty folder,
 unreadable files or too few images are reported before any step runs. Corrupt files
 are skipped and counted; grey, palette and RGBA images are converted to RGB.
@@ -36,6 +40,8 @@ log = logging.getLogger(__name__)
 
 DIGITS = "digits"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+METADATA_FILE = "metadata.jsonl"  # datasets' imagefolder metadata: file_name and text columns
+CAPTION_SUFFIXES = (".txt", ".jsonl")  # what an upload keeps besides images: captions
 FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_UPLOAD_BYTES = 512 * 1024**2  # unpacked size of one upload, counted as written: a guard against zip bombs
 MAX_DATA_DIR_BYTES = 8 * 1024**3  # all of the data dir after the upload
@@ -69,9 +75,10 @@ class DataReport:
     channels: int  # 1 for the digits, 3 (RGB) otherwise
     skipped: tuple[str, ...] = ()  # unreadable files, relative to the folder
     converted: int = 0  # grey, palette or RGBA images converted to RGB
+    captioned: bool = False  # every image has a caption (a ``text`` column)
 
     def summary(self) -> str:
-        text = f"{self.num_images} images from {self.source!r}"
+        text = f"{self.num_images} {'captioned ' if self.captioned else ''}images from {self.source!r}"
         if self.skipped:
             shown = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
             text += f"; skipped {len(self.skipped)} unreadable file(s): {shown}"
@@ -217,6 +224,75 @@ def _load_hub(source: str, data_dir: Path) -> ImageData:
     return ImageData(dataset, DataReport(source, "hub", len(dataset), 3))
 
 
+# -- captions -----------------------------------------------------------------------------
+def load_captioned_data(source: str, data_dir: str | Path) -> ImageData:
+    """Images with a caption each (a ``text`` column), for text-to-image training; raises :class:`DataError`
+    naming the images whose caption is missing or empty, and for data without captions at all."""
+    source = (source or "").strip()
+    if source == DIGITS:
+        raise DataError(f"{DIGITS!r} has class labels, not captions; a LoRA run needs captioned images: a folder "
+                        f"with {METADATA_FILE} (a 'text' column) or a .txt beside each image")
+    root = Path(data_dir).resolve()
+    candidate = (root / source).resolve()
+    if source and candidate.is_dir() and root in candidate.parents:
+        return _load_captioned_folder(source, candidate)
+    data = load_image_data(source, data_dir)  # a hub id, or the error for a source that is not one
+    if "text" not in data.dataset.column_names:
+        raise DataError(f"dataset {source!r} has no 'text' column of captions; columns: "
+                        f"{', '.join(data.dataset.column_names)}")
+    return data
+
+
+def _load_captioned_folder(source: str, folder: Path) -> ImageData:
+    import datasets
+
+    files, skipped, converted = scan_images(folder)
+    if not files:
+        found = f"; {len(skipped)} file(s) could not be read: {', '.join(skipped[:3])}" if skipped else ""
+        raise DataError(f"folder {source!r} has no readable image ({', '.join(IMAGE_SUFFIXES)}){found}; "
+                        "add images or upload some")
+    captions = _read_captions(folder)
+    texts, missing = [], []
+    for path in files:
+        text = captions.get(path.resolve())
+        if text is None:
+            beside = path.with_suffix(".txt")
+            text = beside.read_text(encoding="utf-8", errors="replace") if beside.is_file() else None
+        if text is None or not text.strip():
+            missing.append(path.relative_to(folder).as_posix() + ("" if text is None else " (empty)"))
+        texts.append((text or "").strip())
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DataError(f"folder {source!r}: {len(missing)} of {len(files)} image(s) have no caption: {shown}; "
+                        f"give each a 'text' in {METADATA_FILE} or a .txt file beside it")
+    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+    dataset = datasets.Dataset.from_dict({"image": [str(p) for p in files], "text": texts}, features=features)
+    report = DataReport(source, "folder", len(files), 3, tuple(skipped), converted, captioned=True)
+    return ImageData(dataset, report)
+
+
+def _read_captions(folder: Path) -> dict[Path, str]:
+    """Image path -> caption from every ``metadata.jsonl`` under ``folder`` (its file names are relative to the
+    file's own folder, as in datasets' imagefolder)."""
+    import json
+
+    captions: dict[Path, str] = {}
+    for meta in sorted(folder.rglob(METADATA_FILE)):
+        for number, line in enumerate(meta.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise DataError(f"{meta.relative_to(folder).as_posix()} line {number} is not JSON ({exc}); each "
+                                'line must be like {"file_name": "a.png", "text": "a caption"}') from exc
+            if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+                raise DataError(f"{meta.relative_to(folder).as_posix()} line {number} has no 'file_name'")
+            text = row.get("text")
+            captions[(meta.parent / row["file_name"]).resolve()] = text if isinstance(text, str) else ""
+    return captions
+
+
 # -- preprocessing ------------------------------------------------------------------------
 def to_mode(image, channels: int):
     """A PIL image in ``L`` (1 channel) or ``RGB`` (see :func:`engine.images.to_rgb`)."""
@@ -236,19 +312,22 @@ def recipe_transform(resolution: int, channels: int, *, flip: bool):
     return transforms.Compose(steps)
 
 
-def attach_transform(data: ImageData, resolution: int, *, flip: bool = False) -> None:
+def attach_transform(data: ImageData, resolution: int, *, flip: bool = False, channels: int | None = None) -> None:
     """``set_transform`` so rows come out as ``{"images": (C, H, W) in [-1, 1]}``.
 
     The engine passes ``flip=False`` and flips in the loop with its own generator
-    (:func:`random_flip`), so that every random draw is reproducible.
+    (:func:`random_flip`), so that every random draw is reproducible. ``channels``: what the model takes
+    (a fine-tuned grey model gets its RGB data as grey); the data's own by default.
     """
-    preprocess = recipe_transform(resolution, data.channels, flip=flip)
-    channels = data.channels
+    channels = channels or data.channels
+    preprocess = recipe_transform(resolution, channels, flip=flip)
 
     def transform(examples):
         out = {"images": [preprocess(to_mode(image, channels)) for image in examples["image"]]}
         if "label" in examples:  # class labels (the digits'), for conditional objectives
             out["labels"] = examples["label"]
+        if "text" in examples:  # captions, for text-to-image objectives
+            out["texts"] = examples["text"]
         return out
 
     data.dataset.set_transform(transform)

@@ -44,6 +44,10 @@ class TrainStatus:
     losses: tuple[float, ...] = ()  # raw, one per step
     smoothed: tuple[float, ...] = ()  # debiased exponential moving average of ``losses``
     lr: float | None = None
+    lrs: tuple[float, ...] = ()  # the learning rate of each step, as ``losses``
+    bucket_edges: tuple[int, ...] = ()  # timestep buckets: bucket i holds t in [edges[i], edges[i+1]); () = none
+    bucket_steps: tuple[int, ...] = ()  # the steps of the reports below
+    bucket_losses: tuple[tuple[float | None, ...], ...] = ()  # per report, the mean loss in each bucket since the last
     steps_per_sec: float = 0.0
     images_per_sec: float = 0.0
     eta: float | None = None  # seconds
@@ -176,13 +180,20 @@ class TrainingManager:
                 s = replace(s, state=STOPPING if s.state == STOPPING else RUNNING, run_dir=event.run_dir,
                             step=event.start_step, total=event.total, start_step=event.start_step,
                             losses=losses, smoothed=tuple(smooth(losses, self.smoothing)),
-                            message=event.data.summary())
+                            message=event.data.summary(), lrs=tuple(event.lr_history),
+                            bucket_edges=event.bucket_edges,
+                            bucket_steps=tuple(step for step, _ in event.bucket_history),
+                            bucket_losses=tuple(values for _, values in event.bucket_history))
             elif isinstance(event, TrainStep):
                 losses = s.losses + event.losses
                 smoothed = s.smoothed + tuple(self._continue_smoothing(s, event.losses))
                 s = replace(s, step=event.step, total=event.total, losses=losses, smoothed=smoothed, lr=event.lr,
                             steps_per_sec=event.steps_per_sec, images_per_sec=event.images_per_sec,
-                            eta=event.eta if math.isfinite(event.eta) else None, elapsed=event.elapsed)
+                            eta=event.eta if math.isfinite(event.eta) else None, elapsed=event.elapsed,
+                            lrs=s.lrs + event.lrs)
+                if event.bucket_loss:
+                    s = replace(s, bucket_steps=s.bucket_steps + (event.step,),
+                                bucket_losses=s.bucket_losses + (event.bucket_loss,))
             elif isinstance(event, TrainSample):
                 s = replace(s, grid=event.grid, grid_step=event.step)
             elif isinstance(event, TrainCheckpoint):
