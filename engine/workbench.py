@@ -112,6 +112,15 @@ class Workbench:
         """The scheduler names a tab of ``kind`` offers (and its requests accept), default first."""
         return UNCONDITIONAL_SCHEDULERS if kind == "unconditional" else tuple(SCHEDULERS)
 
+    def list_loras(self, model: str = "") -> list[str]:
+        """LoRAs under ``<models-dir>/loras/`` that fit the text-to-image ``model`` (the built-in when "")."""
+        return self.registry.list_loras(model or self.default_model("txt2img"))
+
+    def check_lora(self, model: str, lora: str) -> None:
+        """Raise the :class:`InputError` a run of ``model`` with ``lora`` would end with: no such LoRA, or one
+        trained on another kind of model."""
+        self.registry.lora_file(model or self.default_model("txt2img"), lora)
+
     def default_size(self, model: str) -> tuple[int, int] | None:
         """(width, height) a text-to-image model was trained at, read from its configs only; None where
         that needs a download (hub ids) or the configs are unreadable."""
@@ -189,12 +198,16 @@ class Workbench:
         """A sampling run of ``kind`` (see ``MODEL_KIND``) on the worker, or here; what is known to fail is
         refused first."""
         self.check_model(request.model, MODEL_KIND[kind])
+        if kind == "txt2img":
+            self.registry.lora_file(request.model, request.lora)  # a missing or unfitting LoRA, before the queue
         if self.worker is not None:
             yield from self.worker.iter_run(kind, request, cancel=cancel, history=history)
             return
         with self._device:
             check(cancel, 0)  # stopped while waiting for the device: nothing to load
             pipe = self.registry.load(request.model, MODEL_KIND[kind])
+            if kind == "txt2img":
+                self.registry.use_lora(pipe, request.model, request.lora, request.lora_scale)
             for event in loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.folders.outputs_dir):
                 yield event
                 if isinstance(event, Done) and history == "after":  # here every preview is drawn on first look

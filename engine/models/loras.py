@@ -149,3 +149,13 @@ def active(pipe) -> tuple[str, float]:
     """(name, scale) of the LoRA switched on in ``pipe`` by :func:`activate`; ("", 1.0) for none."""
     name, scale, _ = getattr(pipe, "workbench_lora", ("", 1.0, None))
     return name, scale
+
+
+def check_active(pipe, name: str, scale: float) -> None:
+    """Refuse to run a request whose LoRA is not the one switched on in ``pipe`` (see :func:`activate`)."""
+    on, on_scale = active(pipe)
+    if on != (name or "") or (name and on_scale != float(scale)):
+        raise InputError(f"the request asks for LoRA {name or 'none'!r} at scale {scale:g}, but the pipeline has "
+                         f"{on or 'none'!r}{f' at scale {on_scale:g}' if on else ''} switched on; switch it with "
+                         "engine.models.loras.activate (the workbench does this when it loads the model)",
+                         field="lora")

@@ -236,7 +236,11 @@ class Trainer:
             unet.train()
         self.last_sample = self.step
         samples = images_to_uint8(images.float())  # (N, h, w, 3)
-        grid = spaced_grid(samples, min_tile=GRID_MIN_TILE, gap=GRID_GAP, colour=GRID_GAP_COLOUR)
+        layout = getattr(self.objective, "grid", None)  # an objective may lay its samples out itself (LoRA)
+        if layout is not None:
+            grid = layout(samples)
+        else:
+            grid = spaced_grid(samples, min_tile=GRID_MIN_TILE, gap=GRID_GAP, colour=GRID_GAP_COLOUR)
         return TrainSample(self.step, grid, samples)
 
     # -- set-up -------------------------------------------------------------------------------
@@ -360,14 +364,18 @@ class Trainer:
         rng = self._rng_states()  # every process takes part
         # Steps since the last report are in the checkpoint too: its history is every step's loss up to its step.
         history = self.history + list(self._window_losses())
+        published = None
         if self.is_main:
             ckpt.write_atomically(self.run_dir, lambda folder: self._write(folder, rng, history))
             log.info("checkpoint at step %d: %s", self.step, self.run_dir)
+            publish = getattr(self.objective, "publish", None)  # a LoRA is copied to where the tabs list it
+            if publish is not None:
+                published = str(publish(self.run_dir, self.models_dir, self.request.run_name, self.step))
             if self.on_checkpoint is not None:
                 self.on_checkpoint(self.request.run_name, self.run_dir)
         self.accelerator.wait_for_everyone()
         self.saved_step = self.step
-        return TrainCheckpoint(self.step, str(self.run_dir))
+        return TrainCheckpoint(self.step, str(self.run_dir), published)
 
     def _rng_states(self) -> dict[str, torch.Tensor]:
         state = self.generator.get_state()  # (L,) uint8 on the CPU

@@ -229,7 +229,8 @@ class TrainSample:
 @dataclass(frozen=True)
 class TrainCheckpoint:
     step: int
-    path: str  # models_dir/<run name>: loads with DDPMPipeline.from_pretrained
+    path: str  # models_dir/<run name>: loads with DDPMPipeline.from_pretrained (a LoRA run's: load_lora_weights)
+    published: str | None = None  # a LoRA run's file under models_dir/loras/, which the Text to image tab lists
 
 
 @dataclass(frozen=True)
