@@ -90,6 +90,8 @@ def build_app(args: argparse.Namespace):
                 default_model=bench.default_model("txt2img"),
                 default_size=bench.default_size,
                 schedulers=list(bench.schedulers("txt2img")),
+                list_loras=bench.list_loras,
+                check_lora=bench.check_lora,
             )
         with gr.Tab("Unconditional", id="unconditional"):
             unconditional_model = unconditional_tab.build(

@@ -79,7 +79,9 @@ def build(
     defaults = TrainRequest()
 
     def start_choices(method: str) -> list[str]:
-        return list_txt2img_models() if method == "lora" else [SCRATCH, *list_unconditional_models()]
+        if method == "lora":  # a LoRA trains on a diffusers folder, never a single file
+            return [m for m in list_txt2img_models() if not m.endswith(".safetensors")]
+        return [SCRATCH, *list_unconditional_models()]
 
     with gr.Row():
         with gr.Column(scale=2):
@@ -262,8 +264,9 @@ def _settings(d: TrainRequest, list_data, list_runs, start_choices: list[str]) -
                                             label="clamp_batch_size: with fewer images than the batch size, "
                                                   "train on all of them")
     with gr.Accordion("Upload images or a zip as a new data folder", open=False):
-        w["files"] = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or zips",
-                             elem_id="train-files")
+        w["files"] = gr.File(file_count="multiple", file_types=["image", ".zip", ".txt", ".jsonl"],
+                             label="Images or zips (with captions for a LoRA: a .txt beside each image, or "
+                                   "metadata.jsonl in the zip)", elem_id="train-files")
         with gr.Row():
             w["folder_name"] = gr.Textbox(label="Folder name ('' = upload, upload-2, ...)", scale=3)
             w["save"] = gr.Button("Save as a data folder", scale=1, elem_id="train-upload")
@@ -355,7 +358,8 @@ def status_dict(s: TrainStatus, *, history: bool = False) -> dict:
         "lr": s.lr, "steps_per_sec": round(s.steps_per_sec, 3), "images_per_sec": round(s.images_per_sec, 2),
         "eta": None if s.eta is None else round(s.eta, 1), "elapsed": round(s.elapsed, 1),
         "grid_step": s.grid_step, "checkpoint": s.checkpoint, "checkpoint_step": s.checkpoint_step,
-        "run_dir": s.run_dir, "message": s.message, "hint": s.hint,
+        "run_dir": s.run_dir, "message": s.message, "hint": s.hint, "method": s.method, "lora": s.lora,
+        "grid_caption": s.grid_caption,
     }
     if history:
         out["losses"] = [_finite(x) for x in s.losses]  # losses[i] is the loss of step i + 1
@@ -473,7 +477,8 @@ def _status_updates(s: TrainStatus, shown: dict | None, status: _Status, list_ru
         (lr_plot(s.lrs) if s.lrs else None) if plot else gr.skip(),
         gr.update(value=s.grid, label=_grid_label(s)) if grid else gr.skip(),
         _checkpoint_text(s) if checkpoint else gr.skip(),
-        gr.update(visible=bool(s.checkpoint) and status.unconditional_model is not None) if checkpoint else gr.skip(),
+        gr.update(visible=bool(s.checkpoint) and s.method == "full" and status.unconditional_model is not None)
+        if checkpoint else gr.skip(),
         gr.update(choices=list_runs()) if checkpoint else gr.skip(),
     ]
     if status.unconditional_model is not None:  # a new checkpoint is in the Unconditional tab's list at once
@@ -501,14 +506,20 @@ def _progress(s: TrainStatus) -> str:
 
 
 def _grid_label(s: TrainStatus) -> str:
+    how = s.grid_caption or "DDIM, the same seeds each time"
     if s.grid_step is None:
-        return "Samples (DDIM, the same seeds each time)"
-    return f"Samples at step {s.grid_step} (DDIM, the same seeds each time)"
+        return f"Samples ({how})"
+    return f"Samples at step {s.grid_step} ({how})"
 
 
 def _checkpoint_text(s: TrainStatus) -> str:
     if not s.checkpoint:
         return "No checkpoint yet."
+    if s.lora:
+        name = s.lora.rsplit("/", 1)[-1].removesuffix(".safetensors")
+        folder, file = s.lora.rsplit("/", 1)
+        return (f"LoRA at step {s.checkpoint_step}: **`{name}`** in the Text to image tab's LoRA list (for models "
+                f"like its base); in Python `pipe.load_lora_weights(\"{folder}\", weight_name=\"{file}\")`.")
     return (f"Checkpoint at step {s.checkpoint_step}: model **`{s.run_name}`** in the Unconditional tab's list; "
             f"in Python `DDPMPipeline.from_pretrained(\"{s.checkpoint}\")`.")
 

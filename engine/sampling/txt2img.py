@@ -276,7 +276,7 @@ def diffusers_code(pipe: StableDiffusionPipeline, request: Txt2ImgRequest) -> st
         f"    num_inference_steps={request.num_inference_steps},\n"
         f"    guidance_scale={request.guidance_scale!r},\n"
         f"    width={request.width}, height={request.height},\n"
-        + (f"    cross_attention_kwargs={{'scale': {request.lora_scale!r}}},\n" if lora else "") +
+        + (f"    cross_attention_kwargs={{'scale': {float(request.lora_scale)!r}}},\n" if lora else "") +
         f"    generator=torch.Generator('cpu').manual_seed({request.seed}),\n"
         ").images[0]\n"
         + "image.save('image.png')\n"

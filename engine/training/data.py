@@ -379,6 +379,9 @@ def save_uploads(files: Iterable[str | Path], data_dir: str | Path, name: str = 
                  limits: UploadLimits = UploadLimits()) -> Path:
     """Copy uploaded images (and the images inside uploaded zips) into a new folder under ``data_dir``.
 
+    Captions come along (for a LoRA run): a ``.txt`` uploaded beside an image of the same name, a
+    ``metadata.jsonl`` (its file names follow the images' new names), and the ``.txt`` and ``metadata.jsonl``
+    members of a zip, which keeps its layout.
     The folder is filled under a hidden name and renamed into place at the end, so a
     half-finished upload never shows up as a data source, and a refused one leaves nothing.
     Zip members with absolute paths, ``..`` or links are refused; bytes are counted as
@@ -392,20 +395,24 @@ def save_uploads(files: Iterable[str | Path], data_dir: str | Path, name: str = 
     if budget <= 0:
         raise DataError(f"the data dir is full ({_mib(_tree_bytes(root))} used); {limits.describe()}")
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}."))
+    files = [Path(f) for f in files]
+    renamed = {f.name: f"{i:05d}-{_safe_stem(f.stem)}{f.suffix.lower()}" for i, f in enumerate(files)
+               if f.suffix.lower() in IMAGE_SUFFIXES}  # an uploaded image's name -> its name in the folder
     try:
         count, total = 0, 0
-        for index, file in enumerate(Path(f) for f in files):
+        for index, file in enumerate(files):
             if file.suffix.lower() == ".zip":
                 dest = tmp / f"{index:03d}-{_safe_stem(file.stem)}"
                 n, size = extract_zip(file, dest, budget=budget - total, limits=limits)
                 count, total = count + n, total + size
             elif file.suffix.lower() in IMAGE_SUFFIXES:
                 with open(file, "rb") as src:
-                    target = tmp / f"{index:05d}-{_safe_stem(file.stem)}{file.suffix.lower()}"
-                    total += _copy_within(src, target, budget - total, file.name, limits)
+                    total += _copy_within(src, tmp / renamed[file.name], budget - total, file.name, limits)
                 count += 1
+            elif file.suffix.lower() in CAPTION_SUFFIXES:
+                total += _save_caption_file(file, tmp, renamed, budget - total, limits)
             else:
-                log.info("upload: ignoring %s (not an image or a zip)", file.name)
+                log.info("upload: ignoring %s (not an image, a caption or a zip)", file.name)
         if count == 0:
             raise DataError(
                 f"the upload holds no image files; allowed: {', '.join(IMAGE_SUFFIXES)} or a .zip of them"
@@ -420,7 +427,8 @@ def save_uploads(files: Iterable[str | Path], data_dir: str | Path, name: str = 
 
 def extract_zip(zip_path: str | Path, dest: str | Path, *, budget: int = MAX_UPLOAD_BYTES,
                 limits: UploadLimits = UploadLimits()) -> tuple[int, int]:
-    """Extract the image members of a zip into ``dest``; returns (images, bytes).
+    """Extract the image members of a zip (and its captions: .txt files, metadata.jsonl) into ``dest``;
+    returns (images, bytes).
 
     Refuses (with :class:`DataError`) members that would land outside ``dest``
     (absolute paths, ``..``, drive letters), symbolic links, damaged archives, and
@@ -438,14 +446,17 @@ def extract_zip(zip_path: str | Path, dest: str | Path, *, budget: int = MAX_UPL
             _check_member(member, Path(zip_path).name)
         images = [m for m in members if PurePosixPath(m.filename).suffix.lower() in IMAGE_SUFFIXES
                   and not any(p.startswith(".") or p == "__MACOSX" for p in PurePosixPath(m.filename).parts)]
+        captions = [m for m in members if (PurePosixPath(m.filename).suffix.lower() == ".txt"
+                                           or PurePosixPath(m.filename).name == METADATA_FILE)
+                    and not any(p.startswith(".") or p == "__MACOSX" for p in PurePosixPath(m.filename).parts)]
         if len(images) > limits.files:
             raise DataError(f"{Path(zip_path).name} holds {len(images)} images; at most {limits.files} allowed")
-        size = sum(m.file_size for m in images)
+        size = sum(m.file_size for m in images + captions)
         if size > budget:
             raise DataError(f"{Path(zip_path).name} unpacks to {size} bytes; at most {budget} allowed "
                             f"({limits.describe()})")
         written = 0
-        for member in images:
+        for member in images + captions:
             target = dest.joinpath(*PurePosixPath(member.filename).parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -471,12 +482,39 @@ def _copy_within(src, target: Path, budget: int, name: str, limits: UploadLimits
     return written
 
 
+def _save_caption_file(file: Path, folder: Path, renamed: dict[str, str], budget: int, limits: UploadLimits) -> int:
+    """An uploaded caption file into ``folder``: a .txt beside the image it names, a metadata.jsonl with its
+    file names made the images' new ones. Returns the bytes written (0 for one that belongs to no image)."""
+    import io
+    import json
+
+    if file.name == METADATA_FILE:
+        lines = []
+        for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line) if line.strip() else None
+            except ValueError:
+                row = None
+            if isinstance(row, dict) and isinstance(row.get("file_name"), str):
+                row["file_name"] = renamed.get(Path(row["file_name"]).name, row["file_name"])
+                line = json.dumps(row)
+            lines.append(line)
+        data = ("\n".join(lines) + "\n").encode()
+        return _copy_within(io.BytesIO(data), folder / METADATA_FILE, budget, file.name, limits)
+    image = next((new for old, new in renamed.items() if Path(old).stem == file.stem), None)
+    if file.suffix.lower() != ".txt" or image is None:
+        log.info("upload: ignoring %s (a caption file for no uploaded image)", file.name)
+        return 0
+    with open(file, "rb") as src:
+        return _copy_within(src, folder / (Path(image).stem + ".txt"), budget, file.name, limits)
+
+
 def _check_images(folder: Path) -> None:
-    """Every file of an upload must open as an image in PIL; the ones that do not are named."""
+    """Every file of an upload (captions aside) must open as an image in PIL; the ones that do not are named."""
     from PIL import Image
 
     bad = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() not in CAPTION_SUFFIXES):
         try:
             with Image.open(path) as image:
                 image.load()

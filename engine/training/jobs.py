@@ -54,8 +54,11 @@ class TrainStatus:
     elapsed: float = 0.0
     grid: np.ndarray | None = None  # (H, W, 3) uint8, the latest sample grid
     grid_step: int | None = None
-    checkpoint: str | None = None  # folder of the latest checkpoint (a DDPMPipeline)
+    grid_caption: str = ""  # how the grid is laid out, where the objective says (a LoRA run's two panels)
+    checkpoint: str | None = None  # folder of the latest checkpoint (a DDPMPipeline, or a LoRA run's adapters)
     checkpoint_step: int | None = None
+    lora: str | None = None  # a LoRA run's file under models_dir/loras/, as the Text to image tab lists it
+    method: str = "full"  # the run's: "full" or "lora"
     message: str = ""  # what the data held, or why the job failed
     hint: str = ""  # how many steps the samples need before they look like something, where measured
 
@@ -183,7 +186,9 @@ class TrainingManager:
                             message=event.data.summary(), lrs=tuple(event.lr_history),
                             bucket_edges=event.bucket_edges,
                             bucket_steps=tuple(step for step, _ in event.bucket_history),
-                            bucket_losses=tuple(values for _, values in event.bucket_history))
+                            bucket_losses=tuple(values for _, values in event.bucket_history),
+                            grid_caption=event.info.get("grid_caption", ""),
+                            method=event.info.get("method", "full"))
             elif isinstance(event, TrainStep):
                 losses = s.losses + event.losses
                 smoothed = s.smoothed + tuple(self._continue_smoothing(s, event.losses))
@@ -197,7 +202,7 @@ class TrainingManager:
             elif isinstance(event, TrainSample):
                 s = replace(s, grid=event.grid, grid_step=event.step)
             elif isinstance(event, TrainCheckpoint):
-                s = replace(s, checkpoint=event.path, checkpoint_step=event.step)
+                s = replace(s, checkpoint=event.path, checkpoint_step=event.step, lora=event.published)
             elif isinstance(event, TrainDone):
                 s = replace(s, state=STOPPED if event.stopped else FINISHED, step=event.step, eta=0.0,
                             elapsed=event.elapsed)

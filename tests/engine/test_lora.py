@@ -264,3 +264,31 @@ def test_bad_lora_input_is_refused_and_nothing_is_written(tmp_path, change, erro
     with pytest.raises(error, match="^" + re.escape(message) + "$"):
         run(lora_request(run_name="refused", batch_size=2, **change), models_dir, data_dir)
     assert not models_dir.exists() or list(models_dir.iterdir()) == []
+
+
+def test_an_upload_keeps_its_captions(tmp_path):
+    """Loose images with a .txt each, and a zip with metadata.jsonl: both arrive captioned."""
+    import zipfile
+
+    from PIL import Image
+
+    from engine.training.data import load_captioned_data, save_uploads
+
+    src = tmp_path / "src"
+    make_captioned(src / "zipped", n=4)
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in sorted((src / "zipped").iterdir()):
+            z.write(p, f"set/{p.name}")
+    loose = []
+    for i, colour in enumerate(((255, 0, 0), (0, 0, 255))):
+        Image.new("RGB", (32, 32), colour).save(src / f"square{i}.png")
+        (src / f"square{i}.txt").write_text(f"a {'red' if i == 0 else 'blue'} square")
+        loose += [src / f"square{i}.png", src / f"square{i}.txt"]
+    folder = save_uploads([*loose, archive], tmp_path / "data", "captioned-upload")
+    data = load_captioned_data("captioned-upload", tmp_path / "data")
+    texts = sorted(data.dataset.with_format(None)["text"])
+    assert data.report.num_images == 6 and data.report.captioned
+    assert texts == sorted(["a red square", "a blue square", "a framed handwritten digit 0",
+                            "a handwritten digit 1", "a framed handwritten digit 2", "a handwritten digit 3"])
+    assert folder.name == "captioned-upload"

@@ -180,7 +180,8 @@ class LoraTextToImage:
         return pipe
 
     def seeds_per_prompt(self, num_images: int) -> int:
-        return max(1, math.ceil(num_images / len(self.prompts)))
+        """Seeds a prompt gets on each side, so that the two sides hold about ``num_images`` together."""
+        return max(1, math.ceil(num_images / (2 * len(self.prompts))))
 
     @torch.no_grad()
     def sample(self, model: LoraModel, *, num_images: int, seed: int, num_inference_steps: int,
