@@ -292,3 +292,14 @@ def test_an_upload_keeps_its_captions(tmp_path):
     assert texts == sorted(["a red square", "a blue square", "a framed handwritten digit 0",
                             "a handwritten digit 1", "a framed handwritten digit 2", "a handwritten digit 3"])
     assert folder.name == "captioned-upload"
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(lora_scale=2.5), "LoRA scale must be a number from 0 to 2; got 2.5"),
+    (dict(lora_scale=-0.1), "LoRA scale must be a number from 0 to 2; got -0.1"),
+    (dict(lora="../up"), "LoRA '../up' is not a name from the loras folder: 1-64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit"),
+])
+def test_bad_lora_fields_of_a_text_to_image_request(kw, message):
+    with pytest.raises(InputError, match="^" + re.escape(message) + "$"):
+        Txt2ImgRequest(prompt="a seven", **kw)
