@@ -99,6 +99,8 @@ def build_app(args: argparse.Namespace):
                 default_size=bench.default_size,
                 schedulers=list(bench.schedulers("txt2img")),
                 shown=bench.shown,
+                list_loras=bench.list_loras,
+                check_lora=bench.check_lora,
             )
         with gr.Tab("Unconditional", id="unconditional"):
             unconditional_model = unconditional_tab.build(
@@ -133,6 +135,8 @@ def build_app(args: argparse.Namespace):
                 list_unconditional_models=lambda: bench.list_models("unconditional"),
                 shown=bench.shown,
                 unconditional_model=unconditional_model,
+                list_txt2img_models=lambda: bench.list_models("txt2img"),
+                base_resolution=bench.training_base_size,
             )
         # -- more tabs are added here --
     name_file_inputs(demo)

@@ -20,7 +20,7 @@ from engine.errors import InputError, ModelLoadError, WorkbenchError
 from engine.events import HISTORY_MODES, Done, Started, Step, StepsDrawn
 from engine.forward import noise
 from engine.forward.noise import NoiseRequest, NoiseSchedule, NoiseStrip
-from engine.models.configs import native_size, read_scheduler_config
+from engine.models.configs import native_size, read_scheduler_config, unet_side
 from engine.models.devices import default_torch_threads, resolve_device
 from engine.files import remove_partial_writes, shown_paths
 from engine.models.registry import BUILTIN_DIR, BUILTINS, ModelRegistry
@@ -34,6 +34,7 @@ from engine.sampling.unconditional import (
     UnconditionalRequest,
     seconds_per_step,
 )
+from engine.training.base import SCRATCH
 from engine.training.checkpoints import list_runs
 from engine.training.data import UploadLimits, list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
@@ -123,6 +124,15 @@ class Workbench:
         """The scheduler names a tab of ``kind`` offers (and its requests accept), default first."""
         return UNCONDITIONAL_SCHEDULERS if kind == "unconditional" else tuple(SCHEDULERS)
 
+    def list_loras(self, model: str = "") -> list[str]:
+        """LoRAs under ``<models-dir>/loras/`` that fit the text-to-image ``model`` (the built-in when "")."""
+        return self.registry.list_loras(model or self.default_model("txt2img"))
+
+    def check_lora(self, model: str, lora: str) -> None:
+        """Raise the :class:`InputError` a run of ``model`` with ``lora`` would end with: no such LoRA, or one
+        trained on another kind of model."""
+        self.registry.lora_file(model or self.default_model("txt2img"), lora)
+
     def default_size(self, model: str) -> tuple[int, int] | None:
         """(width, height) a text-to-image model was trained at, read from its configs only; None where
         that needs a download (hub ids) or the configs are unreadable."""
@@ -200,12 +210,16 @@ class Workbench:
         """A sampling run of ``kind`` (see ``MODEL_KIND``) on the worker, or here; what is known to fail is
         refused first."""
         self.check_model(request.model, MODEL_KIND[kind])
+        if kind == "txt2img":
+            self.registry.lora_file(request.model, request.lora)  # a missing or unfitting LoRA, before the queue
         if self.worker is not None:
             yield from self.worker.iter_run(kind, request, cancel=cancel, history=history)
             return
         with self._device:
             check(cancel, 0)  # stopped while waiting for the device: nothing to load
             pipe = self.registry.load(request.model, MODEL_KIND[kind])
+            if kind == "txt2img":
+                self.registry.use_lora(pipe, request.model, request.lora, request.lora_scale)
             for event in loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.folders.outputs_dir):
                 yield event
                 if isinstance(event, Done) and history == "after":  # here every preview is drawn on first look
@@ -268,6 +282,22 @@ class Workbench:
     def run_settings(self, run_name: str) -> TrainRequest:
         """The request ``run_name`` was started with, set to resume."""
         return resume_request(self.folders.models_dir, _checked_run_name(run_name))
+
+    def training_base_size(self, start_from: str, method: str = "full") -> int | None:
+        """The resolution a run starting from ``start_from`` trains at (its model's own); None for "scratch", a hub
+        id not downloaded, or unreadable configs."""
+        if not start_from or start_from == SCRATCH:
+            return None
+        try:
+            folder = self.registry.config_folder(start_from)
+        except ModelLoadError:
+            return None
+        if folder is None:
+            return None
+        if method == "lora":
+            size = native_size(folder)
+            return size[0] if size else None
+        return unet_side(folder)
 
     def start_training(self, request: TrainRequest) -> TrainStatus:
         """Start ``request`` in the background; returns once its first step is about to run."""

@@ -9,6 +9,7 @@ import gradio as gr
 
 from engine.errors import Cancelled, InputError, ModelLoadError
 from engine.events import Done, Started, Step, StepsDrawn
+from engine.models.loras import MAX_LORA_SCALE
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, PREVIEWS, Txt2ImgRequest
 from ui.common import (DEVICE_QUEUE, SessionRuns, field_messages, friendly_errors, message_html, model_dropdown,
                        page_error, progress_html, stream_updates, whole)
@@ -16,7 +17,8 @@ from ui.common import (DEVICE_QUEUE, SessionRuns, field_messages, friendly_error
 DEFAULT_PROMPT = "a handwritten digit seven"  # a prompt the built-in model knows, there as a value to edit
 # The engine's field names (as its messages say them) -> the position of their input below.
 FIELDS = {"model": 0, "prompt": 1, "steps": 3, "guidance scale": 4, "scheduler": 5, "seed": 6, "width": 7,
-          "height": 8, "VAE preview interval": 9, "preview": 10}
+          "height": 8, "VAE preview interval": 9, "preview": 10, "lora": 11, "LoRA scale": 12}
+NO_LORA = ("none", "")  # the LoRA box's first choice: (label, value)
 SCRUB_LABEL = "Scrub through the steps (the last is the final image)"
 SCRUB_DRAWING = "· drawing the previews of the steps the stream skipped…"
 FAR_FROM_NATIVE = 2.0  # a size this many times larger or smaller than the model's own gets a warning
@@ -32,6 +34,8 @@ def build(
     default_size: Callable[[str], tuple[int, int] | None],
     schedulers: list[str],
     shown: Callable[[str], str],  # a path or a code snippet as people read it: the app's folders relative
+    list_loras: Callable[[str], list[str]] = lambda model: [],  # LoRAs under <models-dir>/loras/ that fit a model
+    check_lora: Callable[[str, str], None] = lambda model, lora: None,  # (model, lora) -> None, or its error
 ) -> None:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
     size = default_size(default_model) or (512, 512)
@@ -66,6 +70,12 @@ def build(
                 vae_preview_every = gr.Number(value=0, minimum=0, elem_id="t2i-vae-every",
                                               label="VAE decode every N steps (0 = as the preview says)")
             with gr.Row():
+                lora = gr.Dropdown([NO_LORA, *list_loras(default_model)], value="", label="LoRA",
+                                   allow_custom_value=True,  # a LoRA published since the page was built
+                                   info="from <models-dir>/loras/, the ones that fit this model", elem_id="t2i-lora")
+                lora_scale = gr.Slider(0, MAX_LORA_SCALE, value=defaults.lora_scale, step=0.05,
+                                       label="LoRA scale (0 = the model alone)", elem_id="t2i-lora-scale")
+            with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="t2i-generate",
                                      elem_classes="wb-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="t2i-stop")
@@ -83,17 +93,18 @@ def build(
     history = gr.State(None)  # {"steps": the run's Step events, "final": its PNG or None}
     runs = SessionRuns()
     inputs = [model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-              vae_preview_every, preview]
+              vae_preview_every, preview, lora, lora_scale]
     outputs = [image, xt, progress, info, code, scrub, history]
 
     def make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                     vae_preview_every=0, preview="auto") -> Txt2ImgRequest:
+                     vae_preview_every=0, preview="auto", lora="", lora_scale=1.0) -> Txt2ImgRequest:
         """The page's values, by keyword, as the engine's request."""
         return Txt2ImgRequest(
             model=model, prompt=prompt or "", negative_prompt=negative_prompt or "",
             num_inference_steps=whole(steps), guidance_scale=guidance_scale, scheduler=scheduler,
             seed=whole(seed), width=whole(width), height=whole(height),
-            vae_preview_every=whole(vae_preview_every) or 0, preview=preview,
+            vae_preview_every=whole(vae_preview_every) or 0, preview=preview, lora=lora or "",
+            lora_scale=lora_scale,
         )
 
     def render(event, run: dict | None = None) -> tuple | None:
@@ -130,22 +141,22 @@ def build(
 
     @friendly_errors
     async def txt2img(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                      vae_preview_every=0, preview="auto"):
+                      vae_preview_every=0, preview="auto", lora="", lora_scale=1.0):
         """The API: errors are raised, as gradio_client expects."""
         request = make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width,
-                               height, vae_preview_every, preview)
+                               height, vae_preview_every, preview, lora, lora_scale)
         # An API client gets no history (a gr.State): nothing is drawn for it after the loop.
         async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel, history="streamed"),
                                            render):
             yield update
 
     async def txt2img_page(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                           vae_preview_every, preview, session: gr.Request):
+                           vae_preview_every, preview, lora, lora_scale, session: gr.Request):
         """The page: the last result stays; an error is said in the progress line and a toast."""
         run = runs.begin(session.session_hash)
         try:
             request = make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width,
-                                   height, vae_preview_every, preview)
+                                   height, vae_preview_every, preview, lora, lora_scale)
             run["warning"] = _far_from_native(request, default_size(request.model or default_model))
             if run["warning"]:
                 gr.Warning(html.escape(run["warning"]))
@@ -168,6 +179,7 @@ def build(
         try:
             request = make_request(*values)
             check_model(request.model or default_model, "txt2img")
+            check_lora(request.model or default_model, request.lora)
         except (InputError, ModelLoadError) as exc:
             return exc
         return None
@@ -215,6 +227,10 @@ def build(
         found = default_size(name)
         return (gr.update(value=found[0]), gr.update(value=found[1])) if found else (gr.skip(), gr.skip())
 
+    def lora_choices(name, current):  # the LoRAs that fit the model; one that does not is unpicked
+        fits = list_loras(name or default_model)
+        return gr.update(choices=[NO_LORA, *fits], value=current if current in fits else "")
+
     api_trigger = gr.Button(visible=False)  # the public /txt2img endpoint; the page's button below validates
     # The API takes values as sent (preprocess=False): the engine checks each, and its message names the field and
     # what it takes, where Gradio's own checks (a slider's bounds, a dropdown's choices) name neither.
@@ -231,6 +247,9 @@ def build(
           api_visibility="private")
     refresh.click(lambda: gr.update(choices=list_models()), None, model, api_visibility="private")
     model.change(on_model_change, model, [width, height], api_visibility="private")
+    # A LoRA published by a training run since the page loaded is there when the box is opened.
+    gr.on([model.change, refresh.click, lora.focus], lora_choices, [model, lora], lora,
+          api_visibility="private", queue=False)
 
 
 def _scrubber(frames: int, drawing: bool = False):

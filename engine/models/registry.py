@@ -95,8 +95,20 @@ class ModelRegistry:
                 names.append(folder.relative_to(self.models_dir).as_posix())
         if kind == "txt2img":
             names += sorted(p.relative_to(self.models_dir).as_posix() for p in self.models_dir.rglob("*.safetensors")
-                            if not (p.parent / "config.json").exists() and not p.name.startswith("."))
+                            if not (p.parent / "config.json").exists() and not p.name.startswith(".")
+                            and not self._lora_or_run_file(p))
         return names
+
+    def _lora_or_run_file(self, path: Path) -> bool:
+        """A LoRA (under the loras folder) or a training run's file (a LoRA run's adapters, trainer state):
+        never a model of its own."""
+        from engine.models.loras import LORAS_DIR
+
+        parts = path.relative_to(self.models_dir).parts
+        if parts[0] == LORAS_DIR:
+            return True
+        return any((self.models_dir.joinpath(*parts[:i]) / "trainer" / "state.json").is_file()
+                   for i in range(1, len(parts)))
 
     # -- resolving ---------------------------------------------------------------------
     def resolve(self, name: str) -> ModelRef:
@@ -144,6 +156,9 @@ class ModelRegistry:
                 )
             return ModelRef(name, "folder", str(candidate), _pipeline_class(candidate))
         if candidate.is_file():
+            if self._lora_or_run_file(candidate):
+                raise ModelLoadError(f"{name!r} is a LoRA or a training run's file, not a model; a LoRA is picked "
+                                     "in the LoRA box beside a model")
             if candidate.suffix != ".safetensors":
                 raise ModelLoadError(f"{name!r} is not a .safetensors file; safetensors only")
             return ModelRef(name, "single_file", str(candidate), "StableDiffusionPipeline")
@@ -153,6 +168,42 @@ class ModelRegistry:
             f"unknown model {name!r}: not a built-in ({', '.join(BUILTINS)}), not a folder or .safetensors "
             "file under the models dir (--models-dir), and not a hub id like 'owner/name'"
         )
+
+    # -- LoRAs ------------------------------------------------------------------------
+    def lora_file(self, model: str, lora: str) -> Path | None:
+        """The file of LoRA ``lora`` checked to fit ``model`` (by the configs, without loading); None for ""."""
+        from engine.models import loras
+
+        name = loras.check_lora_name(lora)
+        if not name:
+            return None
+        path = loras.lora_path(self.models_dir, name)
+        try:
+            folder = self.config_folder(model)
+        except ModelLoadError:
+            folder = None
+        loras.check_fits(path, name, model, folder)
+        return path
+
+    def use_lora(self, pipe, model: str, lora: str, scale: float = 1.0) -> None:
+        """Switch LoRA ``lora`` (a name under the loras folder) on in ``pipe``, a loaded ``model``, at ``scale``;
+        "" switches any LoRA off."""
+        from engine.models import loras
+
+        path = self.lora_file(model, lora)
+        loras.activate(pipe, path, scale, name=loras.check_lora_name(lora))
+
+    def list_loras(self, model: str | None = None) -> list[str]:
+        """LoRA names under the loras folder; given a model, those that fit it."""
+        from engine.models import loras
+
+        if model is None:
+            return loras.list_loras(self.models_dir)
+        try:
+            folder = self.config_folder(model)
+        except ModelLoadError:
+            return []
+        return loras.list_loras(self.models_dir, model=model, model_folder=folder)
 
     # -- loading -----------------------------------------------------------------------
     def config_folder(self, name: str) -> Path | None:

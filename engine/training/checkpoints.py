@@ -2,7 +2,8 @@
 
 A run's checkpoint is ``models_dir/<run>/`` in DDPMPipeline layout (``model_index.json``,
 ``unet/``, ``scheduler/``), so the model list picks it up and it samples with
-``DDPMPipeline.from_pretrained``, plus ``trainer/`` with what a resume needs:
+``DDPMPipeline.from_pretrained`` (a LoRA run's holds ``pytorch_lora_weights.safetensors`` instead, for
+``pipe.load_lora_weights``), plus ``trainer/`` with what a resume needs:
 
 - ``state.json``: step, the request, LR scheduler, optimizer hyper-parameters, EMA
   counters, loss history; written last, so its presence marks a complete checkpoint;
@@ -150,9 +151,13 @@ def recover_all(models_dir: str | Path) -> None:
 
 
 # -- reading and writing the trainer state ---------------------------------------------------
+LORA_FILE = "pytorch_lora_weights.safetensors"  # a LoRA run's checkpoint holds this instead of a pipeline
+
+
 def is_complete(run_dir: str | Path) -> bool:
     run_dir = Path(run_dir)
-    return (run_dir / "model_index.json").is_file() and (run_dir / TRAINER_DIR / STATE_FILE).is_file()
+    saved = (run_dir / "model_index.json").is_file() or (run_dir / LORA_FILE).is_file()
+    return saved and (run_dir / TRAINER_DIR / STATE_FILE).is_file()
 
 
 def list_runs(models_dir: str | Path) -> list[str]:
