@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -31,6 +33,8 @@ JS = """
 }
 """
 CACHE_CLEANING = (600, 3600)  # (every N seconds, delete cached files older than M seconds)
+CACHE_FILES = 500  # files the page's outputs keep in the cache, newest first: a streamed run leaves about 15
+CACHE_PRUNE_EVERY = 5.0  # seconds between the cache's count checks (--cache-files)
 DARK_MODE_JS = "() => { document.body.classList.toggle('dark'); }"
 
 
@@ -47,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temp-dir", type=Path, default=None,
                    help="where the page's files (previews, uploads) are cached; the app's own, cleaned hourly "
                         "(default: $GRADIO_TEMP_DIR if set, else ./.cache/gradio)")
+    p.add_argument("--cache-files", type=int, default=CACHE_FILES, metavar="N",
+                   help="files the page's outputs (previews, final images) keep in that cache, newest first; older "
+                        f"ones are deleted within seconds (default {CACHE_FILES})")
     p.add_argument("--max-upload-mb", type=int, default=512, metavar="MB",
                    help="largest upload for training data, unpacked (default 512)")
     p.add_argument("--max-data-mb", type=int, default=8192, metavar="MB",
@@ -66,6 +73,7 @@ def build_app(args: argparse.Namespace):
     from engine.workbench import Folders, UploadLimits, Workbench
     from ui import noise as noise_tab, train as train_tab, txt2img as txt2img_tab, unconditional as unconditional_tab
     from ui import history as history_tab, pnginfo as pnginfo_tab
+    from ui.common import name_file_inputs
 
     bench = Workbench(Folders(args.models_dir, args.data_dir, args.outputs_dir), device=args.device,
                       torch_threads=args.torch_threads,
@@ -91,6 +99,9 @@ def build_app(args: argparse.Namespace):
                 default_model=bench.default_model("txt2img"),
                 default_size=bench.default_size,
                 schedulers=list(bench.schedulers("txt2img")),
+                shown=bench.shown,
+                list_loras=bench.list_loras,
+                check_lora=bench.check_lora,
                 export_run=bench.export_run,
             )
         with gr.Tab("Unconditional", id="unconditional"):
@@ -102,6 +113,7 @@ def build_app(args: argparse.Namespace):
                 list_models=lambda: bench.list_models("unconditional"),
                 default_model=bench.default_model("unconditional"),
                 schedulers=list(bench.schedulers("unconditional")),
+                shown=bench.shown,
                 export_run=bench.export_run,
             )
         with gr.Tab("Noise", id="noise"):
@@ -124,7 +136,10 @@ def build_app(args: argparse.Namespace):
                 save_upload=bench.save_training_upload,
                 list_runs=bench.list_runs,
                 list_unconditional_models=lambda: bench.list_models("unconditional"),
+                shown=bench.shown,
                 unconditional_model=unconditional_fields["model"],
+                list_txt2img_models=lambda: bench.list_models("txt2img"),
+                base_resolution=bench.training_base_size,
             )
         targets = {"txt2img": txt2img_fields, "unconditional": unconditional_fields}  # where past settings go back
         with gr.Tab("History", id="history") as history:
@@ -138,11 +153,13 @@ def build_app(args: argparse.Namespace):
                 iter_replay=bench.iter_replay,
                 list_models=lambda: bench.list_models("txt2img") + bench.list_models("unconditional"),
                 targets=targets,
+                shown=bench.shown,
                 tab=history,
             )
         with gr.Tab("PNG Info", id="pnginfo"):
             pnginfo_tab.build(read_png_info=bench.read_png_info, targets=targets)
         # -- more tabs are added here --
+    name_file_inputs(demo)
     demo.queue(default_concurrency_limit=1, max_size=64)
     return demo, bench
 
@@ -181,6 +198,31 @@ def _logged_in(scope, server) -> bool:
     return False
 
 
+def bounded_cache(demo, keep: int):
+    """The server's lifespan: every ``CACHE_PRUNE_EVERY`` seconds, the cache keeps the ``keep`` newest files of the
+    page's outputs (``ui.common.prune_cache``), so it does not grow with the requests between Gradio's hourly
+    cleanings."""
+    from ui.common import prune_cache
+
+    async def prune_forever():
+        while True:
+            await asyncio.sleep(CACHE_PRUNE_EVERY)
+            try:
+                await asyncio.to_thread(prune_cache, demo, keep)
+            except Exception:  # a full disk, a folder gone: the next round tries again
+                log.exception("pruning the page's cache failed")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        task = asyncio.create_task(prune_forever())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    return lifespan
+
+
 def launch(demo, args: argparse.Namespace, **kwargs):
     from starlette.middleware import Middleware
 
@@ -188,7 +230,8 @@ def launch(demo, args: argparse.Namespace, **kwargs):
     return demo.launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=auth,
         css=CSS, js=JS, footer_links=["api"], show_error=True,
-        app_kwargs={"middleware": [Middleware(RequireLogin)]}, **kwargs,
+        app_kwargs={"middleware": [Middleware(RequireLogin)], "lifespan": bounded_cache(demo, args.cache_files)},
+        **kwargs,
     )
 
 

@@ -1,4 +1,4 @@
-"""Writing files so that a reader never sees half of one: the project's one atomic-write helper.
+"""Files as the app writes and names them: the one atomic-write helper, and paths as a person reads them.
 
 Folders (training checkpoints) are swapped in whole by :mod:`engine.training.checkpoints`,
 which uses :func:`fsync_path` from here.
@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import tempfile
+import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
+
+
+PARTIAL = re.compile(r"^\..+\.(\d+)-[^.]*\.tmp$")  # a write under way: .<name>.<pid>-<random>.tmp
+_writing: set[str] = set()  # this process's partial writes under way
+_writing_lock = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -18,19 +26,74 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a hidden temporary path beside ``path``; when the block ends without an error the
     file is flushed to disk and renamed onto ``path`` in one step, else it is removed.
 
-    The temporary name starts with '.' and ends in '.tmp', so model and image lists skip it.
+    The temporary name starts with '.' and ends in '.tmp', so model and image lists skip it; it
+    holds the writer's process id, so :func:`remove_partial_writes` can tell a killed writer's.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        fsync_path(Path(tmp))
+    with partial_path(path.parent, path.name, folder=False) as tmp:
+        yield tmp
+        fsync_path(tmp)
         os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def partial_path(parent: Path, name: str, *, folder: bool) -> Iterator[Path]:
+    """A fresh hidden file (or ``folder``) in ``parent`` for ``name`` being written, named as :data:`PARTIAL`
+    says, and removed when the block ends (a rename inside it has already put the result in place)."""
+    make = tempfile.mkdtemp if folder else tempfile.mkstemp
+    made = make(dir=parent, prefix=f".{name}.{os.getpid()}-", suffix=".tmp")
+    tmp = Path(made if folder else made[1])
+    if not folder:
+        os.close(made[0])
+    with _writing_lock:
+        _writing.add(str(tmp))
+    try:
+        yield tmp
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if folder:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        with _writing_lock:
+            _writing.discard(str(tmp))
+
+
+def remove_partial_writes(root: str | os.PathLike, pattern: str = "**/.*.tmp") -> list[str]:
+    """Delete the partial writes (see :func:`partial_path`) in ``root`` matching ``pattern`` whose writer is gone,
+    a process killed mid-write (kill -9, a power cut); returns their names. Writes of live processes, this one's
+    included, stay."""
+    removed = []
+    for tmp in Path(root).glob(pattern):
+        found = PARTIAL.match(tmp.name)
+        if found is None or _still_writing(tmp, int(found.group(1))):
+            continue
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        removed.append(tmp.name)
+    return removed
+
+
+def _still_writing(tmp: Path, pid: int) -> bool:
+    if pid == os.getpid():
+        with _writing_lock:
+            return str(tmp) in _writing
+    return process_alive(pid)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (as far as this user can tell)."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # another user's
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def fsync_path(path: Path) -> None:
@@ -45,3 +108,17 @@ def fsync_path(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def shown_paths(text: str, folders: Mapping[str, str | os.PathLike]) -> str:
+    """``text`` (a message, a path, a code snippet) with each of ``folders`` (name -> folder) written as its
+    name: what a person reads says ``outputs/txt2img/...`` or ``models/my-run``, never the server's absolute
+    paths. A folder is found as given and resolved (links followed); the longest first, so a folder inside
+    another is named by its own name."""
+    forms = {}
+    for name, folder in folders.items():
+        for form in (os.path.abspath(folder), str(Path(folder).resolve())):
+            forms.setdefault(form, name)
+    for form in sorted(forms, key=len, reverse=True):
+        text = re.sub(re.escape(form) + r"(?![\w.-])", lambda _, name=forms[form]: name, text)
+    return text

@@ -7,13 +7,24 @@ import re
 
 from engine.errors import InputError
 
+MAX_SHOWN_CHARS = 80  # of a given value quoted in a message: a megabyte of text is not echoed back
+
+
+def given(value) -> str:
+    """``value`` as a message quotes it: its repr, cut short (with its length) where long."""
+    text = repr(value)
+    if len(text) <= MAX_SHOWN_CHARS:
+        return text
+    length = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters as text"
+    return f"{text[:MAX_SHOWN_CHARS - 20]}... ({length})"
+
 
 def check_int(name: str, value, lo: int, hi: int) -> None:
     """A whole number in [lo, hi]; floats that are whole (as the page sends them) pass."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise InputError(f"{name} must be a whole number from {lo} to {hi}; got {value!r}", field=name)
+        raise InputError(f"{name} must be a whole number from {lo} to {hi}; got {given(value)}", field=name)
 
 
 def check_float(name: str, value, lo: float, hi: float, *, low_open: bool = False, high_open: bool = False) -> None:
@@ -25,7 +36,7 @@ def check_float(name: str, value, lo: float, hi: float, *, low_open: bool = Fals
         high = (f"and below {hi:g}" if high_open else f"and at most {hi:g}") if low_open else \
             (f"and below {hi:g}" if high_open else f"to {hi:g}")
         bounds = f"{low} {high}"
-        raise InputError(f"{name} must be a number {bounds}; got {value!r}", field=name)
+        raise InputError(f"{name} must be a number {bounds}; got {given(value)}", field=name)
 
 
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
@@ -41,7 +52,7 @@ def check_seed(value, *, allow_random: bool = True) -> None:
 def check_choice(name: str, value, allowed) -> None:
     """One of ``allowed``, named in the message."""
     if not isinstance(value, str) or value not in allowed:
-        raise InputError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}", field=name)
+        raise InputError(f"unknown {name} {given(value)}; allowed: {', '.join(allowed)}", field=name)
 
 
 def check_batch_count(value, seed: int = 0) -> None:

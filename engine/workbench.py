@@ -21,9 +21,10 @@ from engine.errors import InputError, ModelLoadError, WorkbenchError
 from engine.events import HISTORY_MODES, BatchDone, Done, Started, Step, StepsDrawn
 from engine.forward import noise
 from engine.forward.noise import NoiseRequest, NoiseSchedule, NoiseStrip
-from engine.models.configs import native_size, read_scheduler_config
+from engine.models.configs import native_size, read_scheduler_config, unet_side
 from engine.models.devices import default_torch_threads, resolve_device
-from engine.models.registry import BUILTINS, ModelRegistry
+from engine.files import remove_partial_writes, shown_paths
+from engine.models.registry import BUILTIN_DIR, BUILTINS, ModelRegistry
 from engine.sampling import unconditional
 from engine.sampling.history import HistoryPage, HistoryQuery, ImageHistory
 from engine.sampling.outputs import save_png
@@ -38,12 +39,13 @@ from engine.sampling.unconditional import (
     UnconditionalRequest,
     seconds_per_step,
 )
+from engine.training.base import SCRATCH
 from engine.training.checkpoints import list_runs
 from engine.training.data import UploadLimits, list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
 from engine.training.request import RUN_NAME, TrainRequest, resume_request
-from engine.models.identity import identity_changes
-from engine.validation import check_batch_count, check_choice
+from engine.models.identity import file_sha256, identity_changes
+from engine.validation import check_batch_count, check_choice, given
 from engine.worker.child import MODEL_KIND, WorkerConfig, loop_of
 from engine.worker.process import DeviceWorker, RunRecord
 
@@ -69,6 +71,10 @@ class Workbench:
         self.placement = resolve_device(device)
         for folder in (folders.models_dir, folders.data_dir, folders.outputs_dir):
             Path(folder).mkdir(parents=True, exist_ok=True)
+        # What a process killed mid-write left (a PNG, an upload's hidden folder) goes; nothing half-written is listed.
+        for folder, pattern in ((folders.outputs_dir, "**/.*.tmp"), (folders.data_dir, ".*.tmp")):
+            if removed := remove_partial_writes(folder, pattern):
+                log.warning("removed %d partial write(s) of a killed process from %s", len(removed), folder)
         self.registry = ModelRegistry(folders.models_dir, self.placement)
         self.image_history = ImageHistory(folders.outputs_dir)  # the outputs dir's images, for History
         self.torch_threads = torch_threads or default_torch_threads(self.placement)
@@ -96,6 +102,13 @@ class Workbench:
         if self.worker is not None:
             self.worker.close()
 
+    def shown(self, text: str) -> str:
+        """``text`` (a saved file's path, a code snippet, a status) as the page shows it: the models, data and
+        outputs dirs written as ``models``, ``data`` and ``outputs`` (``outputs/txt2img/.../00001-7.png``), so
+        nothing a person reads holds the server's absolute paths. Files handed to the page to serve stay real."""
+        return shown_paths(text, {"models": self.folders.models_dir, "data": self.folders.data_dir,
+                                  "outputs": self.folders.outputs_dir, "builtin_models": BUILTIN_DIR})
+
     def recent_runs(self) -> list[RunRecord]:
         """The worker's latest sampling runs, oldest first: when each was queued, began and ended, and how."""
         return list(self.worker.history) if self.worker is not None else []
@@ -117,6 +130,15 @@ class Workbench:
     def schedulers(self, kind: str) -> tuple[str, ...]:
         """The scheduler names a tab of ``kind`` offers (and its requests accept), default first."""
         return UNCONDITIONAL_SCHEDULERS if kind == "unconditional" else tuple(SCHEDULERS)
+
+    def list_loras(self, model: str = "") -> list[str]:
+        """LoRAs under ``<models-dir>/loras/`` that fit the text-to-image ``model`` (the built-in when "")."""
+        return self.registry.list_loras(model or self.default_model("txt2img"))
+
+    def check_lora(self, model: str, lora: str) -> None:
+        """Raise the :class:`InputError` a run of ``model`` with ``lora`` would end with: no such LoRA, or one
+        trained on another kind of model."""
+        self.registry.lora_file(model or self.default_model("txt2img"), lora)
 
     def default_size(self, model: str) -> tuple[int, int] | None:
         """(width, height) a text-to-image model was trained at, read from its configs only; None where
@@ -238,12 +260,16 @@ class Workbench:
         """A sampling run of ``kind`` (see ``MODEL_KIND``) on the worker, or here; what is known to fail is
         refused first."""
         self.check_model(request.model, MODEL_KIND[kind])
+        if kind == "txt2img":
+            self.registry.lora_file(request.model, request.lora)  # a missing or unfitting LoRA, before the queue
         if self.worker is not None:
             yield from self.worker.iter_run(kind, request, cancel=cancel, history=history)
             return
         with self._device:
             check(cancel, 0)  # stopped while waiting for the device: nothing to load
             pipe = self.registry.load(request.model, MODEL_KIND[kind])
+            if kind == "txt2img":
+                self.registry.use_lora(pipe, request.model, request.lora, request.lora_scale)
             for event in loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.folders.outputs_dir):
                 yield event
                 if isinstance(event, Done) and history == "after":  # here every preview is drawn on first look
@@ -319,12 +345,18 @@ class Workbench:
         return export_bundle(record, path)
 
     def _outputs_path(self, image: str | Path) -> str:
-        """``image`` as History names it (relative to the outputs dir), checked to be an image there."""
+        """``image`` as History names it (relative to the outputs dir), checked to be an image there. Taken as
+        History names it, as the page shows a saved file (``outputs/txt2img/...``), or as a loop returned it."""
         text = str(image or "").strip()
-        candidate = Path(text)
-        if candidate.is_absolute() or not (self.image_history.outputs_dir / candidate).exists():
+        path, outputs = Path(text), self.image_history.outputs_dir
+        if not path.is_absolute() and not (outputs / path).is_file():
+            if path.parts[:1] == ("outputs",) and (outputs / Path(*path.parts[1:])).is_file():
+                text = Path(*path.parts[1:]).as_posix()  # as the page shows it (Workbench.shown)
+            else:
+                path = path.resolve()  # relative to here, as a loop saved it under a relative --outputs-dir
+        if path.is_absolute():
             try:
-                text = Path(text).resolve().relative_to(self.image_history.outputs_dir).as_posix()
+                text = path.resolve().relative_to(outputs).as_posix()
             except ValueError:
                 pass  # refused below, with History's own message
         self.image_history.resolve(text)
@@ -349,6 +381,16 @@ class Workbench:
         if changes:
             yield cannot(f"the model {model!r} here is not the run's: {'; '.join(changes)}")
             return
+        lora = bundle.record.get("lora") or {}
+        if lora:  # the LoRA too: here, fitting the model, and the same bytes
+            try:
+                path = self.registry.lora_file(model, lora.get("name", ""))
+            except WorkbenchError as exc:
+                yield cannot(f"the LoRA {lora.get('name')!r} is not here ({exc})")
+                return
+            if path is None or file_sha256(path) != lora.get("sha256"):
+                yield cannot(f"the LoRA {lora.get('name')!r} here is not the run's: its file hashes otherwise")
+                return
         # 3. The run again, on the device's queue like any other, then the verdict.
         done = None
         for event in self._run(bundle.kind, bundle.request, cancel, "streamed"):
@@ -384,7 +426,10 @@ class Workbench:
 
     def schedule_of_model(self, model: str) -> NoiseSchedule:
         """The noise schedule ``model`` was trained with, from its scheduler config."""
-        return noise.schedule_of_model(self.registry.resolve(model).location)
+        try:
+            return noise.schedule_of_model(self.registry.resolve(model).location)
+        except ModelLoadError as exc:  # it names the config's folder
+            raise ModelLoadError(self.registry.shown(str(exc))) from exc
 
     def list_schedule_models(self) -> list[str]:
         """Models whose schedule the Noise tab can show: every model with a scheduler config."""
@@ -408,6 +453,22 @@ class Workbench:
         """The request ``run_name`` was started with, set to resume."""
         return resume_request(self.folders.models_dir, _checked_run_name(run_name))
 
+    def training_base_size(self, start_from: str, method: str = "full") -> int | None:
+        """The resolution a run starting from ``start_from`` trains at (its model's own); None for "scratch", a hub
+        id not downloaded, or unreadable configs."""
+        if not start_from or start_from == SCRATCH:
+            return None
+        try:
+            folder = self.registry.config_folder(start_from)
+        except ModelLoadError:
+            return None
+        if folder is None:
+            return None
+        if method == "lora":
+            size = native_size(folder)
+            return size[0] if size else None
+        return unet_side(folder)
+
     def start_training(self, request: TrainRequest) -> TrainStatus:
         """Start ``request`` in the background; returns once its first step is about to run."""
         return self.training.start(request)
@@ -424,8 +485,8 @@ class Workbench:
 
 def _checked_run_name(run_name: str) -> str:
     """Run names are plain folder names: nothing that could point outside the models dir."""
-    run_name = (run_name or "").strip()
-    if not RUN_NAME.match(run_name):
-        raise InputError(f"run name {run_name!r} is not allowed; give the name of a run under the models dir "
+    run_name = (run_name.strip() if isinstance(run_name, str) else run_name) or ""
+    if not isinstance(run_name, str) or not RUN_NAME.match(run_name):
+        raise InputError(f"run name {given(run_name)} is not allowed; give the name of a run under the models dir "
                          "(letters, digits, '.', '_' or '-')")
     return run_name

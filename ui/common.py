@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import html
 import inspect
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator
@@ -20,11 +23,14 @@ import gradio as gr
 from engine.cancel import CancelToken
 from engine.errors import InputError, ModelLoadError, WorkbenchError
 from engine.streaming import stream_latest
+from engine.validation import given
 
 log = logging.getLogger(__name__)
 
 DEVICE_QUEUE = "device"  # one concurrency group for all model work: tabs queue, never fight
 PREVIEW_INTERVAL = 0.1  # seconds between preview frames: about 10 a second, the browser keeps up
+CACHE_HASH_DIR = re.compile(r"[0-9a-f]{64}")  # Gradio caches each file in a folder named by its content's hash
+EMPTY_DIR_AGE = 60.0  # seconds an emptied hash folder stays: Gradio fills a folder the moment it makes one
 
 
 def friendly_errors(fn: Callable) -> Callable:
@@ -166,6 +172,47 @@ class SessionRuns:
         return True
 
 
+def uploaded_path(value, name: str) -> str | None:
+    """The path of file input ``name`` as a handler registered with ``preprocess=False`` gets it: Gradio's file
+    dict, or None. Only files in the app's cache pass: Gradio checks a dict that says it is a file (its ``meta``),
+    but hands one without on as it came, and a path elsewhere on the server must not be read."""
+    from gradio.utils import get_upload_folder
+
+    path = value.get("path") if isinstance(value, dict) else value
+    if path is None:
+        return None
+    cache = os.path.realpath(get_upload_folder())
+    if not isinstance(path, str) or not os.path.realpath(path).startswith(cache + os.sep):
+        raise InputError(f"{name} must be a file uploaded to this app, as gradio_client's handle_file(path) sends "
+                         f"it; got {given(path)}", field=name)
+    return path
+
+
+def name_file_inputs(demo: gr.Blocks) -> None:
+    """Gradio checks a file input's JSON before any handler runs, with pydantic's message, which names neither the
+    parameter nor the form a file takes ("1 validation error for ImageData ..."): say both. Installed on ``demo``
+    (its ``preprocess_data``, where that check runs) once the events are wired."""
+    import pydantic
+
+    preprocess = demo.preprocess_data
+
+    async def preprocess_data(block_fn, inputs, state, *args, **kwargs):
+        try:
+            return await preprocess(block_fn, inputs, state, *args, **kwargs)
+        except pydantic.ValidationError as exc:
+            names = list(inspect.signature(block_fn.fn).parameters) if block_fn.fn else []
+            for name, block, value in zip(names, block_fn.inputs, inputs):
+                model = getattr(block, "data_model", None)
+                if model is not None and model.__name__ == exc.title:
+                    what = "a list of files" if getattr(block, "file_count", "single") == "multiple" else "a file"
+                    raise gr.Error(f"{name} must be {what} as gradio_client's handle_file(path) sends one "
+                                   f"({{'path': ..., 'meta': {{'_type': 'gradio.FileData'}}}}); got {given(value)}",
+                                   print_exception=False) from None
+            raise
+
+    demo.preprocess_data = preprocess_data
+
+
 def whole(value):
     """Numbers from the page arrive as floats; whole ones become ints, others pass on to validation."""
     if isinstance(value, float) and value.is_integer():
@@ -178,6 +225,41 @@ def model_dropdown(choices: list[str], value: str, label: str = "Model") -> gr.D
         choices=choices, value=value, label=label, allow_custom_value=True, scale=4,
         info="A built-in, a folder or .safetensors under the models dir, or a hub id (owner/name)",
     )
+
+
+def prune_cache(demo: gr.Blocks, keep: int) -> int:
+    """Delete all but the ``keep`` newest files the page's outputs left in the app's cache folder; returns how many
+    went. Gradio deletes only files older than its ``delete_cache`` age, and never those of an output whose widget
+    a run updated (its label, say): Gradio makes that widget afresh for the session and tracks none of its files.
+    So the folder is read itself: each file in a folder named by its content's hash (Gradio's layout), except
+    uploads (a person may still use them) and the widgets' first values, which a page opened later shows."""
+    folder = os.path.realpath(demo.GRADIO_CACHE)
+    protected = {os.path.realpath(p) for p in demo.upload_file_set}
+    for block in demo.blocks.values():
+        protected.update(os.path.realpath(p) for p in getattr(block, "keep_in_cache", ()))
+    found, empty = [], []
+    with os.scandir(folder) as entries:
+        hashed = [e.path for e in entries if CACHE_HASH_DIR.fullmatch(e.name) and e.is_dir(follow_symlinks=False)]
+    for sub in hashed:
+        with contextlib.suppress(FileNotFoundError), os.scandir(sub) as entries:
+            files = [e for e in entries if e.is_file(follow_symlinks=False)]
+            for entry in files:
+                if not entry.name.startswith(".") and entry.path not in protected:  # "." : a copy being written
+                    with contextlib.suppress(FileNotFoundError):
+                        found.append((entry.stat().st_mtime, entry.path))
+            if not files:
+                empty.append(sub)
+    found.sort(reverse=True)
+    for mtime, path in found[keep:]:
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_mtime == mtime:  # not written again (the same image) since it was listed
+                os.remove(path)
+    now = time.time()
+    for sub in empty:  # an old empty folder only: a new one may be about to get its file
+        with contextlib.suppress(OSError):
+            if now - os.stat(sub).st_mtime > EMPTY_DIR_AGE:
+                os.rmdir(sub)
+    return max(0, len(found) - keep)
 
 
 # The tabs a past image's settings go back to, by the kind its run record (or folder) names.

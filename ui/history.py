@@ -34,6 +34,7 @@ def build(
     iter_replay: Callable,  # (run file, cancel=) -> events, then a ReplayReport
     list_models: Callable[[], list[str]],
     targets: dict[str, dict],  # tab kind -> {request field: widget}: where "use these settings" writes
+    shown: Callable[[str], str] = lambda text: text,  # a path or message as people read it: the folders relative
     tab: gr.Tab | None = None,  # this tab: opening it shows the page anew
 ) -> None:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
@@ -194,7 +195,9 @@ def build(
                 return (gr.skip(), gr.skip(), replayed["image"])
             if isinstance(event, ReplayReport):
                 kind_of = "waiting" if event.outcome in (IDENTICAL, WITHIN) else "error"
-                return (message_html(event.message, kind_of), event.as_dict(), replayed["image"])
+                verdict = {**event.as_dict(), "message": shown(event.message),
+                           "paths": [shown(p) for p in event.paths]}  # the replayed image itself is sent as it is
+                return (message_html(verdict["message"], kind_of), verdict, replayed["image"])
             return None
         return render
 

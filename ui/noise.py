@@ -21,8 +21,10 @@ import numpy as np
 import pandas as pd
 
 from engine.sampling.schedulers import BETA_SCHEDULES
+from engine.errors import InputError
 from engine.forward.noise import (
     DEFAULT_TIMESTEPS,
+    MAX_TRAIN_TIMESTEPS,
     MAX_RESOLUTION,
     MIN_RESOLUTION,
     SAMPLE_IMAGES,
@@ -30,7 +32,8 @@ from engine.forward.noise import (
     NoiseSchedule,
     clamp_timesteps,
 )
-from ui.common import friendly_errors, whole
+from engine.validation import check_choice, check_int, given
+from ui.common import friendly_errors, uploaded_path, whole
 
 CUSTOM = "(the settings below)"
 NO_MARKER = "(none)"
@@ -47,6 +50,7 @@ MAX_PLOT_ROWS = 990  # browser line plots thin 1000 rows or more by min/max binn
 MAX_TICKS = 100  # visited timesteps past this are thinned evenly: closer ticks merge at a plot's width anyway
 TICK_HEIGHT = 0.05  # of the plot's value range: a comb along the bottom, not a bar chart
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#b279a2", "#72b7b2", "#eeca3b", "#9d755d", "#ff9da6")  # tableau10
+MAX_MARKER_STEPS = 10_000  # a marker scheduler's steps: more than any schedule has timesteps (those are fitted)
 TICK_COLOR, CURSOR_COLOR = "#8c8c8c", "#e45756"  # tableau10's grey and red, kept out of PALETTE
 
 
@@ -82,9 +86,13 @@ def build(
             label = beta_schedule
             main = NoiseSchedule(beta_schedule=beta_schedule, num_train_timesteps=whole(num_train_timesteps),
                                  beta_start=beta_start, beta_end=beta_end,
-                                 rescale_betas_zero_snr=bool(rescale_betas_zero_snr))
+                                 rescale_betas_zero_snr=rescale_betas_zero_snr)
         out = {label: main}
+        if not isinstance(overlay or [], (list, tuple)):
+            raise InputError(f"overlay must be a list of beta schedules ({', '.join(BETA_SCHEDULES)}); "
+                             f"got {given(overlay)}", field="overlay")
         for name in overlay or []:
+            check_choice("overlay", name, BETA_SCHEDULES)
             other = NoiseSchedule(beta_schedule=name, num_train_timesteps=main.num_train_timesteps,
                                   beta_start=main.beta_start, beta_end=main.beta_end)
             out.setdefault(name if name != label else f"{name} (overlay)", other)
@@ -99,6 +107,7 @@ def build(
                            overlay)
         main = next(iter(chosen.values()))
         common = dict(schedule=main, seed=whole(seed), resolution=whole(resolution), sample_image=sample_image)
+        image = uploaded_path(image, "image")  # the API's file dict (it skips Gradio's preprocessing), or a path
 
         # 2. The strip (its timesteps fitted to the schedule: those past its end shown at its end) and the
         # frame at the slider's t, both with diffusers' add_noise.
@@ -108,12 +117,15 @@ def build(
             result = add_noise(NoiseRequest(timesteps=fitted, **common), image)
             shown = [(im, f"t = {ts}, √ᾱ = {a ** 0.5:.2f}")
                      for im, ts, a in zip(result.images, result.timesteps, result.alpha_bars)]
-        t = min(whole(t), main.num_train_timesteps - 1)
+        check_int("t", whole(t), 0, MAX_TRAIN_TIMESTEPS - 1)
+        t = min(whole(t), main.num_train_timesteps - 1)  # a t past a shorter schedule's end: its end
         single = add_noise(NoiseRequest(timesteps=(t,), **common), image)
 
         # 3. The curves, the visited timesteps' ticks (no more steps than the schedule has) and the cursor at t.
         marker = None if marker_scheduler in (None, "", NO_MARKER) else marker_scheduler
         asked = whole(marker_steps)
+        if marker:
+            check_int("marker_steps", asked, 1, MAX_MARKER_STEPS)
         steps = min(asked, main.num_train_timesteps) if marker and isinstance(asked, int) else asked
         marker_name = f"{marker}, {steps} steps" if marker else ""
         visited = visited_timesteps(marker, steps, main) if marker else ()
@@ -255,7 +267,10 @@ def build(
         drawn.success(dress, [colors, frame_caption], [single, *plots], api_visibility="private")
         drawn.success(fit_slider, [num_train_timesteps, single_t], single_t, api_visibility="private")
 
-    then_dress_and_fit(show.click(add_noise_endpoint, inputs, outputs, api_name="add_noise", **queue))
+    # The API takes values as sent (preprocess=False): the engine checks each, and its message names the field and
+    # what it takes, where Gradio's own checks (a number box's bounds, a dropdown's choices) name neither.
+    then_dress_and_fit(show.click(add_noise_endpoint, inputs, outputs, api_name="add_noise", preprocess=False,
+                                  **queue))
     # Every field redraws when a person changes it: choices when picked, typed values on Enter, sliders
     # on release. Only a person's changes: the fields a model fills do not set off a second redraw.
     then_dress_and_fit(gr.on(

@@ -11,18 +11,20 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import gradio as gr
 from gradio.components.plot import PlotData
 
+from engine.errors import InputError
 from engine.sampling.schedulers import SAMPLER_BETA_SCHEDULES
+from engine.training.base import METHODS, SCRATCH
 from engine.training.objectives.pixel import PRESETS
 from engine.training.recipes import DEFAULT_RECIPE, RECIPE_FIELDS, RECIPES
-from engine.training.request import MIXED_PRECISION, RUN_CONTROL, TrainRequest, field_help
+from engine.training.request import LORA_LAYERS, MIXED_PRECISION, RUN_CONTROL, TrainRequest, field_help
 from engine.training.jobs import FAILED, IDLE, TrainStatus
-from ui.common import DEVICE_QUEUE, friendly_errors, progress_html, switch_tab_js, whole
+from ui.common import DEVICE_QUEUE, friendly_errors, progress_html, switch_tab_js, uploaded_path, whole
 
 POLL_INTERVAL = 1.0  # seconds between status polls; the loss itself arrives every log_every steps
 MAX_PLOT_POINTS = 1000  # per curve: a long run's history is thinned so that a poll stays small
@@ -31,6 +33,11 @@ UNCONDITIONAL_TAB = "Unconditional"  # the tab "Sample from this checkpoint" swi
 HELP = {name: comment for name, (_, comment) in field_help().items()}
 GRID_HEIGHT = 540  # px the sample grid is shown at: a 4x4 grid of 128 px samples with 8 px gaps is 536
 LOSS_COLOURS = {"raw": "#a3a3a3", "smoothed": "#ea580c"}
+LR_COLOUR = "#2563eb"
+BUCKET_SCHEME = "viridis"  # bucket 0 (least noise) dark to the last (most noise) light
+PLOT_HEIGHT = 240
+METHOD_LABELS = {"full": "full: every weight of an unconditional UNet",
+                 "lora": "lora: adapters on a text-to-image model (the base stays frozen)"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,8 @@ class _Status:
     progress: gr.HTML
     info: gr.JSON
     loss_plot: gr.Plot
+    bucket_plot: gr.Plot
+    lr_plot: gr.Plot
     grid: gr.Image
     checkpoint: gr.Markdown
     sample: gr.Button
@@ -47,7 +56,8 @@ class _Status:
     unconditional_model: gr.Dropdown | None
 
     def outputs(self) -> list:
-        widgets = [self.progress, self.info, self.loss_plot, self.grid, self.checkpoint, self.sample, self.runs]
+        widgets = [self.progress, self.info, self.loss_plot, self.bucket_plot, self.lr_plot, self.grid,
+                   self.checkpoint, self.sample, self.runs]
         return widgets + ([self.unconditional_model] if self.unconditional_model is not None else [])
 
 
@@ -62,13 +72,27 @@ def build(
     save_upload: Callable[[list[str], str], str],  # (files, folder name) -> the new folder's name
     list_runs: Callable[[], list[str]],  # runs with a checkpoint to resume
     list_unconditional_models: Callable[[], list[str]],
+    shown: Callable[[str], str],  # a path or a message as people read it: the app's folders relative
     unconditional_model: gr.Dropdown | None = None,  # the Unconditional tab's model box, kept up to date
+    list_txt2img_models: Callable[[], list[str]] = lambda: [],  # what a LoRA run can start from
+    base_resolution: Callable[[str, str], int | None] = lambda name, method: None,  # (start_from, method) -> px
 ) -> None:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
     defaults = TrainRequest()
+
+    def as_shown(s: TrainStatus) -> TrainStatus:
+        """The status as the page shows it: the run's folder and checkpoint as ``models/<run>``."""
+        return replace(s, run_dir=shown(s.run_dir), checkpoint=s.checkpoint and shown(s.checkpoint),
+                       message=shown(s.message))
+
+    def start_choices(method: str) -> list[str]:
+        if method == "lora":  # a LoRA trains on a diffusers folder, never a single file
+            return [m for m in list_txt2img_models() if not m.endswith(".safetensors")]
+        return [SCRATCH, *list_unconditional_models()]
+
     with gr.Row():
         with gr.Column(scale=2):
-            w = _settings(defaults, list_data, list_runs)
+            w = _settings(defaults, list_data, list_runs, start_choices(defaults.method))
         with gr.Column(scale=3):
             status = _status_column(w["runs"], unconditional_model)
     seen = gr.State(None)  # what this page shows already, so a poll sends only what changed
@@ -85,40 +109,61 @@ def build(
         given = START_SIGNATURE.bind(*args, **kwargs)
         given.apply_defaults()
         values = {START_PARAMS[name]: value for name, value in given.arguments.items()}  # by TrainRequest field
-        if values.pop("resume"):
+        resume = values.pop("resume")
+        if not isinstance(resume, bool):  # the API takes values as sent: 'no' would be true
+            raise InputError(f"resume must be true or false; got {resume!r}", field="resume")
+        if resume:
             started = resume_training(_page_value("run_name", values["run_name"]),
                                       **{field: _page_value(field, values[field]) for field in RESUME_CHANGES})
         else:
             started = start_training(TrainRequest(**{field: _page_value(field, v) for field, v in values.items()}))
         if started.state == FAILED:  # not the user's doing: the log has the traceback
             raise gr.Error(started.message, print_exception=False)
-        return status_dict(started)
+        return status_dict(as_shown(started))
 
     @friendly_errors
     def train_stop():
-        return status_dict(stop_training(STOP_WAIT))
+        return status_dict(as_shown(stop_training(STOP_WAIT)))
 
     @friendly_errors
     def train_status():
-        s = training_status()
+        s = as_shown(training_status())
         return status_dict(s, history=True), s.grid
 
     @friendly_errors
     def train_upload(files, folder_name):
-        name = save_upload(list(files or []), (folder_name or "").strip())
+        if files is not None and not isinstance(files, list):
+            raise InputError(f"files must be a list of files (gradio_client's handle_file); got {files!r}",
+                             field="files")
+        name = save_upload([uploaded_path(f, "files") for f in files or []],
+                           folder_name.strip() if isinstance(folder_name, str) else folder_name)
         return gr.update(choices=list_data(), value=name), f"Saved as data folder **{name}**; it is selected above."
 
     def show_all():
         return poll(None)
 
-    def poll(shown):
-        return _status_updates(training_status(), shown, status, list_runs, list_unconditional_models)
+    def poll(on_page):
+        return _status_updates(as_shown(training_status()), on_page, status, list_runs, list_unconditional_models)
 
     def sample_checkpoint():
         s = training_status()
         if not s.checkpoint:
             return gr.skip()
         return gr.update(choices=list_unconditional_models(), value=s.run_name)
+
+    def pick_method(method):  # what the method can start from; a LoRA run's base is a text-to-image model
+        choices = start_choices(method)
+        value = choices[0] if choices else SCRATCH
+        return gr.update(choices=choices, value=value), _resolution_for(value, method)
+
+    def pick_start(name, method):  # a base model trains at its own resolution
+        return _resolution_for(name, method)
+
+    def _resolution_for(name, method):
+        if not name or name == SCRATCH:
+            return gr.skip()
+        size = base_resolution(name, method)
+        return size if size else gr.skip()
 
     def pick_recipe(name):  # fills the recipe's settings; the data, flip, seed and the rest stay as they are
         if name not in RECIPES:
@@ -133,18 +178,22 @@ def build(
         saved = run_settings(name)
         return {widget: getattr(saved, field) for field, widget in form.items()}
 
+    # The API takes values as sent (preprocess=False): the engine checks each, and its message names the field and
+    # what it takes, where Gradio's own checks name neither (and a number box rounds 2.5 to 2 unasked).
     w["start"].click(
         train_start, inputs=list(form.values()), outputs=[status.info], api_name="train_start",
-        concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
+        concurrency_id=DEVICE_QUEUE, concurrency_limit=1, preprocess=False,
     )
     # Status and Stop stay out of the device queue: they must answer while the run holds the device.
     w["stop"].click(train_stop, None, [status.info], api_name="train_stop", concurrency_limit=None)
     api_trigger.click(train_status, None, [api_status, api_grid], api_name="train_status", concurrency_limit=None)
     w["save"].click(train_upload, [w["files"], w["folder_name"]], [w["data"], w["upload_note"]],
-                    api_name="train_upload")
+                    api_name="train_upload", preprocess=False)
     w["refresh_data"].click(lambda: gr.update(choices=list_data()), None, w["data"], api_visibility="private")
     w["runs"].change(pick_run, w["runs"], list(form.values()), api_visibility="private")
     w["recipe"].input(pick_recipe, w["recipe"], list(recipe_form.values()), api_visibility="private")
+    w["method"].input(pick_method, w["method"], [w["start_from"], w["resolution"]], api_visibility="private")
+    w["start_from"].input(pick_start, [w["start_from"], w["method"]], w["resolution"], api_visibility="private")
     gr.on(None, show_all, None, status.outputs() + [seen], api_visibility="private", concurrency_limit=None,
           show_progress="hidden")  # on page load: a reopened page shows the running job at once
     gr.Timer(POLL_INTERVAL).tick(poll, seen, status.outputs() + [seen], api_visibility="private",
@@ -169,6 +218,9 @@ START_OPTIONAL = {
     "preset": "preset", "epochs": "num_epochs", "gradient_accumulation_steps": "gradient_accumulation_steps",
     "beta_schedule": "beta_schedule", "num_train_timesteps": "num_train_timesteps", "resume": "resume",
     "clamp_batch_size": "clamp_batch_size", "random_flip": "random_flip", "first_sample_step": "first_sample_step",
+    "start_from": "start_from", "method": "method", "lora_rank": "lora_rank", "lora_alpha": "lora_alpha",
+    "lora_layers": "lora_layers", "lora_text_encoder": "lora_text_encoder", "snr_gamma": "snr_gamma",
+    "validation_prompts": "validation_prompts",
 }
 START_PARAMS = {**START_REQUIRED, **START_OPTIONAL}
 _DEFAULTS = TrainRequest()
@@ -194,15 +246,15 @@ def _takes(signature: inspect.Signature) -> Callable:
 def _page_value(field: str, value):
     """A widget's value as ``field`` of TrainRequest takes it: whole numbers as ints, text stripped."""
     default = getattr(_DEFAULTS, field)
-    if isinstance(default, str):
-        return (value or "").strip()
+    if isinstance(default, str):  # anything else as sent: the request refuses it by name
+        return "" if value is None else value.strip() if isinstance(value, str) else value
     if isinstance(default, int) and not isinstance(default, bool):
         return whole(value)
     return value  # booleans and floats as the page gives them
 
 
 # -- layout ------------------------------------------------------------------------------------
-def _settings(d: TrainRequest, list_data, list_runs) -> dict:
+def _settings(d: TrainRequest, list_data, list_runs, start_choices: list[str]) -> dict:
     """The left column: recipe, Start and Stop on top (in reach without scrolling), then data and settings.
     Widgets by name (TrainRequest's, for its fields)."""
     w = {}
@@ -228,12 +280,21 @@ def _settings(d: TrainRequest, list_data, list_runs) -> dict:
                                             label="clamp_batch_size: with fewer images than the batch size, "
                                                   "train on all of them")
     with gr.Accordion("Upload images or a zip as a new data folder", open=False):
-        w["files"] = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or zips",
-                             elem_id="train-files")
+        w["files"] = gr.File(file_count="multiple", file_types=["image", ".zip", ".txt", ".jsonl"],
+                             label="Images or zips (with captions for a LoRA: a .txt beside each image, or "
+                                   "metadata.jsonl in the zip)", elem_id="train-files")
         with gr.Row():
             w["folder_name"] = gr.Textbox(label="Folder name ('' = upload, upload-2, ...)", scale=3)
             w["save"] = gr.Button("Save as a data folder", scale=1, elem_id="train-upload")
         w["upload_note"] = gr.Markdown(label="Upload", elem_id="train-upload-note")
+    with gr.Row():
+        w["method"] = gr.Radio(list(METHODS), value=d.method, label="Method", elem_id="train-method",
+                               info="; ".join(METHOD_LABELS.values()))
+        w["start_from"] = gr.Dropdown(start_choices, value=d.start_from, label="Start from", allow_custom_value=True,
+                                      elem_id="train-start-from",
+                                      info="scratch: a new UNet of the preset; or a model to train further (a "
+                                           "built-in, a folder under the models dir, a hub id): it sets the "
+                                           "resolution, and its UNet and scheduler config are kept")
     with gr.Row():
         w["preset"] = gr.Dropdown(list(PRESETS), value=d.preset, label="Preset", info=HELP["preset"])
         number("resolution", "Resolution (px)", elem_id="train-resolution")
@@ -261,6 +322,20 @@ def _settings(d: TrainRequest, list_data, list_runs) -> dict:
                                              info=HELP["beta_schedule"])
             number("num_train_timesteps", "Train timesteps")
             number("gradient_accumulation_steps", "Gradient accumulation")
+        w["snr_gamma"] = gr.Number(value=d.snr_gamma, label="Min-SNR gamma", info=HELP["snr_gamma"],
+                                   elem_id="train-snr-gamma")
+    with gr.Accordion("LoRA settings (method lora)", open=False, elem_id="train-lora"):
+        with gr.Row():
+            number("lora_rank", "Rank", elem_id="train-lora-rank")
+            w["lora_alpha"] = gr.Number(value=d.lora_alpha, label="Alpha", info=HELP["lora_alpha"],
+                                        elem_id="train-lora-alpha")
+        with gr.Row():
+            w["lora_layers"] = gr.Dropdown(list(LORA_LAYERS), value=d.lora_layers, label="Layers",
+                                           info=HELP["lora_layers"], elem_id="train-lora-layers")
+            w["lora_text_encoder"] = gr.Checkbox(value=d.lora_text_encoder, label="Text encoder too",
+                                                 info=HELP["lora_text_encoder"], elem_id="train-lora-text")
+        w["validation_prompts"] = gr.Textbox(value=d.validation_prompts, label="Validation prompts",
+                                             info=HELP["validation_prompts"], elem_id="train-lora-prompts")
     with gr.Row():
         w["resume"] = gr.Checkbox(value=False, label="Resume the run named above", elem_id="train-resume",
                                   info="it keeps its own settings; only epochs, max steps and the save and sample "
@@ -273,7 +348,11 @@ def _settings(d: TrainRequest, list_data, list_runs) -> dict:
 def _status_column(runs: gr.Dropdown, unconditional_model: gr.Dropdown | None) -> _Status:
     """The right column: progress, loss curve, sample grid, checkpoint, the status as JSON."""
     progress = gr.HTML(_progress(TrainStatus()), elem_id="train-progress")
-    loss_plot = gr.Plot(label="Training loss (log scale)", elem_id="train-loss", elem_classes="wb-vega")
+    with gr.Row():
+        loss_plot = gr.Plot(label="Training loss (log scale)", elem_id="train-loss", elem_classes="wb-vega")
+        bucket_plot = gr.Plot(label="Loss by timestep bucket (log scale; mean over each report's steps)",
+                              elem_id="train-bucket-loss", elem_classes="wb-vega")
+    lr_plot = gr.Plot(label="Learning rate", elem_id="train-lr-plot", elem_classes="wb-vega")
     grid = gr.Image(label=_grid_label(TrainStatus()), format="png", interactive=False, height=GRID_HEIGHT,
                     elem_id="train-grid", elem_classes="wb-pixels")
     with gr.Row():
@@ -281,8 +360,8 @@ def _status_column(runs: gr.Dropdown, unconditional_model: gr.Dropdown | None) -
         sample = gr.Button("Sample from this checkpoint", visible=False, scale=0, elem_id="train-sample")
     with gr.Accordion("Status (JSON)", open=False):
         info = gr.JSON(label="Run", elem_id="train-info")
-    return _Status(progress=progress, info=info, loss_plot=loss_plot, grid=grid, checkpoint=checkpoint,
-                   sample=sample, runs=runs, unconditional_model=unconditional_model)
+    return _Status(progress=progress, info=info, loss_plot=loss_plot, bucket_plot=bucket_plot, lr_plot=lr_plot,
+                   grid=grid, checkpoint=checkpoint, sample=sample, runs=runs, unconditional_model=unconditional_model)
 
 
 # -- status to widgets ------------------------------------------------------------------------
@@ -295,22 +374,87 @@ def status_dict(s: TrainStatus, *, history: bool = False) -> dict:
         "lr": s.lr, "steps_per_sec": round(s.steps_per_sec, 3), "images_per_sec": round(s.images_per_sec, 2),
         "eta": None if s.eta is None else round(s.eta, 1), "elapsed": round(s.elapsed, 1),
         "grid_step": s.grid_step, "checkpoint": s.checkpoint, "checkpoint_step": s.checkpoint_step,
-        "run_dir": s.run_dir, "message": s.message, "hint": s.hint,
+        "run_dir": s.run_dir, "message": s.message, "hint": s.hint, "method": s.method, "lora": s.lora,
+        "grid_caption": s.grid_caption,
     }
     if history:
         out["losses"] = [_finite(x) for x in s.losses]  # losses[i] is the loss of step i + 1
         out["smoothed"] = [_finite(x) for x in s.smoothed]
+        out["lrs"] = list(s.lrs)  # lrs[i] is the learning rate of step i + 1
+        out["bucket_loss"] = {"edges": list(s.bucket_edges), "steps": list(s.bucket_steps),
+                              "values": [[None if v is None else _finite(v) for v in row] for row in s.bucket_losses]}
     return out
+
+
+def _thinned(n: int) -> list[int]:
+    """Indices 0..n-1, at most :data:`MAX_PLOT_POINTS` of them, the newest always among them."""
+    stride = max(1, math.ceil(n / MAX_PLOT_POINTS))
+    index = list(range(0, n, stride))
+    if index and index[-1] != n - 1:
+        index.append(n - 1)
+    return index
+
+
+def bucket_labels(edges) -> list[str]:
+    """"t 0-99", "t 100-199", ... for the buckets between ``edges``."""
+    return [f"t {lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def bucket_rows(edges, steps, values) -> list[dict]:
+    """Long-format rows {step, loss, bucket} for each report and bucket that had images, thinned to
+    :data:`MAX_PLOT_POINTS` reports; a loss a log axis cannot show is left out."""
+    labels = bucket_labels(edges)
+    return [{"step": steps[j], "loss": float(v), "bucket": labels[i]} for j in _thinned(len(steps))
+            for i, v in enumerate(values[j]) if v is not None and math.isfinite(v) and v > 0]
+
+
+def bucket_plot(edges, steps, values) -> PlotData:
+    """The loss in each timestep bucket over the run, one line a bucket on a log axis: low t (little noise) is
+    where a denoiser's loss is largest and falls last."""
+    labels = bucket_labels(edges)
+    color = {"field": "bucket", "type": "ordinal", "title": None, "sort": labels,
+             "scale": {"domain": labels, "scheme": BUCKET_SCHEME}, "legend": {"orient": "right"}}
+    return _line_plot(bucket_rows(edges, steps, values), "loss", "loss (MSE, log scale)", color, log=True,
+                      points=True)
+
+
+def lr_rows(lrs) -> list[dict]:
+    return [{"step": i + 1, "lr": float(lrs[i])} for i in _thinned(len(lrs))]
+
+
+def lr_plot(lrs) -> PlotData:
+    """The learning rate each step used: the warm-up and the cosine decay, on a linear axis."""
+    color = {"value": LR_COLOUR}
+    return _line_plot(lr_rows(lrs), "lr", "learning rate", color, log=False, height=PLOT_HEIGHT // 2)
+
+
+def _line_plot(rows: list[dict], y: str, y_title: str, color: dict, *, log: bool, height: int = PLOT_HEIGHT,
+               points: bool = False) -> PlotData:
+    """A Vega-Lite line chart over ``step`` drawn as SVG, so the page (and a test) can read the axes. ``points``
+    marks each value too (a line needs two reports to show)."""
+    y_encoding = {"field": y, "type": "quantitative", "title": y_title}
+    if log:
+        y_encoding["scale"] = {"type": "log"}
+    else:
+        y_encoding["axis"] = {"format": ".1e"}
+    spec = {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "width": "container", "height": height, "autosize": {"type": "fit", "contains": "padding"},
+        "padding": {"top": 32, "left": 5, "right": 5, "bottom": 5},  # room for the block's label
+        "data": {"values": rows},
+        "mark": {"type": "line", "clip": True, "point": points},
+        "encoding": {"x": {"field": "step", "type": "quantitative", "title": "step",
+                           "axis": {"format": "d", "tickMinStep": 1}}, "y": y_encoding,
+                     "color": color},
+        "usermeta": {"embedOptions": {"renderer": "svg", "actions": False}},
+    }
+    return PlotData(type="altair", plot=json.dumps(spec))
 
 
 def loss_rows(losses, smoothed) -> list[dict]:
     """Long-format rows {step, loss, series}, thinned to :data:`MAX_PLOT_POINTS` per curve; a loss that a log
     axis cannot show (not finite, or not above 0) is left out."""
-    n = len(losses)
-    stride = max(1, math.ceil(n / MAX_PLOT_POINTS))
-    index = list(range(0, n, stride))
-    if index and index[-1] != n - 1:
-        index.append(n - 1)  # always the newest point
+    index = _thinned(len(losses))
     rows = []
     for series, values in (("raw", losses), ("smoothed", smoothed)):
         rows += [{"step": i + 1, "loss": float(values[i]), "series": series} for i in index
@@ -319,25 +463,12 @@ def loss_rows(losses, smoothed) -> list[dict]:
 
 
 def loss_plot(losses, smoothed) -> PlotData:
-    """The loss curves as a Vega-Lite spec with a log y axis: a loss falls by orders of magnitude, and a linear
-    axis goes flat after the first few dozen steps. Drawn as SVG, so the page (and a test) can read the axes."""
-    spec = {
-        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-        "width": "container", "height": 240, "autosize": {"type": "fit", "contains": "padding"},
-        "padding": {"top": 32, "left": 5, "right": 5, "bottom": 5},  # room for the block's label
-        "data": {"values": loss_rows(losses, smoothed)},
-        "mark": {"type": "line", "clip": True},
-        "encoding": {
-            "x": {"field": "step", "type": "quantitative", "title": "step"},
-            "y": {"field": "loss", "type": "quantitative", "title": "loss (MSE, log scale)",
-                  "scale": {"type": "log"}},
-            "color": {"field": "series", "type": "nominal", "title": None,
-                      "scale": {"domain": list(LOSS_COLOURS), "range": list(LOSS_COLOURS.values())},
-                      "legend": {"orient": "top-right"}},
-        },
-        "usermeta": {"embedOptions": {"renderer": "svg", "actions": False}},
-    }
-    return PlotData(type="altair", plot=json.dumps(spec))
+    """The loss curves with a log y axis: a loss falls by orders of magnitude, and a linear axis goes flat after
+    the first few dozen steps."""
+    color = {"field": "series", "type": "nominal", "title": None,
+             "scale": {"domain": list(LOSS_COLOURS), "range": list(LOSS_COLOURS.values())},
+             "legend": {"orient": "top-right"}}
+    return _line_plot(loss_rows(losses, smoothed), "loss", "loss (MSE, log scale)", color, log=True)
 
 
 def _status_updates(s: TrainStatus, shown: dict | None, status: _Status, list_runs, list_unconditional_models):
@@ -357,9 +488,13 @@ def _status_updates(s: TrainStatus, shown: dict | None, status: _Status, list_ru
         _progress(s) if text else gr.skip(),
         status_dict(s) if text else gr.skip(),
         (loss_plot(s.losses, s.smoothed) if s.losses else None) if plot else gr.skip(),
+        (bucket_plot(s.bucket_edges, s.bucket_steps, s.bucket_losses) if s.bucket_steps else None)
+        if plot else gr.skip(),
+        (lr_plot(s.lrs) if s.lrs else None) if plot else gr.skip(),
         gr.update(value=s.grid, label=_grid_label(s)) if grid else gr.skip(),
         _checkpoint_text(s) if checkpoint else gr.skip(),
-        gr.update(visible=bool(s.checkpoint) and status.unconditional_model is not None) if checkpoint else gr.skip(),
+        gr.update(visible=bool(s.checkpoint) and s.method == "full" and status.unconditional_model is not None)
+        if checkpoint else gr.skip(),
         gr.update(choices=list_runs()) if checkpoint else gr.skip(),
     ]
     if status.unconditional_model is not None:  # a new checkpoint is in the Unconditional tab's list at once
@@ -387,14 +522,20 @@ def _progress(s: TrainStatus) -> str:
 
 
 def _grid_label(s: TrainStatus) -> str:
+    how = s.grid_caption or "DDIM, the same seeds each time"
     if s.grid_step is None:
-        return "Samples (DDIM, the same seeds each time)"
-    return f"Samples at step {s.grid_step} (DDIM, the same seeds each time)"
+        return f"Samples ({how})"
+    return f"Samples at step {s.grid_step} ({how})"
 
 
 def _checkpoint_text(s: TrainStatus) -> str:
     if not s.checkpoint:
         return "No checkpoint yet."
+    if s.lora:
+        name = s.lora.rsplit("/", 1)[-1].removesuffix(".safetensors")
+        folder, file = s.lora.rsplit("/", 1)
+        return (f"LoRA at step {s.checkpoint_step}: **`{name}`** in the Text to image tab's LoRA list (for models "
+                f"like its base); in Python `pipe.load_lora_weights(\"{folder}\", weight_name=\"{file}\")`.")
     return (f"Checkpoint at step {s.checkpoint_step}: model **`{s.run_name}`** in the Unconditional tab's list; "
             f"in Python `DDPMPipeline.from_pretrained(\"{s.checkpoint}\")`.")
 

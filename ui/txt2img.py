@@ -9,6 +9,7 @@ import gradio as gr
 
 from engine.errors import Cancelled, InputError, ModelLoadError
 from engine.events import BatchDone, Done, Started, Step, StepsDrawn
+from engine.models.loras import MAX_LORA_SCALE
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, PREVIEWS, Txt2ImgRequest
 from engine.validation import check_batch_count
 from ui.common import (DEVICE_QUEUE, FILLED, SessionRuns, batch_note, done_note, export_update, field_messages,
@@ -18,7 +19,10 @@ from ui.common import (DEVICE_QUEUE, FILLED, SessionRuns, batch_note, done_note,
 DEFAULT_PROMPT = "a handwritten digit seven"  # a prompt the built-in model knows, there as a value to edit
 # The engine's field names (as its messages say them) -> the position of their input below.
 FIELDS = {"model": 0, "prompt": 1, "steps": 3, "guidance scale": 4, "scheduler": 5, "seed": 6, "width": 7,
-          "height": 8, "VAE preview interval": 9, "preview": 10, "batch count": 11}
+          "height": 8, "VAE preview interval": 9, "preview": 10, "lora": 11, "LoRA scale": 12, "batch count": 13}
+NO_LORA = ("none", "")  # the LoRA box's first choice: (label, value)
+SCRUB_LABEL = "Scrub through the steps (the last is the final image)"
+SCRUB_DRAWING = "· drawing the previews of the steps the stream skipped…"
 FAR_FROM_NATIVE = 2.0  # a size this many times larger or smaller than the model's own gets a warning
 
 
@@ -31,6 +35,9 @@ def build(
     default_model: str,
     default_size: Callable[[str], tuple[int, int] | None],
     schedulers: list[str],
+    shown: Callable[[str], str],  # a path or a code snippet as people read it: the app's folders relative
+    list_loras: Callable[[str], list[str]] = lambda model: [],  # LoRAs under <models-dir>/loras/ that fit a model
+    check_lora: Callable[[str, str], None] = lambda model, lora: None,  # (model, lora) -> None, or its error
     export_run: Callable[[str], dict] | None = None,  # a saved image -> its run's replay bundle
 ) -> dict:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events; returns its settings' widgets by
@@ -70,6 +77,12 @@ def build(
                 vae_preview_every = gr.Number(value=0, minimum=0, elem_id="t2i-vae-every",
                                               label="VAE decode every N steps (0 = as the preview says)")
             with gr.Row():
+                lora = gr.Dropdown([NO_LORA, *list_loras(default_model)], value="", label="LoRA",
+                                   allow_custom_value=True,  # a LoRA published since the page was built
+                                   info="from <models-dir>/loras/, the ones that fit this model", elem_id="t2i-lora")
+                lora_scale = gr.Slider(0, MAX_LORA_SCALE, value=defaults.lora_scale, step=0.05,
+                                       label="LoRA scale (0 = the model alone)", elem_id="t2i-lora-scale")
+            with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="t2i-generate",
                                      elem_classes="wb-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="t2i-stop")
@@ -80,7 +93,7 @@ def build(
                                  interactive=False, height=360, elem_id="t2i-image", elem_classes="wb-pixels")
                 xt = gr.Image(label="Noisy latent after this step (the next step's input)", format="png",
                               interactive=False, height=360, elem_id="t2i-xt", elem_classes="wb-pixels")
-            scrub = gr.Slider(1, 2, value=1, step=1, label="Scrub through the steps (the last is the final image)",
+            scrub = gr.Slider(1, 2, value=1, step=1, label=SCRUB_LABEL,
                               visible=False, elem_id="t2i-scrub")
             info = gr.JSON(label="Parameters used", elem_id="t2i-info")
             export = gr.DownloadButton("Export run (replay file)", visible=False, size="sm", elem_id="t2i-export")
@@ -88,17 +101,18 @@ def build(
     history = gr.State(None)  # {"steps": the run's Step events, "final": its PNG or None}
     runs = SessionRuns()
     inputs = [model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-              vae_preview_every, preview, batch_count]
+              vae_preview_every, preview, lora, lora_scale, batch_count]
     outputs = [image, xt, progress, info, code, scrub, history]
 
     def make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                     vae_preview_every=0, preview="auto", batch_count=1) -> Txt2ImgRequest:
+                     vae_preview_every=0, preview="auto", lora="", lora_scale=1.0, batch_count=1) -> Txt2ImgRequest:
         """The page's values, by keyword, as the engine's request (the batch count goes beside it)."""
         return Txt2ImgRequest(
             model=model, prompt=prompt or "", negative_prompt=negative_prompt or "",
             num_inference_steps=whole(steps), guidance_scale=guidance_scale, scheduler=scheduler,
             seed=whole(seed), width=whole(width), height=whole(height),
-            vae_preview_every=whole(vae_preview_every) or 0, preview=preview,
+            vae_preview_every=whole(vae_preview_every) or 0, preview=preview, lora=lora or "",
+            lora_scale=lora_scale,
         )
 
     def render(event, run: dict | None = None) -> tuple | None:
@@ -111,7 +125,7 @@ def build(
             return (gr.update(label=f"Predicted clean image x0 ({how}) → final image"), gr.skip(),
                     progress_html(0, event.total, note=" · ".join(filter(None, [f"seed {event.info['seed']}",
                                                                                  run["note"]]))),
-                    event.info, event.code, gr.update(visible=False), None)
+                    event.info, shown(event.code), gr.update(visible=False), None)
         if isinstance(event, Step):
             run["steps"].append(event)
             return (event.preview_x0.array(), event.preview_xt.array(),
@@ -121,43 +135,46 @@ def build(
         if isinstance(event, Done):
             final = event.paths[0] if event.paths else event.images[0]  # the saved PNG, sent as it is
             info_out = dict(event.info)
-            info_out["file"] = event.paths[0] if event.paths else None
+            info_out["file"] = shown(event.paths[0]) if event.paths else None  # the image itself is sent as it is
             n = len(event.steps)
             run["final"] = final
             return (final, event.steps[-1].preview_xt.array() if n else None,
                     progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note=done_note(event.info)),
-                    info_out, event.code, _scrubber(n), {"steps": event.steps, "final": final})
+                    info_out, shown(event.code), _scrubber(n, drawing=run.get("history") == "after"),
+                    {"steps": event.steps, "final": final})
         if isinstance(event, StepsDrawn):  # the frames the stream skipped, drawn after the final image went out
-            return (gr.skip(),) * 6 + ({"steps": event.steps, "final": run.get("final")},)
+            return ((gr.skip(),) * 5 + (gr.update(label=SCRUB_LABEL),)
+                    + ({"steps": event.steps, "final": run.get("final")},))
         if isinstance(event, BatchDone):  # the batch's grid, its runs' files listed
             return (event.grid or event.image, gr.skip(),
                     progress_html(1, 1, note=f"done · {len(event.seeds)} runs, seeds {event.seeds[0]} to "
                                              f"{event.seeds[-1]}"),
-                    {**event.info, "files": list(event.paths), "grid": event.grid or None}, gr.skip(),
-                    gr.update(visible=False), None)
+                    {**event.info, "files": [shown(p) for p in event.paths],
+                     "grid": shown(event.grid) if event.grid else None}, gr.skip(), gr.update(visible=False), None)
         return None
 
     @friendly_errors
     async def txt2img(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                      vae_preview_every=0, preview="auto", batch_count=1):
+                      vae_preview_every=0, preview="auto", lora="", lora_scale=1.0, batch_count=1):
         """The API: errors are raised, as gradio_client expects."""
         request = make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width,
-                               height, vae_preview_every, preview)
+                               height, vae_preview_every, preview, lora, lora_scale)
         # An API client gets no history (a gr.State): nothing is drawn for it after the loop.
         async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel, history="streamed",
                                                                        batch_count=whole(batch_count)), render):
             yield update
 
     async def txt2img_page(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                           vae_preview_every, preview, batch_count, session: gr.Request):
+                           vae_preview_every, preview, lora, lora_scale, batch_count, session: gr.Request):
         """The page: the last result stays; an error is said in the progress line and a toast."""
         run = runs.begin(session.session_hash)
         try:
             request = make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width,
-                                   height, vae_preview_every, preview)
+                                   height, vae_preview_every, preview, lora, lora_scale)
             run["warning"] = _far_from_native(request, default_size(request.model or default_model))
             if run["warning"]:
                 gr.Warning(html.escape(run["warning"]))
+            run["history"] = "after"
             async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel, history="after",
                                                                            batch_count=whole(batch_count)),
                                                lambda event: render(event, run), cancel=run["cancel"]):
@@ -178,6 +195,7 @@ def build(
             request = make_request(*values)
             check_batch_count(whole(values[FIELDS["batch count"]]), max(request.seed, 0))
             check_model(request.model or default_model, "txt2img")
+            check_lora(request.model or default_model, request.lora)
         except (InputError, ModelLoadError) as exc:
             return exc
         return None
@@ -205,7 +223,7 @@ def build(
         info_out = {**started.info, "stopped_at_step": at}
         batch = f" ({batch_note(started.info)})" if batch_note(started.info) else ""
         return (gr.skip(), gr.skip(), message_html(f"Stopped at step {at} of {started.total}{batch}", "stopped"),
-                info_out, started.code, _scrubber(len(frames)), {"steps": tuple(frames), "final": None})
+                info_out, shown(started.code), _scrubber(len(frames)), {"steps": tuple(frames), "final": None})
 
     def stop_page_run(session: gr.Request):
         if runs.stop(session.session_hash):
@@ -228,14 +246,24 @@ def build(
         found = default_size(name)
         return (gr.update(value=found[0]), gr.update(value=found[1])) if found else (gr.skip(), gr.skip())
 
+    def lora_choices(name, current):  # the LoRAs that fit the model; one that does not is unpicked
+        fits = list_loras(name or default_model)
+        return gr.update(choices=[NO_LORA, *fits], value=current if current in fits else "")
+
     api_trigger = gr.Button(visible=False)  # the public /txt2img endpoint; the page's button below validates
-    api_trigger.click(txt2img, inputs=inputs, outputs=outputs, api_name="txt2img",
-                                  concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
+    # The API takes values as sent (preprocess=False): the engine checks each, and its message names the field and
+    # what it takes, where Gradio's own checks (a slider's bounds, a dropdown's choices) name neither.
+    api_trigger.click(txt2img, inputs=inputs, outputs=outputs, api_name="txt2img", preprocess=False,
+                      concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
     generate.click(before_run, inputs, progress, queue=False, api_visibility="private")
+    # A click while the last run is still ending (its history's previews being drawn after the final image went
+    # out) queues one more run rather than being dropped (Gradio's default "once" ignores it).
     page_run = generate.click(txt2img_page, inputs=inputs, outputs=outputs, validator=validate,
-                              api_visibility="private", concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
+                              trigger_mode="always_last", api_visibility="private", concurrency_id=DEVICE_QUEUE,
+                              concurrency_limit=1)
     if export_run is not None:  # a finished run's replay file, ready to download
-        page_run.then(lambda shown: export_update(export_run, shown), info, export, api_visibility="private")
+        page_run.then(lambda shown_info: export_update(export_run, shown_info), info, export,
+                      api_visibility="private")
     reuse_seed.click(last_seed, info, seed, api_visibility="private")
     random_seed.click(lambda: -1, None, seed, api_visibility="private")
     # The page's run ends through its own token, so it can say where it stopped (a cancelled event cannot).
@@ -246,13 +274,18 @@ def build(
     filled = gr.State(None)  # the settings History or PNG Info filled in last, until a person picks a model
     model.change(on_model_change, [model, filled], [width, height], api_visibility="private")
     model.input(lambda: None, None, filled, api_visibility="private")
+    # A LoRA published by a training run since the page loaded is there when the box is opened.
+    gr.on([model.change, refresh.click, lora.focus], lora_choices, [model, lora], lora,
+          api_visibility="private", queue=False)
     return {"model": model, "prompt": prompt, "negative_prompt": negative_prompt, "num_inference_steps": steps,
             "guidance_scale": guidance_scale, "scheduler": scheduler, "seed": seed, "width": width, "height": height,
-            "batch_count": batch_count, FILLED: filled}
+            "lora": lora, "lora_scale": lora_scale, "batch_count": batch_count, FILLED: filled}
 
 
-def _scrubber(frames: int):
-    return gr.update(visible=frames > 1, minimum=1, maximum=max(frames, 2), value=max(frames, 1))
+def _scrubber(frames: int, drawing: bool = False):
+    """The scrub slider over ``frames`` steps; ``drawing``: the previews the stream skipped are still coming."""
+    return gr.update(visible=frames > 1, minimum=1, maximum=max(frames, 2), value=max(frames, 1),
+                     label=SCRUB_LABEL + (f" {SCRUB_DRAWING}" if drawing else ""))
 
 
 def _run_note(started: Started, warning: str = "") -> str:

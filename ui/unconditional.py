@@ -22,6 +22,7 @@ def build(
     list_models: Callable[[], list[str]],
     default_model: str,
     schedulers: list[str],
+    shown: Callable[[str], str],  # a path or a code snippet as people read it: the app's folders relative
     export_run: Callable[[str], dict] | None = None,  # a saved image -> its run's replay bundle
 ) -> dict:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events; returns its settings' widgets by
@@ -83,18 +84,19 @@ def build(
             return (event.grid or event.image, gr.skip(),
                     progress_html(1, 1, note=f"done · {len(event.seeds)} runs, seeds {event.seeds[0]} to "
                                              f"{event.seeds[-1]}"),
-                    gr.skip(), {**event.info, "files": list(event.paths), "grid": event.grid or None}, gr.skip(),
+                    gr.skip(), {**event.info, "files": [shown(p) for p in event.paths],
+                                "grid": shown(event.grid) if event.grid else None}, gr.skip(),
                     gr.update(visible=False), None)
         if isinstance(event, Done):
             final = event.grid or (event.paths[0] if event.paths else final_image(event))  # the saved PNG as is
             info_out = dict(event.info)
-            info_out["files"] = list(event.paths)
-            info_out["grid"] = event.grid or None
+            info_out["files"] = [shown(path) for path in event.paths]  # the images themselves are sent as they are
+            info_out["grid"] = shown(event.grid) if event.grid else None
             n = len(event.steps)
             frames = tuple(s for s in event.steps if s.preview_xt is not None)  # every k-th step, the last always
             return (final, gr.skip(),
                     progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note=done_note(event.info)),
-                    gr.skip(), info_out, event.code, _scrubber(frames, n), (frames, final))
+                    gr.skip(), info_out, shown(event.code), _scrubber(frames, n), (frames, final))
         return None
 
     @friendly_errors
@@ -151,6 +153,7 @@ def build(
         ddpm, inputs=[model, scheduler, steps, seed, batch_size, batch_count],
         outputs=[image, xt, progress, timesteps, info, code, scrub, history],
         api_name="ddpm", concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
+        preprocess=False,  # values as sent: the engine's checks name the field and what it takes
     )
     stop.click(None, None, None, cancels=[event], api_visibility="private")  # the whole batch: one token
     if export_run is not None:  # a finished run's replay file, ready to download

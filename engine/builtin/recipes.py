@@ -3,6 +3,7 @@
     python -m engine.builtin train digits-ddpm [--device cuda] [--scale 1.0]
     python -m engine.builtin train digits-sd   [--device cuda] [--scale 1.0]
     python -m engine.builtin evaluate [--quick]
+    python -m engine.builtin lora-proof [--steps 400]   # a LoRA teaches digits-sd a new word (engine/builtin/lora_proof.py)
 
 ``train`` writes ``builtin_models/<name>/`` (pipeline folder only, no trainer state); the
 seed is fixed, so a rerun on the same device and versions gives the same weights.
@@ -125,8 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = sub.add_parser("evaluate", help="print the quality figures of the built-in models")
     evaluate.add_argument("--quick", action="store_true", help="fewer samples, as make test uses")
     evaluate.add_argument("--device", default="cpu")
+    from engine.builtin import lora_proof
+
+    lora_proof.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.command == "lora-proof":
+        return lora_proof.main(args)
     if args.command == "train":
         import signal
 

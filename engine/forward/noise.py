@@ -22,7 +22,7 @@ from engine.errors import InputError
 from engine.images import to_rgb
 from engine.models.configs import read_scheduler_config
 from engine.sampling.schedulers import BETA_SCHEDULES, make_scheduler, scheduler_spec
-from engine.validation import check_choice, check_int, check_seed
+from engine.validation import check_choice, check_int, check_seed, given
 
 DEFAULT_TIMESTEPS = (0, 50, 100, 200, 400, 600, 800, 999)
 SAMPLE_IMAGES = ("china.jpg", "flower.jpg")  # scikit-learn ships both inside its wheel: offline
@@ -54,11 +54,11 @@ class NoiseSchedule:
         for name in ("beta_start", "beta_end"):
             value = getattr(self, name)
             if not _is_number(value) or not 0 < value < 1:
-                raise InputError(f"{name} must be a number between 0 and 1 (exclusive); got {value!r}")
+                raise InputError(f"{name} must be a number between 0 and 1 (exclusive); got {given(value)}")
         if self.beta_start > self.beta_end:
             raise InputError(f"beta_start must not exceed beta_end; got {self.beta_start!r} > {self.beta_end!r}")
         if not isinstance(self.rescale_betas_zero_snr, bool):
-            raise InputError(f"rescale_betas_zero_snr must be true or false; got {self.rescale_betas_zero_snr!r}")
+            raise InputError(f"rescale_betas_zero_snr must be true or false; got {given(self.rescale_betas_zero_snr)}")
         if self.trained_betas is not None and len(self.trained_betas) != self.num_train_timesteps:
             raise InputError(f"trained_betas has {len(self.trained_betas)} values; "
                              f"num_train_timesteps is {self.num_train_timesteps}")
@@ -101,7 +101,7 @@ class NoiseRequest:
         check_seed(self.seed, allow_random=False)
         check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION)
         if self.sample_image not in SAMPLE_IMAGES:
-            raise InputError(f"unknown sample image {self.sample_image!r}; allowed: {', '.join(SAMPLE_IMAGES)}")
+            raise InputError(f"unknown sample image {given(self.sample_image)}; allowed: {', '.join(SAMPLE_IMAGES)}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,9 +132,9 @@ def parse_timesteps(value: str | Sequence) -> tuple[int, ...]:
         try:
             number = float(part)
         except (TypeError, ValueError):
-            raise InputError(f"timesteps must be whole numbers like 0, 50, 999; got {part!r}") from None
+            raise InputError(f"timesteps must be whole numbers like 0, 50, 999; got {given(part)}") from None
         if isinstance(part, bool) or not math.isfinite(number) or not number.is_integer():
-            raise InputError(f"timesteps must be whole numbers like 0, 50, 999; got {part!r}")
+            raise InputError(f"timesteps must be whole numbers like 0, 50, 999; got {given(part)}")
         out.append(int(number))
     return tuple(out)
 
@@ -173,10 +173,11 @@ def load_image(source: str | Path | Image.Image | np.ndarray | None, sample_imag
         return to_rgb(Image.fromarray(source))
     try:
         with Image.open(source) as im:
-            return to_rgb(im)
+            return to_rgb(im.copy())  # read now: the file closes here, and an RGB image would come back unread
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         name = Path(str(source)).name
-        raise InputError(f"{name!r} is not an image PIL can read (PNG, JPEG, WebP, ...): {exc}") from None
+        cause = str(exc).replace(str(source), name)  # PIL quotes the whole path: the file's name is enough
+        raise InputError(f"{name!r} is not an image PIL can read (PNG, JPEG, WebP, ...): {cause}") from None
 
 
 def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:

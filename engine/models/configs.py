@@ -31,3 +31,15 @@ def native_size(folder: str | Path) -> tuple[int, int] | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return side, side
+
+
+def unet_side(folder: str | Path) -> int | None:
+    """The side an unconditional model in diffusers layout was trained at: its UNet's square ``sample_size``;
+    None where the config is not readable or not square."""
+    try:
+        size = json.loads((Path(folder) / "unet" / "config.json").read_text())["sample_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(size, list) and len(set(size)) == 1:
+        size = size[0]
+    return size if isinstance(size, int) else None

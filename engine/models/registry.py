@@ -22,12 +22,14 @@ from typing import Any
 from engine.models.devices import Placement
 from engine.models.identity import model_identity
 from engine.errors import ModelLoadError
+from engine.files import shown_paths
 from engine.validation import HUB_ID
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # engine/models/registry.py -> the repository
 BUILTIN_DIR = REPO_ROOT / "builtin_models"  # shipped (or built on first use), never the user's models dir
+MAX_NAME_CHARS = 1024  # a model string: a path under the models dir or a hub id, never longer
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 # The pipeline classes each loop runs: a UNet2DConditionModel + VAE + CLIP text encoder for text to image;
 # a UNet2DModel with a DDPM-family scheduler for unconditional sampling. Anything else is refused by name.
@@ -76,6 +78,10 @@ class ModelRegistry:
         self._loading: dict[str, _PendingLoad] = {}  # loads under way, by cache key
         self._lock = threading.Lock()  # guards the two dicts; never held through a load
 
+    def shown(self, text: str) -> str:
+        """``text`` with the models dir and the built-ins' folder as their names (``models/x``), for messages."""
+        return shown_paths(text, {"models": self.models_dir, "builtin_models": BUILTIN_DIR})
+
     # -- listing -----------------------------------------------------------------------
     def list_models(self, kind: str) -> list[str]:
         """Built-ins of ``kind`` first, then what is under ``models_dir`` (no hub ids)."""
@@ -90,12 +96,29 @@ class ModelRegistry:
                 names.append(folder.relative_to(self.models_dir).as_posix())
         if kind == "txt2img":
             names += sorted(p.relative_to(self.models_dir).as_posix() for p in self.models_dir.rglob("*.safetensors")
-                            if not (p.parent / "config.json").exists() and not p.name.startswith("."))
+                            if not (p.parent / "config.json").exists() and not p.name.startswith(".")
+                            and not self._lora_or_run_file(p))
         return names
+
+    def _lora_or_run_file(self, path: Path) -> bool:
+        """A LoRA (under the loras folder) or a training run's file (a LoRA run's adapters, trainer state):
+        never a model of its own."""
+        from engine.models.loras import LORAS_DIR
+
+        parts = path.relative_to(self.models_dir).parts
+        if parts[0] == LORAS_DIR:
+            return True
+        return any((self.models_dir.joinpath(*parts[:i]) / "trainer" / "state.json").is_file()
+                   for i in range(1, len(parts)))
 
     # -- resolving ---------------------------------------------------------------------
     def resolve(self, name: str) -> ModelRef:
+        if name is not None and not isinstance(name, str):
+            raise ModelLoadError(f"model must be text: a built-in's name, a folder or file under the models dir, "
+                                 f"or a hub id; got {name!r}")
         name = (name or "").strip()
+        if len(name) > MAX_NAME_CHARS:  # no file name is this long: the file system would refuse it (an OSError)
+            raise ModelLoadError(f"model must be at most {MAX_NAME_CHARS} characters; got {len(name)}")
         if not name:
             raise ModelLoadError("no model given; pick one from the list or type a folder name under the models dir")
         if any(ord(c) < 32 for c in name):  # a NUL would reach the file system as an error of its own
@@ -103,7 +126,8 @@ class ModelRegistry:
         if name in BUILTINS:
             b = BUILTINS[name]
             if not (b.folder / "model_index.json").is_file():
-                raise ModelLoadError(f"built-in model {name!r} is missing from {b.folder}; retrain it with "
+                raise ModelLoadError(f"built-in model {name!r} is missing from {b.folder.relative_to(REPO_ROOT)}; "
+                                     f"retrain it with "
                                      f"`python -m engine.builtin train {name}`")
             return ModelRef(name, "builtin", str(b.folder), _pipeline_class(b.folder))
         if name.lower().endswith(PICKLE_SUFFIXES):
@@ -115,7 +139,7 @@ class ModelRegistry:
         inside = candidate == self.models_dir or self.models_dir in candidate.parents
         if Path(name).is_absolute() or ".." in Path(name).parts or not inside:
             raise ModelLoadError(
-                f"{name!r} is outside the models dir {self.models_dir}; only models under it can be loaded"
+                f"{name!r} is outside the models dir (--models-dir); only models under it can be loaded"
             )
         if candidate.is_dir():
             if not (candidate / "model_index.json").is_file():
@@ -133,6 +157,9 @@ class ModelRegistry:
                 )
             return ModelRef(name, "folder", str(candidate), _pipeline_class(candidate))
         if candidate.is_file():
+            if self._lora_or_run_file(candidate):
+                raise ModelLoadError(f"{name!r} is a LoRA or a training run's file, not a model; a LoRA is picked "
+                                     "in the LoRA box beside a model")
             if candidate.suffix != ".safetensors":
                 raise ModelLoadError(f"{name!r} is not a .safetensors file; safetensors only")
             return ModelRef(name, "single_file", str(candidate), "StableDiffusionPipeline")
@@ -140,8 +167,44 @@ class ModelRegistry:
             return ModelRef(name, "hub", name)
         raise ModelLoadError(
             f"unknown model {name!r}: not a built-in ({', '.join(BUILTINS)}), not a folder or .safetensors "
-            f"file under {self.models_dir}, and not a hub id like 'owner/name'"
+            "file under the models dir (--models-dir), and not a hub id like 'owner/name'"
         )
+
+    # -- LoRAs ------------------------------------------------------------------------
+    def lora_file(self, model: str, lora: str) -> Path | None:
+        """The file of LoRA ``lora`` checked to fit ``model`` (by the configs, without loading); None for ""."""
+        from engine.models import loras
+
+        name = loras.check_lora_name(lora)
+        if not name:
+            return None
+        path = loras.lora_path(self.models_dir, name)
+        try:
+            folder = self.config_folder(model)
+        except ModelLoadError:
+            folder = None
+        loras.check_fits(path, name, model, folder)
+        return path
+
+    def use_lora(self, pipe, model: str, lora: str, scale: float = 1.0) -> None:
+        """Switch LoRA ``lora`` (a name under the loras folder) on in ``pipe``, a loaded ``model``, at ``scale``;
+        "" switches any LoRA off."""
+        from engine.models import loras
+
+        path = self.lora_file(model, lora)
+        loras.activate(pipe, path, scale, name=loras.check_lora_name(lora))
+
+    def list_loras(self, model: str | None = None) -> list[str]:
+        """LoRA names under the loras folder; given a model, those that fit it."""
+        from engine.models import loras
+
+        if model is None:
+            return loras.list_loras(self.models_dir)
+        try:
+            folder = self.config_folder(model)
+        except ModelLoadError:
+            return []
+        return loras.list_loras(self.models_dir, model=model, model_folder=folder)
 
     # -- loading -----------------------------------------------------------------------
     def config_folder(self, name: str) -> Path | None:
@@ -215,11 +278,11 @@ class ModelRegistry:
             else:
                 pipe = cls.from_pretrained(ref.location, dtype=dtype, local_files_only=True, use_safetensors=True,
                                            **extra)
-        except ModelLoadError:
-            raise
+        except ModelLoadError as exc:  # the single-file loader's, naming its file and config folder
+            raise ModelLoadError(self.shown(str(exc))) from exc
         except Exception as exc:  # diffusers raises many kinds; all mean "could not load"
             log.warning("loading %r from %s failed", ref.name, ref.location, exc_info=True)  # ours or theirs
-            raise ModelLoadError(f"could not load {ref.name!r} from {ref.location}: {type(exc).__name__}: {exc}") from exc
+            raise ModelLoadError(f"could not load {ref.name!r}: {type(exc).__name__}: {self.shown(str(exc))}") from exc
         check_kind(ref.name, type(pipe).__name__, kind)  # a hub id's class is known only now
         unet = getattr(pipe, "unet", None)
         if type(unet).__name__ != UNET_CLASSES[kind]:

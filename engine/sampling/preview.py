@@ -55,14 +55,15 @@ def images_to_uint8(images) -> np.ndarray:
     return np.ascontiguousarray(images.transpose(0, 2, 3, 1))
 
 
-def spaced_grid(images: np.ndarray, *, min_tile: int, gap: int, colour: tuple[int, int, int]) -> np.ndarray:
-    """(B, h, w, 3) uint8 -> (H, W, 3) uint8: as square as the batch allows, row by row, each image enlarged
-    (nearest, an integer factor) to at least ``min_tile`` pixels a side, ``gap`` pixels of ``colour`` between
-    neighbours and none around the edge. An empty cell in the last row stays ``colour``."""
+def spaced_grid(images: np.ndarray, *, min_tile: int, gap: int, colour: tuple[int, int, int],
+                cols: int | None = None) -> np.ndarray:
+    """(B, h, w, 3) uint8 -> (H, W, 3) uint8: as square as the batch allows (or ``cols`` a row), row by row, each
+    image enlarged (nearest, an integer factor) to at least ``min_tile`` pixels a side, ``gap`` pixels of
+    ``colour`` between neighbours and none around the edge. An empty cell in the last row stays ``colour``."""
     b, h, w, _ = images.shape
     factor = max(1, math.ceil(min_tile / max(1, min(h, w))))
     th, tw = h * factor, w * factor
-    cols = math.ceil(math.sqrt(b))
+    cols = cols or math.ceil(math.sqrt(b))
     rows = math.ceil(b / cols)
     grid = np.empty((rows * th + (rows - 1) * gap, cols * tw + (cols - 1) * gap, 3), dtype=np.uint8)
     grid[:] = np.asarray(colour, dtype=np.uint8)

@@ -9,7 +9,8 @@ bundle, see :mod:`engine.sampling.replay`)::
      "model": {"name": "digits-sd", "source": "builtin", "sha256": "...", "files": {"unet/...": "..."}},
      "environment": {"torch": "2.14.1", "diffusers": "0.42.1", "transformers": "5.24.0", "gradio": "6.31.0",
                      "device": "cpu", "device_name": "cpu", "dtype": "float32"},
-     "noise_sha256": "...", "images_sha256": ["..."]}
+     "noise_sha256": "...", "images_sha256": ["..."],
+     "lora": {"name": "...", "sha256": "..."}}     # only where the request switched a LoRA on
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
+
+from engine.models.identity import file_sha256
 
 FORMAT = "diffusion-workbench-run"
 VERSION = 1  # bumped when a field changes meaning; a replay refuses newer bundles
@@ -67,7 +70,7 @@ def run_record(kind: str, request, pipe, noise_sha256: str, images: Sequence[Ima
     the model's identity (set on ``pipe`` by the registry), environment, the initial noise's hash
     (:func:`tensor_sha256`) and the images hashed."""
     model = getattr(pipe, "workbench_identity", None) or {"name": request.model, "source": "unknown"}
-    return {
+    record = {
         "format": FORMAT,
         "version": VERSION,
         "kind": kind,
@@ -77,3 +80,7 @@ def run_record(kind: str, request, pipe, noise_sha256: str, images: Sequence[Ima
         "noise_sha256": noise_sha256,
         "images_sha256": [image_sha256(im) for im in images],
     }
+    if getattr(request, "lora", ""):  # the LoRA switched on changes the image as the model's weights do
+        _, _, path = getattr(pipe, "workbench_lora", ("", 1.0, None))
+        record["lora"] = {"name": request.lora, "sha256": file_sha256(path) if path is not None else None}
+    return record

@@ -28,7 +28,8 @@ from engine.sampling.outputs import save_png
 from engine.sampling.preview import LatentRGBPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.runrecord import run_record, tensor_sha256
 from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
-from engine.validation import check_choice, check_int, check_seed
+from engine.models.loras import MAX_LORA_SCALE, check_active, check_lora_name
+from engine.validation import check_choice, check_float, check_int, check_seed, given
 
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin, StableDiffusionPipeline
@@ -59,6 +60,8 @@ class Txt2ImgRequest:
     vae_preview_every: int = 0  # full VAE decode of x0 every N steps; 0: as ``preview`` says
     preview: str = "auto"  # x0 preview: "auto" (a VAE decode where one is cheap, else "latent"), "latent", "vae"
     model: str = ""  # the model string, for the image's metadata
+    lora: str = ""  # a LoRA under <models-dir>/loras/ by name, switched on in the pipeline; "" = none
+    lora_scale: float = 1.0  # the LoRA's weight: 0 = the base model alone, 1 = as trained, up to 2
 
     def __post_init__(self):
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
@@ -70,7 +73,7 @@ class Txt2ImgRequest:
         check_int("steps", self.num_inference_steps, 1, MAX_STEPS)
         g = self.guidance_scale
         if not isinstance(g, (int, float)) or isinstance(g, bool) or not math.isfinite(g) or not 1 <= g <= MAX_GUIDANCE:
-            raise InputError(f"guidance scale must be a number from 1 (no guidance) to {MAX_GUIDANCE:g}; got {g!r}",
+            raise InputError(f"guidance scale must be a number from 1 (no guidance) to {MAX_GUIDANCE:g}; got {given(g)}",
                              field="guidance scale")
         scheduler_spec(self.scheduler)
         check_seed(self.seed)
@@ -83,6 +86,8 @@ class Txt2ImgRequest:
                 raise InputError(f"{side} must be a multiple of 8 (8 to {MAX_SIDE}); got {value}", field=side)
         check_int("VAE preview interval", self.vae_preview_every, 0, MAX_STEPS)
         check_choice("preview", self.preview, PREVIEWS)
+        check_lora_name(self.lora)
+        check_float("LoRA scale", self.lora_scale, 0.0, MAX_LORA_SCALE)
 
     def resolved(self, pipe: StableDiffusionPipeline) -> "Txt2ImgRequest":
         """A copy with the seed drawn and the size taken from the model where not given."""
@@ -125,6 +130,7 @@ def iter_txt2img(
     """Denoise step by step, yielding ``Started``, one ``Step`` per timestep, then ``Done``."""
     # 1. Resolve the seed and size, build a fresh scheduler from the model's config.
     request = request.resolved(pipe)
+    check_active(pipe, request.lora, request.lora_scale)  # switched on where the pipeline was loaded
     scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
     device, unet, vae = pipe.device, pipe.unet, pipe.vae
     generator = torch.Generator("cpu").manual_seed(request.seed)
@@ -259,17 +265,22 @@ def diffusers_code(pipe: StableDiffusionPipeline, request: Txt2ImgRequest) -> st
         load = (f"StableDiffusionPipeline.from_pretrained({location!r}{dtype},\n"
                 "    safety_checker=None, requires_safety_checker=False)")
     cls_name, build = scheduler_code(request.scheduler)
+    lora_path = getattr(pipe, "workbench_lora", ("", 1.0, None))[2] if request.lora else None
+    lora = (f"pipe.load_lora_weights({str(lora_path.parent)!r}, weight_name={lora_path.name!r})\n"
+            if lora_path is not None else "")
     return (
         "import torch\n"
         f"from diffusers import StableDiffusionPipeline, {cls_name}\n\n"
         f"pipe = {load}.to({pipe.device.type!r})\n"
         f"pipe.scheduler = {build}\n"
+        + lora +
         "image = pipe(\n"
         f"    {request.prompt!r},\n"
         f"    negative_prompt={request.negative_prompt!r},\n"
         f"    num_inference_steps={request.num_inference_steps},\n"
         f"    guidance_scale={request.guidance_scale!r},\n"
         f"    width={request.width}, height={request.height},\n"
+        + (f"    cross_attention_kwargs={{'scale': {float(request.lora_scale)!r}}},\n" if lora else "") +
         f"    generator=torch.Generator('cpu').manual_seed({request.seed}),\n"
         ").images[0]\n"
         + "image.save('image.png')\n"

@@ -2,7 +2,8 @@
 
 A run's checkpoint is ``models_dir/<run>/`` in DDPMPipeline layout (``model_index.json``,
 ``unet/``, ``scheduler/``), so the model list picks it up and it samples with
-``DDPMPipeline.from_pretrained``, plus ``trainer/`` with what a resume needs:
+``DDPMPipeline.from_pretrained`` (a LoRA run's holds ``pytorch_lora_weights.safetensors`` instead, for
+``pipe.load_lora_weights``), plus ``trainer/`` with what a resume needs:
 
 - ``state.json``: step, the request, LR scheduler, optimizer hyper-parameters, EMA
   counters, loss history; written last, so its presence marks a complete checkpoint;
@@ -32,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.errors import InputError
-from engine.files import fsync_path
+from engine.files import fsync_path, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -135,15 +136,7 @@ def _save_in_progress(folder: Path) -> bool:
     if int(pid) == os.getpid():
         with _saving_lock:
             return folder.resolve() in _saving
-    return _alive(int(pid))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError, OSError):
-        return False
-    return True
+    return process_alive(int(pid))
 
 
 def recover_all(models_dir: str | Path) -> None:
@@ -158,9 +151,13 @@ def recover_all(models_dir: str | Path) -> None:
 
 
 # -- reading and writing the trainer state ---------------------------------------------------
+LORA_FILE = "pytorch_lora_weights.safetensors"  # a LoRA run's checkpoint holds this instead of a pipeline
+
+
 def is_complete(run_dir: str | Path) -> bool:
     run_dir = Path(run_dir)
-    return (run_dir / "model_index.json").is_file() and (run_dir / TRAINER_DIR / STATE_FILE).is_file()
+    saved = (run_dir / "model_index.json").is_file() or (run_dir / LORA_FILE).is_file()
+    return saved and (run_dir / TRAINER_DIR / STATE_FILE).is_file()
 
 
 def list_runs(models_dir: str | Path) -> list[str]:
@@ -176,10 +173,10 @@ def read_state(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     recover(run_dir)
     if not is_complete(run_dir):
-        raise InputError(f"no complete checkpoint to resume in {run_dir}; start a new run instead")
+        raise InputError(f"run {run_dir.name!r} has no complete checkpoint to resume; start a new run instead")
     state = json.loads((run_dir / TRAINER_DIR / STATE_FILE).read_text())
     if state.get("format") != FORMAT:
-        raise InputError(f"checkpoint {run_dir} has trainer format {state.get('format')!r}; "
+        raise InputError(f"the checkpoint of run {run_dir.name!r} has trainer format {state.get('format')!r}; "
                          f"this version reads {FORMAT}")
     return state
 

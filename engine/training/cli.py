@@ -5,6 +5,8 @@ Every :class:`engine.training.request.TrainRequest` field is an option (``--max-
 
     python -m engine.training --data digits --run-name digits-quick            # the "quick" recipe (the defaults)
     python -m engine.training --recipe tutorial --run-name digits-tutorial     # the diffusers tutorial's schedule
+    python -m engine.training --start-from digits-ddpm --resolution 32 --data my-folder   # fine-tune a model
+    python -m engine.training --method lora --start-from digits-sd --resolution 32 --data captioned-folder
 
 Several GPUs or machines (accelerate is the distributed engine; on a machine
 without a GPU the processes train on the CPU)::
@@ -33,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.sampling.schedulers import SAMPLER_BETA_SCHEDULES
     from engine.training.objectives.pixel import PRESETS
     from engine.training.recipes import DEFAULT_RECIPE, RECIPES
-    from engine.training.request import MIXED_PRECISION, field_help
+    from engine.training.base import METHODS
+    from engine.training.request import LORA_LAYERS, MIXED_PRECISION, field_help
 
     parser = argparse.ArgumentParser(prog="python -m engine.training", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-dir", default="models", help="checkpoints go to MODELS_DIR/<run name>/ (models)")
@@ -47,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                              + "; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values())
                              + f" (default: the defaults below, which are {DEFAULT_RECIPE!r})")
     group = parser.add_argument_group("training settings (TrainRequest fields; given ones only)")
-    choices = {"preset": tuple(PRESETS), "mixed_precision": MIXED_PRECISION, "beta_schedule": SAMPLER_BETA_SCHEDULES}
+    choices = {"preset": tuple(PRESETS), "mixed_precision": MIXED_PRECISION, "beta_schedule": SAMPLER_BETA_SCHEDULES,
+               "method": METHODS, "lora_layers": tuple(LORA_LAYERS)}
     for name, (default, comment) in field_help().items():
         flag = "--" + name.replace("_", "-")
         text = f"{comment} (default: {default!r})"

@@ -5,6 +5,10 @@ A data source is one string, in the order tried:
 2. a folder under ``data_dir`` (read with ``datasets``' imagefolder);
 3. a hub dataset id (``owner/name``), where the hub is reachable.
 
+A LoRA run needs captions (:func:`load_captioned_data`): a ``text`` column in ``datasets``' imagefolder
+``metadata.jsonl`` (``{"file_name": "a.png", "text": "..."}`` per line), or a ``.txt`` beside each image;
+an image whose caption is missing or empty is reported by name, never guessed.
+
 Every folder image is opened and decoded once before training, so an empty folder,
 unreadable files or too few images are reported before any step runs. Corrupt files
 are skipped and counted; grey, palette and RGBA images are converted to RGB.
@@ -18,8 +22,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -29,14 +31,18 @@ from typing import Iterable, Iterator
 import torch
 
 from engine.errors import DataError, InputError
+from engine.files import partial_path
 from engine.images import to_8bit, to_rgb
-from engine.validation import HUB_ID
+from engine.validation import HUB_ID, given
 
 log = logging.getLogger(__name__)
 
 DIGITS = "digits"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+METADATA_FILE = "metadata.jsonl"  # datasets' imagefolder metadata: file_name and text columns
+CAPTION_SUFFIXES = (".txt", ".jsonl")  # what an upload keeps besides images: captions
 FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_SOURCE_CHARS = 1024  # a data string: a folder under the data dir or a hub id, never longer
 MAX_UPLOAD_BYTES = 512 * 1024**2  # unpacked size of one upload, counted as written: a guard against zip bombs
 MAX_DATA_DIR_BYTES = 8 * 1024**3  # all of the data dir after the upload
 MAX_UPLOAD_FILES = 100_000
@@ -69,9 +75,10 @@ class DataReport:
     channels: int  # 1 for the digits, 3 (RGB) otherwise
     skipped: tuple[str, ...] = ()  # unreadable files, relative to the folder
     converted: int = 0  # grey, palette or RGBA images converted to RGB
+    captioned: bool = False  # every image has a caption (a ``text`` column)
 
     def summary(self) -> str:
-        text = f"{self.num_images} images from {self.source!r}"
+        text = f"{self.num_images} {'captioned ' if self.captioned else ''}images from {self.source!r}"
         if self.skipped:
             shown = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
             text += f"; skipped {len(self.skipped)} unreadable file(s): {shown}"
@@ -110,6 +117,10 @@ def list_sources(data_dir: str | Path) -> list[str]:
 def load_image_data(source: str, data_dir: str | Path) -> ImageData:
     """Resolve ``source``, check every image, and return the dataset; raises :class:`DataError`."""
     source = (source or "").strip()
+    if len(source) > MAX_SOURCE_CHARS:  # no folder name is this long: the file system would refuse it
+        raise DataError(f"data must be at most {MAX_SOURCE_CHARS} characters; got {len(source)}")
+    if any(ord(c) < 32 for c in source):  # a NUL would reach the file system as an error of its own
+        raise DataError(f"unknown data {source!r}: a data name has no control characters")
     if not source:
         raise DataError(f"no data given; use {DIGITS!r}, a folder under the data dir, or a hub id 'owner/name'")
     if source == DIGITS:
@@ -117,13 +128,13 @@ def load_image_data(source: str, data_dir: str | Path) -> ImageData:
     root = Path(data_dir).resolve()
     candidate = (root / source).resolve()
     if Path(source).is_absolute() or ".." in Path(source).parts or root not in (candidate, *candidate.parents):
-        raise DataError(f"{source!r} is outside the data dir {root}; only folders under it can be used")
+        raise DataError(f"{source!r} is outside the data dir (--data-dir); only folders under it can be used")
     if candidate.is_dir():
         return _load_folder(source, candidate)
     if HUB_ID.match(source):
-        return _load_hub(source, root)
+        return _load_hub(source)
     raise DataError(
-        f"unknown data {source!r}: not {DIGITS!r}, not a folder under {root} "
+        f"unknown data {source!r}: not {DIGITS!r}, not a folder under the data dir (--data-dir) "
         f"(found: {', '.join(list_sources(root)[1:]) or 'none'}), and not a hub id like 'owner/name'"
     )
 
@@ -187,7 +198,7 @@ def _load_folder(source: str, folder: Path) -> ImageData:
     return ImageData(dataset, report)
 
 
-def _load_hub(source: str, data_dir: Path) -> ImageData:
+def _load_hub(source: str) -> ImageData:
     import datasets
 
     from datasets.exceptions import DatasetNotFoundError
@@ -198,7 +209,7 @@ def _load_hub(source: str, data_dir: Path) -> ImageData:
         raise DataError(
             f"could not get dataset {source!r} from the Hugging Face Hub ({exc}); the hub "
             "is unreachable or offline here. On a machine with access run "
-            f"`hf download {source} --repo-type dataset --local-dir {data_dir / source.split('/')[-1]}` "
+            f"`hf download {source} --repo-type dataset --local-dir DATA_DIR/{source.split('/')[-1]}` "
             "and copy the folder under --data-dir, then pick it from the list"
         ) from exc
     except DatasetNotFoundError as exc:  # the hub answered: no such dataset, or it is private or gated
@@ -215,6 +226,75 @@ def _load_hub(source: str, data_dir: Path) -> ImageData:
     if len(dataset) == 0:
         raise DataError(f"dataset {source!r} has no images in its train split")
     return ImageData(dataset, DataReport(source, "hub", len(dataset), 3))
+
+
+# -- captions -----------------------------------------------------------------------------
+def load_captioned_data(source: str, data_dir: str | Path) -> ImageData:
+    """Images with a caption each (a ``text`` column), for text-to-image training; raises :class:`DataError`
+    naming the images whose caption is missing or empty, and for data without captions at all."""
+    source = (source or "").strip()
+    if source == DIGITS:
+        raise DataError(f"{DIGITS!r} has class labels, not captions; a LoRA run needs captioned images: a folder "
+                        f"with {METADATA_FILE} (a 'text' column) or a .txt beside each image")
+    root = Path(data_dir).resolve()
+    candidate = (root / source).resolve()
+    if source and candidate.is_dir() and root in candidate.parents:
+        return _load_captioned_folder(source, candidate)
+    data = load_image_data(source, data_dir)  # a hub id, or the error for a source that is not one
+    if "text" not in data.dataset.column_names:
+        raise DataError(f"dataset {source!r} has no 'text' column of captions; columns: "
+                        f"{', '.join(data.dataset.column_names)}")
+    return data
+
+
+def _load_captioned_folder(source: str, folder: Path) -> ImageData:
+    import datasets
+
+    files, skipped, converted = scan_images(folder)
+    if not files:
+        found = f"; {len(skipped)} file(s) could not be read: {', '.join(skipped[:3])}" if skipped else ""
+        raise DataError(f"folder {source!r} has no readable image ({', '.join(IMAGE_SUFFIXES)}){found}; "
+                        "add images or upload some")
+    captions = _read_captions(folder)
+    texts, missing = [], []
+    for path in files:
+        text = captions.get(path.resolve())
+        if text is None:
+            beside = path.with_suffix(".txt")
+            text = beside.read_text(encoding="utf-8", errors="replace") if beside.is_file() else None
+        if text is None or not text.strip():
+            missing.append(path.relative_to(folder).as_posix() + ("" if text is None else " (empty)"))
+        texts.append((text or "").strip())
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DataError(f"folder {source!r}: {len(missing)} of {len(files)} image(s) have no caption: {shown}; "
+                        f"give each a 'text' in {METADATA_FILE} or a .txt file beside it")
+    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+    dataset = datasets.Dataset.from_dict({"image": [str(p) for p in files], "text": texts}, features=features)
+    report = DataReport(source, "folder", len(files), 3, tuple(skipped), converted, captioned=True)
+    return ImageData(dataset, report)
+
+
+def _read_captions(folder: Path) -> dict[Path, str]:
+    """Image path -> caption from every ``metadata.jsonl`` under ``folder`` (its file names are relative to the
+    file's own folder, as in datasets' imagefolder)."""
+    import json
+
+    captions: dict[Path, str] = {}
+    for meta in sorted(folder.rglob(METADATA_FILE)):
+        for number, line in enumerate(meta.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise DataError(f"{meta.relative_to(folder).as_posix()} line {number} is not JSON ({exc}); each "
+                                'line must be like {"file_name": "a.png", "text": "a caption"}') from exc
+            if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+                raise DataError(f"{meta.relative_to(folder).as_posix()} line {number} has no 'file_name'")
+            text = row.get("text")
+            captions[(meta.parent / row["file_name"]).resolve()] = text if isinstance(text, str) else ""
+    return captions
 
 
 # -- preprocessing ------------------------------------------------------------------------
@@ -236,19 +316,22 @@ def recipe_transform(resolution: int, channels: int, *, flip: bool):
     return transforms.Compose(steps)
 
 
-def attach_transform(data: ImageData, resolution: int, *, flip: bool = False) -> None:
+def attach_transform(data: ImageData, resolution: int, *, flip: bool = False, channels: int | None = None) -> None:
     """``set_transform`` so rows come out as ``{"images": (C, H, W) in [-1, 1]}``.
 
     The engine passes ``flip=False`` and flips in the loop with its own generator
-    (:func:`random_flip`), so that every random draw is reproducible.
+    (:func:`random_flip`), so that every random draw is reproducible. ``channels``: what the model takes
+    (a fine-tuned grey model gets its RGB data as grey); the data's own by default.
     """
-    preprocess = recipe_transform(resolution, data.channels, flip=flip)
-    channels = data.channels
+    channels = channels or data.channels
+    preprocess = recipe_transform(resolution, channels, flip=flip)
 
     def transform(examples):
         out = {"images": [preprocess(to_mode(image, channels)) for image in examples["image"]]}
         if "label" in examples:  # class labels (the digits'), for conditional objectives
             out["labels"] = examples["label"]
+        if "text" in examples:  # captions, for text-to-image objectives
+            out["texts"] = examples["text"]
         return out
 
     data.dataset.set_transform(transform)
@@ -300,6 +383,9 @@ def save_uploads(files: Iterable[str | Path], data_dir: str | Path, name: str = 
                  limits: UploadLimits = UploadLimits()) -> Path:
     """Copy uploaded images (and the images inside uploaded zips) into a new folder under ``data_dir``.
 
+    Captions come along (for a LoRA run): a ``.txt`` uploaded beside an image of the same name, a
+    ``metadata.jsonl`` (its file names follow the images' new names), and the ``.txt`` and ``metadata.jsonl``
+    members of a zip, which keeps its layout.
     The folder is filled under a hidden name and renamed into place at the end, so a
     half-finished upload never shows up as a data source, and a refused one leaves nothing.
     Zip members with absolute paths, ``..`` or links are refused; bytes are counted as
@@ -312,36 +398,38 @@ def save_uploads(files: Iterable[str | Path], data_dir: str | Path, name: str = 
     budget = min(limits.upload_bytes, limits.data_dir_bytes - _tree_bytes(root))
     if budget <= 0:
         raise DataError(f"the data dir is full ({_mib(_tree_bytes(root))} used); {limits.describe()}")
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}."))
-    try:
+    files = [Path(f) for f in files]
+    renamed = {f.name: f"{i:05d}-{_safe_stem(f.stem)}{f.suffix.lower()}" for i, f in enumerate(files)
+               if f.suffix.lower() in IMAGE_SUFFIXES}  # an uploaded image's name -> its name in the folder
+    with partial_path(root, folder.name, folder=True) as tmp:  # a killed upload's is removed at start-up
         count, total = 0, 0
-        for index, file in enumerate(Path(f) for f in files):
+        for index, file in enumerate(files):
             if file.suffix.lower() == ".zip":
                 dest = tmp / f"{index:03d}-{_safe_stem(file.stem)}"
                 n, size = extract_zip(file, dest, budget=budget - total, limits=limits)
                 count, total = count + n, total + size
             elif file.suffix.lower() in IMAGE_SUFFIXES:
                 with open(file, "rb") as src:
-                    target = tmp / f"{index:05d}-{_safe_stem(file.stem)}{file.suffix.lower()}"
-                    total += _copy_within(src, target, budget - total, file.name, limits)
+                    total += _copy_within(src, tmp / renamed[file.name], budget - total, file.name, limits)
                 count += 1
+            elif file.suffix.lower() in CAPTION_SUFFIXES:
+                total += _save_caption_file(file, tmp, renamed, budget - total, limits)
             else:
-                log.info("upload: ignoring %s (not an image or a zip)", file.name)
+                log.info("upload: ignoring %s (not an image, a caption or a zip)", file.name)
         if count == 0:
             raise DataError(
                 f"the upload holds no image files; allowed: {', '.join(IMAGE_SUFFIXES)} or a .zip of them"
             )
         _check_images(tmp)
         tmp.replace(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("saved %d uploaded image(s) to %s", count, folder)
     return folder
 
 
 def extract_zip(zip_path: str | Path, dest: str | Path, *, budget: int = MAX_UPLOAD_BYTES,
                 limits: UploadLimits = UploadLimits()) -> tuple[int, int]:
-    """Extract the image members of a zip into ``dest``; returns (images, bytes).
+    """Extract the image members of a zip (and its captions: .txt files, metadata.jsonl) into ``dest``;
+    returns (images, bytes).
 
     Refuses (with :class:`DataError`) members that would land outside ``dest``
     (absolute paths, ``..``, drive letters), symbolic links, damaged archives, and
@@ -359,14 +447,17 @@ def extract_zip(zip_path: str | Path, dest: str | Path, *, budget: int = MAX_UPL
             _check_member(member, Path(zip_path).name)
         images = [m for m in members if PurePosixPath(m.filename).suffix.lower() in IMAGE_SUFFIXES
                   and not any(p.startswith(".") or p == "__MACOSX" for p in PurePosixPath(m.filename).parts)]
+        captions = [m for m in members if (PurePosixPath(m.filename).suffix.lower() == ".txt"
+                                           or PurePosixPath(m.filename).name == METADATA_FILE)
+                    and not any(p.startswith(".") or p == "__MACOSX" for p in PurePosixPath(m.filename).parts)]
         if len(images) > limits.files:
             raise DataError(f"{Path(zip_path).name} holds {len(images)} images; at most {limits.files} allowed")
-        size = sum(m.file_size for m in images)
+        size = sum(m.file_size for m in images + captions)
         if size > budget:
             raise DataError(f"{Path(zip_path).name} unpacks to {size} bytes; at most {budget} allowed "
                             f"({limits.describe()})")
         written = 0
-        for member in images:
+        for member in images + captions:
             target = dest.joinpath(*PurePosixPath(member.filename).parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -392,12 +483,39 @@ def _copy_within(src, target: Path, budget: int, name: str, limits: UploadLimits
     return written
 
 
+def _save_caption_file(file: Path, folder: Path, renamed: dict[str, str], budget: int, limits: UploadLimits) -> int:
+    """An uploaded caption file into ``folder``: a .txt beside the image it names, a metadata.jsonl with its
+    file names made the images' new ones. Returns the bytes written (0 for one that belongs to no image)."""
+    import io
+    import json
+
+    if file.name == METADATA_FILE:
+        lines = []
+        for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line) if line.strip() else None
+            except ValueError:
+                row = None
+            if isinstance(row, dict) and isinstance(row.get("file_name"), str):
+                row["file_name"] = renamed.get(Path(row["file_name"]).name, row["file_name"])
+                line = json.dumps(row)
+            lines.append(line)
+        data = ("\n".join(lines) + "\n").encode()
+        return _copy_within(io.BytesIO(data), folder / METADATA_FILE, budget, file.name, limits)
+    image = next((new for old, new in renamed.items() if Path(old).stem == file.stem), None)
+    if file.suffix.lower() != ".txt" or image is None:
+        log.info("upload: ignoring %s (a caption file for no uploaded image)", file.name)
+        return 0
+    with open(file, "rb") as src:
+        return _copy_within(src, folder / (Path(image).stem + ".txt"), budget, file.name, limits)
+
+
 def _check_images(folder: Path) -> None:
-    """Every file of an upload must open as an image in PIL; the ones that do not are named."""
+    """Every file of an upload (captions aside) must open as an image in PIL; the ones that do not are named."""
     from PIL import Image
 
     bad = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() not in CAPTION_SUFFIXES):
         try:
             with Image.open(path) as image:
                 image.load()
@@ -429,10 +547,10 @@ def _safe_stem(stem: str) -> str:
 
 
 def _new_folder_name(root: Path, name: str) -> str:
-    name = (name or "").strip() or "upload"
-    if not FOLDER_NAME.match(name):
+    name = (name.strip() if isinstance(name, str) else name) or "upload"
+    if not isinstance(name, str) or not FOLDER_NAME.match(name):
         raise InputError(
-            f"folder name {name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-', "
+            f"folder name {given(name)} is not allowed; use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     candidate, n = name, 1

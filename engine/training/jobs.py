@@ -20,6 +20,7 @@ import numpy as np
 from engine.cancel import CancelToken
 from engine.training.checkpoints import recover_all
 from engine.errors import JobRunningError, WorkbenchError
+from engine.files import shown_paths
 from engine.training.loop import iter_train
 from engine.training.recipes import steps_hint
 from engine.training.request import TrainCheckpoint, TrainDone, TrainRequest, TrainSample, TrainStarted, TrainStep
@@ -44,14 +45,21 @@ class TrainStatus:
     losses: tuple[float, ...] = ()  # raw, one per step
     smoothed: tuple[float, ...] = ()  # debiased exponential moving average of ``losses``
     lr: float | None = None
+    lrs: tuple[float, ...] = ()  # the learning rate of each step, as ``losses``
+    bucket_edges: tuple[int, ...] = ()  # timestep buckets: bucket i holds t in [edges[i], edges[i+1]); () = none
+    bucket_steps: tuple[int, ...] = ()  # the steps of the reports below
+    bucket_losses: tuple[tuple[float | None, ...], ...] = ()  # per report, the mean loss in each bucket since the last
     steps_per_sec: float = 0.0
     images_per_sec: float = 0.0
     eta: float | None = None  # seconds
     elapsed: float = 0.0
     grid: np.ndarray | None = None  # (H, W, 3) uint8, the latest sample grid
     grid_step: int | None = None
-    checkpoint: str | None = None  # folder of the latest checkpoint (a DDPMPipeline)
+    grid_caption: str = ""  # how the grid is laid out, where the objective says (a LoRA run's two panels)
+    checkpoint: str | None = None  # folder of the latest checkpoint (a DDPMPipeline, or a LoRA run's adapters)
     checkpoint_step: int | None = None
+    lora: str | None = None  # a LoRA run's file under models_dir/loras/, as the Text to image tab lists it
+    method: str = "full"  # the run's: "full" or "lora"
     message: str = ""  # what the data held, or why the job failed
     hint: str = ""  # how many steps the samples need before they look like something, where measured
 
@@ -155,7 +163,8 @@ class TrainingManager:
             self._fail(exc, str(exc))
         except Exception as exc:  # a bug: keep the traceback in the log, show a short message
             log.exception("training job %s failed", request.run_name)
-            self._fail(exc, f"training failed ({type(exc).__name__}: {exc}); the log has the details")
+            cause = shown_paths(str(exc), {"models": self.models_dir, "data": self.data_dir})
+            self._fail(exc, f"training failed ({type(exc).__name__}: {cause}); the log has the details")
         finally:
             self._setup_done.set()
             _free_device_memory()
@@ -163,7 +172,7 @@ class TrainingManager:
     def _fail(self, exc: BaseException, message: str) -> None:
         with self._lock:
             if not self._setup_done.is_set():  # refused before its first step: the last run's status stays
-                self._setup_error = exc
+                self._setup_error = exc if isinstance(exc, WorkbenchError) else WorkbenchError(message)
                 self._status = self._before
                 return
             self._status = replace(self._status, state=FAILED, message=message, eta=None)
@@ -176,17 +185,26 @@ class TrainingManager:
                 s = replace(s, state=STOPPING if s.state == STOPPING else RUNNING, run_dir=event.run_dir,
                             step=event.start_step, total=event.total, start_step=event.start_step,
                             losses=losses, smoothed=tuple(smooth(losses, self.smoothing)),
-                            message=event.data.summary())
+                            message=event.data.summary(), lrs=tuple(event.lr_history),
+                            bucket_edges=event.bucket_edges,
+                            bucket_steps=tuple(step for step, _ in event.bucket_history),
+                            bucket_losses=tuple(values for _, values in event.bucket_history),
+                            grid_caption=event.info.get("grid_caption", ""),
+                            method=event.info.get("method", "full"))
             elif isinstance(event, TrainStep):
                 losses = s.losses + event.losses
                 smoothed = s.smoothed + tuple(self._continue_smoothing(s, event.losses))
                 s = replace(s, step=event.step, total=event.total, losses=losses, smoothed=smoothed, lr=event.lr,
                             steps_per_sec=event.steps_per_sec, images_per_sec=event.images_per_sec,
-                            eta=event.eta if math.isfinite(event.eta) else None, elapsed=event.elapsed)
+                            eta=event.eta if math.isfinite(event.eta) else None, elapsed=event.elapsed,
+                            lrs=s.lrs + event.lrs)
+                if event.bucket_loss:
+                    s = replace(s, bucket_steps=s.bucket_steps + (event.step,),
+                                bucket_losses=s.bucket_losses + (event.bucket_loss,))
             elif isinstance(event, TrainSample):
                 s = replace(s, grid=event.grid, grid_step=event.step)
             elif isinstance(event, TrainCheckpoint):
-                s = replace(s, checkpoint=event.path, checkpoint_step=event.step)
+                s = replace(s, checkpoint=event.path, checkpoint_step=event.step, lora=event.published)
             elif isinstance(event, TrainDone):
                 s = replace(s, state=STOPPED if event.stopped else FINISHED, step=event.step, eta=0.0,
                             elapsed=event.elapsed)

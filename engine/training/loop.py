@@ -21,10 +21,12 @@ import torch
 
 from engine.training import checkpoints as ckpt
 from engine.cancel import CancelToken
-from engine.training.data import EpochSampler, attach_transform, load_image_data, make_dataloader, random_flip
+from engine.training.data import (EpochSampler, attach_transform, load_captioned_data, load_image_data,
+                                  make_dataloader, random_flip)
 from engine.errors import Cancelled, DataError, InputError
 from engine.training.objectives import Objective, ObjectiveFactory
-from engine.training.objectives.pixel import NoisePrediction
+from engine.training.objectives.choose import RequestObjective
+from engine.training.objectives.terms import LossTerms
 from engine.sampling.preview import images_to_uint8, spaced_grid
 from engine.training.request import (RUN_CONTROL, TrainCheckpoint, TrainDone, TrainEvent, TrainRequest, TrainSample,
                                      TrainStarted, TrainStep)
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 GRID_MIN_TILE = 120  # each sample of a grid is enlarged (nearest) to at least this many pixels a side
 GRID_GAP = 8  # pixels between a grid's samples, so that 16 digits read as 16 and not as one picture
 GRID_GAP_COLOUR = (229, 231, 235)  # a light grey, apart from the digits' black and white
+NUM_BUCKETS = 10  # the loss is charted by timestep in this many equal buckets of t
 
 
 def make_accelerator(mixed_precision: str, gradient_accumulation_steps: int, device: str = "auto"):
@@ -69,7 +72,7 @@ class Trainer:
         self.models_dir = models_dir
         self.data_dir = data_dir
         self.device = device
-        self.objective_cls = objective or NoisePrediction
+        self.objective_cls = objective or RequestObjective(models_dir)
         self.on_checkpoint = on_checkpoint
 
     # -- the run ----------------------------------------------------------------------------
@@ -116,9 +119,12 @@ class Trainer:
             batch = {**batch, "images": random_flip(batch["images"], self.generator)}
         with acc.accumulate(self.model):
             loss = self.objective.loss(self.model, batch, self.generator)
+            if isinstance(loss, LossTerms):
+                self._add_to_buckets(loss)
+                loss = loss.loss
             acc.backward(loss)
             if acc.sync_gradients and request.max_grad_norm > 0:
-                acc.clip_grad_norm_(self.model.parameters(), request.max_grad_norm)
+                acc.clip_grad_norm_(self.params, request.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         loss = loss.detach() / request.gradient_accumulation_steps
@@ -128,11 +134,35 @@ class Trainer:
         self.window.append(self.step_loss)  # read every log_every steps: no device sync here
         self.step_loss = None
         self.lr = self.optimizer.param_groups[0]["lr"]
+        self.lr_window.append(self.lr)
         self.lr_scheduler.step()
         if self.ema is not None:
-            self.ema.step(self.unwrapped.parameters())
+            self.ema.step(self.params)
         self.step += 1
         return True
+
+    def _add_to_buckets(self, terms: LossTerms) -> None:
+        """Sum each image's loss into its timestep's bucket (on the device: read at the next report)."""
+        if self.bucket_sums is None:
+            device = terms.per_sample.device
+            self.bucket_sums = torch.zeros(NUM_BUCKETS, device=device, dtype=torch.float64)
+            self.bucket_counts = torch.zeros(NUM_BUCKETS, device=device, dtype=torch.float64)
+        bucket = (terms.timesteps.to(self.bucket_sums.device) * NUM_BUCKETS // terms.num_train_timesteps)
+        bucket = bucket.clamp(0, NUM_BUCKETS - 1)  # (B,)
+        self.bucket_sums.index_add_(0, bucket, terms.per_sample.detach().to(self.bucket_sums))
+        self.bucket_counts.index_add_(0, bucket, torch.ones_like(bucket, dtype=self.bucket_counts.dtype))
+
+    def _bucket_means(self) -> tuple[float | None, ...]:
+        """Mean loss per bucket since the last report, over all processes; None where no image fell."""
+        if self.bucket_sums is None:
+            return ()
+        both = torch.stack([self.bucket_sums, self.bucket_counts])  # (2, NUM_BUCKETS)
+        if self.accelerator.num_processes > 1:
+            both = self.accelerator.reduce(both, "sum")
+        sums, counts = both.tolist()
+        self.bucket_sums.zero_()
+        self.bucket_counts.zero_()
+        return tuple(s / c if c else None for s, c in zip(sums, counts))
 
     def _reports(self, cancel: CancelToken | None) -> Iterator[object]:
         request = self.request
@@ -174,20 +204,27 @@ class Trainer:
         losses = self._window_losses()
         self.window.clear()
         self.history.extend(losses)
+        lrs = tuple(self.lr_window)
+        self.lr_window.clear()
+        self.lr_history.extend(lrs)
+        buckets = self._bucket_means()
+        if buckets:
+            self.bucket_history.append((self.step, buckets))
         now = time.perf_counter()
         steps_per_sec = len(losses) / max(now - self._window_start, 1e-9)
         self._window_start = now
         return TrainStep(step=self.step, total=self.total, loss=sum(losses) / len(losses), losses=losses,
                          lr=self.lr, steps_per_sec=steps_per_sec,
-                         images_per_sec=steps_per_sec * self.images_per_step, elapsed=now - self.started_at)
+                         images_per_sec=steps_per_sec * self.images_per_step, elapsed=now - self.started_at,
+                         lrs=lrs, bucket_loss=buckets)
 
     def _sample(self, cancel: CancelToken | None) -> TrainSample | None:
         """A grid from the (EMA) model with the request's fixed seed; None if cancelled."""
         unet, request = self.unwrapped, self.request
         unet.eval()
         if self.ema is not None:
-            self.ema.store(unet.parameters())
-            self.ema.copy_to(unet.parameters())
+            self.ema.store(self.params)
+            self.ema.copy_to(self.params)
         try:
             images = self.objective.sample(unet, num_images=request.sample_images, seed=request.seed,
                                            num_inference_steps=request.sample_num_inference_steps, cancel=cancel)
@@ -195,11 +232,15 @@ class Trainer:
             return None
         finally:
             if self.ema is not None:
-                self.ema.restore(unet.parameters())
+                self.ema.restore(self.params)
             unet.train()
         self.last_sample = self.step
         samples = images_to_uint8(images.float())  # (N, h, w, 3)
-        grid = spaced_grid(samples, min_tile=GRID_MIN_TILE, gap=GRID_GAP, colour=GRID_GAP_COLOUR)
+        layout = getattr(self.objective, "grid", None)  # an objective may lay its samples out itself (LoRA)
+        if layout is not None:
+            grid = layout(samples)
+        else:
+            grid = spaced_grid(samples, min_tile=GRID_MIN_TILE, gap=GRID_GAP, colour=GRID_GAP_COLOUR)
         return TrainSample(self.step, grid, samples)
 
     # -- set-up -------------------------------------------------------------------------------
@@ -216,10 +257,13 @@ class Trainer:
         # 2. The data, checked before anything is built.
         self._setup_data(state)
 
-        # 3. Model, AdamW, cosine schedule with warm-up; accelerate wraps them.
+        # 3. Model (new, or the base model's), AdamW on what it trains, cosine schedule with warm-up; accelerate
+        #    wraps them. The data is preprocessed for the model (its channels) from here on.
         self.objective: Objective = self.objective_cls.from_request(request, self.data)
+        attach_transform(self.data, request.resolution, channels=getattr(self.objective, "channels", None))
         model = self.objective.build_model(request.seed)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=request.learning_rate)
+        self.params = [p for p in model.parameters() if p.requires_grad]  # all, or the adapters of a frozen base
+        optimizer = torch.optim.AdamW(self.params, lr=request.learning_rate)
         self.total = request.max_steps or request.num_epochs * self.steps_per_epoch
         self.lr_scheduler = get_cosine_schedule_with_warmup(optimizer, request.lr_warmup_steps, self.total)
         self.model, self.optimizer, self.dataloader = acc.prepare(model, optimizer, self.dataloader)
@@ -233,6 +277,9 @@ class Trainer:
         # 5. Loop state, then the checkpoint's on top when resuming.
         self.step, self.saved_step, self.last_sample, self.lr = 0, None, None, request.learning_rate
         self.step_loss, self.window, self.history = None, [], []
+        self.lr_window, self.lr_history, self.bucket_history = [], [], []
+        self.bucket_sums = self.bucket_counts = None
+        self.num_train_timesteps = getattr(self.objective, "num_train_timesteps", None)
         if state is not None:
             self._restore(state)
         self.start_step = self.step
@@ -245,7 +292,10 @@ class Trainer:
             run_name=request.run_name, run_dir=str(self.run_dir), start_step=self.step, total=self.total,
             steps_per_epoch=self.steps_per_epoch, batch_size=self.batch_size, num_processes=acc.num_processes,
             data=self.data.report, history=tuple(self.history),
-            info={"request": asdict(request), "device": str(acc.device), "mixed_precision": acc.mixed_precision},
+            info={"request": asdict(request), "device": str(acc.device), "mixed_precision": acc.mixed_precision,
+                  **getattr(self.objective, "info", {})},
+            lr_history=tuple(self.lr_history), bucket_edges=bucket_edges(self.num_train_timesteps),
+            bucket_history=tuple(self.bucket_history),
         )
 
     def _resolve_run(self) -> dict | None:
@@ -263,7 +313,7 @@ class Trainer:
         acc.wait_for_everyone()
         if not request.resume:
             if self.run_dir.exists():
-                raise InputError(f"a run or model named {request.run_name!r} already exists in {self.models_dir}; "
+                raise InputError(f"a run or model named {request.run_name!r} already exists in the models dir; "
                                  "resume it or pick another run name")
             return None
         state = ckpt.read_state(self.run_dir)
@@ -277,7 +327,8 @@ class Trainer:
 
     def _setup_data(self, state: dict | None) -> None:
         acc, request = self.accelerator, self.request
-        self.data = data = load_image_data(request.data, self.data_dir)
+        load = load_captioned_data if request.method == "lora" else load_image_data
+        self.data = data = load(request.data, self.data_dir)
         n, per_batch = len(data), acc.num_processes * request.gradient_accumulation_steps
         self.batch_size = request.batch_size
         if n < self.batch_size * per_batch:
@@ -295,7 +346,6 @@ class Trainer:
                              f"{self.batch_size}; resume with the same data and processes")
         self.images_per_step = self.batch_size * per_batch
         self.steps_per_epoch = n // self.images_per_step
-        attach_transform(data, request.resolution)
         self.sampler = EpochSampler(n, self.steps_per_epoch * self.images_per_step, request.seed)
         self.dataloader = make_dataloader(data, self.batch_size, self.sampler, num_workers=request.num_workers)
 
@@ -305,7 +355,7 @@ class Trainer:
         from diffusers.training_utils import EMAModel
 
         # diffusers' train_unconditional settings: warm-up with power 3/4 suits runs under ~200k steps.
-        return EMAModel(self.unwrapped.parameters(), decay=self.request.ema_max_decay, use_ema_warmup=True,
+        return EMAModel(self.params, decay=self.request.ema_max_decay, use_ema_warmup=True,
                         inv_gamma=1.0, power=3 / 4, foreach=True,
                         model_cls=type(self.unwrapped), model_config=self.unwrapped.config)
 
@@ -314,14 +364,18 @@ class Trainer:
         rng = self._rng_states()  # every process takes part
         # Steps since the last report are in the checkpoint too: its history is every step's loss up to its step.
         history = self.history + list(self._window_losses())
+        published = None
         if self.is_main:
             ckpt.write_atomically(self.run_dir, lambda folder: self._write(folder, rng, history))
             log.info("checkpoint at step %d: %s", self.step, self.run_dir)
+            publish = getattr(self.objective, "publish", None)  # a LoRA is copied to where the tabs list it
+            if publish is not None:
+                published = str(publish(self.run_dir, self.models_dir, self.request.run_name, self.step))
             if self.on_checkpoint is not None:
                 self.on_checkpoint(self.request.run_name, self.run_dir)
         self.accelerator.wait_for_everyone()
         self.saved_step = self.step
-        return TrainCheckpoint(self.step, str(self.run_dir))
+        return TrainCheckpoint(self.step, str(self.run_dir), published)
 
     def _rng_states(self) -> dict[str, torch.Tensor]:
         state = self.generator.get_state()  # (L,) uint8 on the CPU
@@ -335,14 +389,14 @@ class Trainer:
         trainer_dir = folder / ckpt.TRAINER_DIR
         trainer_dir.mkdir()
         if self.ema is not None:
-            ckpt.save_tensors(trainer_dir / "unet.safetensors", unet.state_dict())
-            self.ema.store(unet.parameters())
-            self.ema.copy_to(unet.parameters())
+            ckpt.save_tensors(trainer_dir / "unet.safetensors", self._trained_state())
+            self.ema.store(self.params)
+            self.ema.copy_to(self.params)
         try:
             self.objective.save_pretrained(unet, folder)  # the EMA weights when EMA is on
         finally:
             if self.ema is not None:
-                self.ema.restore(unet.parameters())
+                self.ema.restore(self.params)
         tensors, optimizer_meta = ckpt.optimizer_to_files(self.optimizer)
         ckpt.save_tensors(trainer_dir / "optimizer.safetensors", tensors)
         ckpt.save_tensors(trainer_dir / "rng.safetensors", rng)
@@ -355,18 +409,36 @@ class Trainer:
             "num_processes": self.accelerator.num_processes, "num_images": len(self.data),
             "batch_size": self.batch_size, "optimizer": optimizer_meta,
             "lr_scheduler": ckpt.lr_scheduler_state(self.lr_scheduler), "lr": self.lr,
-            "ema": ema, "scaler": scaler, "history": history,
+            "ema": ema, "scaler": scaler, "history": history, "lr_history": self.lr_history,
+            "bucket_history": self.bucket_history,
         })
+
+    def _trained_state(self) -> dict[str, torch.Tensor]:
+        """The weights the run trains: the whole model's state, or only the adapters of a frozen base."""
+        unet = self.unwrapped
+        if len(self.params) == len(list(unet.parameters())):
+            return unet.state_dict()
+        return {name: p for name, p in unet.named_parameters() if p.requires_grad}
+
+    def _load_trained_state(self, weights: dict[str, torch.Tensor]) -> None:
+        unet = self.unwrapped
+        partial = len(self.params) != len(list(unet.parameters()))
+        missing, unexpected = unet.load_state_dict(weights, strict=not partial)
+        trained = {name for name, p in unet.named_parameters() if p.requires_grad}
+        if unexpected or trained & set(missing):
+            raise InputError(f"the checkpoint in {self.run_dir} does not fit this run's model: "
+                             f"{len(unexpected)} unknown and {len(trained & set(missing))} missing weight(s)")
 
     def _restore(self, state: dict) -> None:
         trainer_dir = self.run_dir / ckpt.TRAINER_DIR
         unet = self.unwrapped
         pipeline_weights = self.objective.load_saved_weights(self.run_dir)
         raw = ckpt.load_tensors(trainer_dir / "unet.safetensors") if self.ema is not None else pipeline_weights
-        unet.load_state_dict(raw)
+        self._load_trained_state(raw)
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-            self.ema.shadow_params = [pipeline_weights[name].to(p.device) for name, p in unet.named_parameters()]
+            self.ema.shadow_params = [pipeline_weights[name].to(p.device) for name, p in unet.named_parameters()
+                                      if p.requires_grad]
         ckpt.optimizer_from_files(self.optimizer, ckpt.load_tensors(trainer_dir / "optimizer.safetensors"),
                                   state["optimizer"])
         ckpt.load_lr_scheduler(self.lr_scheduler, state["lr_scheduler"])
@@ -385,6 +457,16 @@ class Trainer:
         self.step = self.saved_step = int(state["step"])
         self.lr = state.get("lr", self.lr)
         self.history = list(state.get("history", []))
+        self.lr_history = list(state.get("lr_history", []))
+        self.bucket_history = [(int(step), tuple(values)) for step, values in state.get("bucket_history", [])]
+
+
+def bucket_edges(num_train_timesteps: int | None) -> tuple[int, ...]:
+    """The bounds of :data:`NUM_BUCKETS` equal timestep buckets of 0..T-1: bucket i holds t with
+    t * NUM_BUCKETS // T == i, that is edges[i] <= t < edges[i + 1]. () where the objective has no timesteps."""
+    if not num_train_timesteps:
+        return ()
+    return tuple(-(-i * num_train_timesteps // NUM_BUCKETS) for i in range(NUM_BUCKETS + 1))
 
 
 def iter_train(

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.training.base import METHODS, SCRATCH
 from engine.training.data import DataReport
 from engine.errors import InputError
 from engine.sampling.schedulers import SAMPLER_BETA_SCHEDULES
 from engine.training.objectives.pixel import PRESETS, size_multiple
-from engine.validation import MAX_SEED, check_choice, check_float, check_int
+from engine.validation import MAX_SEED, check_choice, check_float, check_int, given
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,23 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # Fields a resumed run may change; every other field must match the checkpoint.
 RUN_CONTROL = ("max_steps", "num_epochs", "save_every", "sample_every", "first_sample_step", "log_every",
-               "num_workers", "sample_images", "sample_num_inference_steps", "resume")
+               "num_workers", "sample_images", "sample_num_inference_steps", "validation_prompts", "resume")
+# LoRA adapters' target modules per ``lora_layers`` (diffusers' train_text_to_image_lora.py targets "attention").
+LORA_LAYERS = {
+    "attention": ("to_q", "to_k", "to_v", "to_out.0"),  # self- and cross-attention of every transformer block
+    "cross-attention": ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"),  # only where the text is read
+}
+LORA_TEXT_LAYERS = ("q_proj", "k_proj", "v_proj", "out_proj")  # the CLIP text encoder's attention
+MAX_LORA_RANK = 1024
+MAX_PROMPTS_CHARS = 2000
 
 
 @dataclass(frozen=True)
 class TrainRequest:
     data: str = "digits"  # or a folder under data_dir, or a hub id; digits are built in, so a fresh machine trains
-    run_name: str = ""  # the folder under models_dir; "" makes one from the preset, data and time
+    run_name: str = ""  # the folder under models_dir; "" makes one from the preset (or base model), data and time
+    start_from: str = SCRATCH  # "scratch": a new UNet of the preset; or a model (built-in, folder, hub id) to train on
+    method: str = "full"  # "full": every weight of an unconditional UNet; "lora": adapters on a text-to-image model
     # The defaults are the "quick" recipe (engine/training/recipes.py): recognisable digits within 10 minutes on a
     # 2-core CPU. The "tutorial" recipe is the diffusers tutorial's schedule (hours on a CPU).
     preset: str = "digits"  # the built-in digits-ddpm's UNet: three levels, enough for digits, fast at 16 px
@@ -66,21 +77,28 @@ class TrainRequest:
     sample_num_inference_steps: int = 50  # DDIM at 50 steps is close to DDPM's 1000
     log_every: int = 10  # steps per loss/LR/speed report: reading the loss waits for the device
     num_workers: int = 0  # DataLoader worker processes; 0 decodes in the training process
+    # LoRA (method "lora"): diffusers' train_text_to_image_lora.py, the base model frozen.
+    lora_rank: int = 4  # the adapters' rank r, the script's default: a few thousand weights per layer
+    lora_alpha: float = 4.0  # the update is scaled by alpha / r; the script sets alpha = r (scale 1)
+    lora_layers: str = "attention"  # adapted: q, k, v, out of every attention (the script's), or of cross-attention
+    lora_text_encoder: bool = False  # adapters on the text encoder's attention too: a new word gets its own meaning
+    snr_gamma: float = 0.0  # Min-SNR loss weighting (Hang et al. 2023) with this gamma; 0 = plain MSE, 5 = the paper's
+    validation_prompts: str = ""  # LoRA grids: prompts separated by '|'; "" = the data's first four distinct captions
     resume: bool = False  # continue run_name from its checkpoint
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise InputError(f"unknown preset {self.preset!r}; allowed: {', '.join(PRESETS)}")
-        if self.run_name and not RUN_NAME.match(self.run_name):
+        check_choice("preset", self.preset, PRESETS)
+        self._check_start()
+        if not isinstance(self.run_name, str) or (self.run_name and not RUN_NAME.match(self.run_name)):
             raise InputError(
-                f"run name {self.run_name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-', "
+                f"run name {given(self.run_name)} is not allowed; use 1-64 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
         if self.resume and not self.run_name:
             raise InputError("resume needs the run name of an earlier run")
         multiple = size_multiple(self.preset)
         check_int("resolution", self.resolution, 8, 1024)
-        if self.resolution % multiple:
+        if self.start_from == SCRATCH and self.resolution % multiple:  # a base model's own size is checked at set-up
             raise InputError(
                 f"resolution must be a multiple of {multiple} for preset {self.preset!r}; got {self.resolution}"
             )
@@ -100,11 +118,33 @@ class TrainRequest:
         check_float("max gradient norm", self.max_grad_norm, 0.0, 1e6)
         check_choice("mixed precision", self.mixed_precision, MIXED_PRECISION)
         check_choice("beta schedule", self.beta_schedule, SAMPLER_BETA_SCHEDULES)  # the grids sample with DDIM
-        for name in ("clamp_batch_size", "use_ema", "random_flip", "resume"):
+        for name in ("clamp_batch_size", "use_ema", "random_flip", "lora_text_encoder", "resume"):
             if not isinstance(getattr(self, name), bool):
-                raise InputError(f"{name} must be true or false; got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be true or false; got {given(getattr(self, name))}")
         if not isinstance(self.data, str) or not self.data.strip():
             raise InputError("data must name 'digits', a folder under the data dir, or a hub id 'owner/name'")
+
+    def _check_start(self) -> None:
+        """What the run starts from, how it trains, and the LoRA settings."""
+        check_choice("method", self.method, METHODS)
+        if not isinstance(self.start_from, str) or not self.start_from.strip():
+            raise InputError(f"start from must be {SCRATCH!r} or a model's name; got {self.start_from!r}",
+                             field="start from")
+        if self.method == "lora" and self.start_from == SCRATCH:
+            raise InputError("a LoRA run trains adapters on a text-to-image model: start from must name one "
+                             "(e.g. digits-sd), not 'scratch'", field="start from")
+        check_int("LoRA rank", self.lora_rank, 1, MAX_LORA_RANK)
+        check_float("LoRA alpha", self.lora_alpha, 0.0, 1e6, low_open=True)
+        check_choice("LoRA layers", self.lora_layers, tuple(LORA_LAYERS))
+        check_float("SNR gamma", self.snr_gamma, 0.0, 1e6)
+        if not isinstance(self.validation_prompts, str) or len(self.validation_prompts) > MAX_PROMPTS_CHARS:
+            raise InputError(f"validation prompts must be text of at most {MAX_PROMPTS_CHARS} characters",
+                             field="validation prompts")
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        """The validation prompts given (split at '|'), empty ones dropped."""
+        return tuple(p.strip() for p in self.validation_prompts.split("|") if p.strip())
 
     def resolved(self, now: datetime | None = None) -> "TrainRequest":
         """A copy with the run name made where none was given."""
@@ -112,7 +152,11 @@ class TrainRequest:
             return self
         slug = re.sub(r"[^A-Za-z0-9]+", "-", self.data.split("/")[-1]).strip("-")[:24] or "data"
         stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-        return replace(self, run_name=f"{self.preset}-{slug}-{stamp}")
+        if self.start_from == SCRATCH:
+            return replace(self, run_name=f"{self.preset}-{slug}-{stamp}")
+        base = re.sub(r"[^A-Za-z0-9]+", "-", self.start_from.split("/")[-1]).strip("-")[:20] or "model"
+        how = "lora" if self.method == "lora" else "ft"
+        return replace(self, run_name=f"{base}-{how}-{slug}-{stamp}")
 
 
 def resume_request(models_dir: str | Path, run_name: str, **changes) -> TrainRequest:
@@ -146,6 +190,9 @@ class TrainStarted:
     data: DataReport
     history: tuple[float, ...] = ()  # per-step losses of earlier sessions (resume)
     info: dict = field(default_factory=dict)
+    lr_history: tuple[float, ...] = ()  # per-step learning rates of earlier sessions
+    bucket_edges: tuple[int, ...] = ()  # timestep buckets: bucket i holds t in [edges[i], edges[i+1]); () = none
+    bucket_history: tuple[tuple[int, tuple[float | None, ...]], ...] = ()  # (step, loss per bucket) of earlier reports
 
 
 @dataclass(frozen=True)
@@ -160,6 +207,8 @@ class TrainStep:
     steps_per_sec: float
     images_per_sec: float  # all processes together
     elapsed: float  # seconds since this session started
+    lrs: tuple[float, ...] = ()  # the learning rate each of those steps used
+    bucket_loss: tuple[float | None, ...] = ()  # mean loss per timestep bucket over those steps; None: none fell in it
 
     @property
     def eta(self) -> float:
@@ -179,7 +228,8 @@ class TrainSample:
 @dataclass(frozen=True)
 class TrainCheckpoint:
     step: int
-    path: str  # models_dir/<run name>: loads with DDPMPipeline.from_pretrained
+    path: str  # models_dir/<run name>: loads with DDPMPipeline.from_pretrained (a LoRA run's: load_lora_weights)
+    published: str | None = None  # a LoRA run's file under models_dir/loras/, which the Text to image tab lists
 
 
 @dataclass(frozen=True)

@@ -212,6 +212,8 @@ class Runner:
     def events(self, kind: str, request, cancel: CancelToken):
         check(cancel, 0)
         pipe = self.registry.load(request.model, MODEL_KIND[kind])
+        if kind == "txt2img":
+            self.registry.use_lora(pipe, request.model, request.lora, request.lora_scale)
         yield from loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.config.outputs_dir)
 
     def run(self, run_id: int, kind: str, request, history: str = "drawn") -> None:

@@ -59,6 +59,10 @@ def test_train_watch_stop_and_sample_the_checkpoint(page):
     # The page polls the job: the progress line, the loss curve and the sample grid appear.
     wait_text(page, PROGRESS, r"running · browser-run · loss \d")
     page.wait_for_selector("#train-loss canvas, #train-loss svg", timeout=60_000)
+    # Beside it the loss by timestep bucket (a line a bucket, named in the legend), and the learning rate.
+    page.wait_for_selector("#train-bucket-loss svg.marks", timeout=60_000)
+    page.wait_for_function("() => /t 0-99/.test(document.querySelector('#train-bucket-loss svg.marks').textContent)")
+    assert "learning rate" in page.locator("#train-lr-plot svg.marks").text_content()
     page.wait_for_selector("#train-grid img", timeout=60_000)
     assert re.search(r"Samples at step \d+", page.locator("#train-grid").inner_text())
     step_before = int(re.search(r"Step (\d+)/400", progress_text(page)).group(1))
@@ -79,6 +83,13 @@ def test_train_watch_stop_and_sample_the_checkpoint(page):
     time.sleep(1.5)
     assert progress_text(page) == stopped, "the run went on after Stop"
     wait_text(page, "#train-checkpoint", r"Checkpoint at step \d+: model browser-run")
+
+    # Starting from a trained model sets the resolution to the model's own.
+    page.locator("#train-start-from input").click()
+    page.get_by_role("option", name="digits-ddpm", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#train-resolution input').value === '32'")
+    page.locator("#train-start-from input").click()
+    page.get_by_role("option", name="scratch", exact=True).click()
 
     # Picking the run to resume fills the form with its settings.
     set_value(page, "train-resolution", 32)

@@ -97,6 +97,46 @@ def test_scrubbing_to_the_last_step_shows_the_final_image(page):
     assert np.array_equal(shown_image(page, "t2i-image"), final)
 
 
+def test_scrubbing_shows_each_steps_own_x0_once_the_skipped_frames_are_drawn(page):
+    generate(page, 9, 6)  # DDIM: x0 moves every step; the stream skips some of the six frames, drawn after Done
+    page.wait_for_function("() => { const l = document.querySelector('#t2i-scrub');"
+                           " return l && l.innerText.includes('Scrub through the steps')"
+                           " && !l.innerText.includes('drawing'); }")
+    frames = []
+    for k in range(1, 6):
+        scrub_to(page, k)
+        page.wait_for_function(f"() => document.querySelector('#t2i-progress').innerText.includes('Step {k}/6')")
+        frames.append(shown_image(page, "t2i-image"))
+    assert all(not np.array_equal(a, b) for a, b in zip(frames, frames[1:])), "a step shows another step's frame"
+
+
+def test_generate_clicked_as_the_final_image_shows_runs_again(page):
+    """The click lands while the run before it is still ending (drawing its skipped frames): it is not dropped."""
+    set_steps(page, 40)  # many steps the stream skips: drawing them takes a while after the final image
+    set_number(page, "Seed (-1 = random)", -1)
+    seeds = page.evaluate("""() => new Promise(resolve => {
+        const progress = () => document.querySelector('#t2i-progress').innerText;
+        const seeds = [], start = performance.now();
+        let began = false;
+        const check = () => {
+            if (performance.now() - start > 90000) { resolve(seeds); return; }  // the second click was dropped
+            const m = progress().match(/seed (\\d+)/);
+            if (m && seeds[seeds.length - 1] !== m[1]) seeds.push(m[1]);
+            const done = progress().includes('done');
+            began = began || !done;
+            if (began && done) {
+                if (seeds.length === 1) { began = false; document.querySelector('#t2i-generate').click(); }
+                else { resolve(seeds); return; }
+            }
+            setTimeout(check, 2);
+        };
+        document.querySelector('#t2i-generate').click();
+        check();
+    })""")
+    assert len(seeds) == 2, f"one run only (seed {seeds}): the second click was dropped"
+    assert seeds[0] != seeds[1]
+
+
 def test_stop_says_where_it_stopped_and_the_next_run_starts(page):
     errors = console_errors(page)
     set_steps(page, 150)

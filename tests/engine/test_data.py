@@ -102,14 +102,15 @@ def exactly(message: str) -> str:
     ("empty", f"folder 'empty' has no readable image ({SUFFIXES}); add images or upload some"),
     ("broken", f"folder 'broken' has no readable image ({SUFFIXES}); 1 file(s) could not be read: a.png; "
                "add images or upload some"),
-    ("../outside", "'../outside' is outside the data dir {root}; only folders under it can be used"),
-    ("/etc", "'/etc' is outside the data dir {root}; only folders under it can be used"),
-    ("nothing-here", "unknown data 'nothing-here': not 'digits', not a folder under {root} (found: broken, mixed), "
-                     "and not a hub id like 'owner/name'"),
+    ("../outside", "'../outside' is outside the data dir (--data-dir); only folders under it can be used"),
+    ("/etc", "'/etc' is outside the data dir (--data-dir); only folders under it can be used"),
+    ("nothing-here", "unknown data 'nothing-here': not 'digits', not a folder under the data dir (--data-dir) "
+                     "(found: broken, mixed), and not a hub id like 'owner/name'"),
+    ("x" * 2000, "data must be at most 1024 characters; got 2000"),
+    ("a\x00b", "unknown data 'a\\x00b': a data name has no control characters"),
     ("", "no data given; use 'digits', a folder under the data dir, or a hub id 'owner/name'"),
 ])
 def test_bad_sources_say_why(data_dir, source, message):
-    message = message.replace("{root}", str(data_dir.resolve()))
     with pytest.raises(DataError, match=exactly(message)):
         load_image_data(source, data_dir)
 

@@ -152,6 +152,17 @@ def test_stop_then_resume_continues_as_if_never_stopped(tmp_path, data_dir, use_
     assert losses_of(resumed) == pytest.approx(expected[5:], rel=1e-5)
     straight_lrs = {e.step: e.lr for e in straight if isinstance(e, TrainStep)}
     assert [e.lr for e in steps] == pytest.approx([straight_lrs[e.step] for e in steps], rel=1e-9)
+    # The charts continue too: every step's LR, and the loss by timestep bucket at each report.
+    every_lr = [lr for e in straight if isinstance(e, TrainStep) for lr in e.lrs]
+    assert every_lr == expected_lrs(1e-3, 2, 12)
+    assert started.lr_history == pytest.approx(every_lr[:5], abs=0)
+    assert [lr for e in steps for lr in e.lrs] == pytest.approx(every_lr[5:], rel=1e-9)
+    straight_buckets = {e.step: e.bucket_loss for e in straight if isinstance(e, TrainStep)}
+    assert [b for _, b in started.bucket_history] == [straight_buckets[k] for k in range(1, 6)]
+    for e in steps:  # batch 4 over 10 buckets: most buckets of a one-step report are empty (None)
+        assert [b is None for b in e.bucket_loss] == [b is None for b in straight_buckets[e.step]]
+        assert [b for b in e.bucket_loss if b is not None] == pytest.approx(
+            [b for b in straight_buckets[e.step] if b is not None], rel=1e-5)
 
     # 3. Same final weights: the pipeline's (EMA ones when EMA is on) and the raw ones.
     names = ["unet/diffusion_pytorch_model.safetensors"] + ["trainer/unet.safetensors"] * use_ema
@@ -165,7 +176,7 @@ def test_stop_then_resume_continues_as_if_never_stopped(tmp_path, data_dir, use_
 
     # 4. A resume keeps the run's settings and refuses a finished run.
     may_change = ("max_steps, num_epochs, save_every, sample_every, first_sample_step, log_every, num_workers, "
-                  "sample_images, sample_num_inference_steps")
+                  "sample_images, sample_num_inference_steps, validation_prompts")
     with pytest.raises(InputError, match="^" + re.escape(
             "resuming 'stopped' keeps its settings, but these differ: learning_rate 0.001 -> 0.5; "
             f"only {may_change} may change") + "$"):

@@ -45,6 +45,6 @@ def test_outputs_are_not_served_by_path(running_app, client):
     url, _, dirs = running_app
     final = client.predict(model="digits-sd", prompt="a handwritten digit one", negative_prompt="", steps=2,
                            guidance_scale=7.5, scheduler="DDIM", seed=1, width=32, height=32, api_name="/txt2img")
-    saved = final[3]["file"]
-    assert Path(saved).is_file()
+    saved = dirs / final[3]["file"]  # shown relative to the server's folders: outputs/txt2img/...
+    assert saved.is_file()
     assert httpx.get(f"{url}gradio_api/file={saved}", timeout=10).status_code in (403, 404)

@@ -13,15 +13,20 @@ if TYPE_CHECKING:
 
     from engine.cancel import CancelToken
     from engine.training.data import ImageData
+    from engine.training.objectives.terms import LossTerms
     from engine.training.request import TrainRequest
 
 
 class Objective(Protocol):
-    """One training recipe: builds the model, gives its loss, samples grids, saves and restores weights."""
+    """One training recipe: builds the model, gives its loss, samples grids, saves and restores weights.
+
+    ``loss`` returns the scalar loss, or :class:`LossTerms` where the loss has timesteps (the loop then charts
+    the loss by timestep bucket). Only the parameters that require grad are trained, checkpointed and averaged
+    (EMA), so an objective with a frozen base (LoRA) freezes it in ``build_model``."""
 
     def build_model(self, seed: int) -> torch.nn.Module: ...
 
-    def loss(self, model: torch.nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor: ...
+    def loss(self, model: torch.nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor | LossTerms: ...
 
     def sample(self, model: torch.nn.Module, *, num_images: int, seed: int, num_inference_steps: int,
                cancel: CancelToken | None = None) -> torch.Tensor:

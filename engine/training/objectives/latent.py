@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from engine.cancel import CancelToken, check
 from engine.errors import Cancelled, DataError
 from engine.sampling.preview import LATENT_RGB_FILE
+from engine.training.objectives.terms import LossTerms
 
 VAE_CONFIG = dict(  # 32 px -> 8x8x4 latents: a factor of 4, three levels
     in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16,
@@ -184,7 +185,13 @@ class TextToImage:
                                   generator=generator, device=latents.device, dtype=torch.int64)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         noise_pred = model.unet(noisy, timesteps, encoder_hidden_states=embeds, return_dict=False)[0]
-        return F.mse_loss(noise_pred.float(), noise.float())
+        per_sample = (noise_pred.detach().float() - noise.float()).pow(2).flatten(1).mean(1)  # (B,)
+        return LossTerms(F.mse_loss(noise_pred.float(), noise.float()), per_sample, timesteps,
+                         self.num_train_timesteps)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.noise_scheduler.config.num_train_timesteps
 
     def pipeline(self, model: TextAndUNet):
         from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from engine.cancel import CancelToken, check
+from engine.training.objectives.terms import LossTerms, mse_terms
 
 # UNet2DModel settings per preset; sample_size and channels come from the request and the data.
 PRESETS: dict[str, dict] = {
@@ -60,42 +60,101 @@ def unet_config(preset: str, resolution: int, channels: int) -> dict:
     return dict(PRESETS[preset], sample_size=resolution, in_channels=channels, out_channels=channels)
 
 
-class NoisePrediction:
-    """Ho et al. 2020, Algorithm 1: x_t = sqrt(a_bar_t) x0 + sqrt(1 - a_bar_t) eps, loss |eps - eps_theta(x_t, t)|^2."""
+def prediction_target(noise_scheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the model learns to output, as its scheduler's ``prediction_type`` says: the noise (DDPM), the
+    velocity v = sqrt(a_bar) eps - sqrt(1 - a_bar) x0 (Salimans & Ho 2022, eq. 2), or x0 itself."""
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_scheduler.get_velocity(x0, noise, timesteps)
+    if kind == "sample":
+        return x0
+    from engine.errors import InputError
 
-    def __init__(self, *, preset: str, resolution: int, channels: int, num_train_timesteps: int, beta_schedule: str):
+    raise InputError(f"the model's scheduler predicts {kind!r}, which training does not know; "
+                     "known: epsilon, v_prediction, sample")
+
+
+class NoisePrediction:
+    """Ho et al. 2020, Algorithm 1: x_t = sqrt(a_bar_t) x0 + sqrt(1 - a_bar_t) eps, loss |eps - eps_theta(x_t, t)|^2.
+
+    From scratch the UNet is new, of the request's preset; a fine-tune (:meth:`from_pretrained`) starts from a
+    trained model's UNet and keeps its scheduler config (so its beta schedule and prediction type)."""
+
+    def __init__(self, *, preset: str, resolution: int, channels: int, num_train_timesteps: int, beta_schedule: str,
+                 snr_gamma: float = 0.0):
         from diffusers import DDPMScheduler
 
         self.config = unet_config(preset, resolution, channels)
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
+        self.pretrained = None  # the base model's UNet for a fine-tune
+        self.channels = channels  # what the data is converted to
+        self.snr_gamma = snr_gamma
 
     @classmethod
     def from_request(cls, request, data) -> "NoisePrediction":
         return cls(preset=request.preset, resolution=request.resolution, channels=data.channels,
-                   num_train_timesteps=request.num_train_timesteps, beta_schedule=request.beta_schedule)
+                   num_train_timesteps=request.num_train_timesteps, beta_schedule=request.beta_schedule,
+                   snr_gamma=request.snr_gamma)
+
+    @classmethod
+    def from_pretrained(cls, base, request) -> "NoisePrediction":
+        """A fine-tune of ``base`` (an unconditional :class:`engine.training.base.BaseModel`): its UNet's config
+        and weights, its scheduler config. The data is trained at the model's resolution and channels."""
+        from diffusers import DDPMScheduler, UNet2DModel
+
+        from engine.errors import InputError
+        from engine.training.base import check_loaded_kind
+
+        unet = UNet2DModel.from_pretrained(base.location, subfolder="unet", **base.load_kwargs())
+        check_loaded_kind(base, unet, "full")
+        size = unet.config.sample_size
+        side = size if isinstance(size, int) else size[0] if len(set(size)) == 1 else None
+        if side != request.resolution:
+            raise InputError(f"resolution {request.resolution} differs from {base.name!r}'s {size} px: a fine-tune "
+                             f"trains at the model's own resolution, which its UNet was trained for; set "
+                             f"resolution to {side if side else size}", field="resolution")
+        self = cls.__new__(cls)
+        self.config = dict(unet.config)
+        self.noise_scheduler = DDPMScheduler.from_pretrained(base.location, subfolder="scheduler",
+                                                             local_files_only=base.local)
+        self.pretrained = unet
+        self.channels = unet.config.in_channels
+        self.snr_gamma = request.snr_gamma
+        self.info = {"start_from": base.name, "resolution": side, "channels": self.channels,
+                     "prediction_type": self.noise_scheduler.config.prediction_type}
+        return self
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.noise_scheduler.config.num_train_timesteps
 
     def build_model(self, seed: int) -> torch.nn.Module:
-        """A fresh UNet2DModel, initialised under ``seed`` without touching the global RNG."""
+        """A fresh UNet2DModel, initialised under ``seed`` without touching the global RNG; or the base model's."""
         from diffusers import UNet2DModel
 
+        if self.pretrained is not None:
+            return self.pretrained.train()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return UNet2DModel(**self.config)
 
-    def loss(self, model, batch: dict, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, model, batch: dict, generator: torch.Generator) -> LossTerms:
         """The recipe's loss for a batch of clean images (B, C, H, W) in [-1, 1]."""
         images = batch["images"]
         # 1. Noise and a random timestep per image, from the run's generator.
         noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
         timesteps = torch.randint(
-            0, self.noise_scheduler.config.num_train_timesteps, (images.shape[0],),
+            0, self.num_train_timesteps, (images.shape[0],),
             generator=generator, device=images.device, dtype=torch.int64,
         )  # (B,)
         # 2. The forward process q(x_t | x_0) (Ho et al. 2020, eq. 4).
         noisy = self.noise_scheduler.add_noise(images, noise, timesteps)  # (B, C, H, W)
-        # 3. The UNet predicts the noise; mean squared error (eq. 14).
-        noise_pred = model(noisy, timesteps, return_dict=False)[0]
-        return F.mse_loss(noise_pred.float(), noise.float())
+        # 3. The UNet predicts the noise (or what the model's scheduler says it predicts); mean squared error (eq. 14).
+        prediction = model(noisy, timesteps, return_dict=False)[0]
+        target = prediction_target(self.noise_scheduler, images, noise, timesteps)
+        return mse_terms(prediction, target, timesteps, self.noise_scheduler, self.snr_gamma)
 
     @torch.no_grad()
     def sample(self, model, *, num_images: int, seed: int, num_inference_steps: int,

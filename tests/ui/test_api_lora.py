@@ -1,0 +1,113 @@
+"""A LoRA through the API: /train_start with method "lora", its side-by-side grids and file, then /txt2img with
+the LoRA at a scale; bad LoRA input refused with a message and nothing written."""
+
+import json
+import re
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.engine.test_lora import make_captioned
+
+LORA_RUN = dict(dataset="api-captioned", resolution=32, batch_size=4, max_steps=400, learning_rate=1e-2,
+                lr_warmup_steps=0, mixed_precision="no", ema=False, seed=0, run_name="api-lora", save_every=0,
+                sample_every=4, first_sample_step=0, start_from="digits-sd", method="lora", lora_rank=4,
+                lora_alpha=4.0, lora_layers="attention", lora_text_encoder=True,
+                validation_prompts="a framed handwritten digit 7 | a handwritten digit 1")
+
+
+@pytest.fixture(scope="module")
+def client(running_app):
+    from gradio_client import Client
+
+    c = Client(running_app[0], verbose=False)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def captioned(running_app):
+    make_captioned(running_app[2] / "data" / "api-captioned")
+    return "api-captioned"
+
+
+@pytest.fixture(autouse=True)
+def no_job_left(running_app):
+    yield
+    running_app[1].stop_training(wait=120)
+
+
+def as_dict(value):
+    return value if isinstance(value, dict) else json.loads(value)
+
+
+def wait_for(client, predicate, timeout=180.0, what="the status"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s, grid = client.predict(api_name="/train_status")
+        s = as_dict(s)
+        if predicate(s, grid):
+            return s, grid
+        assert s["state"] in ("starting", "running", "stopping"), f"the job ended early: {s}"
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}: {s}")
+
+
+def test_lora_run_then_text_to_image_with_it(client, running_app, captioned):
+    bench = running_app[1]
+    models_dir = bench.folders.models_dir
+    # 1. Start a LoRA run on digits-sd; its grids show the prompts at scale 0 and at scale 1, side by side.
+    started = as_dict(client.predict(**LORA_RUN, api_name="/train_start"))
+    assert started["state"] == "running" and started["method"] == "lora"
+    assert started["message"] == "16 captioned images from 'api-captioned'; converted 16 grey/RGBA image(s) to RGB"
+    s, grid = wait_for(client, lambda s, g: g is not None, what="a side-by-side grid")
+    assert s["grid_caption"].startswith("left: LoRA scale 0 (the base model) · right: LoRA scale 1")
+    with Image.open(grid) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    panel = 4 * 96 + 3 * 6  # a side: a row of 4 seeds (16 sample images over 2 prompts and 2 sides), 96 px tiles
+    assert pixels.shape == (2 * 96 + 6, 2 * panel + 40, 3)  # a row a prompt; the panels 40 px apart
+    assert (pixels[:, panel:panel + 40] == (31, 41, 55)).all()
+    # 2. Stop: the LoRA is published under the models dir and listed for digits-sd.
+    stopped = as_dict(client.predict(api_name="/train_stop"))
+    assert stopped["state"] == "stopped" and stopped["lora"] == str(models_dir / "loras" / "api-lora.safetensors")
+    assert bench.list_loras("digits-sd") == ["api-lora"]
+
+    # 3. /txt2img with the LoRA at 0.5: the PNG and the parameters say it; at 0 it is the model alone.
+    args = dict(model="digits-sd", prompt="a framed handwritten digit 7", negative_prompt="", steps=8,
+                guidance_scale=7.5, scheduler="DPM++ 2M Karras", seed=3, width=32, height=32)
+    final = client.predict(**args, lora="api-lora", lora_scale=0.5, api_name="/txt2img")
+    info = as_dict(final[3])
+    assert info["lora"] == "api-lora" and info["lora_scale"] == 0.5
+    with Image.open(final[0]) as im:
+        assert "LoRA: api-lora:0.5" in im.text["parameters"]
+        with_lora = np.asarray(im.convert("RGB")).astype(int)
+    assert "pipe.load_lora_weights(" in final[4] and "cross_attention_kwargs={'scale': 0.5}" in final[4]
+    plain = client.predict(**args, api_name="/txt2img")
+    at_zero = client.predict(**args, lora="api-lora", lora_scale=0.0, api_name="/txt2img")
+    with Image.open(plain[0]) as a, Image.open(at_zero[0]) as b:
+        plain_pixels, zero_pixels = (np.asarray(x.convert("RGB")).astype(int) for x in (a, b))
+    assert np.abs(plain_pixels - zero_pixels).max() <= 2
+    assert np.abs(plain_pixels - with_lora).max() > 10
+
+    # 4. A LoRA that is not there is refused, naming the ones that are.
+    with pytest.raises(Exception, match=re.escape(
+            f"no LoRA 'nope' in {models_dir / 'loras'} (found: api-lora)")):
+        client.predict(**args, lora="nope", api_name="/txt2img")
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(lora_rank=0), "LoRA rank must be a whole number from 1 to 1024; got 0"),
+    (dict(lora_rank=2000), "LoRA rank must be a whole number from 1 to 1024; got 2000"),
+    (dict(start_from="digits-ddpm"), "cannot start from 'digits-ddpm': it is a DDPMPipeline; a LoRA run needs a "
+                                     "text-to-image model (StableDiffusionPipeline)"),
+    (dict(dataset="digits"), "'digits' has class labels, not captions"),
+])
+def test_bad_lora_requests_are_refused_and_nothing_is_written(client, running_app, captioned, change, message):
+    models_dir = running_app[1].folders.models_dir
+    before = sorted(p.name for p in models_dir.rglob("*"))
+    with pytest.raises(Exception, match=re.escape(message)):
+        client.predict(**{**LORA_RUN, "run_name": "api-lora-refused", **change}, api_name="/train_start")
+    assert sorted(p.name for p in models_dir.rglob("*")) == before
+    assert as_dict(client.predict(api_name="/train_status")[0])["state"] in ("idle", "stopped", "finished")
