@@ -319,7 +319,14 @@ class Workbench:
             else:
                 unused.append(f"model {model!r} is not here (not a built-in, nor under the models dir); "
                               "the page's model is kept")
-        # 2. The scheduler: the unconditional tab offers fewer.
+        # 2. A LoRA: here, and fitting the model the settings go to.
+        if settings.get("lora"):
+            try:
+                self.registry.lora_file(settings.get("model") or self.default_model("txt2img"), settings["lora"])
+            except WorkbenchError as exc:
+                unused.append(f"LoRA {settings.pop('lora')!r} cannot be used here ({exc}); none is switched on")
+                settings.pop("lora_scale", None)
+        # 3. The scheduler: the unconditional tab offers fewer.
         if info.kind == "unconditional" and settings.get("scheduler") not in (None, *self.schedulers(info.kind)):
             unused.append(f"scheduler {settings.pop('scheduler')} is not offered for unconditional models")
         return replace(info, settings=settings, unused=tuple(unused))

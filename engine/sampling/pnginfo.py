@@ -63,7 +63,7 @@ COMFY_SAMPLERS = {
 COMFY_SAMPLER_NODES = ("KSampler", "KSamplerAdvanced")
 # The request fields a PNG can give, in the order the page shows them.
 SETTINGS = ("model", "prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "scheduler", "seed",
-            "width", "height", "batch_size")  # and "batch_count", for a batch count's grid
+            "width", "height", "lora", "lora_scale", "batch_size")  # and "batch_count", for a batch count's grid
 
 
 @dataclass(frozen=True)

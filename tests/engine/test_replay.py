@@ -100,12 +100,11 @@ def test_a_missing_model_is_named_and_nothing_runs(bench, tmp_path):
     shutil.rmtree(bench.folders.models_dir / "mine")
     before = saved_images(bench)
     events, report = replay(bench, run_file)
-    models = bench.folders.models_dir.resolve()
     assert events == [] and saved_images(bench) == before
     assert report.outcome == CANNOT and report.message == (
-        f"Cannot replay: the model 'mine' is not here (unknown model 'mine': not a built-in (digits-sd, "
-        f"digits-ddpm), not a folder or .safetensors file under {models}, and not a hub id like 'owner/name'). "
-        "Nothing was run.")
+        "Cannot replay: the model 'mine' is not here (unknown model 'mine': not a built-in (digits-sd, "
+        "digits-ddpm), not a folder or .safetensors file under the models dir (--models-dir), and not a hub id like "
+        "'owner/name'). Nothing was run.")
 
 
 def with_record(path, record, pixels=None):
@@ -198,3 +197,32 @@ def test_a_batch_count_grid_is_no_run_to_export(bench):
     with pytest.raises(InputError, match=re.escape(f"{relative} is the grid of a batch count's runs, not one run; "
                                                    "export one of its images")):
         bench.export_run(grid)
+
+
+def test_a_run_with_a_lora_replays_identically_and_a_changed_lora_is_detected(bench, tmp_path):
+    """The LoRA switched on is part of the run: its file's hash is in the record, and a replay checks it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from tests.engine.test_lora import lora_request, make_captioned
+    from engine.training.loop import iter_train
+
+    make_captioned(bench.folders.data_dir / "captioned")
+    list(iter_train(lora_request(run_name="lo", max_steps=2, sample_every=0), models_dir=bench.folders.models_dir,
+                    data_dir=bench.folders.data_dir, device="cpu"))
+    request = Txt2ImgRequest(prompt="a framed handwritten digit seven", num_inference_steps=2, seed=5, lora="lo",
+                             lora_scale=0.8)
+    done = list(bench.iter_txt2img(request))[-1]
+    lora_file = bench.folders.models_dir / "loras" / "lo.safetensors"
+    assert done.record["lora"] == {"name": "lo", "sha256": hashlib.sha256(lora_file.read_bytes()).hexdigest()}
+    run_file = export(bench, tmp_path, done.paths[0])
+    assert replay(bench, run_file)[1].outcome == IDENTICAL
+    # The same name, other weights: refused before anything runs.
+    with safe_open(str(lora_file), "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first] * 1.5
+    save_file(tensors, str(lora_file), metadata=metadata)
+    events, report = replay(bench, run_file)
+    assert events == [] and report == ReplayReport(
+        CANNOT, "Cannot replay: the LoRA 'lo' here is not the run's: its file hashes otherwise. Nothing was run.")
