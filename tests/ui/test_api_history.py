@@ -133,3 +133,26 @@ def test_replay_refuses_bad_run_files_and_says_what_it_cannot_replay(client, run
     assert verdict["message"].startswith("Cannot replay: the model 'not-here' is not here (unknown model 'not-here'")
     with pytest.raises(Exception, match=re.escape("'../x.png' is not an image of the history")):
         client.predict(image="../x.png", api_name="/export_run")
+
+
+def test_no_answer_names_the_servers_folders(client, running_app, tmp_path):
+    """As every endpoint (tests/reliability/test_paths.py): History, PNG Info and replay name files relative."""
+    dirs = running_app[2]
+    roots = {str(dirs), str(dirs.resolve())}
+    final = client.predict(model="digits-sd", prompt="a handwritten digit nine", steps=1, seed=41, batch_count=2,
+                           api_name="/txt2img")
+    image = as_dict(final[3])["files"][0]
+    answers = {
+        "txt2img batch": final[2:5],
+        "history": client.predict(search="nine", api_name="/history"),
+        "png_info": client.predict(image=handle_file(str(dirs / image)), api_name="/png_info"),
+        "replay": client.predict(run_file=handle_file(str(dirs / image)), api_name="/replay")[:2],
+    }
+    missing = tmp_path / "missing.json"
+    bundle = json.loads(Path(client.predict(image=image, api_name="/export_run")).read_text())
+    missing.write_text(json.dumps({**bundle, "request": {**bundle["request"], "model": "gone"}}))
+    answers["replay missing"] = client.predict(run_file=handle_file(str(missing)), api_name="/replay")[:2]
+    for what, value in answers.items():
+        text = json.dumps(value, default=str)
+        assert not any(root in text for root in roots), f"{what}: {text}"
+    assert as_dict(answers["replay"][1])["paths"][0].startswith("outputs/txt2img/")
