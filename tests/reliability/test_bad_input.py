@@ -17,7 +17,9 @@ NOISE = dict(image=None, timesteps="0, 500", beta_schedule="linear", num_train_t
 TRAIN = dict(dataset="digits", resolution=16, batch_size=8, max_steps=2, learning_rate=1e-3, lr_warmup_steps=0,
              mixed_precision="no", ema=False, seed=0, run_name="raw-bad-run", save_every=0, sample_every=0,
              preset="tiny", epochs=50, gradient_accumulation_steps=1, beta_schedule="linear",
-             num_train_timesteps=1000, resume=False, clamp_batch_size=False, random_flip=False, first_sample_step=0)
+             num_train_timesteps=1000, resume=False, clamp_batch_size=False, random_flip=False, first_sample_step=0,
+             start_from="scratch", method="full", lora_rank=4, lora_alpha=4.0, lora_layers="attention",
+             lora_text_encoder=False, snr_gamma=0.0, validation_prompts="")
 UPLOAD = dict(files=[], folder_name="raw-bad-upload")
 BASE = {"txt2img": TXT2IMG, "ddpm": DDPM, "add_noise": NOISE, "train_start": TRAIN, "train_upload": UPLOAD}
 HUGE = "x" * 1_000_000
