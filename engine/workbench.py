@@ -18,11 +18,11 @@ from PIL import Image
 from engine.cancel import CancelToken, check
 from engine.errors import InputError, ModelLoadError, WorkbenchError
 from engine.events import HISTORY_MODES, Done, Started, Step, StepsDrawn
+from engine.files import remove_partial_writes, shown_paths
 from engine.forward import noise
 from engine.forward.noise import NoiseRequest, NoiseSchedule, NoiseStrip
 from engine.models.configs import native_size, read_scheduler_config, unet_side
 from engine.models.devices import default_torch_threads, resolve_device
-from engine.files import remove_partial_writes, shown_paths
 from engine.models.registry import BUILTIN_DIR, BUILTINS, ModelRegistry
 from engine.sampling import unconditional
 from engine.sampling.schedulers import SCHEDULERS
