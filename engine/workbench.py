@@ -19,11 +19,12 @@ from PIL import Image
 from engine.cancel import CancelToken, check
 from engine.errors import InputError, ModelLoadError, WorkbenchError
 from engine.events import HISTORY_MODES, BatchDone, Done, Started, Step, StepsDrawn
+from engine.files import remove_partial_writes, shown_paths
 from engine.forward import noise
 from engine.forward.noise import NoiseRequest, NoiseSchedule, NoiseStrip
 from engine.models.configs import native_size, read_scheduler_config, unet_side
 from engine.models.devices import default_torch_threads, resolve_device
-from engine.files import remove_partial_writes, shown_paths
+from engine.models.identity import file_sha256, identity_changes
 from engine.models.registry import BUILTIN_DIR, BUILTINS, ModelRegistry
 from engine.sampling import unconditional
 from engine.sampling.history import HistoryPage, HistoryQuery, ImageHistory
@@ -44,7 +45,6 @@ from engine.training.checkpoints import list_runs
 from engine.training.data import UploadLimits, list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
 from engine.training.request import RUN_NAME, TrainRequest, resume_request
-from engine.models.identity import file_sha256, identity_changes
 from engine.validation import check_batch_count, check_choice, given
 from engine.worker.child import MODEL_KIND, WorkerConfig, loop_of
 from engine.worker.process import DeviceWorker, RunRecord

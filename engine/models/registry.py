@@ -23,7 +23,7 @@ from engine.models.devices import Placement
 from engine.models.identity import model_identity
 from engine.errors import ModelLoadError
 from engine.files import shown_paths
-from engine.validation import HUB_ID
+from engine.validation import HUB_ID, given
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class ModelRegistry:
     def resolve(self, name: str) -> ModelRef:
         if name is not None and not isinstance(name, str):
             raise ModelLoadError(f"model must be text: a built-in's name, a folder or file under the models dir, "
-                                 f"or a hub id; got {name!r}")
+                                 f"or a hub id; got {given(name)}")
         name = (name or "").strip()
         if len(name) > MAX_NAME_CHARS:  # no file name is this long: the file system would refuse it (an OSError)
             raise ModelLoadError(f"model must be at most {MAX_NAME_CHARS} characters; got {len(name)}")
@@ -127,8 +127,7 @@ class ModelRegistry:
             b = BUILTINS[name]
             if not (b.folder / "model_index.json").is_file():
                 raise ModelLoadError(f"built-in model {name!r} is missing from {b.folder.relative_to(REPO_ROOT)}; "
-                                     f"retrain it with "
-                                     f"`python -m engine.builtin train {name}`")
+                                     f"retrain it with `python -m engine.builtin train {name}`")
             return ModelRef(name, "builtin", str(b.folder), _pipeline_class(b.folder))
         if name.lower().endswith(PICKLE_SUFFIXES):
             raise ModelLoadError(

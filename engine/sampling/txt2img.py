@@ -73,8 +73,8 @@ class Txt2ImgRequest:
         check_int("steps", self.num_inference_steps, 1, MAX_STEPS)
         g = self.guidance_scale
         if not isinstance(g, (int, float)) or isinstance(g, bool) or not math.isfinite(g) or not 1 <= g <= MAX_GUIDANCE:
-            raise InputError(f"guidance scale must be a number from 1 (no guidance) to {MAX_GUIDANCE:g}; got {given(g)}",
-                             field="guidance scale")
+            raise InputError(f"guidance scale must be a number from 1 (no guidance) to {MAX_GUIDANCE:g}; "
+                             f"got {given(g)}", field="guidance scale")
         scheduler_spec(self.scheduler)
         check_seed(self.seed)
         for side in ("width", "height"):

@@ -93,7 +93,7 @@ def rendered_box(page, elem_id) -> dict:
     }}""")
 
 
-def test_grid_with_gaps_is_saved_and_the_scrubber_goes_back_through_the_steps(tab):
+def test_grid_with_gaps_is_saved_and_the_scrubber_goes_back_through_the_steps(tab, running_app):
     page = tab
     set_number(page, "ddpm-steps", 120)
     set_number(page, "ddpm-seed", 5)
@@ -111,12 +111,12 @@ def test_grid_with_gaps_is_saved_and_the_scrubber_goes_back_through_the_steps(ta
         box = rendered_box(page, elem_id)
         assert box["label_bottom"] <= box["top"] + 0.5 and box["buttons_bottom"] <= box["top"] + 0.5, box
         assert box["label_right"] <= box["buttons_left"], "the label runs under the buttons"
-    # the grid is saved beside its tiles, and the info lists it
+    # the grid is saved beside its tiles, and the info lists it, relative to the server's folders
     info = page.locator("#ddpm-info").inner_text()
-    grid_path = Path(re.search(r'"grid"\s*:\s*"([^"]+)"', info).group(1))
+    grid_path = running_app[2] / re.search(r'"grid"\s*:\s*"(outputs/unconditional/[^"]+)"', info).group(1)
     tiles = re.findall(r'"([^"]+-5\.png)"', info)
     assert grid_path.name.endswith("-5-grid.png") and len(tiles) == 4
-    assert all(Path(t).parent == grid_path.parent for t in tiles)
+    assert all((running_app[2] / t).parent == grid_path.parent for t in tiles)
     with Image.open(grid_path) as saved:
         assert np.array_equal(np.asarray(saved.convert("RGB")).astype(int), final)
 

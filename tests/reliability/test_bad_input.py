@@ -17,7 +17,9 @@ NOISE = dict(image=None, timesteps="0, 500", beta_schedule="linear", num_train_t
 TRAIN = dict(dataset="digits", resolution=16, batch_size=8, max_steps=2, learning_rate=1e-3, lr_warmup_steps=0,
              mixed_precision="no", ema=False, seed=0, run_name="raw-bad-run", save_every=0, sample_every=0,
              preset="tiny", epochs=50, gradient_accumulation_steps=1, beta_schedule="linear",
-             num_train_timesteps=1000, resume=False, clamp_batch_size=False, random_flip=False, first_sample_step=0)
+             num_train_timesteps=1000, resume=False, clamp_batch_size=False, random_flip=False, first_sample_step=0,
+             start_from="scratch", method="full", lora_rank=4, lora_alpha=4.0, lora_layers="attention",
+             lora_text_encoder=False, snr_gamma=0.0, validation_prompts="")
 UPLOAD = dict(files=[], folder_name="raw-bad-upload")
 BASE = {"txt2img": TXT2IMG, "ddpm": DDPM, "add_noise": NOISE, "train_start": TRAIN, "train_upload": UPLOAD}
 HUGE = "x" * 1_000_000
@@ -95,7 +97,8 @@ def test_a_fractional_batch_size_is_refused_not_rounded(client):
     ("add_noise", "timesteps", HUGE, f"timesteps must be whole numbers like 0, 50, 999; got {HUGE_SHOWN}"),
     ("add_noise", "beta_schedule", None,
      "unknown beta schedule None; allowed: linear, scaled_linear, squaredcos_cap_v2, sigmoid"),
-    ("add_noise", "num_train_timesteps", "abc", "num_train_timesteps must be a whole number from 2 to 10000; got 'abc'"),
+    ("add_noise", "num_train_timesteps", "abc",
+     "num_train_timesteps must be a whole number from 2 to 10000; got 'abc'"),
     ("add_noise", "seed", float("nan"), "seed must be a whole number from 0 to 9223372036854775807; got nan"),
     ("add_noise", "beta_start", float("-inf"), "beta_start must be a number between 0 and 1 (exclusive); got -inf"),
     ("add_noise", "rescale_betas_zero_snr", "yes", "rescale_betas_zero_snr must be true or false; got 'yes'"),
