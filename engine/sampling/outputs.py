@@ -27,6 +27,7 @@ def a1111_parameters(info: dict) -> str:
         ("Seed", info.get("seed")),
         ("Size", f"{info['width']}x{info['height']}" if "width" in info else None),
         ("Model", info.get("model")),
+        ("Denoising strength", info.get("strength")),
         ("Batch size", info.get("batch_size")),
     ]
     lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None))

@@ -27,6 +27,7 @@ from engine.events import Done, Preview, Started, Step
 from engine.sampling.outputs import save_png
 from engine.sampling.preview import LatentRGBPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
+from engine.sampling.views import step_views
 from engine.validation import check_choice, check_int, check_seed
 
 if TYPE_CHECKING:
@@ -176,6 +177,8 @@ def iter_txt2img(
                 preview_xt=Preview(latents, scaled(previewer, vp_scale(scheduler))),
                 preview_x0=Preview(x0, x0_previewer),
                 elapsed=time.perf_counter() - start,
+                views=step_views(scheduler, visited[i], previewer, latents, noise_pred,
+                                 (noise_uncond, noise_text) if do_cfg else None),
             )
             steps.append(step)
             yield step
