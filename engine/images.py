@@ -52,6 +52,7 @@ def open_rgb(source: str | Path | Image.Image | np.ndarray) -> Image.Image:
                          field="image")
     try:
         with Image.open(source) as im:
+            im.load()  # the pixels, read before the file closes (an RGB image is returned as it is)
             return to_rgb(im)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         name = Path(str(source)).name

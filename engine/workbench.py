@@ -26,7 +26,7 @@ from engine.models.registry import BUILTINS, ModelRegistry
 from engine.sampling import unconditional
 from engine.sampling.compare import Column, ColumnResult, CompareDone, CompareRequest, CompareStarted, sigmas_at
 from engine.sampling.img2img import STRIP_STRENGTHS, Img2ImgRequest, StripFrame, similarity, start_timestep
-from engine.sampling.schedulers import SCHEDULERS
+from engine.sampling.schedulers import SCHEDULERS, scheduler_spec
 from engine.sampling.txt2img import Txt2ImgRequest
 from engine.sampling.views import DEFAULT_VIEWS
 from engine.sampling.unconditional import (
@@ -40,7 +40,7 @@ from engine.training.checkpoints import list_runs
 from engine.training.data import UploadLimits, list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
 from engine.training.request import RUN_NAME, TrainRequest, resume_request
-from engine.validation import check_choice
+from engine.validation import check_choice, check_int
 from engine.worker.child import MODEL_KIND, WorkerConfig, loop_of
 from engine.worker.process import DeviceWorker, RunRecord
 
@@ -146,8 +146,22 @@ class Workbench:
         model (as ``StableDiffusionImg2ImgPipeline``), or SDEdit on an unconditional one (the /ddpm loop)."""
         check_choice("history", history, HISTORY_MODES)
         request = replace(request, model=request.model or self.default_model("txt2img"))
-        kind = "img2img" if self.model_kind(request.model) == "txt2img" else "sdedit"
-        yield from self._run(kind, request, cancel, history)
+        yield from self._run(self.check_img2img(request), request, cancel, history)
+
+    def check_img2img(self, request: Img2ImgRequest) -> str:
+        """The run kind ``request`` makes ("img2img" or "sdedit"), or the error it would end with, found without
+        loading the model: its kind, its availability, a scheduler or steps an unconditional run does not take."""
+        model = request.model or self.default_model("txt2img")
+        kind = self.model_kind(model)
+        self.check_model(model, kind)
+        if kind == "txt2img":
+            return "img2img"
+        scheduler_spec(request.scheduler, UNCONDITIONAL_SCHEDULERS)
+        train_steps = self.default_steps(model, "DDPM")
+        if train_steps is not None:
+            check_int(f"steps for this model (trained with {train_steps} timesteps)", request.num_inference_steps, 1,
+                      train_steps)
+        return "sdedit"
 
     def img2img_start(self, model: str, scheduler: str, num_inference_steps: int, strength: float) -> dict:
         """Where a run of ``strength`` starts on ``model``'s schedule, before it runs: ``{"timestep", "steps_run",

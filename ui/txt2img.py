@@ -6,10 +6,12 @@ import html
 from typing import Callable
 
 import gradio as gr
+import pandas as pd
 
 from engine.errors import Cancelled, InputError, ModelLoadError
 from engine.events import Done, Started, Step, StepsDrawn
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, PREVIEWS, Txt2ImgRequest
+from engine.sampling.views import DEFAULT_VIEWS, VIEWS, step_measures, view_array
 from ui.common import (DEVICE_QUEUE, SessionRuns, field_messages, friendly_errors, message_html, model_dropdown,
                        page_error, progress_html, stream_updates, whole)
 
@@ -62,6 +64,10 @@ def build(
                                    elem_id="t2i-preview")
                 vae_preview_every = gr.Number(value=0, minimum=0, elem_id="t2i-vae-every",
                                               label="VAE decode every N steps (0 = as the preview says)")
+            with gr.Row():  # inside a step: which two views the page streams (x0 and x_t cost nothing extra)
+                views = [gr.Dropdown([(text, name) for name, text in VIEWS.items()], value=DEFAULT_VIEWS[k],
+                                     label=f"{side} image shows", elem_id=f"t2i-view-{side.lower()}")
+                         for k, side in enumerate(("Left", "Right"))]
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="t2i-generate",
                                      elem_classes="wb-generate")
@@ -75,6 +81,11 @@ def build(
                               interactive=False, height=360, elem_id="t2i-xt", elem_classes="wb-pixels")
             scrub = gr.Slider(1, 2, value=1, step=1, label="Scrub through the steps (the last is the final image)",
                               visible=False, elem_id="t2i-scrub")
+            with gr.Row():
+                charts = [gr.LinePlot(_chart_frame([], names), x="step", y="value", color="series", title=title,
+                                      color_map=dict(zip(names, CHART_COLORS)), height=200, x_title="step",
+                                      y_title="", elem_id=f"t2i-chart-{k}", elem_classes="wb-vega")
+                          for k, (title, names) in enumerate(CHARTS.items())]
             info = gr.JSON(label="Parameters used", elem_id="t2i-info")
             code = gr.Code(label="diffusers code", language="python", wrap_lines=True, elem_id="t2i-code")
     history = gr.State(None)  # {"steps": the run's Step events, "final": its PNG or None}
@@ -96,17 +107,18 @@ def build(
     def render(event, run: dict | None = None) -> tuple | None:
         """The seven outputs for one event; ``run`` (the page's) keeps what Stop will show."""
         run = run if run is not None else {"steps": [], "note": ""}
+        left, right = run.get("views", DEFAULT_VIEWS)
         if isinstance(event, Started):
             run["started"] = event
             run["note"] = _run_note(event, run.get("warning", ""))
             how = event.info.get("preview", "").split(":")[0]
-            return (gr.update(label=f"Predicted clean image x0 ({how}) → final image"), gr.skip(),
+            return (gr.update(label=_view_label(left, how)), gr.update(label=_view_label(right, how)),
                     progress_html(0, event.total, note=" · ".join(filter(None, [f"seed {event.info['seed']}",
                                                                                  run["note"]]))),
                     event.info, event.code, gr.update(visible=False), None)
         if isinstance(event, Step):
             run["steps"].append(event)
-            return (event.preview_x0.array(), event.preview_xt.array(),
+            return (_or_skip(view_array(event, left)), _or_skip(view_array(event, right)),
                     progress_html(event.step, event.total, event.timestep, event.elapsed, event.eta,
                                   note=run["note"]),
                     gr.skip(), gr.skip(), gr.skip(), gr.skip())
@@ -116,7 +128,8 @@ def build(
             info_out["file"] = event.paths[0] if event.paths else None
             n = len(event.steps)
             run["final"] = final
-            return (final, event.steps[-1].preview_xt.array() if n else None,
+            return (final if left == "x0" or not n else view_array(event.steps[-1], left),
+                    view_array(event.steps[-1], right) if n else None,
                     progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"),
                     info_out, event.code, _scrubber(n), {"steps": event.steps, "final": final})
         if isinstance(event, StepsDrawn):  # the frames the stream skipped, drawn after the final image went out
@@ -135,32 +148,35 @@ def build(
             yield update
 
     async def txt2img_page(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                           vae_preview_every, preview, session: gr.Request):
+                           vae_preview_every, preview, view_left, view_right, session: gr.Request):
         """The page: the last result stays; an error is said in the progress line and a toast."""
         run = runs.begin(session.session_hash)
+        run["views"] = (view_left, view_right)
         try:
             request = make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width,
                                    height, vae_preview_every, preview)
             run["warning"] = _far_from_native(request, default_size(request.model or default_model))
             if run["warning"]:
                 gr.Warning(html.escape(run["warning"]))
-            async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel, history="after"),
-                                               lambda event: render(event, run), cancel=run["cancel"]):
+            async for update in stream_updates(
+                    lambda cancel: iter_txt2img(request, cancel=cancel, history="after", views=run["views"]),
+                    lambda event: _with_charts(render(event, run), event, run), cancel=run["cancel"]):
                 yield update
         except Cancelled:  # the page's Stop (after the final image, only its previews' history was still coming)
             if run.get("final") is None:
-                yield stopped(run)
+                yield stopped(run) + (gr.skip(),) * len(charts)
         except Exception as exc:
             message = page_error(exc)
             gr.Warning(html.escape(message))
-            yield (gr.skip(), gr.skip(), message_html(message), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+            yield (gr.skip(), gr.skip(), message_html(message), gr.skip(), gr.skip(), gr.skip(), gr.skip(),
+                   *(gr.skip(),) * len(charts))
         finally:
             run["ended"] = True
 
     def problem(*values) -> InputError | ModelLoadError | None:
         """What is wrong with the page's values, found without running anything."""
         try:
-            request = make_request(*values)
+            request = make_request(*values[:len(inputs)])
             check_model(request.model or default_model, "txt2img")
         except (InputError, ModelLoadError) as exc:
             return exc
@@ -169,7 +185,7 @@ def build(
     def validate(*values):
         """Each bad value shown beside its field before anything runs; the last result stays."""
         exc = problem(*values)
-        return field_messages(exc, FIELDS, len(inputs)) if exc else [gr.validate(True, "")] * len(inputs)
+        return field_messages(exc, FIELDS, len(values)) if exc else [gr.validate(True, "")] * len(values)
 
     def before_run(*values):
         """At the click, in the progress line: what is wrong, or what the run waits for."""
@@ -195,15 +211,20 @@ def build(
             return message_html("Stopping at the end of this step", "stopped")
         return gr.skip()
 
-    def show_step(index, steps):
+    def show_step(index, steps, left=DEFAULT_VIEWS[0], right=DEFAULT_VIEWS[1]):
+        """A step's two chosen views (any view of any step: the history keeps them all)."""
+        labels = gr.update(label=_view_label(left)), gr.update(label=_view_label(right))
         if not steps or not steps["steps"]:
-            return gr.skip(), gr.skip(), gr.skip()
+            return (*labels, gr.skip())
         frames = steps["steps"]
         s = frames[min(max(int(index), 1), len(frames)) - 1]
         if int(index) >= len(frames) and steps["final"] is not None:
-            return steps["final"], s.preview_xt.array(), progress_html(s.step, s.total, elapsed=s.elapsed,
-                                                                        note="final image")
-        return s.preview_x0.array(), s.preview_xt.array(), progress_html(s.step, s.total, s.timestep, s.elapsed)
+            return (gr.update(value=steps["final"] if left == "x0" else view_array(s, left), label=labels[0]["label"]),
+                    gr.update(value=view_array(s, right), label=labels[1]["label"]),
+                    progress_html(s.step, s.total, elapsed=s.elapsed, note="final image"))
+        return (gr.update(value=view_array(s, left), label=labels[0]["label"]),
+                gr.update(value=view_array(s, right), label=labels[1]["label"]),
+                progress_html(s.step, s.total, s.timestep, s.elapsed))
 
     def on_model_change(name):
         found = default_size(name)
@@ -213,14 +234,54 @@ def build(
     api_trigger.click(txt2img, inputs=inputs, outputs=outputs, api_name="txt2img",
                                   concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
     generate.click(before_run, inputs, progress, queue=False, api_visibility="private")
-    generate.click(txt2img_page, inputs=inputs, outputs=outputs, validator=validate,
+    generate.click(txt2img_page, inputs=inputs + views, outputs=outputs + charts, validator=validate,
                                 api_visibility="private", concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
     # The page's run ends through its own token, so it can say where it stopped (a cancelled event cannot).
     stop.click(stop_page_run, None, progress, queue=False, api_visibility="private")
-    gr.on([scrub.release, scrub.input], show_step, [scrub, history], [image, xt, progress],
-          api_visibility="private")
+    gr.on([scrub.release, scrub.input, *(v.input for v in views)], show_step, [scrub, history, *views],
+          [image, xt, progress], api_visibility="private")
     refresh.click(lambda: gr.update(choices=list_models()), None, model, api_visibility="private")
     model.change(on_model_change, model, [width, height], api_visibility="private")
+
+
+CHARTS = {  # chart title -> its series: inside a step, each step's numbers (engine.sampling.views.MEASURES)
+    "Guidance: rms of ε_text − ε_uncond": ("guidance rms",),
+    "Noise level σ and the latent's std": ("sigma", "latent std"),
+}
+CHART_COLORS = ("#4c78a8", "#f58518")  # tableau10's first two
+
+
+def _chart_frame(measures: list[dict], names) -> pd.DataFrame:
+    """(step, value, series) rows of ``names`` from each step's measures; NaN values (no guidance) left out."""
+    rows = [(m["step"], m[name], name) for m in measures for name in names if m[name] == m[name]]
+    return pd.DataFrame(rows, columns=["step", "value", "series"])
+
+
+def _with_charts(update: tuple | None, event, run: dict) -> tuple | None:
+    """The page's outputs for an event: ``update`` and the two charts of each step's numbers (live, then whole)."""
+    if update is None:
+        return None
+    if isinstance(event, Step) and (found := step_measures(event)) is not None:
+        run.setdefault("measures", []).append(found)
+    elif isinstance(event, (Done, StepsDrawn)):
+        run["measures"] = [m for s in event.steps if (m := step_measures(s)) is not None]
+    elif isinstance(event, Started):
+        run["measures"] = []
+    else:
+        return update + (gr.skip(),) * len(CHARTS)
+    return update + tuple(_chart_frame(run["measures"], names) for names in CHARTS.values())
+
+
+def _view_label(name: str, how: str = "") -> str:
+    """An image's label for view ``name``; x0 says how it is drawn, and that the final image ends it."""
+    if name == "x0":
+        return f"Predicted clean image x0 ({how}) → final image" if how else "Predicted clean image x0 → final image"
+    return VIEWS[name][0].upper() + VIEWS[name][1:]
+
+
+def _or_skip(array):
+    """A view's image, or no change where the step carries none (a view the stream did not ask for)."""
+    return gr.skip() if array is None else array
 
 
 def _scrubber(frames: int):
