@@ -82,7 +82,7 @@ def build(
             scrub = gr.Slider(1, 2, value=1, step=1, label="Scrub through the steps (the last is the final image)",
                               visible=False, elem_id="t2i-scrub")
             with gr.Row():
-                charts = [gr.LinePlot(_chart_frame([], names), x="step", y="value", color="series", title=title,
+                charts = [gr.LinePlot(None, x="step", y="value", color="series", title=title,
                                       color_map=dict(zip(names, CHART_COLORS)), height=200, x_title="step",
                                       y_title="", elem_id=f"t2i-chart-{k}", elem_classes="wb-vega")
                           for k, (title, names) in enumerate(CHARTS.items())]
@@ -251,10 +251,11 @@ CHARTS = {  # chart title -> its series: inside a step, each step's numbers (eng
 CHART_COLORS = ("#4c78a8", "#f58518")  # tableau10's first two
 
 
-def _chart_frame(measures: list[dict], names) -> pd.DataFrame:
-    """(step, value, series) rows of ``names`` from each step's measures; NaN values (no guidance) left out."""
+def _chart_frame(measures: list[dict], names) -> pd.DataFrame | None:
+    """(step, value, series) rows of ``names`` from each step's measures, NaN values (no guidance) left out; None
+    for no rows (Gradio 6.31's plot never draws the lines of data sent after an empty frame)."""
     rows = [(m["step"], m[name], name) for m in measures for name in names if m[name] == m[name]]
-    return pd.DataFrame(rows, columns=["step", "value", "series"])
+    return pd.DataFrame(rows, columns=["step", "value", "series"]) if rows else None
 
 
 def _with_charts(update: tuple | None, event, run: dict) -> tuple | None:
