@@ -53,8 +53,8 @@ def build(
                                  label=f"Values, one column each (2 to {MAX_COLUMNS}; type others and press Enter)")
             gr.Markdown("The settings the axis leaves alone:")
             with gr.Row():
-                steps = gr.Slider(1, MAX_STEPS, value=defaults.num_inference_steps, step=1, label="Steps",
-                                  elem_id="cmp-steps")
+                steps = gr.Slider(1, MAX_STEPS, value=defaults.num_inference_steps, step=1,
+                                  label="Steps (all columns)", elem_id="cmp-steps")
                 guidance_scale = gr.Slider(1, MAX_GUIDANCE, value=defaults.guidance_scale, step=0.5,
                                            label="Guidance scale", elem_id="cmp-guidance")
             with gr.Row():
