@@ -139,7 +139,8 @@ def page_error(exc: BaseException) -> str:
 def field_messages(exc: InputError | ModelLoadError, fields: dict[str, int], count: int) -> list:
     """``gr.validate`` for each of ``count`` inputs: the error beside the input ``fields`` maps its field to."""
     where = fields.get(getattr(exc, "field", None) or ("model" if isinstance(exc, ModelLoadError) else ""))
-    return [gr.validate(i != where, html.escape(str(exc)) if i == where else "") for i in range(count)]
+    # Gradio shows the message as text: escaped here, a quote in it read "&#x27;".
+    return [gr.validate(i != where, str(exc) if i == where else "") for i in range(count)]
 
 
 class SessionRuns:

@@ -29,6 +29,7 @@ from engine.sampling.preview import LatentRGBPreviewer, VaePreviewer, X0Previewe
 from engine.sampling.runrecord import run_record, tensor_sha256
 from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
 from engine.models.loras import MAX_LORA_SCALE, check_active, check_lora_name
+from engine.sampling.views import step_views
 from engine.validation import check_choice, check_float, check_int, check_seed, given
 
 if TYPE_CHECKING:
@@ -184,6 +185,8 @@ def iter_txt2img(
                 preview_xt=Preview(latents, scaled(previewer, vp_scale(scheduler))),
                 preview_x0=Preview(x0, x0_previewer),
                 elapsed=time.perf_counter() - start,
+                views=step_views(scheduler, visited[i], previewer, latents, noise_pred,
+                                 (noise_uncond, noise_text) if do_cfg else None),
             )
             steps.append(step)
             yield step
