@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 DEVICE_QUEUE = "device"  # one concurrency group for all model work: tabs queue, never fight
 PREVIEW_INTERVAL = 0.1  # seconds between preview frames: about 10 a second, the browser keeps up
+# The "Compile for speed" box of the sampling tabs (engine/sampling/fast.py does the work).
+COMPILE_INFO = ("torch.compile the UNet (on a GPU also a CUDA graph): faster steps; the first run of a model and size "
+                "compiles, a minute or more, and the progress line says so; later runs and restarts reuse it")
 
 
 def friendly_errors(fn: Callable) -> Callable:

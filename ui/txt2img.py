@@ -10,13 +10,13 @@ import gradio as gr
 from engine.errors import Cancelled, InputError, ModelLoadError
 from engine.events import Done, Started, Step, StepsDrawn
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, PREVIEWS, Txt2ImgRequest
-from ui.common import (DEVICE_QUEUE, SessionRuns, field_messages, friendly_errors, message_html, model_dropdown,
-                       page_error, progress_html, stream_updates, whole)
+from ui.common import (COMPILE_INFO, DEVICE_QUEUE, SessionRuns, field_messages, friendly_errors, message_html,
+                       model_dropdown, page_error, progress_html, stream_updates, whole)
 
 DEFAULT_PROMPT = "a handwritten digit seven"  # a prompt the built-in model knows, there as a value to edit
 # The engine's field names (as its messages say them) -> the position of their input below.
 FIELDS = {"model": 0, "prompt": 1, "steps": 3, "guidance scale": 4, "scheduler": 5, "seed": 6, "width": 7,
-          "height": 8, "VAE preview interval": 9, "preview": 10}
+          "height": 8, "VAE preview interval": 9, "preview": 10, "compile": 11}
 FAR_FROM_NATIVE = 2.0  # a size this many times larger or smaller than the model's own gets a warning
 
 
@@ -62,6 +62,8 @@ def build(
                                    elem_id="t2i-preview")
                 vae_preview_every = gr.Number(value=0, minimum=0, elem_id="t2i-vae-every",
                                               label="VAE decode every N steps (0 = as the preview says)")
+            compile_unet = gr.Checkbox(value=defaults.compile, label="Compile for speed", elem_id="t2i-compile",
+                                       info=COMPILE_INFO)
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="t2i-generate",
                                      elem_classes="wb-generate")
@@ -80,17 +82,17 @@ def build(
     history = gr.State(None)  # {"steps": the run's Step events, "final": its PNG or None}
     runs = SessionRuns()
     inputs = [model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-              vae_preview_every, preview]
+              vae_preview_every, preview, compile_unet]
     outputs = [image, xt, progress, info, code, scrub, history]
 
     def make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                     vae_preview_every=0, preview="auto") -> Txt2ImgRequest:
+                     vae_preview_every=0, preview="auto", compile=False) -> Txt2ImgRequest:
         """The page's values, by keyword, as the engine's request."""
         return Txt2ImgRequest(
             model=model, prompt=prompt or "", negative_prompt=negative_prompt or "",
             num_inference_steps=whole(steps), guidance_scale=guidance_scale, scheduler=scheduler,
             seed=whole(seed), width=whole(width), height=whole(height),
-            vae_preview_every=whole(vae_preview_every) or 0, preview=preview,
+            vae_preview_every=whole(vae_preview_every) or 0, preview=preview, compile=compile,
         )
 
     def render(event, run: dict | None = None) -> tuple | None:
@@ -102,7 +104,8 @@ def build(
             how = event.info.get("preview", "").split(":")[0]
             return (gr.update(label=f"Predicted clean image x0 ({how}) → final image"), gr.skip(),
                     progress_html(0, event.total, note=" · ".join(filter(None, [f"seed {event.info['seed']}",
-                                                                                 run["note"]]))),
+                                                                                 run["note"],
+                                                                                 event.info.get("compiling")]))),
                     event.info, event.code, gr.update(visible=False), None)
         if isinstance(event, Step):
             run["steps"].append(event)
@@ -125,22 +128,22 @@ def build(
 
     @friendly_errors
     async def txt2img(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                      vae_preview_every=0, preview="auto"):
+                      vae_preview_every=0, preview="auto", compile=False):
         """The API: errors are raised, as gradio_client expects."""
         request = make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width,
-                               height, vae_preview_every, preview)
+                               height, vae_preview_every, preview, compile)
         # An API client gets no history (a gr.State): nothing is drawn for it after the loop.
         async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel, history="streamed"),
                                            render):
             yield update
 
     async def txt2img_page(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                           vae_preview_every, preview, session: gr.Request):
+                           vae_preview_every, preview, compile, session: gr.Request):
         """The page: the last result stays; an error is said in the progress line and a toast."""
         run = runs.begin(session.session_hash)
         try:
             request = make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width,
-                                   height, vae_preview_every, preview)
+                                   height, vae_preview_every, preview, compile)
             run["warning"] = _far_from_native(request, default_size(request.model or default_model))
             if run["warning"]:
                 gr.Warning(html.escape(run["warning"]))

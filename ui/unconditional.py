@@ -9,7 +9,8 @@ import gradio as gr
 from engine.errors import WorkbenchError
 from engine.events import Done, Started, Step
 from engine.sampling.unconditional import DEFAULT_STEPS, MAX_BATCH, RunEstimate, UnconditionalRequest
-from ui.common import DEVICE_QUEUE, friendly_errors, model_dropdown, progress_html, stream_updates, whole
+from ui.common import (COMPILE_INFO, DEVICE_QUEUE, friendly_errors, model_dropdown, progress_html, stream_updates,
+                       whole)
 
 
 def build(
@@ -44,6 +45,8 @@ def build(
                 seed = gr.Number(value=defaults.seed, label="Seed (-1 = random)", elem_id="ddpm-seed")
                 batch_size = gr.Number(value=defaults.batch_size, label=f"Batch size (1 to {MAX_BATCH})",
                                        elem_id="ddpm-batch")
+            compile_unet = gr.Checkbox(value=defaults.compile, label="Compile for speed", elem_id="ddpm-compile",
+                                       info=COMPILE_INFO)
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="ddpm-generate", elem_classes="wb-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="ddpm-stop")
@@ -65,7 +68,8 @@ def build(
     def render(event) -> tuple | None:
         """The eight outputs for one event (image, x_t, progress, timesteps, info, code, scrubber, history)."""
         if isinstance(event, Started):
-            return (gr.skip(), gr.skip(), progress_html(0, event.total, note=f"seed {event.info['seed']}"),
+            note = " · ".join(filter(None, [f"seed {event.info['seed']}", event.info.get("compiling")]))
+            return (gr.skip(), gr.skip(), progress_html(0, event.total, note=note),
                     _timesteps_text(event.timesteps), event.info, gr.skip(), gr.update(visible=False), None)
         if isinstance(event, Step):
             return (event.preview_x0.array(), event.preview_xt.array(),
@@ -83,10 +87,10 @@ def build(
         return None
 
     @friendly_errors
-    async def ddpm(model, scheduler, steps, seed, batch_size):
+    async def ddpm(model, scheduler, steps, seed, batch_size, compile=False):
         request = UnconditionalRequest(model=model or "", scheduler=scheduler,
                                        num_inference_steps=whole(steps), seed=whole(seed),
-                                       batch_size=whole(batch_size))
+                                       batch_size=whole(batch_size), compile=compile)
         async for update in stream_updates(lambda cancel: iter_unconditional(request, cancel=cancel), render):
             yield update
 
@@ -129,7 +133,7 @@ def build(
         return "DDPM", gr.update(value=found) if found else gr.skip()
 
     event = generate.click(
-        ddpm, inputs=[model, scheduler, steps, seed, batch_size],
+        ddpm, inputs=[model, scheduler, steps, seed, batch_size, compile_unet],
         outputs=[image, xt, progress, timesteps, info, code, scrub, history],
         api_name="ddpm", concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
     )
