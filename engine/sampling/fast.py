@@ -206,7 +206,9 @@ class _State:
             compile_cache_dir()
             import torch._dynamo
 
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+            config = torch._dynamo.config
+            limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # older torch
+            setattr(config, limit, max(getattr(config, limit), RECOMPILE_LIMIT))
             self.compiled_unet = torch.compile(unet, fullgraph=True, dynamic=False)
         return self.compiled_unet
 
@@ -311,9 +313,9 @@ class Pacer:
     still queued then, so the device never waits for the loop. ``device`` None: timed on the host, no wait.
     """
 
-    def __init__(self, device: torch.device | None, ahead: int = AHEAD):
+    def __init__(self, device: torch.device | None, ahead: int | None = None):
         self.cuda = device is not None and device.type == "cuda"
-        self.ahead = ahead
+        self.ahead = AHEAD if ahead is None else ahead
         self.queued: collections.deque = collections.deque()
         self.first = self.last = None  # CUDA events, or perf_counter() values
         self.count = 0

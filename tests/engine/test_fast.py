@@ -17,6 +17,7 @@ from engine.sampling import fast
 from engine.sampling.preview import SD15_LATENT_RGB, LatentRGBPreviewer, PixelPreviewer, X0Previewer, scaled
 from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img
 from engine.sampling.unconditional import UnconditionalRequest, iter_unconditional
+from engine.testing.shapes import ddpm_pipeline, sd_pipeline
 from engine.testing.tiny import tiny_ddpm_pipeline, tiny_sd_pipeline
 from engine.worker.child import portable
 
@@ -178,7 +179,7 @@ def test_a_failed_compile_runs_eager_and_says_so(tiny_sd, monkeypatch):
     np.testing.assert_array_equal(image(done), image(plain))
 
 
-# -- the compiled UNet (torch.compile on the CPU: about a minute a model on 2 cores) ------------------------------------
+# -- the compiled UNet (torch.compile on the CPU: half a minute for a one-block UNet on 2 idle cores) -----------------
 @pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory):
     """A fresh cache for this module's compiles (a compile reads and fills it)."""
@@ -194,19 +195,19 @@ def compile_cache(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_compiled_txt2img_equals_the_pipeline_and_compiles_once(tiny_sd, compile_cache):
+def test_compiled_txt2img_equals_the_pipeline_and_compiles_once(compile_cache):
     from tests.engine.test_txt2img import pipeline_image
 
-    pipe = tiny_sd_pipeline(seed=0)
+    pipe = sd_pipeline("tiny")  # one UNet block: the least to compile
     kw = dict(prompt="a handwritten digit seven", negative_prompt="blurry", num_inference_steps=5, guidance_scale=6.0,
               seed=11)
     request = Txt2ImgRequest(scheduler="DDIM", compile=True, **kw)
     started, steps, done = run(iter_txt2img(request, pipe=pipe))
     assert started.info["compiling"] == (
-        "compiling the UNet (torch.compile) for 32x32, batch 2, float32: the first run of a model and size compiles "
+        "compiling the UNet (torch.compile) for 8x8, batch 2, float32: the first run of a model and size compiles "
         "(a minute or more); later runs, and restarts through the cache on disk, take seconds")
     assert done.info["compile_seconds"] > 0 and "compile_problem" not in done.info
-    theirs = pipeline_image(tiny_sd, "DDIM", **kw).astype(int)
+    theirs = pipeline_image(sd_pipeline("tiny"), "DDIM", **kw).astype(int)
     assert np.abs(image(done) - theirs).max() <= PIXELS
     eager = run(iter_txt2img(Txt2ImgRequest(scheduler="DDIM", **kw), pipe=pipe))[2]
     assert np.abs(image(done) - image(eager)).max() <= 1  # measured: 0 (latents within 1e-5)
@@ -217,11 +218,12 @@ def test_compiled_txt2img_equals_the_pipeline_and_compiles_once(tiny_sd, compile
 
 @pytest.mark.slow
 def test_compiled_unconditional_equals_eager(compile_cache):
-    pipe = tiny_ddpm_pipeline(seed=0)
+    pipe = ddpm_pipeline("tiny")
     request = UnconditionalRequest(scheduler="DPM++ 2M", num_inference_steps=6, seed=4, compile=True)
     started, steps, done = run(iter_unconditional(request, pipe=pipe))
-    assert started.info["compiling"].startswith("compiling the UNet (torch.compile) for 16x16, batch 1, float32")
+    assert started.info["compiling"].startswith("compiling the UNet (torch.compile) for 8x8, batch 1, float32")
     eager = run(iter_unconditional(replace(request, compile=False), pipe=pipe))
     assert np.abs(image(done) - image(eager[2])).max() <= 1
     for ours, theirs in zip(steps, eager[1]):
-        np.testing.assert_allclose(ours.preview_xt.tensor.numpy(), theirs.preview_xt.tensor.numpy(), atol=1e-4)
+        np.testing.assert_allclose(ours.preview_xt.tensor.numpy(), theirs.preview_xt.tensor.numpy(), rtol=1e-4,
+                                   atol=1e-4)  # measured: 1.3e-5 relative at most
