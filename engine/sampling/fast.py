@@ -118,7 +118,8 @@ class Speed:
         note = (f"{what} for {size}, batch {sample.shape[0]}, {str(sample.dtype).removeprefix('torch.')}"
                 + (": the first run of a model and size compiles (a minute or more); later runs, and restarts "
                    "through the cache on disk, take seconds" if self.compile else ": once per model and size"))
-        return Denoiser(None, note, functools.partial(self._build, state, key, sample, timestep, embeds))
+        return Denoiser(None, note, functools.partial(self._build, state, key, sample, timestep, embeds),
+                        "compile_seconds" if self.compile else "capture_seconds")
 
     def _build(self, state: "_State", key: tuple, sample, timestep, embeds) -> tuple[Callable, str]:
         """(the callable for ``key``, what went wrong, "" if nothing): compiled and captured now, kept for later."""
@@ -157,19 +158,20 @@ class Speed:
 class Denoiser:
     """The UNet call of one run; ``pending`` says in words what :meth:`build` compiles or captures first."""
 
-    def __init__(self, fn: Callable | None, pending: str = "", build: Callable | None = None):
+    def __init__(self, fn: Callable | None, pending: str = "", build: Callable | None = None, cost: str = ""):
         self.fn = fn
         self.pending = pending
         self._build = build
-        self.problem = ""  # what failed in build(), in words ("" when nothing did)
+        self.cost = cost  # the name of build()'s seconds in a run's info
 
-    def build(self) -> float:
-        """Compile and capture now (before the first step); the seconds it took (0 when ready)."""
+    def build(self) -> dict:
+        """Compile and capture now (before the first step); for the run's info, the seconds it took
+        (``compile_seconds`` or ``capture_seconds``) and what failed, if anything (``compile_problem``)."""
         if self.fn is not None:
-            return 0.0
+            return {}
         start = time.perf_counter()
-        self.fn, self.problem = self._build()
-        return time.perf_counter() - start
+        self.fn, problem = self._build()
+        return {self.cost: round(time.perf_counter() - start, 3), **({"compile_problem": problem} if problem else {})}
 
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor | None = None):
         if self.fn is None:

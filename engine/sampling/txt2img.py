@@ -158,9 +158,7 @@ def iter_txt2img(
         denoise = speed.denoiser(torch.cat([latents] * 2) if do_cfg else latents, unet_timesteps[0], embeds)
         yield Started(total=len(visited), timesteps=tuple(int(t) for t in visited), code=code,
                       info={**info, "compiling": denoise.pending} if denoise.pending else info)
-        if denoise.pending:  # compiled or captured now, so that the steps' times are the steps'
-            info["compile_seconds"] = round(denoise.build(), 3)
-            info.update({"compile_problem": denoise.problem} if denoise.problem else {})
+        info.update(denoise.build())  # compiled or captured now, so that the steps' times are the steps'
 
         # 4. The denoising loop, x0 previewed by a VAE decode every ``every`` steps (0: never).
         previewer = LatentRGBPreviewer.for_model(_model_dir(pipe), unet.config.in_channels)

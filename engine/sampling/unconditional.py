@@ -140,9 +140,7 @@ def iter_unconditional(
         denoise = speed.denoiser(image, unet_timesteps[0])
         yield Started(total=len(visited), timesteps=visited, code=code,
                       info={**info, "compiling": denoise.pending} if denoise.pending else info)
-        if denoise.pending:  # compiled or captured now, so that the steps' times are the steps'
-            info["compile_seconds"] = round(denoise.build(), 3)
-            info.update({"compile_problem": denoise.problem} if denoise.problem else {})
+        info.update(denoise.build())  # compiled or captured now, so that the steps' times are the steps'
 
         # 4. The denoising loop: UNet, scheduler.step, next input. Steps kept for the scrubber: every k-th.
         pixels = PixelPreviewer()

@@ -150,6 +150,7 @@ def test_gpu_path_unconditional_gives_the_plain_loops_images(monkeypatch, schedu
         assert np.abs(ours.preview_x0.array().astype(int) - theirs.preview_x0.array()).max() <= PIXELS
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")  # the overflowed model draws garbage
 def test_bf16_where_a_step_overflows_in_fp16(gpu_path_on_cpu):
     pipe = tiny_ddpm_pipeline(seed=0).to(torch.float16)
     fast.prepare(pipe)

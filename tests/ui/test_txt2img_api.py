@@ -67,6 +67,7 @@ def unknown_model(name: str):
     [
         (dict(width=60), exactly("width must be a multiple of 8 (8 to 2048); got 60")),
         (dict(seed=-5), exactly(f"seed must be a whole number from -1 to {2**63 - 1}; got -5")),
+        (dict(compile="yes"), exactly("compile must be true or false; got 'yes'")),
         # The page's own widgets refuse these before the engine sees them (the engine's messages are
         # checked in tests/engine/test_txt2img.py): the slider's bounds, the dropdown's choices, and a
         # guidance scale of NaN, which cannot travel as JSON (it arrives as the text 'NaN').
