@@ -26,10 +26,11 @@ MPS) each hook is the plain step it stands for, so the CPU fp32 loop is the loop
    UNet is one graph launch queues the whole run in milliseconds: every Step event would come long before its
    step is computed, the previews would lag to the end, and Stop could not stop what was queued. It never lets
    the device run dry (two steps are queued when it waits). The schedulers' own, with the host timesteps
-   above: those that draw noise in ``step`` from the run's CPU generator copy it to the device each step, a sync
-   (DDPM, Euler, Euler a, DPM++ 2M SDE; Euler draws even though its default ``s_churn=0`` never uses the draw).
-   The others (DDIM, PNDM, LMS, Heun, DPM++ 2M, DPM++ 2M Karras, UniPC) read nothing from the device per step;
-   ``bench/gpu.py`` counts them with ``torch.cuda.set_sync_debug_mode``.
+   above, as their code reads (``bench/gpu.py`` counts them with ``torch.cuda.set_sync_debug_mode``): those that
+   draw noise in ``step`` from the run's CPU generator copy it to the device each step, one sync (DDPM, Euler,
+   Euler a, DPM++ 2M SDE; Euler draws even though its default ``s_churn=0`` never uses the draw); UniPC copies
+   host sigmas to the device and checks ``torch.linalg.solve``'s result each step, several. DDIM, PNDM, LMS, Heun,
+   DPM++ 2M and DPM++ 2M Karras read nothing from the device per step.
 """
 
 from __future__ import annotations
