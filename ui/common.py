@@ -31,6 +31,9 @@ DEVICE_QUEUE = "device"  # one concurrency group for all model work: tabs queue,
 PREVIEW_INTERVAL = 0.1  # seconds between preview frames: about 10 a second, the browser keeps up
 CACHE_HASH_DIR = re.compile(r"[0-9a-f]{64}")  # Gradio caches each file in a folder named by its content's hash
 EMPTY_DIR_AGE = 60.0  # seconds an emptied hash folder stays: Gradio fills a folder the moment it makes one
+# The "Compile for speed" box of the sampling tabs (engine/sampling/fast.py does the work).
+COMPILE_INFO = ("torch.compile the UNet (on a GPU also a CUDA graph): faster steps; the first run of a model and size "
+                "compiles, a minute or more, and the progress line says so; later runs and restarts reuse it")
 
 
 def friendly_errors(fn: Callable) -> Callable:

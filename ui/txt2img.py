@@ -14,14 +14,15 @@ from engine.models.loras import MAX_LORA_SCALE
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, PREVIEWS, Txt2ImgRequest
 from engine.sampling.views import DEFAULT_VIEWS, VIEWS, step_measures, view_array
 from engine.validation import check_batch_count
-from ui.common import (DEVICE_QUEUE, FILLED, SessionRuns, batch_note, done_note, export_update, field_messages,
-                       friendly_errors, last_seed, message_html, model_dropdown, page_error, progress_html,
+from ui.common import (COMPILE_INFO, DEVICE_QUEUE, FILLED, SessionRuns, batch_note, done_note, export_update,
+                       field_messages, friendly_errors, last_seed, message_html, model_dropdown, page_error, progress_html,
                        seed_buttons, stream_updates, whole)
 
 DEFAULT_PROMPT = "a handwritten digit seven"  # a prompt the built-in model knows, there as a value to edit
 # The engine's field names (as its messages say them) -> the position of their input below.
 FIELDS = {"model": 0, "prompt": 1, "steps": 3, "guidance scale": 4, "scheduler": 5, "seed": 6, "width": 7,
-          "height": 8, "VAE preview interval": 9, "preview": 10, "lora": 11, "LoRA scale": 12, "batch count": 13}
+          "height": 8, "VAE preview interval": 9, "preview": 10, "lora": 11, "LoRA scale": 12, "batch count": 13,
+          "compile": 14}
 NO_LORA = ("none", "")  # the LoRA box's first choice: (label, value)
 SCRUB_LABEL = "Scrub through the steps (the last is the final image)"
 SCRUB_DRAWING = "· drawing the previews of the steps the stream skipped…"
@@ -88,6 +89,8 @@ def build(
                                    info="from <models-dir>/loras/, the ones that fit this model", elem_id="t2i-lora")
                 lora_scale = gr.Slider(0, MAX_LORA_SCALE, value=defaults.lora_scale, step=0.05,
                                        label="LoRA scale (0 = the model alone)", elem_id="t2i-lora-scale")
+            compile_unet = gr.Checkbox(value=defaults.compile, label="Compile for speed", elem_id="t2i-compile",
+                                       info=COMPILE_INFO)
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="t2i-generate",
                                      elem_classes="wb-generate")
@@ -112,18 +115,19 @@ def build(
     history = gr.State(None)  # {"steps": the run's Step events, "final": its PNG or None}
     runs = SessionRuns()
     inputs = [model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-              vae_preview_every, preview, lora, lora_scale, batch_count]
+              vae_preview_every, preview, lora, lora_scale, batch_count, compile_unet]
     outputs = [image, xt, progress, info, code, scrub, history]
 
     def make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                     vae_preview_every=0, preview="auto", lora="", lora_scale=1.0, batch_count=1) -> Txt2ImgRequest:
+                     vae_preview_every=0, preview="auto", lora="", lora_scale=1.0, batch_count=1,
+                     compile=False) -> Txt2ImgRequest:
         """The page's values, by keyword, as the engine's request (the batch count goes beside it)."""
         return Txt2ImgRequest(
             model=model, prompt=prompt or "", negative_prompt=negative_prompt or "",
             num_inference_steps=whole(steps), guidance_scale=guidance_scale, scheduler=scheduler,
             seed=whole(seed), width=whole(width), height=whole(height),
             vae_preview_every=whole(vae_preview_every) or 0, preview=preview, lora=lora or "",
-            lora_scale=lora_scale,
+            lora_scale=lora_scale, compile=compile,
         )
 
     def render(event, run: dict | None = None) -> tuple | None:
@@ -136,7 +140,8 @@ def build(
             how = event.info.get("preview", "").split(":")[0]
             return (gr.update(label=_view_label(left, how)), gr.update(label=_view_label(right, how)),
                     progress_html(0, event.total, note=" · ".join(filter(None, [f"seed {event.info['seed']}",
-                                                                                 run["note"]]))),
+                                                                                 run["note"],
+                                                                                 event.info.get("compiling")]))),
                     event.info, shown(event.code), gr.update(visible=False), None)
         if isinstance(event, Step):
             run["steps"].append(event)
@@ -168,24 +173,24 @@ def build(
 
     @friendly_errors
     async def txt2img(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                      vae_preview_every=0, preview="auto", lora="", lora_scale=1.0, batch_count=1):
+                      vae_preview_every=0, preview="auto", lora="", lora_scale=1.0, batch_count=1, compile=False):
         """The API: errors are raised, as gradio_client expects."""
         request = make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width,
-                               height, vae_preview_every, preview, lora, lora_scale)
+                               height, vae_preview_every, preview, lora, lora_scale, compile=compile)
         # An API client gets no history (a gr.State): nothing is drawn for it after the loop.
         async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel, history="streamed",
                                                                        batch_count=whole(batch_count)), render):
             yield update
 
     async def txt2img_page(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                           vae_preview_every, preview, lora, lora_scale, batch_count, view_left, view_right,
-                           session: gr.Request):
+                           vae_preview_every, preview, lora, lora_scale, batch_count, compile, view_left,
+                           view_right, session: gr.Request):
         """The page: the last result stays; an error is said in the progress line and a toast."""
         run = runs.begin(session.session_hash)
         run["views"] = (view_left, view_right)
         try:
             request = make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width,
-                                   height, vae_preview_every, preview, lora, lora_scale)
+                                   height, vae_preview_every, preview, lora, lora_scale, compile=compile)
             run["warning"] = _far_from_native(request, default_size(request.model or default_model))
             if run["warning"]:
                 gr.Warning(html.escape(run["warning"]))

@@ -61,12 +61,15 @@ def already_drawn(array: np.ndarray) -> np.ndarray:
 
 def portable_preview(preview: Preview | None) -> Preview | None:
     """A preview that crosses to the server: numpy in, numpy-only previewer; drawn here where it needs a model."""
+    from engine.sampling.fast import DevicePreviewer
     from engine.sampling.preview import LatentRGBPreviewer, PixelPreviewer, X0Previewer, as_array
     from engine.sampling.views import GuidanceHeatmap
 
     if preview is None:
         return None
     previewer = preview.previewer
+    if isinstance(previewer, DevicePreviewer):  # drawn on the GPU here, sent at latent size, enlarged in the server
+        return Preview(previewer.small(preview.tensor), functools.partial(upscale_nearest, min_side=previewer.min_side))
     inner = previewer.func if isinstance(previewer, functools.partial) else previewer
     if isinstance(inner, X0Previewer):
         inner = inner.inner
