@@ -3,9 +3,7 @@ answers at once, the server answers GET / and its API info quickly all the while
 device at the same time. The app runs in a process of its own, as `make run` starts it: the test's client (which
 parses every streamed update) does not share the server's interpreter."""
 
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -20,8 +18,8 @@ P99_S = 0.25  # of GET / and /gradio_api/info, sampled every 100 ms from another
 
 
 @pytest.fixture(scope="module")
-def app():
-    root = Path(tempfile.mkdtemp(prefix="cancel-"))
+def app(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cancel")
     for name in ("models", "data", "outputs", "gradio"):
         (root / name).mkdir()
     launched = App(root)
