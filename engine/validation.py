@@ -42,7 +42,7 @@ def check_float(name: str, value, lo: float, hi: float, *, low_open: bool = Fals
 def check_bool(name: str, value) -> None:
     """True or False (not 0, 1 or a string)."""
     if not isinstance(value, bool):
-        raise InputError(f"{name} must be true or false; got {value!r}", field=name)
+        raise InputError(f"{name} must be true or false; got {given(value)}", field=name)
 
 
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes

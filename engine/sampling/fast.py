@@ -7,11 +7,14 @@ MPS) each hook is the plain step it stands for, so the CPU fp32 loop is the loop
 1. The models, once per pipeline (:func:`prepare`): fp16 as loaded (the registry's placement), bf16 instead
    where a UNet step in fp16 overflows; channels_last; PyTorch SDPA attention (``AttnProcessor2_0``) wherever a
    module still has the classic processor; fused QKV projections where diffusers offers them
-   (``UNet2DConditionModel.fuse_qkv_projections``; ``UNet2DModel`` has none).
-2. The UNet as a CUDA graph per input signature (model, shapes, dtypes): the loop is launch-bound (hundreds
-   of kernels a step), a replay is one launch. With ``compile``, torch.compile (inductor, whole model,
-   ``fullgraph=True``) first, its caches on disk (:func:`compile_cache_dir`), so a restart re-traces but does
-   not re-compile. Built before the first step, its cost reported (``info["compile_seconds"]``).
+   (``UNet2DConditionModel.fuse_qkv_projections``; ``UNet2DModel`` has none), used only inside our graphs and
+   only without a LoRA (a LoRA's q, k and v layers are not in the fused ones): the model's own processors stay,
+   for every other caller (img2img, Compare) and for a LoRA.
+2. The UNet as a CUDA graph per input signature (model, shapes, dtypes, the LoRA switched on and its scale,
+   which a graph bakes in): the loop is launch-bound (hundreds of kernels a step), a replay is one launch.
+   With ``compile``, torch.compile (inductor, whole model, ``fullgraph=True``) first, its caches on disk
+   (:func:`compile_cache_dir`), so a restart re-traces but does not re-compile. Built before the first step,
+   its cost reported (``info["compile_seconds"]``, ``info["capture_seconds"]``).
    diffusers' regional compilation (``compile_repeated_blocks``) is not used: it compiles the blocks in place,
    so every caller of the model (the plain path too) would run them compiled, and a UNet's blocks differ in
    width and resolution, so few compiled blocks are shared.
@@ -36,6 +39,7 @@ MPS) each hook is the plain step it stands for, so the CPU fp32 loop is the loop
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import math
@@ -80,17 +84,27 @@ def speed_for(pipe, *, compile: bool = False) -> "Speed":
     fast = device.type in FAST_DEVICES
     if fast:
         prepare(pipe)
-    return Speed(pipe.unet, device, fast=fast, compile=compile)
+    return Speed(pipe.unet, device, fast=fast, compile=compile, lora=_lora_state(pipe))
+
+
+def _lora_state(pipe) -> tuple:
+    """The LoRA switched on in ``pipe`` (engine.models.loras.activate): (name, scale, its adapters); () for none."""
+    name, scale, _ = getattr(pipe, "workbench_lora", ("", 1.0, None))
+    if not name:
+        return ()
+    adapters = pipe.get_active_adapters() if hasattr(pipe, "get_active_adapters") else ()
+    return name, float(scale), tuple(adapters)
 
 
 class Speed:
     """The loop's hooks for one run (see the module docstring for what each does on the GPU path)."""
 
-    def __init__(self, unet, device: torch.device, *, fast: bool, compile: bool):
+    def __init__(self, unet, device: torch.device, *, fast: bool, compile: bool, lora: tuple = ()):
         self.unet = unet
         self.device = device
         self.fast = fast
         self.compile = compile
+        self.lora = lora
         self.graphs = fast and device.type == "cuda"
         self.pacer = Pacer(device if self.graphs else None)
 
@@ -109,7 +123,7 @@ class Speed:
         if not (self.compile or self.graphs):
             return Denoiser(eager)
         state = _state(self.unet)
-        key = (self.compile, *_signature(sample, timestep, embeds))
+        key = (self.compile, self.lora, *_signature(sample, timestep, embeds))
         ready = state.ready.get(key)
         if ready is not None:
             state.ready.move_to_end(key)
@@ -125,19 +139,20 @@ class Speed:
     def _build(self, state: "_State", key: tuple, sample, timestep, embeds) -> tuple[Callable, str]:
         """(the callable for ``key``, what went wrong, "" if nothing): compiled and captured now, kept for later."""
         fn, problem = _call(self.unet), ""
-        if self.compile:
-            try:
-                fn = _call(state.compiled(self.unet))
-                fn(sample, timestep, embeds)  # compiles now (from the disk cache where it can), not in step 1
-            except Exception as exc:  # inductor needs a C++ compiler (CPU) or Triton (GPU): the loop goes on eager
-                log.warning("torch.compile failed; this model runs eager", exc_info=True)
-                fn, problem = _call(self.unet), f"compile failed, running eager: {type(exc).__name__}: {exc}"
-        if self.graphs:
-            try:
-                fn = CudaGraphed(fn, sample, timestep, embeds)
-            except Exception as exc:
-                log.warning("CUDA graph capture failed; this model runs without one", exc_info=True)
-                problem = problem or f"CUDA graph capture failed, running without: {type(exc).__name__}: {exc}"
+        with fused_qkv(self.unet, on=self.graphs and not self.lora):  # what the graph captures; not outside it
+            if self.compile:
+                try:
+                    fn = _call(state.compiled(self.unet))
+                    fn(sample, timestep, embeds)  # compiles now (from the disk cache where it can), not in step 1
+                except Exception as exc:  # inductor needs a C++ compiler (CPU) or Triton (GPU): the loop goes on
+                    log.warning("torch.compile failed; this model runs eager", exc_info=True)
+                    fn, problem = _call(self.unet), f"compile failed, running eager: {type(exc).__name__}: {exc}"
+            if self.graphs:
+                try:
+                    fn = CudaGraphed(fn, sample, timestep, embeds)
+                except Exception as exc:
+                    log.warning("CUDA graph capture failed; this model runs without one", exc_info=True)
+                    problem = problem or f"CUDA graph capture failed, running without: {type(exc).__name__}: {exc}"
         state.ready[key] = fn
         while len(state.ready) > MAX_GRAPHS:
             state.ready.popitem(last=False)
@@ -201,6 +216,7 @@ class _State:
     """What the GPU path keeps with a model (an attribute of its UNet, so it goes when the model goes)."""
 
     prepared: bool = False
+    fused: bool = False  # fused QKV projections made (UNet2DConditionModel): fused_qkv() may switch them on
     compiled_unet: torch.nn.Module | None = None
     ready: collections.OrderedDict = field(default_factory=collections.OrderedDict)  # signature -> callable
 
@@ -249,11 +265,32 @@ def prepare(pipe) -> None:
         if isinstance(module, Attention) and type(module.processor) is AttnProcessor:
             module.set_processor(AttnProcessor2_0())  # scaled_dot_product_attention: flash / memory-efficient
     if hasattr(unet, "fuse_qkv_projections"):
+        own = unet.attn_processors
         try:
-            unet.fuse_qkv_projections()
+            unet.fuse_qkv_projections()  # makes each attention's to_qkv (to_kv) from its to_q, to_k, to_v
+            state.fused = True
         except ValueError as exc:  # added-KV attention: diffusers refuses, the projections stay apart
             log.info("QKV projections not fused: %s", exc)
+        finally:
+            unet.set_attn_processor(own)  # the model's own, but inside our graphs (fused_qkv)
     state.prepared = True
+
+
+@contextlib.contextmanager
+def fused_qkv(unet, *, on: bool = True):
+    """Inside: ``unet``'s attention through its fused projections (made by :func:`prepare`), where ``on`` and it
+    has them; after: the processors it had."""
+    if not (on and _state(unet).fused):
+        yield
+        return
+    from diffusers.models.attention_processor import FusedAttnProcessor2_0
+
+    own = unet.attn_processors
+    unet.set_attn_processor(FusedAttnProcessor2_0())
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(own)
 
 
 def _overflows_in_fp16(pipe) -> bool:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
-from diffusers.models.attention_processor import FusedAttnProcessor2_0
+from diffusers.models.attention_processor import AttnProcessor2_0, FusedAttnProcessor2_0
 
 from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
@@ -124,7 +124,10 @@ def test_gpu_path_txt2img_gives_the_plain_loops_images(tiny_sd, gpu_path_on_cpu)
     _, steps, done = run(iter_txt2img(request, pipe=pipe))
     assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert pipe.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    assert {type(p) for p in pipe.unet.attn_processors.values()} == {FusedAttnProcessor2_0}
+    # The fused projections are made, but only our CUDA graphs use them: the model keeps its own processors.
+    assert fast._state(pipe.unet).fused and hasattr(pipe.unet.mid_block.attentions[0].transformer_blocks[0].attn1,
+                                                    "to_qkv")
+    assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor2_0}
     _, plain_steps, plain = run(iter_txt2img(request, pipe=tiny_sd))
     assert np.abs(image(done) - image(plain)).max() <= PIXELS
     for ours, theirs in zip(steps, plain_steps):  # DPM++ gives no x0: drawn from (eps, x_t), on the "device"
@@ -133,6 +136,50 @@ def test_gpu_path_txt2img_gives_the_plain_loops_images(tiny_sd, gpu_path_on_cpu)
         assert np.abs(ours.preview_xt.array().astype(int) - theirs.preview_xt.array()).max() <= PIXELS
     other = run(iter_txt2img(replace(request, seed=8), pipe=tiny_sd))[2]
     assert np.abs(image(other) - image(plain)).max() > 10  # the comparison can fail
+
+
+def test_fused_qkv_gives_the_unets_output_and_gives_its_processors_back(gpu_path_on_cpu):
+    pipe = tiny_sd_pipeline(seed=0)
+    fast.prepare(pipe)
+    unet, g = pipe.unet, torch.Generator().manual_seed(0)
+    sample, embeds = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 32, 32, generator=g)
+    with torch.no_grad():
+        own = unet(sample, torch.tensor(500), encoder_hidden_states=embeds).sample
+        with fast.fused_qkv(unet):
+            assert {type(p) for p in unet.attn_processors.values()} == {FusedAttnProcessor2_0}
+            fused = unet(sample, torch.tensor(500), encoder_hidden_states=embeds).sample
+            other_t = unet(sample, torch.tensor(100), encoder_hidden_states=embeds).sample
+        with fast.fused_qkv(unet, on=False):  # a LoRA switched on: its q, k and v layers are not in the fused ones
+            assert {type(p) for p in unet.attn_processors.values()} == {AttnProcessor2_0}
+    assert {type(p) for p in unet.attn_processors.values()} == {AttnProcessor2_0}
+    torch.testing.assert_close(fused, own, atol=1e-5, rtol=1e-5)
+    assert (other_t - own).abs().max() > 1e-2  # the comparison can fail
+
+
+def with_lora(pipe, name: str = "x"):
+    """``pipe`` with a random LoRA on its attention switched on, as engine.models.loras.activate leaves one."""
+    from peft import LoraConfig
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                         target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name=name)
+    pipe.workbench_lora = (name, 1.0, None)
+    return pipe
+
+
+def test_a_lora_still_acts_on_a_prepared_model(monkeypatch):
+    """The fused projections hold the base weights only: a LoRA on q, k and v must not run through them."""
+    request = Txt2ImgRequest(prompt="a seven", num_inference_steps=4, scheduler="DDIM", seed=5, width=32, height=32,
+                             preview="latent", lora="x")
+    plain = run(iter_txt2img(request, pipe=with_lora(tiny_sd_pipeline(seed=0))))[2]
+    base = run(iter_txt2img(replace(request, lora=""), pipe=tiny_sd_pipeline(seed=0)))[2]
+    monkeypatch.setattr(fast, "FAST_DEVICES", ("cuda", "cpu"))
+    pipe = with_lora(tiny_sd_pipeline(seed=0))
+    done = run(iter_txt2img(request, pipe=pipe))[2]
+    assert fast._state(pipe.unet).fused and fast._lora_state(pipe) == ("x", 1.0, ("x",))
+    assert np.abs(image(done) - image(plain)).max() <= PIXELS
+    assert np.abs(image(plain) - image(base)).max() > 10  # the LoRA changes the image: the check can fail
 
 
 @pytest.mark.parametrize("scheduler", ["DDPM", "DPM++ 2M"])
