@@ -228,9 +228,10 @@ def measure_speed(app: App, engine: Engine, runs: int) -> dict[str, float]:
     Image.fromarray(load_sample_image("flower.jpg")).save(photo)
     img2img = dict(IMG2IMG, image=str(photo))
     sdedit = dict(SDEDIT, image=str(photo))
-    for label, args, api, kind in (("default", DEFAULT, "/txt2img", "txt2img"), ("heavy", HEAVY, "/txt2img", "txt2img"),
-                                   ("ddpm", DDPM, "/ddpm", "unconditional"), ("compare", COMPARE, "/compare", "compare"),
-                                   ("img2img", img2img, "/img2img", "img2img"), ("sdedit", sdedit, "/img2img", "img2img")):
+    for label, args, api, kind in (
+            ("default", DEFAULT, "/txt2img", "txt2img"), ("heavy", HEAVY, "/txt2img", "txt2img"),
+            ("ddpm", DDPM, "/ddpm", "unconditional"), ("compare", COMPARE, "/compare", "compare"),
+            ("img2img", img2img, "/img2img", "img2img"), ("sdedit", sdedit, "/img2img", "img2img")):
         page_args = dict(args, image=handle_file(args["image"])) if kind == "img2img" else args
         page_run(c, page_args, api), engine.run(args, kind)  # warm: models loaded on both sides
         pages, alone = [], []

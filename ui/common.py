@@ -109,9 +109,9 @@ async def stream_updates(make_events: Callable[[CancelToken], Iterator], render:
 
 
 def progress_html(step: int, total: int, timestep: float | None = None, elapsed: float = 0.0,
-                  eta: float | None = None, note: str = "") -> str:
+                  eta: float | None = None, note: str = "", unit: str = "Step") -> str:
     pct = 100.0 * step / max(total, 1)
-    parts = [f"Step {step}/{total}"]
+    parts = [f"{unit} {step}/{total}"]
     if timestep is not None:
         parts.append(f"t = {timestep:g}")
     parts.append(f"{elapsed:.1f} s")

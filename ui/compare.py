@@ -118,7 +118,7 @@ def build(
         def render(event):
             if isinstance(event, CompareStarted):
                 run.update(values=event.values, shown=[(None, "waiting")] * len(event.values))
-                line = progress_html(0, len(event.values), note=f"comparing {event.axis}: "
+                line = progress_html(0, len(event.values), unit="Column", note=f"comparing {event.axis}: "
                                      + ", ".join(str(v) for v in event.values))
                 if not page:
                     return ([], line, gr.skip())
@@ -143,10 +143,13 @@ def build(
                 i, n = run["index"], len(run["values"])
                 final = event.paths[0] if event.paths else event.images[0]
                 column = ColumnResult(value=run["values"][i], done=event, sigmas=())
+                run["elapsed"] = run.get("elapsed", 0.0) + event.info.get("elapsed", 0.0)
                 return with_progress(grid(i, final, _timing(column)),
-                                     progress_html(i + 1, n, note=f"column {i + 1} of {n} finished"))
+                                     progress_html(i + 1, n, elapsed=run["elapsed"], unit="Column",
+                                                   note=f"{run['values'][i]} finished"))
             if isinstance(event, CompareDone):
-                line = progress_html(len(event.columns), len(event.columns), note="done")
+                line = progress_html(len(event.columns), len(event.columns), unit="Column", note="done",
+                                     elapsed=sum(c.done.info.get("elapsed", 0.0) for c in event.columns))
                 if not page:
                     gallery = [(c.done.paths[0] if c.done.paths else c.done.images[0], str(c.value))
                                for c in event.columns]

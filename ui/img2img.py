@@ -40,50 +40,53 @@ def build(
 ) -> None:
     """Lay out the way back below the Noise tab's forward process and wire its events."""
     defaults = Img2ImgRequest(image=sample_image("china.jpg"))
-    gr.Markdown("## Forward, then back: img2img\nThe image above is noised to the timestep the strength reaches "
-                "(the slider t and the plots above move there), then the model denoises it from that t to 0. "
-                "A text-to-image model follows the prompt (img2img); an unconditional one only its training "
-                "(SDEdit).")
-    with gr.Row():
-        with gr.Column(scale=2):
-            with gr.Row():
-                model = model_dropdown(list_models(), default_model)
-                refresh = gr.Button("↻ Refresh", scale=1, min_width=60)
-            prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt (text-to-image models)", lines=2,
-                                elem_id="i2i-prompt")
-            negative_prompt = gr.Textbox(label="Negative prompt", lines=1, elem_id="i2i-negative")
-            strength = gr.Slider(0, 1.0, value=defaults.strength, step=0.05, elem_id="i2i-strength",
-                                 label="Strength: how far forward (1 = from the first timestep)")
-            start_line = gr.Markdown(_start_text(img2img_start, default_model, defaults), elem_id="i2i-start")
-            with gr.Row():
-                steps = gr.Number(value=defaults.num_inference_steps, label="Steps (of the full schedule)",
-                                  elem_id="i2i-steps")
-                guidance_scale = gr.Slider(1, MAX_GUIDANCE, value=defaults.guidance_scale, step=0.5,
-                                           label="Guidance scale", elem_id="i2i-guidance")
-            with gr.Row():
-                scheduler = gr.Dropdown(list(schedulers("txt2img")), value=defaults.scheduler, label="Scheduler",
-                                        elem_id="i2i-scheduler")
-                seed = gr.Number(value=-1, label="Seed (-1 = random)", elem_id="i2i-seed")
-            with gr.Row():
-                run = gr.Button("Denoise from t", variant="primary", elem_id="i2i-run")
-                stop = gr.Button("Stop", variant="stop", elem_id="i2i-stop")
-            strip_button = gr.Button(f"Strip: strengths {', '.join(f'{s:g}' for s in STRIP_STRENGTHS)}",
-                                     elem_id="i2i-strip-run")
-        with gr.Column(scale=3):
-            progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="i2i-progress")
-            with gr.Row():
-                original = gr.Image(label="Original", format="png", interactive=False, height=240,
-                                    elem_id="i2i-original", elem_classes="wb-pixels")
-                image = gr.Image(label="Predicted clean image x0 → result", format="png", type="pil",
-                                 interactive=False, height=240, elem_id="i2i-image", elem_classes="wb-pixels")
-                xt = gr.Image(label="Noisy sample after this step", format="png", interactive=False, height=240,
-                              elem_id="i2i-xt", elem_classes="wb-pixels")
-            scrub = gr.Slider(1, 2, value=1, step=1, visible=False, elem_id="i2i-scrub",
-                              label="Scrub through the steps (the last is the result)")
-            strip = gr.Gallery(label="How much of the original survives each strength", columns=len(STRIP_STRENGTHS),
-                               height="auto", format="png", object_fit="contain", elem_id="i2i-strip")
-            info = gr.JSON(label="Parameters used", elem_id="i2i-info")
-            code = gr.Code(label="diffusers code", language="python", wrap_lines=True, elem_id="i2i-code")
+    with gr.Column(elem_id="i2i-section"):
+        gr.Markdown("## Forward, then back: img2img\nThe image above is noised to the timestep the strength reaches "
+                    "(the slider t and the plots above move there), then the model denoises it from that t to 0. "
+                    "A text-to-image model follows the prompt (img2img); an unconditional one only its training "
+                    "(SDEdit).")
+        with gr.Row():
+            with gr.Column(scale=2):
+                with gr.Row():
+                    model = model_dropdown(list_models(), default_model)
+                    refresh = gr.Button("↻ Refresh", scale=1, min_width=60)
+                prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt (text-to-image models)", lines=2,
+                                    elem_id="i2i-prompt")
+                negative_prompt = gr.Textbox(label="Negative prompt", lines=1, elem_id="i2i-negative")
+                strength = gr.Slider(0, 1.0, value=defaults.strength, step=0.05, elem_id="i2i-strength",
+                                     label="Strength: how far forward (1 = from the first timestep)")
+                start_line = gr.Markdown(_start_text(img2img_start, default_model, defaults), elem_id="i2i-start")
+                with gr.Row():
+                    steps = gr.Number(value=defaults.num_inference_steps, label="Steps (of the full schedule)",
+                                      elem_id="i2i-steps")
+                    guidance_scale = gr.Slider(1, MAX_GUIDANCE, value=defaults.guidance_scale, step=0.5,
+                                               label="Guidance scale", elem_id="i2i-guidance")
+                with gr.Row():
+                    scheduler = gr.Dropdown(list(schedulers("txt2img")), value=defaults.scheduler, label="Scheduler",
+                                            elem_id="i2i-scheduler")
+                    seed = gr.Number(value=-1, label="Seed (-1 = random)", elem_id="i2i-seed")
+                with gr.Row():
+                    run = gr.Button("Denoise from t", variant="primary", elem_id="i2i-run")
+                    stop = gr.Button("Stop", variant="stop", elem_id="i2i-stop")
+                strip_button = gr.Button(f"Strip: strengths {', '.join(f'{s:g}' for s in STRIP_STRENGTHS)}",
+                                         elem_id="i2i-strip-run")
+            with gr.Column(scale=3):
+                progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="i2i-progress")
+                with gr.Row():
+                    original = gr.Image(label="Original", format="png", interactive=False, height=240,
+                                        elem_id="i2i-original", elem_classes="wb-pixels")
+                    image = gr.Image(label="Predicted clean image x0 → result", format="png", type="pil",
+                                     interactive=False, height=240, elem_id="i2i-image", elem_classes="wb-pixels")
+                    xt = gr.Image(label="Noisy sample after this step", format="png", interactive=False, height=240,
+                                  elem_id="i2i-xt", elem_classes="wb-pixels")
+                scrub = gr.Slider(1, 2, value=1, step=1, visible=False, elem_id="i2i-scrub",
+                                  label="Scrub through the steps (the last is the result)")
+                strip = gr.Gallery(label="How much of the original survives: strength · from t · similarity "
+                                         "to the original (1 = the same picture)",
+                                   columns=len(STRIP_STRENGTHS),
+                                   height="auto", format="png", object_fit="contain", elem_id="i2i-strip")
+                info = gr.JSON(label="Parameters used", elem_id="i2i-info")
+                code = gr.Code(label="diffusers code", language="python", wrap_lines=True, elem_id="i2i-code")
     history = gr.State(None)  # {"steps": the run's Step events, "final": its PNG}
     inputs = [model, noise.image, prompt, negative_prompt, strength, steps, guidance_scale, scheduler, seed]
     outputs = [image, xt, progress, info, code]
@@ -144,7 +147,8 @@ def build(
             if update is None:
                 return None
             if isinstance(event, Done):
-                return update + (gr.skip(), _scrubber(len(run["steps"])), {"steps": run["steps"], "final": run["final"]})
+                return update + (gr.skip(), _scrubber(len(run["steps"])),
+                                 {"steps": run["steps"], "final": run["final"]})
             return update + (gr.skip(), gr.skip(), gr.skip())
 
         try:
@@ -166,7 +170,9 @@ def build(
             async for frame in stream_updates(lambda cancel: iter_strength_strip(request, cancel=cancel),
                                               lambda frame: frame):
                 frames.append((frame.path or frame.image, frame.caption))
-                yield list(frames), progress_html(len(frames), len(STRIP_STRENGTHS), note="strip")
+                yield list(frames), progress_html(len(frames), len(STRIP_STRENGTHS), unit="Strength",
+                                                  note=f"strip, one seed: {request.seed}" if request.seed >= 0
+                                                  else "strip, one seed for all")
         except Exception as exc:
             message = page_error(exc)
             gr.Warning(html.escape(message))

@@ -75,7 +75,7 @@ class NoiseTab:
     sample_image: gr.Radio
     schedule_model: gr.Dropdown
     t: gr.Slider
-    redraw: Callable  # (a dependency) -> the redraw's: after it, ``schedule_model``'s schedule fills the fields, all redrawn
+    redraw: Callable  # (a dependency) -> the redraw's event: ``schedule_model``'s schedule filled in, all redrawn
     move: Callable  # (a dependency) -> None: after it, the frame and the plots' cursor at ``t``
 
 

@@ -342,7 +342,7 @@ def _with_charts(update: tuple | None, event, run: dict) -> tuple | None:
 def _view_label(name: str, how: str = "") -> str:
     """An image's label for view ``name``; x0 says how it is drawn, and that the final image ends it."""
     if name == "x0":
-        return f"Predicted clean image x0 ({how}) → final image" if how else "Predicted clean image x0 → final image"
+        return f"Predicted clean image x0{f' ({how})' if how else ''} → final image"
     return VIEWS[name][0].upper() + VIEWS[name][1:]
 
 

@@ -41,8 +41,9 @@ from engine.images import fit, open_rgb
 from engine.sampling.outputs import save_png
 from engine.sampling.preview import LatentRGBPreviewer, PixelPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
-from engine.sampling.txt2img import MAX_GUIDANCE, MAX_PROMPT_CHARS, Txt2ImgRequest, _model_dir, _vae_preview_every, encode_prompt
+from engine.sampling.txt2img import MAX_GUIDANCE, MAX_PROMPT_CHARS, Txt2ImgRequest, encode_prompt
 from engine.sampling.txt2img import MAX_STEPS as MAX_TXT2IMG_STEPS
+from engine.sampling.txt2img import _model_dir, _vae_preview_every  # the x0 preview chosen as Text to image does
 from engine.sampling.unconditional import UNCONDITIONAL_SCHEDULERS
 from engine.validation import check_float, check_int, check_seed
 
@@ -273,7 +274,8 @@ class StripFrame:
 
     @property
     def caption(self) -> str:
-        return f"strength {self.strength:g} · from t = {self.start_timestep} · similarity {self.survives:.2f}"
+        """Short, for a gallery's one-line captions: "0.6 · t 568 · 0.64" (strength, start, similarity)."""
+        return f"{self.strength:g} · t {self.start_timestep} · {self.survives:.2f}"
 
 
 def pixel_tensor(image: Image.Image, unet_config) -> torch.Tensor:

@@ -120,7 +120,8 @@ def test_sigmas_follow_alpha_bar():
     "kw, message",
     [
         (dict(values=("DDIM",)), "give 2 to 6 values to compare; got 1"),
-        (dict(values=("DDIM", "Euler", "PNDM", "LMS", "Heun", "UniPC", "DDPM")), "give 2 to 6 values to compare; got 7"),
+        (dict(values=("DDIM", "Euler", "PNDM", "LMS", "Heun", "UniPC", "DDPM")),
+         "give 2 to 6 values to compare; got 7"),
         (dict(values="DDIM, DDIM"), "the values to compare must differ; got DDIM, DDIM"),
         (dict(axis="seed"), "unknown axis 'seed'; allowed: scheduler, steps, guidance scale, model"),
         (dict(axis="steps", values=("10", "ten")), "steps values must be whole numbers; got 'ten'"),

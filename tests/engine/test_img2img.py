@@ -247,3 +247,25 @@ def test_an_unconditional_run_refuses_a_scheduler_of_text_to_image_only(tiny_ddp
     with pytest.raises(InputError, match="^unknown scheduler 'Heun'; allowed: DDIM, DDPM, DPM\\+\\+ 2M, UniPC, PNDM, "
                                          "Euler$"):
         list(iter_sdedit(Img2ImgRequest(photo, scheduler="Heun"), pipe=tiny_ddpm))
+
+
+def test_the_strength_strip_runs_each_strength_as_a_run_of_its_own(photo, tmp_path):
+    """The page's strip: strengths 0.2 ... 1.0 with one seed, each the run /img2img makes alone; the later the start,
+    the less of the original survives."""
+    from engine.sampling.img2img import STRIP_STRENGTHS
+    from engine.workbench import Folders, Workbench
+
+    bench = Workbench(Folders(tmp_path / "m", tmp_path / "d", tmp_path / "o"), device="cpu", worker=False)
+    request = Img2ImgRequest(photo, model="digits-ddpm", scheduler="DDIM", num_inference_steps=20, seed=-1)
+    frames = list(bench.iter_strength_strip(request))
+    assert [f.strength for f in frames] == list(STRIP_STRENGTHS)
+    starts = [f.start_timestep for f in frames]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
+    assert frames[0].survives > frames[-1].survives
+    seeds = {int(Image.open(f.path).text["parameters"].split("Seed: ")[1].split(",")[0]) for f in frames}
+    assert len(seeds) == 1  # -1 drew one seed for the whole strip
+    (seed,) = seeds
+    alone = list(bench.iter_img2img(Img2ImgRequest(photo, model="digits-ddpm", scheduler="DDIM",
+                                                   num_inference_steps=20, strength=0.6, seed=seed)))[-1]
+    assert np.array_equal(pixels(frames[2].image), pixels(alone.images[0]))
+    assert frames[2].caption == f"0.6 · t {frames[2].start_timestep} · {frames[2].survives:.2f}"
