@@ -116,7 +116,7 @@ def test_the_worker_sends_a_device_preview_drawn_small():
 
 
 # -- the GPU path's models and loop, on the CPU ----------------------------------------------------------------------
-def test_gpu_path_txt2img_gives_the_plain_loops_images(tiny_sd, gpu_path_on_cpu):
+def test_gpu_path_txt2img_gives_the_plain_loops_images(tiny_sd, gpu_path_on_cpu, monkeypatch):
     """channels_last, SDPA, fused QKV, the scheduler on host timesteps and previews in torch: the plain images."""
     pipe = tiny_sd_pipeline(seed=0)  # its own copy: preparing changes the models in place
     request = Txt2ImgRequest(prompt="a handwritten digit seven", negative_prompt="blurry", num_inference_steps=6,
@@ -128,6 +128,7 @@ def test_gpu_path_txt2img_gives_the_plain_loops_images(tiny_sd, gpu_path_on_cpu)
     assert fast._state(pipe.unet).fused and hasattr(pipe.unet.mid_block.attentions[0].transformer_blocks[0].attn1,
                                                     "to_qkv")
     assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor2_0}
+    monkeypatch.setattr(fast, "FAST_DEVICES", ("cuda",))  # the plain loop, which leaves the shared pipeline as it is
     _, plain_steps, plain = run(iter_txt2img(request, pipe=tiny_sd))
     assert np.abs(image(done) - image(plain)).max() <= PIXELS
     for ours, theirs in zip(steps, plain_steps):  # DPM++ gives no x0: drawn from (eps, x_t), on the "device"
