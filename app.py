@@ -21,6 +21,7 @@ CSS = """
 .wb-pixels img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 .wb-pixels .image-frame { padding-top: 28px; box-sizing: border-box; }  /* below the label and buttons */
 .wb-vega .vega-embed { width: 100%; }  /* Gradio centres the chart: a "container" width would measure 0 */
+.wb-caption { font-family: ui-monospace, monospace; font-size: 0.8em; text-align: center; }
 """
 # Ctrl+Enter (Cmd+Enter) runs the visible tab's Generate; the header's button switches dark mode.
 JS = """
@@ -71,7 +72,8 @@ def build_app(args: argparse.Namespace):
     import gradio as gr
 
     from engine.workbench import Folders, UploadLimits, Workbench
-    from ui import noise as noise_tab, train as train_tab, txt2img as txt2img_tab, unconditional as unconditional_tab
+    from ui import compare as compare_tab, img2img as img2img_tab, noise as noise_tab, train as train_tab
+    from ui import txt2img as txt2img_tab, unconditional as unconditional_tab
     from ui import history as history_tab, pnginfo as pnginfo_tab
     from ui.common import name_file_inputs
 
@@ -117,13 +119,36 @@ def build_app(args: argparse.Namespace):
                 export_run=bench.export_run,
             )
         with gr.Tab("Noise", id="noise"):
-            noise_tab.build(
+            noise = noise_tab.build(
                 add_noise=bench.add_noise,
                 schedule_arrays=bench.schedule_arrays,
                 visited_timesteps=bench.visited_timesteps,
                 schedule_of_model=bench.schedule_of_model,
                 list_models=bench.list_schedule_models,
                 schedulers=list(bench.schedulers("txt2img")),
+            )
+            img2img_tab.build(
+                noise=noise,
+                iter_img2img=bench.iter_img2img,
+                iter_strength_strip=bench.iter_strength_strip,
+                check_img2img=bench.check_img2img,
+                img2img_start=bench.img2img_start,
+                model_kind=bench.model_kind,
+                sample_image=bench.sample_image,
+                list_models=lambda: bench.list_models("txt2img") + bench.list_models("unconditional"),
+                schedule_models=bench.list_schedule_models,
+                default_model=bench.default_model("txt2img"),
+                schedulers=bench.schedulers,
+            )
+        with gr.Tab("Compare", id="compare"):
+            compare_tab.build(
+                iter_compare=bench.iter_compare,
+                compare_columns=bench.compare_columns,
+                model_kind=bench.model_kind,
+                list_models=lambda: bench.list_models("txt2img") + bench.list_models("unconditional"),
+                default_model=bench.default_model("txt2img"),
+                default_size=bench.default_size,
+                schedulers=bench.schedulers,
             )
         with gr.Tab("Training", id="train"):
             train_tab.build(

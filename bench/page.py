@@ -6,7 +6,8 @@
 Launches the app (a subprocess, as `make run` does) on a temporary models/outputs dir with the built-ins
 and a tiny SD model, and measures, printing each figure beside its bound:
 1. loop time inside the page (the `elapsed` the page reports) / the same request through the engine
-   alone in this process (same torch threads), for the default request, a heavier one and /ddpm;
+   alone in this process (same torch threads), for the default request, a heavier one, /ddpm, /compare (the
+   columns' loops summed) and /img2img (text-to-image and SDEdit);
 2. end to end: submit to final image received (gradio_client, streaming previews, then the final PNG's
    bytes fetched) minus the engine alone's wall time; and the same from the click on Generate to the
    final image shown, in headless Chromium;
@@ -48,6 +49,13 @@ LONG = dict(DEFAULT, steps=150, width=128, height=128)  # streams for several se
 SLOW = dict(DEFAULT, steps=150, width=256, height=256)  # slow steps, for Stop
 DDPM = dict(model="digits-ddpm", scheduler="DDIM", steps=50, seed=1, batch_size=1)
 DDPM_LONG = dict(DDPM, scheduler="DDPM", steps=1000, batch_size=16)
+COMPARE = dict(model="digits-sd", prompt="a handwritten digit seven", negative_prompt="", seed=1, axis="scheduler",
+               values=["DDIM", "Euler a", "DPM++ 2M Karras"], steps=25, guidance_scale=7.5,
+               scheduler="DPM++ 2M Karras", width=32, height=32)
+IMG2IMG = dict(model="digits-sd", prompt="a handwritten digit seven", negative_prompt="", strength=0.6, steps=25,
+               guidance_scale=7.5, scheduler="DPM++ 2M Karras", seed=1)  # image: the sample photograph, as a file
+SDEDIT = dict(IMG2IMG, model="digits-ddpm", scheduler="DDIM", steps=50)
+INFO_AT = {"/txt2img": 3, "/ddpm": 4, "/compare": 2, "/img2img": 3}  # where each endpoint's info is in its outputs
 STEP_TEXT = re.compile(r"Step (\d+)/(\d+)")
 RESULTS: list[tuple[str, str, bool]] = []
 
@@ -138,10 +146,11 @@ def page_run(c, args: dict, api: str = "/txt2img") -> dict:
         if m and "done" not in str(update[2]):
             steps.append(int(m.group(1)))
     last = job.outputs()[-1]
-    png = fetch_final(last[0])
+    png = fetch_final(last[0][-1]["image"] if api == "/compare" else last[0])
     wall = time.perf_counter() - start
-    info = last[3] if api == "/txt2img" else last[4]
-    return {"wall": wall, "loop": info["elapsed"], "steps": steps, "total": info["steps"], "png": png}
+    info = last[INFO_AT[api]]
+    loop = sum(c["elapsed"] for c in info["columns"]) if api == "/compare" else info["elapsed"]
+    return {"wall": wall, "loop": loop, "steps": steps, "total": info.get("steps"), "png": png}
 
 
 # -- the engine alone ------------------------------------------------------------------------------
@@ -161,10 +170,13 @@ class Engine:
         from engine.events import Done, Step
         from engine.streaming import stream_latest
 
+        from engine.sampling.compare import CompareDone
+
         request = self.request(args, kind)
-        events = self.bench.iter_txt2img if kind == "txt2img" else self.bench.iter_unconditional
+        events = {"txt2img": self.bench.iter_txt2img, "unconditional": self.bench.iter_unconditional,
+                  "compare": self.bench.iter_compare, "img2img": self.bench.iter_img2img}[kind]
         start = time.perf_counter()
-        frames = 0
+        frames, loop = 0, 0.0
         for event in stream_latest(lambda cancel: events(request, cancel=cancel)):
             if isinstance(event, Step):
                 frames += 1
@@ -172,13 +184,26 @@ class Engine:
                     event.preview_x0.array(), event.preview_xt.array()
             elif isinstance(event, Done):
                 done = event
-        return {"wall": time.perf_counter() - start, "loop": done.info["elapsed"], "frames": frames,
-                "image": done.images[0]}
+                loop += event.info["elapsed"]  # a comparison's columns: each its own run
+        return {"wall": time.perf_counter() - start, "loop": loop, "frames": frames, "image": done.images[0]}
 
     @staticmethod
     def request(args: dict, kind: str):
+        from engine.sampling.compare import CompareRequest
+        from engine.sampling.img2img import Img2ImgRequest
         from engine.sampling.txt2img import Txt2ImgRequest
         from engine.sampling.unconditional import UnconditionalRequest
+
+        if kind == "compare":
+            return CompareRequest(model=args["model"], prompt=args["prompt"], negative_prompt=args["negative_prompt"],
+                                  seed=args["seed"], axis=args["axis"], values=tuple(args["values"]),
+                                  num_inference_steps=args["steps"], guidance_scale=args["guidance_scale"],
+                                  scheduler=args["scheduler"], width=args["width"], height=args["height"])
+        if kind == "img2img":
+            return Img2ImgRequest(image=args["image"], model=args["model"], prompt=args["prompt"],
+                                  negative_prompt=args["negative_prompt"], strength=args["strength"],
+                                  num_inference_steps=args["steps"], guidance_scale=args["guidance_scale"],
+                                  scheduler=args["scheduler"], seed=args["seed"])
 
         if kind == "txt2img":
             return Txt2ImgRequest(model=args["model"], prompt=args["prompt"], negative_prompt=args["negative_prompt"],
@@ -192,20 +217,34 @@ class Engine:
 
 # -- the measures -------------------------------------------------------------------------------------
 def measure_speed(app: App, engine: Engine, runs: int) -> dict[str, float]:
+    from gradio_client import handle_file
+
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
     c = client(app.url)
     walls = {}
-    for label, args, api, kind in (("default", DEFAULT, "/txt2img", "txt2img"), ("heavy", HEAVY, "/txt2img", "txt2img"),
-                                   ("ddpm", DDPM, "/ddpm", "unconditional")):
-        page_run(c, args, api), engine.run(args, kind)  # warm: models loaded on both sides
+    photo = app.root / "flower.png"  # the image /img2img starts from, sent as a file as a client sends it
+    Image.fromarray(load_sample_image("flower.jpg")).save(photo)
+    img2img = dict(IMG2IMG, image=str(photo))
+    sdedit = dict(SDEDIT, image=str(photo))
+    for label, args, api, kind in (
+            ("default", DEFAULT, "/txt2img", "txt2img"), ("heavy", HEAVY, "/txt2img", "txt2img"),
+            ("ddpm", DDPM, "/ddpm", "unconditional"), ("compare", COMPARE, "/compare", "compare"),
+            ("img2img", img2img, "/img2img", "img2img"), ("sdedit", sdedit, "/img2img", "img2img")):
+        page_args = dict(args, image=handle_file(args["image"])) if kind == "img2img" else args
+        page_run(c, page_args, api), engine.run(args, kind)  # warm: models loaded on both sides
         pages, alone = [], []
         for _ in range(runs):
-            pages.append(page_run(c, args, api))
+            pages.append(page_run(c, page_args, api))
             alone.append(engine.run(args, kind))
         loop_ratio = statistics.median(p["loop"] for p in pages) / statistics.median(a["loop"] for a in alone)
         extra = statistics.median(p["wall"] for p in pages) - statistics.median(a["wall"] for a in alone)
         walls[label] = statistics.median(a["wall"] for a in alone)
         what = {"default": "digits-sd 25 steps 32 px", "heavy": "tiny-sd 50 steps 128 px",
-                "ddpm": "digits-ddpm DDIM 50 steps"}[label]
+                "ddpm": "digits-ddpm DDIM 50 steps", "compare": "/compare digits-sd, 3 schedulers x 25 steps",
+                "img2img": "/img2img digits-sd, strength 0.6 of 25 steps",
+                "sdedit": "/img2img digits-ddpm (SDEdit), 0.6 of 50 DDIM steps"}[label]
         report(f"1. loop in page / engine alone, {what}", f"{loop_ratio:.3f} (<= 1.10)", loop_ratio <= 1.10)
         report(f"2. end to end minus engine alone (gradio_client), {what}", f"{extra:+.3f} s"
                + (" (<= 0.20 s)" if label == "default" else ""), extra <= 0.20 if label == "default" else None)

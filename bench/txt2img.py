@@ -31,31 +31,10 @@ from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img  # noqa: E402
 
 
 def sd15_random_pipeline(dtype):
-    """SD1.5-shaped components with random weights (no download)."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """SD1.5-shaped components with random weights (no download): engine/testing/shapes.py."""
+    from engine.testing.shapes import sd_pipeline
 
-    from engine.testing.tiny import tiny_tokenizer
-
-    unet = UNet2DConditionModel(
-        sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-        block_out_channels=(320, 640, 1280, 1280),
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), latent_channels=4, sample_size=512,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2,
-    )
-    tokenizer = tiny_tokenizer(77)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-        vocab_size=len(tokenizer.get_vocab()), max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    ))
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    return pipe.to(dtype=dtype)
+    return sd_pipeline("sd15", dtype=dtype)
 
 
 def sync(device):

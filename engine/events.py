@@ -63,6 +63,9 @@ class Step:
     preview_xt: Preview | None
     preview_x0: Preview | None
     elapsed: float  # seconds since the loop started
+    # More of the step, drawn only when looked at (the text-to-image loop's: "eps", "guidance", "measures";
+    # see engine.sampling.views): tensors the loop already has, no extra model call.
+    views: dict = field(default_factory=dict)
 
     @property
     def eta(self) -> float:

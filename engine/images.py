@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from engine.errors import InputError
 
 WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit (and 32-bit integer) greyscale
 FLOAT_MODE = "F"
@@ -32,3 +36,34 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def open_rgb(source: str | Path | Image.Image | np.ndarray) -> Image.Image:
+    """An RGB PIL image from a path, a PIL image or a uint8 array; :class:`InputError` for anything else."""
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    if isinstance(source, np.ndarray):
+        if source.ndim not in (2, 3) or source.dtype != np.uint8:
+            raise InputError(f"an image array must be (H, W) or (H, W, C) uint8; got {source.shape} {source.dtype}",
+                             field="image")
+        return to_rgb(Image.fromarray(source))
+    if not isinstance(source, (str, Path)):
+        raise InputError(f"image must be an image file, a PIL image or a uint8 array; got {type(source).__name__}",
+                         field="image")
+    try:
+        with Image.open(source) as im:
+            im.load()  # the pixels, read before the file closes (an RGB image is returned as it is)
+            return to_rgb(im)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        name = Path(str(source)).name
+        cause = str(exc).replace(str(source), name)  # PIL quotes the whole path: the file's name is enough
+        raise InputError(f"{name!r} is not an image PIL can read (PNG, JPEG, WebP, ...): {cause}",
+                         field="image") from None
+
+
+def fit(image: Image.Image, width: int, height: int) -> Image.Image:
+    """``image`` cropped about its centre to the aspect of ``width`` x ``height``, then resized to it (bicubic)."""
+    scale = max(width / image.width, height / image.height)
+    crop_w, crop_h = round(width / scale), round(height / scale)
+    left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
+    return image.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), Image.BICUBIC)

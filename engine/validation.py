@@ -39,6 +39,12 @@ def check_float(name: str, value, lo: float, hi: float, *, low_open: bool = Fals
         raise InputError(f"{name} must be a number {bounds}; got {given(value)}", field=name)
 
 
+def check_bool(name: str, value) -> None:
+    """True or False (not 0, 1 or a string)."""
+    if not isinstance(value, bool):
+        raise InputError(f"{name} must be true or false; got {given(value)}", field=name)
+
+
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
 MAX_BATCH_COUNT = 100  # runs one click makes; each is saved, so a larger batch fills the outputs dir quickly
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # 'owner/name' on the Hugging Face Hub

@@ -31,8 +31,11 @@ from engine.sampling.history import HistoryPage, HistoryQuery, ImageHistory
 from engine.sampling.outputs import save_png
 from engine.sampling.pnginfo import PngInfo, png_info
 from engine.sampling.replay import ReplayReport, cannot, export_bundle, read_bundle, verdict
-from engine.sampling.schedulers import SCHEDULERS
+from engine.sampling.compare import Column, ColumnResult, CompareDone, CompareRequest, CompareStarted, sigmas_at
+from engine.sampling.img2img import STRIP_STRENGTHS, Img2ImgRequest, StripFrame, similarity, start_timestep
+from engine.sampling.schedulers import SCHEDULERS, scheduler_spec
 from engine.sampling.txt2img import Txt2ImgRequest
+from engine.sampling.views import DEFAULT_VIEWS
 from engine.sampling.unconditional import (
     PROBE_STEPS,
     UNCONDITIONAL_SCHEDULERS,
@@ -45,7 +48,7 @@ from engine.training.checkpoints import list_runs
 from engine.training.data import UploadLimits, list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
 from engine.training.request import RUN_NAME, TrainRequest, resume_request
-from engine.validation import check_batch_count, check_choice, given
+from engine.validation import check_batch_count, check_choice, check_int, given
 from engine.worker.child import MODEL_KIND, WorkerConfig, loop_of
 from engine.worker.process import DeviceWorker, RunRecord
 
@@ -151,15 +154,126 @@ class Workbench:
 
     # -- text to image ---------------------------------------------------------------
     def iter_txt2img(self, request: Txt2ImgRequest, *, cancel: CancelToken | None = None, history: str = "drawn",
-                     batch_count: int = 1) -> Iterator[Started | Step | Done | StepsDrawn | BatchDone]:
+                     views=DEFAULT_VIEWS, batch_count: int = 1) -> Iterator[Started | Step | Done | StepsDrawn | BatchDone]:
         """Load the request's model (the built-in when none is named), then denoise step by step. ``history``
         (one of ``HISTORY_MODES``) says when the previews of the steps the stream skipped are drawn: before
         ``Done`` ("drawn"), after it in a ``StepsDrawn`` ("after": the final image does not wait for them), or
-        never ("streamed": a gap shows the nearest frame drawn for the stream). ``batch_count`` > 1 makes
-        that many runs, seeds s, s+1, ..., each saved, then a grid of them all (:meth:`_batch`)."""
+        never ("streamed": a gap shows the nearest frame drawn for the stream). ``views``: the views (keys of
+        ``engine.sampling.views.VIEWS``) the streamed steps carry besides x0 and x_t; the history has them all.
+        ``batch_count`` > 1 makes that many runs, seeds s, s+1, ..., each saved, then a grid of them all
+        (:meth:`_batch`)."""
         check_choice("history", history, HISTORY_MODES)
         request = replace(request, model=request.model or self.default_model("txt2img"))
-        yield from self._batch("txt2img", request, batch_count, lambda r: self._run("txt2img", r, cancel, history))
+        yield from self._batch("txt2img", request, batch_count,
+                               lambda r: self._run("txt2img", r, cancel, history, views))
+
+    # -- image to image (forward, then back) -------------------------------------------
+    def model_kind(self, model: str) -> str:
+        """"txt2img" or "unconditional": the kind of ``model`` (the text-to-image built-in when none is named)."""
+        return self.registry.kind_of(model or self.default_model("txt2img"))
+
+    def iter_img2img(self, request: Img2ImgRequest, *, cancel: CancelToken | None = None,
+                     history: str = "drawn") -> Iterator[Started | Step | Done | StepsDrawn]:
+        """Noise the request's image to its strength's timestep, then denoise it: with the prompt on a text-to-image
+        model (as ``StableDiffusionImg2ImgPipeline``), or SDEdit on an unconditional one (the /ddpm loop)."""
+        check_choice("history", history, HISTORY_MODES)
+        request = replace(request, model=request.model or self.default_model("txt2img"))
+        yield from self._run(self.check_img2img(request), request, cancel, history)
+
+    def check_img2img(self, request: Img2ImgRequest) -> str:
+        """The run kind ``request`` makes ("img2img" or "sdedit"), or the error it would end with, found without
+        loading the model: its kind, its availability, a scheduler or steps an unconditional run does not take."""
+        model = request.model or self.default_model("txt2img")
+        kind = self.model_kind(model)
+        self.check_model(model, kind)
+        if kind == "txt2img":
+            return "img2img"
+        scheduler_spec(request.scheduler, UNCONDITIONAL_SCHEDULERS)
+        train_steps = self.default_steps(model, "DDPM")
+        if train_steps is not None:
+            check_int(f"steps for this model (trained with {train_steps} timesteps)", request.num_inference_steps, 1,
+                      train_steps)
+        return "sdedit"
+
+    def img2img_start(self, model: str, scheduler: str, num_inference_steps: int, strength: float) -> dict:
+        """Where a run of ``strength`` starts on ``model``'s schedule, before it runs: ``{"timestep", "steps_run",
+        "num_train_timesteps"}``, read from its scheduler config."""
+        model = model or self.default_model("txt2img")
+        Img2ImgRequest(image=np.zeros((8, 8, 3), np.uint8), strength=strength,
+                       num_inference_steps=num_inference_steps, scheduler=scheduler)  # the same checks as a run's
+        config = read_scheduler_config(self.registry.resolve(model).location)
+        t, steps_run = start_timestep(scheduler, config, num_inference_steps, strength)
+        return {"timestep": t, "steps_run": steps_run, "num_train_timesteps": int(config["num_train_timesteps"])}
+
+    def iter_strength_strip(self, request: Img2ImgRequest, *, strengths=STRIP_STRENGTHS,
+                            cancel: CancelToken | None = None) -> Iterator[StripFrame]:
+        """``request`` at each of ``strengths`` (one seed for all), one run after another on the device: each
+        result, where it started, and how much of the original survives in it."""
+        request = request.resolved()
+        for strength in strengths:
+            done = None
+            for event in self.iter_img2img(replace(request, strength=strength), cancel=cancel, history="streamed"):
+                if isinstance(event, Done):
+                    done = event
+            image = done.images[0]
+            yield StripFrame(strength=strength, start_timestep=done.info["start_timestep"], image=image,
+                             survives=similarity(request.image, image), path=done.paths[0] if done.paths else "")
+
+    @staticmethod
+    def sample_image(name: str) -> Image.Image:
+        """One of the forward process's sample images (``engine.forward.noise.SAMPLE_IMAGES``)."""
+        check_choice("sample image", name, noise.SAMPLE_IMAGES)
+        return noise.load_image(None, name)
+
+    # -- compare -----------------------------------------------------------------------
+    def compare_columns(self, request: CompareRequest) -> tuple[str, tuple]:
+        """(the kind of the compared models, each column's request in values order), or the error the comparison
+        would end with: a value its axis does not take, or models of different kinds."""
+        models = [m or self.default_model("txt2img") for m in request.models]
+        try:
+            kinds = [self.model_kind(m) for m in models]
+            for m, kind in zip(models, kinds):
+                self.check_model(m, kind)
+        except ModelLoadError as exc:
+            if request.axis == "model":  # said beside the values, where the model was typed
+                raise InputError(str(exc), field="values") from None
+            raise
+        for m, kind in zip(models[1:], kinds[1:]):
+            if kind != kinds[0]:
+                raise InputError(f"{m!r} is {_kind_words(kind)} model, but {models[0]!r} is {_kind_words(kinds[0])} "
+                                 "one; the models compared must be of one kind", field="values")
+        columns = request.columns(kinds[0])
+        return kinds[0], tuple(replace(c, model=m) for c, m in zip(columns, models))
+
+    def iter_compare(self, request: CompareRequest, *,
+                     cancel: CancelToken | None = None) -> Iterator[object]:
+        """Each column's run, one after another on the device: ``CompareStarted``, then for each column a
+        ``Column`` and its run's events (``Started``, ``Step`` ..., ``Done``), then ``CompareDone``."""
+        request = request.resolved()
+        kind, columns = self.compare_columns(request)
+        yield CompareStarted(axis=request.axis, values=request.values, requests=columns, kind=kind)
+        results = []
+        for index, (value, column) in enumerate(zip(request.values, columns)):
+            yield Column(index=index, value=value)
+            done = None
+            for event in self._run(kind, column, cancel, "drawn"):
+                if isinstance(event, Done):
+                    done = event
+                yield event
+            results.append(ColumnResult(value=value, done=done, sigmas=self._sigmas(column.model, done)))
+        info = {"axis": request.axis, "values": list(request.values), "seed": request.seed, "kind": kind,
+                "columns": [r.summary() for r in results]}
+        if kind == "txt2img":
+            info.update(prompt=request.prompt, negative_prompt=request.negative_prompt)
+        yield CompareDone(axis=request.axis, columns=tuple(results), info=info)
+
+    def _sigmas(self, model: str, done: Done) -> tuple[float, ...]:
+        """sigma at each of a run's steps, from its model's schedule (NaN where the schedule is unreadable)."""
+        try:
+            alpha_bar = noise.schedule_arrays(self.schedule_of_model(model))["alpha_bar"]
+        except (WorkbenchError, KeyError, TypeError, ValueError, OSError):
+            return (float("nan"),) * len(done.steps)
+        return sigmas_at([s.timestep for s in done.steps], alpha_bar)
 
     # -- unconditional ---------------------------------------------------------------
     def iter_unconditional(self, request: UnconditionalRequest, *, cancel: CancelToken | None = None,
@@ -251,19 +365,19 @@ class Workbench:
         """What holds the device now, in words ("a text-to-image run", "an unconditional run"), or None."""
         for record in reversed(self.recent_runs()):
             if record.started is not None and record.ended is None:
-                return {"txt2img": "a text-to-image run", "probe": "a timing probe"}.get(record.kind,
-                                                                                       "an unconditional run")
+                return {"txt2img": "a text-to-image run", "probe": "a timing probe", "img2img": "an img2img run",
+                        "sdedit": "an img2img run"}.get(record.kind, "an unconditional run")
         return None
 
-    def _run(self, kind: str, request, cancel: CancelToken | None,
-             history: str = "drawn") -> Iterator[Started | Step | Done | StepsDrawn]:
+    def _run(self, kind: str, request, cancel: CancelToken | None, history: str = "drawn",
+             views=DEFAULT_VIEWS) -> Iterator[Started | Step | Done | StepsDrawn]:
         """A sampling run of ``kind`` (see ``MODEL_KIND``) on the worker, or here; what is known to fail is
-        refused first."""
+        refused first. ``views``: the extra views streamed steps carry (here every view is drawn on first look)."""
         self.check_model(request.model, MODEL_KIND[kind])
         if kind == "txt2img":
             self.registry.lora_file(request.model, request.lora)  # a missing or unfitting LoRA, before the queue
         if self.worker is not None:
-            yield from self.worker.iter_run(kind, request, cancel=cancel, history=history)
+            yield from self.worker.iter_run(kind, request, cancel=cancel, history=history, views=views)
             return
         with self._device:
             check(cancel, 0)  # stopped while waiting for the device: nothing to load
@@ -488,6 +602,10 @@ class Workbench:
         """Ask the job to save a checkpoint and end; with ``wait``, wait up to that many seconds for it."""
         status = self.training.stop()
         return self.training.wait(wait) if wait else status
+
+
+def _kind_words(kind: str) -> str:
+    return {"txt2img": "a text-to-image", "unconditional": "an unconditional"}[kind]
 
 
 def _checked_run_name(run_name: str) -> str:

@@ -45,13 +45,16 @@ def console_errors(page) -> list:
     return errors
 
 
-def save_screenshot(page, name: str) -> None:
-    """The page as a person sees it; into docs/screenshots/ when WORKBENCH_SCREENSHOTS names that folder
-    (``make screenshots``), else a throwaway file."""
+def save_screenshot(page, name: str, part=None) -> None:
+    """The page as a person sees it (or only ``part``, a locator); into docs/screenshots/ when
+    WORKBENCH_SCREENSHOTS names that folder (``make screenshots``), else a throwaway file."""
     import os
     import tempfile
     from pathlib import Path
 
     folder = Path(os.environ.get("WORKBENCH_SCREENSHOTS") or tempfile.gettempdir())
     folder.mkdir(parents=True, exist_ok=True)
+    if part is not None:
+        part.screenshot(path=str(folder / f"{name}.png"))
+        return
     page.screenshot(path=str(folder / f"{name}.png"), full_page=True)

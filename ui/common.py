@@ -31,6 +31,9 @@ DEVICE_QUEUE = "device"  # one concurrency group for all model work: tabs queue,
 PREVIEW_INTERVAL = 0.1  # seconds between preview frames: about 10 a second, the browser keeps up
 CACHE_HASH_DIR = re.compile(r"[0-9a-f]{64}")  # Gradio caches each file in a folder named by its content's hash
 EMPTY_DIR_AGE = 60.0  # seconds an emptied hash folder stays: Gradio fills a folder the moment it makes one
+# The "Compile for speed" box of the sampling tabs (engine/sampling/fast.py does the work).
+COMPILE_INFO = ("torch.compile the UNet (on a GPU also a CUDA graph): faster steps; the first run of a model and size "
+                "compiles, a minute or more, and the progress line says so; later runs and restarts reuse it")
 
 
 def friendly_errors(fn: Callable) -> Callable:
@@ -106,9 +109,9 @@ async def stream_updates(make_events: Callable[[CancelToken], Iterator], render:
 
 
 def progress_html(step: int, total: int, timestep: float | None = None, elapsed: float = 0.0,
-                  eta: float | None = None, note: str = "") -> str:
+                  eta: float | None = None, note: str = "", unit: str = "Step") -> str:
     pct = 100.0 * step / max(total, 1)
-    parts = [f"Step {step}/{total}"]
+    parts = [f"{unit} {step}/{total}"]
     if timestep is not None:
         parts.append(f"t = {timestep:g}")
     parts.append(f"{elapsed:.1f} s")
@@ -139,7 +142,8 @@ def page_error(exc: BaseException) -> str:
 def field_messages(exc: InputError | ModelLoadError, fields: dict[str, int], count: int) -> list:
     """``gr.validate`` for each of ``count`` inputs: the error beside the input ``fields`` maps its field to."""
     where = fields.get(getattr(exc, "field", None) or ("model" if isinstance(exc, ModelLoadError) else ""))
-    return [gr.validate(i != where, html.escape(str(exc)) if i == where else "") for i in range(count)]
+    # Gradio shows the message as text: escaped here, a quote in it read "&#x27;".
+    return [gr.validate(i != where, str(exc) if i == where else "") for i in range(count)]
 
 
 class SessionRuns:

@@ -66,6 +66,19 @@ class Drawing:
     note: str  # what was fitted to the schedule (timesteps past its end, marker steps), "" when nothing was
 
 
+@dataclass(frozen=True, eq=False)
+class NoiseTab:
+    """What another part of the tab (the way back, ui/img2img.py) reads and moves: the image, the schedule's model
+    and the slider's t, with the redraws that follow a change made to them."""
+
+    image: gr.Image
+    sample_image: gr.Radio
+    schedule_model: gr.Dropdown
+    t: gr.Slider
+    redraw: Callable  # (a dependency) -> the redraw's event: ``schedule_model``'s schedule filled in, all redrawn
+    move: Callable  # (a dependency) -> None: after it, the frame and the plots' cursor at ``t``
+
+
 def build(
     *,
     add_noise: Callable,  # (NoiseRequest, image) -> NoiseStrip
@@ -74,8 +87,8 @@ def build(
     schedule_of_model: Callable[[str], NoiseSchedule],
     list_models: Callable[[], list[str]],
     schedulers: list[str],
-) -> None:
-    """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
+) -> NoiseTab:
+    """Lay out the tab inside the current ``gr.Blocks`` and wire its events; returns what the way back moves."""
     defaults, schedule_defaults = NoiseRequest(), NoiseSchedule()
 
     def schedules(model, beta_schedule, num_train_timesteps, beta_start, beta_end, rescale_betas_zero_snr, overlay):
@@ -285,6 +298,20 @@ def build(
     single_t.release(move_t, inputs, [single, *plots, colors, frame_caption], api_visibility="private",
                      **queue).success(dress, [colors, frame_caption], [single, *plots], api_visibility="private")
     refresh.click(lambda: gr.update(choices=[CUSTOM] + list_models()), None, model, api_visibility="private")
+
+    def redraw(dependency):
+        drawn = dependency.success(
+            fill_schedule, model, [beta_schedule, num_train_timesteps, beta_start, beta_end, rescale],
+            api_visibility="private", **queue).success(add_noise_endpoint, inputs, outputs, api_visibility="private",
+                                                       **queue)
+        then_dress_and_fit(drawn)
+        return drawn
+
+    def move(dependency) -> None:
+        dependency.success(move_t, inputs, [single, *plots, colors, frame_caption], api_visibility="private",
+                           **queue).success(dress, [colors, frame_caption], [single, *plots], api_visibility="private")
+
+    return NoiseTab(image=image, sample_image=sample_image, schedule_model=model, t=single_t, redraw=redraw, move=move)
 
 
 def past_the_end_note(past: Sequence[int], num_train_timesteps: int) -> str:

@@ -6,20 +6,23 @@ import html
 from typing import Callable
 
 import gradio as gr
+import pandas as pd
 
 from engine.errors import Cancelled, InputError, ModelLoadError
 from engine.events import BatchDone, Done, Started, Step, StepsDrawn
 from engine.models.loras import MAX_LORA_SCALE
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, PREVIEWS, Txt2ImgRequest
+from engine.sampling.views import DEFAULT_VIEWS, VIEWS, step_measures, view_array
 from engine.validation import check_batch_count
-from ui.common import (DEVICE_QUEUE, FILLED, SessionRuns, batch_note, done_note, export_update, field_messages,
-                       friendly_errors, last_seed, message_html, model_dropdown, page_error, progress_html,
+from ui.common import (COMPILE_INFO, DEVICE_QUEUE, FILLED, SessionRuns, batch_note, done_note, export_update,
+                       field_messages, friendly_errors, last_seed, message_html, model_dropdown, page_error, progress_html,
                        seed_buttons, stream_updates, whole)
 
 DEFAULT_PROMPT = "a handwritten digit seven"  # a prompt the built-in model knows, there as a value to edit
 # The engine's field names (as its messages say them) -> the position of their input below.
 FIELDS = {"model": 0, "prompt": 1, "steps": 3, "guidance scale": 4, "scheduler": 5, "seed": 6, "width": 7,
-          "height": 8, "VAE preview interval": 9, "preview": 10, "lora": 11, "LoRA scale": 12, "batch count": 13}
+          "height": 8, "VAE preview interval": 9, "preview": 10, "lora": 11, "LoRA scale": 12, "batch count": 13,
+          "compile": 14}
 NO_LORA = ("none", "")  # the LoRA box's first choice: (label, value)
 SCRUB_LABEL = "Scrub through the steps (the last is the final image)"
 SCRUB_DRAWING = "· drawing the previews of the steps the stream skipped…"
@@ -76,12 +79,18 @@ def build(
                                    elem_id="t2i-preview")
                 vae_preview_every = gr.Number(value=0, minimum=0, elem_id="t2i-vae-every",
                                               label="VAE decode every N steps (0 = as the preview says)")
+            with gr.Row():  # inside a step: which two views the page streams (x0 and x_t cost nothing extra)
+                views = [gr.Dropdown([(text, name) for name, text in VIEWS.items()], value=DEFAULT_VIEWS[k],
+                                     label=f"{side} image shows", elem_id=f"t2i-view-{side.lower()}")
+                         for k, side in enumerate(("Left", "Right"))]
             with gr.Row():
                 lora = gr.Dropdown([NO_LORA, *list_loras(default_model)], value="", label="LoRA",
                                    allow_custom_value=True,  # a LoRA published since the page was built
                                    info="from <models-dir>/loras/, the ones that fit this model", elem_id="t2i-lora")
                 lora_scale = gr.Slider(0, MAX_LORA_SCALE, value=defaults.lora_scale, step=0.05,
                                        label="LoRA scale (0 = the model alone)", elem_id="t2i-lora-scale")
+            compile_unet = gr.Checkbox(value=defaults.compile, label="Compile for speed", elem_id="t2i-compile",
+                                       info=COMPILE_INFO)
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="t2i-generate",
                                      elem_classes="wb-generate")
@@ -95,40 +104,48 @@ def build(
                               interactive=False, height=360, elem_id="t2i-xt", elem_classes="wb-pixels")
             scrub = gr.Slider(1, 2, value=1, step=1, label=SCRUB_LABEL,
                               visible=False, elem_id="t2i-scrub")
+            with gr.Row():
+                charts = [gr.LinePlot(None, x="step", y="value", color="series", title=title,
+                                      color_map=dict(zip(names, CHART_COLORS)), height=200, x_title="step",
+                                      y_title="", elem_id=f"t2i-chart-{k}", elem_classes="wb-vega")
+                          for k, (title, names) in enumerate(CHARTS.items())]
             info = gr.JSON(label="Parameters used", elem_id="t2i-info")
             export = gr.DownloadButton("Export run (replay file)", visible=False, size="sm", elem_id="t2i-export")
             code = gr.Code(label="diffusers code", language="python", wrap_lines=True, elem_id="t2i-code")
     history = gr.State(None)  # {"steps": the run's Step events, "final": its PNG or None}
     runs = SessionRuns()
     inputs = [model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-              vae_preview_every, preview, lora, lora_scale, batch_count]
+              vae_preview_every, preview, lora, lora_scale, batch_count, compile_unet]
     outputs = [image, xt, progress, info, code, scrub, history]
 
     def make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                     vae_preview_every=0, preview="auto", lora="", lora_scale=1.0, batch_count=1) -> Txt2ImgRequest:
+                     vae_preview_every=0, preview="auto", lora="", lora_scale=1.0, batch_count=1,
+                     compile=False) -> Txt2ImgRequest:
         """The page's values, by keyword, as the engine's request (the batch count goes beside it)."""
         return Txt2ImgRequest(
             model=model, prompt=prompt or "", negative_prompt=negative_prompt or "",
             num_inference_steps=whole(steps), guidance_scale=guidance_scale, scheduler=scheduler,
             seed=whole(seed), width=whole(width), height=whole(height),
             vae_preview_every=whole(vae_preview_every) or 0, preview=preview, lora=lora or "",
-            lora_scale=lora_scale,
+            lora_scale=lora_scale, compile=compile,
         )
 
     def render(event, run: dict | None = None) -> tuple | None:
         """The seven outputs for one event; ``run`` (the page's) keeps what Stop will show."""
         run = run if run is not None else {"steps": [], "note": ""}
+        left, right = run.get("views", DEFAULT_VIEWS)
         if isinstance(event, Started):
             run.update(started=event, steps=[], final=None)  # a batch's next run starts afresh
             run["note"] = " · ".join(filter(None, [batch_note(event.info), _run_note(event, run.get("warning", ""))]))
             how = event.info.get("preview", "").split(":")[0]
-            return (gr.update(label=f"Predicted clean image x0 ({how}) → final image"), gr.skip(),
+            return (gr.update(label=_view_label(left, how)), gr.update(label=_view_label(right, how)),
                     progress_html(0, event.total, note=" · ".join(filter(None, [f"seed {event.info['seed']}",
-                                                                                 run["note"]]))),
+                                                                                 run["note"],
+                                                                                 event.info.get("compiling")]))),
                     event.info, shown(event.code), gr.update(visible=False), None)
         if isinstance(event, Step):
             run["steps"].append(event)
-            return (event.preview_x0.array(), event.preview_xt.array(),
+            return (_or_skip(view_array(event, left)), _or_skip(view_array(event, right)),
                     progress_html(event.step, event.total, event.timestep, event.elapsed, event.eta,
                                   note=run["note"]),
                     gr.skip(), gr.skip(), gr.skip(), gr.skip())
@@ -138,7 +155,8 @@ def build(
             info_out["file"] = shown(event.paths[0]) if event.paths else None  # the image itself is sent as it is
             n = len(event.steps)
             run["final"] = final
-            return (final, event.steps[-1].preview_xt.array() if n else None,
+            return (final if left == "x0" or not n else view_array(event.steps[-1], left),
+                    view_array(event.steps[-1], right) if n else None,
                     progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note=done_note(event.info)),
                     info_out, shown(event.code), _scrubber(n, drawing=run.get("history") == "after"),
                     {"steps": event.steps, "final": final})
@@ -155,43 +173,48 @@ def build(
 
     @friendly_errors
     async def txt2img(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                      vae_preview_every=0, preview="auto", lora="", lora_scale=1.0, batch_count=1):
+                      vae_preview_every=0, preview="auto", lora="", lora_scale=1.0, batch_count=1, compile=False):
         """The API: errors are raised, as gradio_client expects."""
         request = make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width,
-                               height, vae_preview_every, preview, lora, lora_scale)
+                               height, vae_preview_every, preview, lora, lora_scale, compile=compile)
         # An API client gets no history (a gr.State): nothing is drawn for it after the loop.
         async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel, history="streamed",
                                                                        batch_count=whole(batch_count)), render):
             yield update
 
     async def txt2img_page(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                           vae_preview_every, preview, lora, lora_scale, batch_count, session: gr.Request):
+                           vae_preview_every, preview, lora, lora_scale, batch_count, compile, view_left,
+                           view_right, session: gr.Request):
         """The page: the last result stays; an error is said in the progress line and a toast."""
         run = runs.begin(session.session_hash)
+        run["views"] = (view_left, view_right)
         try:
             request = make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width,
-                                   height, vae_preview_every, preview, lora, lora_scale)
+                                   height, vae_preview_every, preview, lora, lora_scale, compile=compile)
             run["warning"] = _far_from_native(request, default_size(request.model or default_model))
             if run["warning"]:
                 gr.Warning(html.escape(run["warning"]))
             run["history"] = "after"
-            async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel, history="after",
-                                                                           batch_count=whole(batch_count)),
-                                               lambda event: render(event, run), cancel=run["cancel"]):
+            async for update in stream_updates(
+                    lambda cancel: iter_txt2img(request, cancel=cancel, history="after", views=run["views"],
+                                                batch_count=whole(batch_count)),
+                    lambda event: _with_charts(render(event, run), event, run), cancel=run["cancel"]):
                 yield update
         except Cancelled:  # the page's Stop (after the final image, only its previews' history was still coming)
             if run.get("final") is None:
-                yield stopped(run)
+                yield stopped(run) + (gr.skip(),) * len(charts)
         except Exception as exc:
             message = page_error(exc)
             gr.Warning(html.escape(message))
-            yield (gr.skip(), gr.skip(), message_html(message), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+            yield (gr.skip(), gr.skip(), message_html(message), gr.skip(), gr.skip(), gr.skip(), gr.skip(),
+                   *(gr.skip(),) * len(charts))
         finally:
             run["ended"] = True
 
     def problem(*values) -> InputError | ModelLoadError | None:
         """What is wrong with the page's values, found without running anything."""
         try:
+            values = values[:len(inputs)]  # the page's views are no part of the request
             request = make_request(*values)
             check_batch_count(whole(values[FIELDS["batch count"]]), max(request.seed, 0))
             check_model(request.model or default_model, "txt2img")
@@ -203,7 +226,7 @@ def build(
     def validate(*values):
         """Each bad value shown beside its field before anything runs; the last result stays."""
         exc = problem(*values)
-        return field_messages(exc, FIELDS, len(inputs)) if exc else [gr.validate(True, "")] * len(inputs)
+        return field_messages(exc, FIELDS, len(values)) if exc else [gr.validate(True, "")] * len(values)
 
     def before_run(*values):
         """At the click, in the progress line: what is wrong, or what the run waits for."""
@@ -230,15 +253,20 @@ def build(
             return message_html("Stopping at the end of this step", "stopped")
         return gr.skip()
 
-    def show_step(index, steps):
+    def show_step(index, steps, left=DEFAULT_VIEWS[0], right=DEFAULT_VIEWS[1]):
+        """A step's two chosen views (any view of any step: the history keeps them all)."""
+        labels = gr.update(label=_view_label(left)), gr.update(label=_view_label(right))
         if not steps or not steps["steps"]:
-            return gr.skip(), gr.skip(), gr.skip()
+            return (*labels, gr.skip())
         frames = steps["steps"]
         s = frames[min(max(int(index), 1), len(frames)) - 1]
         if int(index) >= len(frames) and steps["final"] is not None:
-            return steps["final"], s.preview_xt.array(), progress_html(s.step, s.total, elapsed=s.elapsed,
-                                                                        note="final image")
-        return s.preview_x0.array(), s.preview_xt.array(), progress_html(s.step, s.total, s.timestep, s.elapsed)
+            return (gr.update(value=steps["final"] if left == "x0" else view_array(s, left), label=labels[0]["label"]),
+                    gr.update(value=view_array(s, right), label=labels[1]["label"]),
+                    progress_html(s.step, s.total, elapsed=s.elapsed, note="final image"))
+        return (gr.update(value=view_array(s, left), label=labels[0]["label"]),
+                gr.update(value=view_array(s, right), label=labels[1]["label"]),
+                progress_html(s.step, s.total, s.timestep, s.elapsed))
 
     def on_model_change(name, given=None):
         if given and given.get("model") == name and "width" in given:
@@ -258,7 +286,7 @@ def build(
     generate.click(before_run, inputs, progress, queue=False, api_visibility="private")
     # A click while the last run is still ending (its history's previews being drawn after the final image went
     # out) queues one more run rather than being dropped (Gradio's default "once" ignores it).
-    page_run = generate.click(txt2img_page, inputs=inputs, outputs=outputs, validator=validate,
+    page_run = generate.click(txt2img_page, inputs=inputs + views, outputs=outputs + charts, validator=validate,
                               trigger_mode="always_last", api_visibility="private", concurrency_id=DEVICE_QUEUE,
                               concurrency_limit=1)
     if export_run is not None:  # a finished run's replay file, ready to download
@@ -268,8 +296,8 @@ def build(
     random_seed.click(lambda: -1, None, seed, api_visibility="private")
     # The page's run ends through its own token, so it can say where it stopped (a cancelled event cannot).
     stop.click(stop_page_run, None, progress, queue=False, api_visibility="private")
-    gr.on([scrub.release, scrub.input], show_step, [scrub, history], [image, xt, progress],
-          api_visibility="private")
+    gr.on([scrub.release, scrub.input, *(v.input for v in views)], show_step, [scrub, history, *views],
+          [image, xt, progress], api_visibility="private")
     refresh.click(lambda: gr.update(choices=list_models()), None, model, api_visibility="private")
     filled = gr.State(None)  # the settings History or PNG Info filled in last, until a person picks a model
     model.change(on_model_change, [model, filled], [width, height], api_visibility="private")
@@ -280,6 +308,47 @@ def build(
     return {"model": model, "prompt": prompt, "negative_prompt": negative_prompt, "num_inference_steps": steps,
             "guidance_scale": guidance_scale, "scheduler": scheduler, "seed": seed, "width": width, "height": height,
             "lora": lora, "lora_scale": lora_scale, "batch_count": batch_count, FILLED: filled}
+
+
+CHARTS = {  # chart title -> its series: inside a step, each step's numbers (engine.sampling.views.MEASURES)
+    "Guidance: rms of ε_text − ε_uncond": ("guidance rms",),
+    "Noise level σ and the latent's std": ("sigma", "latent std"),
+}
+CHART_COLORS = ("#4c78a8", "#f58518")  # tableau10's first two
+
+
+def _chart_frame(measures: list[dict], names) -> pd.DataFrame | None:
+    """(step, value, series) rows of ``names`` from each step's measures, NaN values (no guidance) left out; None
+    for no rows (Gradio 6.31's plot never draws the lines of data sent after an empty frame)."""
+    rows = [(m["step"], m[name], name) for m in measures for name in names if m[name] == m[name]]
+    return pd.DataFrame(rows, columns=["step", "value", "series"]) if rows else None
+
+
+def _with_charts(update: tuple | None, event, run: dict) -> tuple | None:
+    """The page's outputs for an event: ``update`` and the two charts of each step's numbers (live, then whole)."""
+    if update is None:
+        return None
+    if isinstance(event, Step) and (found := step_measures(event)) is not None:
+        run.setdefault("measures", []).append(found)
+    elif isinstance(event, (Done, StepsDrawn)):
+        run["measures"] = [m for s in event.steps if (m := step_measures(s)) is not None]
+    elif isinstance(event, Started):
+        run["measures"] = []
+    else:
+        return update + (gr.skip(),) * len(CHARTS)
+    return update + tuple(_chart_frame(run["measures"], names) for names in CHARTS.values())
+
+
+def _view_label(name: str, how: str = "") -> str:
+    """An image's label for view ``name``; x0 says how it is drawn, and that the final image ends it."""
+    if name == "x0":
+        return f"Predicted clean image x0{f' ({how})' if how else ''} → final image"
+    return VIEWS[name][0].upper() + VIEWS[name][1:]
+
+
+def _or_skip(array):
+    """A view's image, or no change where the step carries none (a view the stream did not ask for)."""
+    return gr.skip() if array is None else array
 
 
 def _scrubber(frames: int, drawing: bool = False):

@@ -9,8 +9,8 @@ import gradio as gr
 from engine.errors import WorkbenchError
 from engine.events import BatchDone, Done, Started, Step
 from engine.sampling.unconditional import DEFAULT_STEPS, MAX_BATCH, RunEstimate, UnconditionalRequest
-from ui.common import (DEVICE_QUEUE, FILLED, batch_note, done_note, export_update, friendly_errors, last_seed,
-                       model_dropdown, progress_html, seed_buttons, stream_updates, whole)
+from ui.common import (COMPILE_INFO, DEVICE_QUEUE, FILLED, batch_note, done_note, export_update, friendly_errors,
+                       last_seed, model_dropdown, progress_html, seed_buttons, stream_updates, whole)
 
 
 def build(
@@ -51,6 +51,8 @@ def build(
                                        elem_id="ddpm-batch")
                 batch_count = gr.Number(value=1, label="Batch count (runs: seeds s, s+1, ...)",
                                         elem_id="ddpm-batch-count")
+            compile_unet = gr.Checkbox(value=defaults.compile, label="Compile for speed", elem_id="ddpm-compile",
+                                       info=COMPILE_INFO)
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="ddpm-generate", elem_classes="wb-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="ddpm-stop")
@@ -73,7 +75,8 @@ def build(
     def render(event) -> tuple | None:
         """The eight outputs for one event (image, x_t, progress, timesteps, info, code, scrubber, history)."""
         if isinstance(event, Started):
-            note = " · ".join(filter(None, [f"seed {event.info['seed']}", batch_note(event.info)]))
+            note = " · ".join(filter(None, [f"seed {event.info['seed']}", batch_note(event.info),
+                                            event.info.get("compiling")]))
             return (gr.skip(), gr.skip(), progress_html(0, event.total, note=note),
                     _timesteps_text(event.timesteps), event.info, gr.skip(), gr.update(visible=False), None)
         if isinstance(event, Step):
@@ -100,10 +103,10 @@ def build(
         return None
 
     @friendly_errors
-    async def ddpm(model, scheduler, steps, seed, batch_size, batch_count=1):
+    async def ddpm(model, scheduler, steps, seed, batch_size, batch_count=1, compile=False):
         request = UnconditionalRequest(model=model or "", scheduler=scheduler,
                                        num_inference_steps=whole(steps), seed=whole(seed),
-                                       batch_size=whole(batch_size))
+                                       batch_size=whole(batch_size), compile=compile)
         async for update in stream_updates(lambda cancel: iter_unconditional(request, cancel=cancel,
                                                                              batch_count=whole(batch_count)), render):
             yield update
@@ -150,7 +153,7 @@ def build(
         return "DDPM", gr.update(value=found) if found else gr.skip()
 
     event = generate.click(
-        ddpm, inputs=[model, scheduler, steps, seed, batch_size, batch_count],
+        ddpm, inputs=[model, scheduler, steps, seed, batch_size, batch_count, compile_unet],
         outputs=[image, xt, progress, timesteps, info, code, scrub, history],
         api_name="ddpm", concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
         preprocess=False,  # values as sent: the engine's checks name the field and what it takes

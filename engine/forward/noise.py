@@ -16,10 +16,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from diffusers import DDPMScheduler
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from engine.errors import InputError
-from engine.images import to_rgb
+from engine.images import open_rgb
 from engine.models.configs import read_scheduler_config
 from engine.sampling.schedulers import BETA_SCHEDULES, make_scheduler, scheduler_spec
 from engine.validation import check_choice, check_int, check_seed, given
@@ -165,19 +165,7 @@ def load_image(source: str | Path | Image.Image | np.ndarray | None, sample_imag
         from sklearn.datasets import load_sample_image
 
         return Image.fromarray(load_sample_image(sample_image)).convert("RGB")
-    if isinstance(source, Image.Image):
-        return to_rgb(source)
-    if isinstance(source, np.ndarray):
-        if source.ndim not in (2, 3) or source.dtype != np.uint8:
-            raise InputError(f"an image array must be (H, W) or (H, W, C) uint8; got {source.shape} {source.dtype}")
-        return to_rgb(Image.fromarray(source))
-    try:
-        with Image.open(source) as im:
-            return to_rgb(im.copy())  # read now: the file closes here, and an RGB image would come back unread
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        name = Path(str(source)).name
-        cause = str(exc).replace(str(source), name)  # PIL quotes the whole path: the file's name is enough
-        raise InputError(f"{name!r} is not an image PIL can read (PNG, JPEG, WebP, ...): {cause}") from None
+    return open_rgb(source)
 
 
 def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:

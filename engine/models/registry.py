@@ -321,6 +321,26 @@ class ModelRegistry:
                 raise ModelLoadError(_hub_unreachable(ref.name, "offline mode, not in the cache"))
         return ref
 
+    def kind_of(self, name: str) -> str:
+        """"txt2img" or "unconditional": the loop ``name`` runs, read from its model_index.json (a hub id's from the
+        cache); :class:`ModelLoadError` where it is neither or cannot be told before a download."""
+        ref = self.resolve(name)
+        pipeline_class = ref.pipeline_class
+        if pipeline_class is None and ref.source == "hub":
+            import huggingface_hub
+
+            cached = huggingface_hub.try_to_load_from_cache(ref.location, "model_index.json")
+            if isinstance(cached, str):
+                pipeline_class = _pipeline_class(Path(cached).parent)
+        kind = _model_kind(pipeline_class)
+        if kind is not None:
+            return kind
+        if pipeline_class is None:
+            raise ModelLoadError(f"cannot tell what kind of model {name!r} is before it is downloaded; "
+                                 "run it once in the Text to image or Unconditional tab first")
+        raise ModelLoadError(f"{name!r} is a {pipeline_class}, which no loop here runs; supported: "
+                             f"{', '.join(TXT2IMG_CLASSES + UNCONDITIONAL_CLASSES)}")
+
     def _single_file_config(self, ref: ModelRef) -> Path:
         """The diffusers-format folder whose configs a single file is read with.
 

@@ -30,6 +30,7 @@ def a1111_parameters(info: dict) -> str:
         ("Size", f"{info['width']}x{info['height']}" if "width" in info else None),
         ("Model", info.get("model")),
         ("LoRA", f"{info['lora']}:{info.get('lora_scale', 1.0):g}" if info.get("lora") else None),
+        ("Denoising strength", info.get("strength")),
         ("Batch size", info.get("batch_size")),
         ("Batch count", info.get("batch_count")),
     ]

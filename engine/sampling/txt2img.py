@@ -24,12 +24,14 @@ from diffusers.utils.torch_utils import randn_tensor
 from engine.cancel import CancelToken, check
 from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
+from engine.sampling import fast
 from engine.sampling.outputs import save_png
 from engine.sampling.preview import LatentRGBPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.runrecord import run_record, tensor_sha256
 from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
 from engine.models.loras import MAX_LORA_SCALE, check_active, check_lora_name
-from engine.validation import check_choice, check_float, check_int, check_seed, given
+from engine.sampling.views import step_views
+from engine.validation import check_bool, check_choice, check_float, check_int, check_seed, given
 
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin, StableDiffusionPipeline
@@ -62,6 +64,7 @@ class Txt2ImgRequest:
     model: str = ""  # the model string, for the image's metadata
     lora: str = ""  # a LoRA under <models-dir>/loras/ by name, switched on in the pipeline; "" = none
     lora_scale: float = 1.0  # the LoRA's weight: 0 = the base model alone, 1 = as trained, up to 2
+    compile: bool = False  # torch.compile the UNet: faster steps after a first run that compiles (engine/sampling/fast.py)
 
     def __post_init__(self):
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
@@ -88,6 +91,7 @@ class Txt2ImgRequest:
         check_choice("preview", self.preview, PREVIEWS)
         check_lora_name(self.lora)
         check_float("LoRA scale", self.lora_scale, 0.0, MAX_LORA_SCALE)
+        check_bool("compile", self.compile)
 
     def resolved(self, pipe: StableDiffusionPipeline) -> "Txt2ImgRequest":
         """A copy with the seed drawn and the size taken from the model where not given."""
@@ -132,6 +136,7 @@ def iter_txt2img(
     request = request.resolved(pipe)
     check_active(pipe, request.lora, request.lora_scale)  # switched on where the pipeline was loaded
     scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
+    speed = fast.speed_for(pipe, compile=request.compile)  # the GPU path's hooks; the plain loop on a CPU
     device, unet, vae = pipe.device, pipe.unet, pipe.vae
     generator = torch.Generator("cpu").manual_seed(request.seed)
     do_cfg = request.guidance_scale > 1 and unet.config.time_cond_proj_dim is None
@@ -141,8 +146,9 @@ def iter_txt2img(
         embeds = encode_prompt(pipe, request.prompt, request.negative_prompt, do_cfg)  # (B, seq, dim)
 
         # 3. Timesteps and the initial noise, scaled by the scheduler's init_noise_sigma.
-        scheduler.set_timesteps(request.num_inference_steps, device=device)
+        scheduler.set_timesteps(request.num_inference_steps, device=speed.scheduler_device)
         timesteps = scheduler.timesteps
+        unet_timesteps = speed.unet_timesteps(timesteps)  # the same values on the UNet's device
         visited = tuple(timesteps.tolist())  # read to the host once: no per-step device sync for t
         shape = (1, unet.config.in_channels, request.height // pipe.vae_scale_factor,
                  request.width // pipe.vae_scale_factor)
@@ -158,7 +164,10 @@ def iter_txt2img(
 
         every, info["preview"] = _vae_preview_every(request, vae, latents, step)
         code = diffusers_code(pipe, request)
-        yield Started(total=len(visited), timesteps=tuple(int(t) for t in visited), info=info, code=code)
+        denoise = speed.denoiser(torch.cat([latents] * 2) if do_cfg else latents, unet_timesteps[0], embeds)
+        yield Started(total=len(visited), timesteps=tuple(int(t) for t in visited), code=code,
+                      info={**info, "compiling": denoise.pending} if denoise.pending else info)
+        info.update(denoise.build())  # compiled or captured now, so that the steps' times are the steps'
 
         # 4. The denoising loop, x0 previewed by a VAE decode every ``every`` steps (0: never).
         previewer = LatentRGBPreviewer.for_model(_model_dir(pipe), unet.config.in_channels)
@@ -169,11 +178,12 @@ def iter_txt2img(
             check(cancel, i)
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_input = scheduler.scale_model_input(model_input, t)
-            noise_pred = unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+            noise_pred = denoise(model_input, unet_timesteps[i], embeds)
             if do_cfg:  # classifier-free guidance (Ho & Salimans 2022, eq. 6)
                 noise_uncond, noise_text = noise_pred.chunk(2)
                 noise_pred = noise_uncond + request.guidance_scale * (noise_text - noise_uncond)
             out = scheduler.step(noise_pred, t, latents, **step_kwargs)
+            speed.step_done()
             x0_previewer = vae_previewer if vae_previewer and (i + 1) % every == 0 else previewer
             x0 = getattr(out, "pred_original_sample", None)
             if x0 is None:  # drawn from (eps, x_t) only if a consumer looks at this step
@@ -181,9 +191,11 @@ def iter_txt2img(
             latents = out.prev_sample
             step = Step(
                 step=i + 1, total=len(visited), timestep=float(visited[i]),
-                preview_xt=Preview(latents, scaled(previewer, vp_scale(scheduler))),
-                preview_x0=Preview(x0, x0_previewer),
+                preview_xt=Preview(latents, speed.previewer(scaled(previewer, vp_scale(scheduler)))),
+                preview_x0=Preview(x0, speed.previewer(x0_previewer)),
                 elapsed=time.perf_counter() - start,
+                views=step_views(scheduler, visited[i], previewer, latents, noise_pred,
+                                 (noise_uncond, noise_text) if do_cfg else None),
             )
             steps.append(step)
             yield step
@@ -193,6 +205,7 @@ def iter_txt2img(
         image = vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=generator)[0]
         images = pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True])
     info["elapsed"] = round(time.perf_counter() - start, 3)
+    info["steps_per_second"] = speed.steps_per_second()
     record = run_record("txt2img", request, pipe, noise_sha256, images)
     paths = tuple(str(save_png(im, info, outputs_dir, "txt2img", record=record)) for im in images) if outputs_dir \
         else ()
@@ -257,7 +270,7 @@ def diffusers_code(pipe: StableDiffusionPipeline, request: Txt2ImgRequest) -> st
     """A plain-diffusers snippet that reproduces ``request``'s image."""
     ref = getattr(pipe, "workbench_ref", None)
     location = ref.location if ref is not None else "<model folder>"
-    dtype = ", dtype=torch.float16" if pipe.unet.dtype == torch.float16 else ""
+    dtype = f", dtype={pipe.unet.dtype}" if pipe.unet.dtype in (torch.float16, torch.bfloat16) else ""
     if ref is not None and ref.source == "single_file":
         load = (f"StableDiffusionPipeline.from_single_file({location!r}, config=<a diffusers SD folder>{dtype},\n"
                 "    safety_checker=None, requires_safety_checker=False)")

@@ -28,11 +28,12 @@ from PIL import Image, ImageColor
 from engine.cancel import CancelToken, check
 from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
+from engine.sampling import fast
 from engine.sampling.outputs import a1111_parameters, save_png
 from engine.sampling.preview import PixelPreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.runrecord import run_record, tensor_sha256
 from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
-from engine.validation import check_int, check_seed
+from engine.validation import check_bool, check_int, check_seed
 
 if TYPE_CHECKING:
     from diffusers import DDPMPipeline, SchedulerMixin
@@ -60,6 +61,7 @@ class UnconditionalRequest:
     seed: int = -1  # -1 draws a random seed; the one used is reported back
     batch_size: int = 1  # images per run, shown as a grid
     model: str = ""  # the model string: what Workbench.iter_unconditional loads ("": the built-in), and the metadata
+    compile: bool = False  # torch.compile the UNet: faster steps after a first run that compiles (engine/sampling/fast.py)
 
     def __post_init__(self):
         scheduler_spec(self.scheduler, UNCONDITIONAL_SCHEDULERS)
@@ -67,6 +69,7 @@ class UnconditionalRequest:
             check_int("steps", self.num_inference_steps, 1, MAX_STEPS)
         check_seed(self.seed)
         check_int("batch size", self.batch_size, 1, MAX_BATCH)
+        check_bool("compile", self.compile)
 
     def resolved(self, pipe: DDPMPipeline) -> "UnconditionalRequest":
         """A copy with the seed drawn and the steps defaulted and checked against the model's T."""
@@ -113,6 +116,7 @@ def iter_unconditional(
     # 1. Resolve the seed and steps, build a fresh scheduler from the model's config.
     request = request.resolved(pipe)
     scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
+    speed = fast.speed_for(pipe, compile=request.compile)  # the GPU path's hooks; the plain loop on a CPU
     device, unet = pipe.device, pipe.unet
     generator = torch.Generator("cpu").manual_seed(request.seed)
     step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
@@ -126,15 +130,19 @@ def iter_unconditional(
 
         # 3. The timesteps the loop visits (980, 960, ..., 0 for 50 of 1000), read to the host once.
         try:
-            scheduler.set_timesteps(request.num_inference_steps, device=device)
+            scheduler.set_timesteps(request.num_inference_steps, device=speed.scheduler_device)
         except ValueError as exc:  # e.g. PNDM's Runge-Kutta warm-up needs at least 4 steps
             raise InputError(f"{request.scheduler} cannot run {request.num_inference_steps} steps on this model; "
                              f"try more steps or another scheduler ({exc})") from None
         timesteps = scheduler.timesteps
+        unet_timesteps = speed.unet_timesteps(timesteps)  # the same values on the UNet's device
         visited = tuple(int(t) for t in timesteps.tolist())
         info = _info(request, scheduler, shape)
         code = diffusers_code(pipe, request)
-        yield Started(total=len(visited), timesteps=visited, info=info, code=code)
+        denoise = speed.denoiser(image, unet_timesteps[0])
+        yield Started(total=len(visited), timesteps=visited, code=code,
+                      info={**info, "compiling": denoise.pending} if denoise.pending else info)
+        info.update(denoise.build())  # compiled or captured now, so that the steps' times are the steps'
 
         # 4. The denoising loop: UNet, scheduler.step, next input. Steps kept for the scrubber: every k-th.
         pixels = PixelPreviewer()
@@ -144,17 +152,19 @@ def iter_unconditional(
         for i, t in enumerate(timesteps):
             check(cancel, i)
             model_input = scheduler.scale_model_input(image, t)  # the same tensor except for Euler-like schedulers
-            model_output = unet(model_input, t).sample  # (B, C, H, W)
+            model_output = denoise(model_input, unet_timesteps[i])  # (B, C, H, W)
             out = scheduler.step(model_output, t, image, **step_kwargs)
+            speed.step_done()
             x0 = getattr(out, "pred_original_sample", None)
             if x0 is None:  # drawn from (model_output, x_t) only if a consumer looks at this step
-                x0_preview = Preview((model_output, model_input), X0Previewer(scheduler, visited[i], pixels))
+                x0_preview = Preview((model_output, model_input),
+                                     speed.previewer(X0Previewer(scheduler, visited[i], pixels)))
             else:
-                x0_preview = Preview(x0, pixels)
+                x0_preview = Preview(x0, speed.previewer(pixels))
             image = out.prev_sample
             step = Step(
                 step=i + 1, total=len(visited), timestep=visited[i],
-                preview_xt=Preview(image, scaled(pixels, vp_scale(scheduler))), preview_x0=x0_preview,
+                preview_xt=Preview(image, speed.previewer(scaled(pixels, vp_scale(scheduler)))), preview_x0=x0_preview,
                 elapsed=time.perf_counter() - start,
             )
             steps.append(step if (len(visited) - step.step) % every == 0 else
@@ -164,8 +174,10 @@ def iter_unconditional(
 
         # 5. Post-process exactly as DDPMPipeline does: [-1, 1] -> [0, 1] -> uint8 PIL.
         image = (image / 2 + 0.5).clamp(0, 1)
+        image = image.float() if image.dtype == torch.bfloat16 else image  # numpy has no bf16 (the GPU path's)
         images = pipe.numpy_to_pil(image.cpu().permute(0, 2, 3, 1).numpy())
     info["elapsed"] = round(time.perf_counter() - start, 3)
+    info["steps_per_second"] = speed.steps_per_second()
     record = run_record("unconditional", request, pipe, noise_sha256, images)
     paths, grid = _save(images, info, outputs_dir, record) if outputs_dir else ((), "")
     yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=code, grid=grid,
@@ -268,7 +280,7 @@ def diffusers_code(pipe: DDPMPipeline, request: UnconditionalRequest) -> str:
     takes_generator = "generator" in inspect.signature(getattr(diffusers, cls_name).step).parameters
     generator_arg = ", generator=generator" if takes_generator else ""
     imports = sorted({"DDPMScheduler", "UNet2DModel", cls_name})
-    dtype = ", dtype=torch.float16" if pipe.unet.dtype == torch.float16 else ""
+    dtype = f", dtype={pipe.unet.dtype}" if pipe.unet.dtype in (torch.float16, torch.bfloat16) else ""
     return (
         "import torch\n"
         f"from diffusers import {', '.join(imports)}\n"

@@ -38,16 +38,20 @@ class WorkerConfig:
     min_interval: float  # seconds between step events sent to the server
 
 
-# A run's kind -> the kind of model it loads. "probe": a few unconditional steps, saved nowhere, that time a step.
-MODEL_KIND = {"txt2img": "txt2img", "unconditional": "unconditional", "probe": "unconditional"}
+# A run's kind -> the kind of model it loads. "probe": a few unconditional steps, saved nowhere, that time a step;
+# "img2img" and "sdedit": an image noised to a strength's t, then denoised by a text-to-image or unconditional model.
+MODEL_KIND = {"txt2img": "txt2img", "unconditional": "unconditional", "probe": "unconditional",
+              "img2img": "txt2img", "sdedit": "unconditional"}
 
 
 def loop_of(kind: str):
     """The sampling loop of a run of ``kind`` (a key of ``MODEL_KIND``)."""
+    from engine.sampling.img2img import iter_img2img, iter_sdedit
     from engine.sampling.txt2img import iter_txt2img
     from engine.sampling.unconditional import iter_probe, iter_unconditional
 
-    return {"txt2img": iter_txt2img, "unconditional": iter_unconditional, "probe": iter_probe}[kind]
+    return {"txt2img": iter_txt2img, "unconditional": iter_unconditional, "probe": iter_probe,
+            "img2img": iter_img2img, "sdedit": iter_sdedit}[kind]
 
 
 def already_drawn(array: np.ndarray) -> np.ndarray:
@@ -57,15 +61,19 @@ def already_drawn(array: np.ndarray) -> np.ndarray:
 
 def portable_preview(preview: Preview | None) -> Preview | None:
     """A preview that crosses to the server: numpy in, numpy-only previewer; drawn here where it needs a model."""
+    from engine.sampling.fast import DevicePreviewer
     from engine.sampling.preview import LatentRGBPreviewer, PixelPreviewer, X0Previewer, as_array
+    from engine.sampling.views import GuidanceHeatmap
 
     if preview is None:
         return None
     previewer = preview.previewer
+    if isinstance(previewer, DevicePreviewer):  # drawn on the GPU here, sent at latent size, enlarged in the server
+        return Preview(previewer.small(preview.tensor), functools.partial(upscale_nearest, min_side=previewer.min_side))
     inner = previewer.func if isinstance(previewer, functools.partial) else previewer
     if isinstance(inner, X0Previewer):
         inner = inner.inner
-    if isinstance(inner, (LatentRGBPreviewer, PixelPreviewer)):
+    if isinstance(inner, (LatentRGBPreviewer, PixelPreviewer, GuidanceHeatmap)):
         tensor = preview.tensor
         array = tuple(as_array(t) for t in tensor) if isinstance(tensor, tuple) else as_array(tensor)
         return Preview(array, previewer)
@@ -94,29 +102,40 @@ def costly(preview: Preview | None) -> bool:
     return preview is not None and _at_native_size(preview.previewer) is not None
 
 
-def portable(event):
-    """The event with its previews made portable (see :func:`portable_preview`); a ``Done``'s history drawn whole."""
+def portable(event, views=None):
+    """The event with its previews made portable (see :func:`portable_preview`); a ``Done``'s history drawn whole.
+    ``views``: the names of a step's extra views to carry (None: all); its measures always go, drawn here."""
     if isinstance(event, Step):
         return replace(event, preview_xt=portable_preview(event.preview_xt),
-                       preview_x0=portable_preview(event.preview_x0))
+                       preview_x0=portable_preview(event.preview_x0), views=portable_views(event.views, views))
     if isinstance(event, Done):
         return next(iter(PortableRun("drawn").events(event)))
     return event
 
 
+def portable_views(step_views: dict, names=None, done: dict | None = None) -> dict:
+    """A step's extra views made portable: those in ``names`` (None: all) and its measures; ``done``: views made
+    portable before, reused."""
+    done = done or {}
+    return {name: done[name] if name in done else portable_preview(preview) for name, preview in step_views.items()
+            if names is None or name in names or name == "measures"}
+
+
 class PortableRun:
     """One run's events made portable, each costly preview drawn once: the frames drawn for the stream are kept,
     and a ``Done``'s history reuses them; its other costly frames are drawn or filled as ``history`` says (one
-    of ``HISTORY_MODES``)."""
+    of ``HISTORY_MODES``). Streamed steps carry the extra views named in ``views`` (None: all); the history
+    carries every view of every step."""
 
-    def __init__(self, history: str = "drawn"):
+    def __init__(self, history: str = "drawn", views=None):
         self.history = history
+        self.views = None if views is None else tuple(views)
         self.sent: dict[int, Step] = {}  # step number -> the portable step sent to the server
 
     def events(self, event):
         """What to send for ``event``, in order (a generator: ``Done`` goes out before ``StepsDrawn`` is drawn)."""
         if isinstance(event, Step):
-            self.sent[event.step] = portable(event)
+            self.sent[event.step] = portable(event, self.views)
             yield self.sent[event.step]
             return
         if not isinstance(event, Done):
@@ -135,9 +154,11 @@ class PortableRun:
         out, gaps = [], []
         for i, step in enumerate(steps):
             if step.step in self.sent:
-                out.append(self.sent[step.step])
+                sent = self.sent[step.step]
+                out.append(replace(sent, views=portable_views(step.views, done=sent.views)))
             elif costly(step.preview_x0):
-                out.append(replace(step, preview_xt=portable_preview(step.preview_xt)))
+                out.append(replace(step, preview_xt=portable_preview(step.preview_xt),
+                                   views=portable_views(step.views)))
                 gaps.append(i)
             else:
                 out.append(portable(step))
@@ -216,7 +237,7 @@ class Runner:
             self.registry.use_lora(pipe, request.model, request.lora, request.lora_scale)
         yield from loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.config.outputs_dir)
 
-    def run(self, run_id: int, kind: str, request, history: str = "drawn") -> None:
+    def run(self, run_id: int, kind: str, request, history: str = "drawn", views=None) -> None:
         cancel = CancelToken()
         with self.lock:
             if run_id in self.cancelled:
@@ -229,7 +250,7 @@ class Runner:
         try:
             events = stream_latest(lambda token: self.events(kind, request, token), cancel=cancel,
                                    min_interval=self.config.min_interval)
-            run = PortableRun(history)
+            run = PortableRun(history, views)
             for event in events:
                 for message in run.events(event):
                     self.send("event", run_id, message)

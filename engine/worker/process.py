@@ -97,9 +97,10 @@ class DeviceWorker:
 
     # -- runs ----------------------------------------------------------------------------------
     def iter_run(self, kind: str, request, *, cancel: CancelToken | None = None,
-                 history: str = "drawn") -> Iterator[object]:
-        """Run ``request`` on the worker ("txt2img" or "unconditional"), yielding its events; ``history`` (one of
-        ``HISTORY_MODES``) says how ``Done.steps``'s previews are drawn."""
+                 history: str = "drawn", views=None) -> Iterator[object]:
+        """Run ``request`` on the worker (a kind of ``MODEL_KIND``), yielding its events; ``history`` (one of
+        ``HISTORY_MODES``) says how ``Done.steps``'s previews are drawn; ``views``, which extra views of a step
+        the streamed steps carry (None: all)."""
         cancel = cancel or CancelToken()
         run_id = next(self._ids)
         inbox: queue.Queue = queue.Queue()
@@ -109,7 +110,7 @@ class DeviceWorker:
         ended = False
         try:
             self.start()
-            self._send(("run", run_id, kind, request, history))
+            self._send(("run", run_id, kind, request, history, views))
             while True:
                 cancel.raise_if_cancelled()  # the finally below tells the worker
                 try:

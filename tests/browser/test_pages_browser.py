@@ -8,7 +8,7 @@ from tests.helpers import console_errors
 
 pytestmark = pytest.mark.browser
 
-TABS = ("Text to image", "Unconditional", "Noise", "Training", "History", "PNG Info")
+TABS = ("Text to image", "Unconditional", "Noise", "Compare", "Training", "History", "PNG Info")
 
 
 def test_every_tab_opens_without_console_errors(page):

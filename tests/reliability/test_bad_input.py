@@ -9,8 +9,8 @@ import pytest
 # Each endpoint's parameters in their order, with values that run (quickly).
 TXT2IMG = dict(model="digits-sd", prompt="a handwritten digit seven", negative_prompt="", steps=2,
                guidance_scale=7.5, scheduler="DDIM", seed=1, width=32, height=32, vae_preview_every=0, preview="auto",
-               lora="", lora_scale=1.0, batch_count=1)
-DDPM = dict(model="digits-ddpm", scheduler="DDIM", steps=2, seed=1, batch_size=1, batch_count=1)
+               lora="", lora_scale=1.0, batch_count=1, compile=False)
+DDPM = dict(model="digits-ddpm", scheduler="DDIM", steps=2, seed=1, batch_size=1, batch_count=1, compile=False)
 NOISE = dict(image=None, timesteps="0, 500", beta_schedule="linear", num_train_timesteps=1000, seed=0,
              beta_start=0.0001, beta_end=0.02, rescale_betas_zero_snr=False, resolution=32, sample_image="china.jpg",
              model="(the settings below)", overlay=[], marker_scheduler="DDIM", marker_steps=50, t=500)
@@ -54,6 +54,7 @@ def call(url: str, api: str, values: dict) -> str:
     (dict(model="\x00"), "unknown model '\\x00'"),
     (dict(lora="../x"), "LoRA '../x' is not a name from the loras folder"),
     (dict(lora_scale=float("nan")), "LoRA scale must be a number from 0 to 2; got nan"),
+    (dict(compile=1), "compile must be true or false; got 1"),
 ])
 def test_raw_json_values_get_the_engines_message(running_app, change, expected):
     url = running_app[0]
@@ -157,3 +158,26 @@ def test_raw_json_for_every_endpoint_gets_a_message_naming_the_field(running_app
 def test_endpoints_without_parameters_ignore_what_a_raw_client_adds(running_app):
     for api in ("train_status", "train_stop"):
         assert call(running_app[0], api, {"junk": "\x00", "more": float("nan")}) == "ok"
+
+
+COMPARE = dict(model="digits-sd", prompt="a seven", negative_prompt="", seed=1, axis="steps", values=["2", "3"],
+               steps=2, guidance_scale=7.5, scheduler="DDIM", width=32, height=32)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (dict(values=["2"] * 1000), "give 2 to 6 values to compare; got 1000"),
+    (dict(values=["2", "NaN"]), "steps values must be whole numbers; got 'NaN'"),
+    (dict(values=["2", "1e400"]), "steps values must be whole numbers; got '1e400'"),
+    (dict(axis="guidance scale", values=["2", "Infinity"]), "guidance scale values must be numbers; got 'Infinity'"),
+    (dict(axis="model", values=["digits-sd", "../../etc"]), "'../../etc' is outside the models dir"),
+])
+def test_raw_json_compare_values_get_the_engines_message(running_app, change, expected):
+    values = {**COMPARE, **change}
+    order = list(COMPARE)
+    body = json.dumps({"data": [values[k] for k in order]})
+    with httpx.Client(timeout=60) as http:
+        event_id = http.post(f"{running_app[0]}gradio_api/call/compare", content=body,
+                             headers={"content-type": "application/json"}).json()["event_id"]
+        text = http.get(f"{running_app[0]}gradio_api/call/compare/{event_id}").text
+    assert "event: error" in text and expected in text and "Traceback" not in text
+    assert call(running_app[0], "txt2img", TXT2IMG) == "ok"  # and the server keeps serving

@@ -84,8 +84,9 @@ def test_a_png_write_killed_midway_is_never_listed_and_is_removed_at_start(tmp_p
     finished, mid_write = kill_while_writing(PNG_WRITER, [outputs], seed=1)
     listed = sorted(p for p in outputs.rglob("*.png") if not p.name.startswith("."))
     assert mid_write >= 1, "no kill landed inside a write: the test proved nothing"
-    assert len(finished) >= 1 and [str(p) for p in listed] == sorted(finished)  # finished, and only finished
-    assert all(complete_png(p) for p in listed)
+    # Every finished PNG is listed; one more a kill at most, renamed into place before its name was printed.
+    assert len(finished) >= 1 and set(finished) <= {str(p) for p in listed} and len(listed) - len(finished) <= KILLS
+    assert all(complete_png(p) for p in listed)  # and everything listed is whole
     restart(tmp_path)
     assert partial_writes(outputs) == []
     assert sorted(p for p in outputs.rglob("*.png") if not p.name.startswith(".")) == listed  # nothing lost
@@ -100,9 +101,10 @@ def test_an_upload_killed_midway_is_never_a_data_source_and_is_removed_at_start(
     finished, mid_write = kill_while_writing(UPLOAD_WRITER, [data, *images], seed=2)
     assert mid_write >= 1, "no kill landed inside an upload: the test proved nothing"
     sources = list_sources(data)[1:]  # after the built-in digits
-    assert len(finished) >= 1 and sorted(sources) == sorted(finished)  # finished uploads, and only those
-    for name in sources:
+    # Every finished upload is a data source; one more a kill at most, renamed into place before it was printed.
+    assert len(finished) >= 1 and set(finished) <= set(sources) and len(sources) - len(finished) <= KILLS
+    for name in sources:  # and every source is whole
         assert len(list((data / name).iterdir())) == 30
     workbench = restart(tmp_path)
-    assert partial_writes(data) == [] and sorted(p.name for p in data.iterdir()) == sorted(finished)
+    assert partial_writes(data) == [] and sorted(p.name for p in data.iterdir()) == sorted(sources)
     assert workbench.list_training_data()[1:] == sources

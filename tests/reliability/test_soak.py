@@ -2,7 +2,6 @@
 preview for an hour, and never deleted those of a widget a run had relabelled), and neither the server nor its
 sampling worker grows. bench/soak.py is the long version (200 requests)."""
 
-import tempfile
 from pathlib import Path
 
 from bench.soak import launch, soak
@@ -11,8 +10,8 @@ REQUESTS, EVERY, KEEP = 40, 10, 30
 RSS_GROWTH_MIB = 64  # between the 10th and the 40th request, per process; measured: under 2 MiB on CPU
 
 
-def test_forty_requests_keep_the_cache_bounded_and_memory_flat():
-    app = launch(Path(tempfile.mkdtemp(prefix="soak-")), cache_files=KEEP)
+def test_forty_requests_keep_the_cache_bounded_and_memory_flat(tmp_path):
+    app = launch(tmp_path, cache_files=KEEP)
     try:
         rows = soak(app, REQUESTS, EVERY, KEEP, report=lambda line: None)
         assert app.process.poll() is None  # still serving

@@ -67,6 +67,7 @@ def unknown_model(name: str):
     [
         (dict(width=60), exactly("width must be a multiple of 8 (8 to 2048); got 60")),
         (dict(seed=-5), exactly(f"seed must be a whole number from -1 to {2**63 - 1}; got -5")),
+        (dict(compile="yes"), exactly("compile must be true or false; got 'yes'")),
         # The API passes values on as sent (Gradio's own checks of a slider's bounds and a dropdown's choices
         # name neither the field nor its range): the engine's message says both. A guidance scale of NaN cannot
         # travel as JSON through gradio_client: it arrives as the text 'NaN'.

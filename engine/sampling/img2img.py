@@ -1,0 +1,393 @@
+"""Forward, then back: an image noised to the timestep its strength reaches, then denoised from there to 0.
+
+SDEdit (Meng et al. 2022, sec. 3): x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise (Ho et al. 2020,
+eq. 4, through ``scheduler.add_noise``), then the reverse loop from t alone. ``strength`` says how far forward:
+of ``num_inference_steps`` steps, the last ``int(num_inference_steps * strength)`` are run (diffusers'
+``get_timesteps``), so strength 1 starts from the first timestep and almost nothing of the image survives.
+
+Two loops, one per kind of model:
+
+- :func:`iter_img2img`, text-to-image models: the loop of diffusers' ``StableDiffusionImg2ImgPipeline``
+  (the image encoded by the VAE, a latent drawn from its distribution with the run's generator, noised, then
+  the text-to-image loop with classifier-free guidance) and the same image for the same components, image,
+  strength, prompt, guidance, scheduler and seed;
+- :func:`iter_sdedit`, unconditional models: the /ddpm loop started from ``scheduler.add_noise`` at that t,
+  equal to the plain-diffusers loop of its code snippet.
+
+Before either, the image is cropped about its centre to the model's aspect and resized to the model's own size
+(:func:`engine.images.fit`): a model sees images of the size it was trained at.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import secrets
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import diffusers
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from engine.cancel import CancelToken, check
+from engine.errors import InputError
+from engine.events import Done, Preview, Started, Step
+from engine.images import fit, open_rgb
+from engine.sampling.outputs import save_png
+from engine.sampling.preview import LatentRGBPreviewer, PixelPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
+from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
+from engine.sampling.txt2img import MAX_GUIDANCE, MAX_PROMPT_CHARS, Txt2ImgRequest, encode_prompt
+from engine.sampling.txt2img import MAX_STEPS as MAX_TXT2IMG_STEPS
+from engine.sampling.txt2img import _model_dir, _vae_preview_every  # the x0 preview chosen as Text to image does
+from engine.sampling.unconditional import UNCONDITIONAL_SCHEDULERS
+from engine.validation import check_float, check_int, check_seed
+
+if TYPE_CHECKING:
+    from diffusers import DDPMPipeline, SchedulerMixin, StableDiffusionPipeline
+
+MAX_STEPS = 1000  # a sanity bound; an unconditional model's own T is checked when the run starts
+STRIP_STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)  # the page's strip: how much of the original survives each
+AUTO_PREVIEW = Txt2ImgRequest(prompt="")  # the x0 preview is chosen as Text to image's "auto" chooses it
+
+
+@dataclass(frozen=True)
+class Img2ImgRequest:
+    image: Any  # a path, PIL image or uint8 array; kept as an RGB PIL image (fitted to the model when it runs)
+    prompt: str = ""  # text-to-image models only; unconditional ones take none
+    negative_prompt: str = ""
+    strength: float = 0.6  # how far forward, in (0, 1]: 0.6 keeps the layout and redraws the details
+    num_inference_steps: int = 25  # of the full schedule; int(steps * strength) of them are run
+    guidance_scale: float = 7.5  # SD 1.x's default; 1 turns classifier-free guidance off
+    scheduler: str = "DPM++ 2M Karras"  # the text-to-image default; unconditional models take their tab's list
+    seed: int = -1  # -1 draws a random seed; the one used is reported back
+    model: str = ""  # the model string: which loop runs follows its kind
+
+    def __post_init__(self):
+        if self.image is None:
+            raise InputError("no image given; upload one (PNG, JPEG, WebP, ...)", field="image")
+        object.__setattr__(self, "image", open_rgb(self.image))  # frozen: normalised once
+        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
+            raise InputError("prompt and negative prompt must be text", field="prompt")
+        for name, text in (("prompt", self.prompt), ("negative prompt", self.negative_prompt)):
+            if len(text) > MAX_PROMPT_CHARS:
+                raise InputError(f"{name} must be at most {MAX_PROMPT_CHARS} characters; got {len(text)}", field=name)
+        check_float("strength", self.strength, 0, 1, low_open=True)
+        check_int("steps", self.num_inference_steps, 1, MAX_STEPS)
+        g = self.guidance_scale
+        if not isinstance(g, (int, float)) or isinstance(g, bool) or not math.isfinite(g) or not 1 <= g <= MAX_GUIDANCE:
+            raise InputError(f"guidance scale must be a number from 1 (no guidance) to {MAX_GUIDANCE:g}; got {g!r}",
+                             field="guidance scale")
+        scheduler_spec(self.scheduler)
+        check_seed(self.seed)
+        steps_run(self.num_inference_steps, self.strength)  # at least one step
+
+    def resolved(self) -> "Img2ImgRequest":
+        """A copy with the seed drawn where -1."""
+        return replace(self, seed=self.seed if self.seed >= 0 else secrets.randbelow(2**32),
+                       num_inference_steps=int(self.num_inference_steps))
+
+
+def steps_run(num_inference_steps: int, strength: float) -> int:
+    """How many of ``num_inference_steps`` a run of ``strength`` makes (diffusers' ``get_timesteps``); an
+    :class:`InputError` where that is none."""
+    run = min(int(num_inference_steps * strength), num_inference_steps)
+    if run < 1:
+        raise InputError(f"strength {strength:g} of {num_inference_steps} steps runs no step "
+                         f"(int({num_inference_steps} x {strength:g}) = 0); raise the strength to at least "
+                         f"{1 / num_inference_steps:.3g} or the steps", field="strength")
+    return run
+
+
+def start_timesteps(scheduler: SchedulerMixin, num_inference_steps: int, strength: float) -> torch.Tensor:
+    """The timesteps a run of ``strength`` visits, the first being where the image is noised to, with the
+    scheduler told to begin there (diffusers' ``StableDiffusionImg2ImgPipeline.get_timesteps``)."""
+    t_start = num_inference_steps - steps_run(num_inference_steps, strength)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(t_start * scheduler.order)
+    return scheduler.timesteps[t_start * scheduler.order:]
+
+
+def start_timestep(scheduler_name: str, scheduler_config, num_inference_steps: int, strength: float) -> tuple[int, int]:
+    """(the timestep a run of ``strength`` noises to, the steps it runs), from a model's scheduler config alone."""
+    scheduler = make_scheduler(scheduler_name, scheduler_config)
+    scheduler.set_timesteps(int(num_inference_steps))
+    timesteps = start_timesteps(scheduler, int(num_inference_steps), strength)
+    return int(round(float(timesteps[0]))), steps_run(int(num_inference_steps), strength)
+
+
+def iter_img2img(
+    request: Img2ImgRequest,
+    *,
+    pipe: StableDiffusionPipeline,
+    cancel: CancelToken | None = None,
+    outputs_dir: str | Path | None = None,
+) -> Iterator[Started | Step | Done]:
+    """Noise the image to its strength's t, then denoise with the prompt, as ``StableDiffusionImg2ImgPipeline``."""
+    # 1. Resolve the seed, fit the image to the model's size, build a fresh scheduler from the model's config.
+    request = request.resolved()
+    check_int("steps", request.num_inference_steps, 1, MAX_TXT2IMG_STEPS)
+    width = height = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    image = fit(request.image, width, height)
+    scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
+    device, unet, vae = pipe.device, pipe.unet, pipe.vae
+    generator = torch.Generator("cpu").manual_seed(request.seed)
+    do_cfg = request.guidance_scale > 1 and unet.config.time_cond_proj_dim is None
+
+    with torch.no_grad():
+        # 2. Encode the prompt and the negative prompt.
+        embeds = encode_prompt(pipe, request.prompt, request.negative_prompt, do_cfg)  # (B, seq, dim)
+
+        # 3. The timesteps from the strength's start, read to the host once.
+        scheduler.set_timesteps(request.num_inference_steps, device=device)
+        timesteps = start_timesteps(scheduler, request.num_inference_steps, request.strength)
+        visited = tuple(timesteps.tolist())
+
+        # 4. Forward: the image's latent (drawn from the VAE's distribution), noised to the first timestep.
+        pixels = pipe.image_processor.preprocess(image).to(device=device, dtype=embeds.dtype)  # (1, 3, H, W)
+        latents = vae.encode(pixels).latent_dist.sample(generator) * vae.config.scaling_factor  # (1, 4, h, w)
+        noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=embeds.dtype)
+        latents = scheduler.add_noise(latents, noise, timesteps[:1])
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        info = _info(request, scheduler, width, height, visited)
+
+        def step() -> None:  # one UNet evaluation as the loop makes it: counted only where it decides
+            model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if do_cfg else latents, timesteps[0])
+            unet(model_input, timesteps[0], encoder_hidden_states=embeds)
+
+        every, info["preview"] = _vae_preview_every(AUTO_PREVIEW, vae, latents, step)
+        code = img2img_code(pipe, request, width, height)
+        yield Started(total=len(visited), timesteps=tuple(int(round(t)) for t in visited), info=info, code=code)
+
+        # 5. Back: the text-to-image loop from there (Ho & Salimans 2022, eq. 6 for the guidance).
+        previewer = LatentRGBPreviewer.for_model(_model_dir(pipe), unet.config.in_channels)
+        vae_previewer = VaePreviewer(vae) if every else None
+        steps: list[Step] = []
+        start = time.perf_counter()
+        for i, t in enumerate(timesteps):
+            check(cancel, i)
+            model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if do_cfg else latents, t)
+            noise_pred = unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+            if do_cfg:
+                noise_uncond, noise_text = noise_pred.chunk(2)
+                noise_pred = noise_uncond + request.guidance_scale * (noise_text - noise_uncond)
+            out = scheduler.step(noise_pred, t, latents, **step_kwargs)
+            x0_previewer = vae_previewer if vae_previewer and (i + 1) % every == 0 else previewer
+            x0 = getattr(out, "pred_original_sample", None)
+            if x0 is None:
+                x0, x0_previewer = (noise_pred, latents), X0Previewer(scheduler, visited[i], x0_previewer)
+            latents = out.prev_sample
+            step = Step(step=i + 1, total=len(visited), timestep=float(visited[i]),
+                        preview_xt=Preview(latents, scaled(previewer, vp_scale(scheduler))),
+                        preview_x0=Preview(x0, x0_previewer), elapsed=time.perf_counter() - start)
+            steps.append(step)
+            yield step
+        check(cancel, len(visited))
+
+        # 6. Decode and post-process as the pipeline does.
+        decoded = vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+        images = pipe.image_processor.postprocess(decoded, output_type="pil", do_denormalize=[True])
+    info["elapsed"] = round(time.perf_counter() - start, 3)
+    paths = tuple(str(save_png(im, info, outputs_dir, "img2img")) for im in images) if outputs_dir else ()
+    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=code)
+
+
+def iter_sdedit(
+    request: Img2ImgRequest,
+    *,
+    pipe: DDPMPipeline,
+    cancel: CancelToken | None = None,
+    outputs_dir: str | Path | None = None,
+) -> Iterator[Started | Step | Done]:
+    """Noise the image to its strength's t, then run the /ddpm loop from there (SDEdit on an unconditional model)."""
+    # 1. Resolve the seed, check the scheduler and steps against the model, fit the image to its size and channels.
+    request = request.resolved()
+    scheduler_spec(request.scheduler, UNCONDITIONAL_SCHEDULERS)
+    train_steps = pipe.scheduler.config.num_train_timesteps
+    check_int(f"steps for this model (trained with {train_steps} timesteps)", request.num_inference_steps, 1,
+              train_steps)
+    scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
+    device, unet = pipe.device, pipe.unet
+    generator = torch.Generator("cpu").manual_seed(request.seed)
+    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    x0 = pixel_tensor(request.image, unet.config).to(device=device, dtype=unet.dtype)  # (1, C, H, W) in [-1, 1]
+
+    with torch.no_grad():
+        # 2. The timesteps from the strength's start, read to the host once.
+        try:
+            scheduler.set_timesteps(request.num_inference_steps, device=device)
+            timesteps = start_timesteps(scheduler, request.num_inference_steps, request.strength)
+        except ValueError as exc:  # e.g. PNDM's warm-up needs at least 4 steps
+            raise InputError(f"{request.scheduler} cannot run {request.num_inference_steps} steps on this model; "
+                             f"try more steps or another scheduler ({exc})") from None
+        visited = tuple(int(t) for t in timesteps.tolist())
+
+        # 3. Forward: the image noised to the first timestep with diffusers' add_noise.
+        noise = randn_tensor(x0.shape, generator=generator, device=device, dtype=unet.dtype)
+        image = scheduler.add_noise(x0, noise, timesteps[:1])
+        info = _info(request, scheduler, x0.shape[-1], x0.shape[-2], visited)
+        info.pop("prompt"), info.pop("negative_prompt"), info.pop("guidance_scale")  # an unconditional model takes none
+        code = sdedit_code(pipe, request)
+        yield Started(total=len(visited), timesteps=visited, info=info, code=code)
+
+        # 4. Back: the /ddpm loop from there.
+        pixels = PixelPreviewer()
+        steps: list[Step] = []
+        start = time.perf_counter()
+        for i, t in enumerate(timesteps):
+            check(cancel, i)
+            model_input = scheduler.scale_model_input(image, t)
+            model_output = unet(model_input, t).sample  # (1, C, H, W)
+            out = scheduler.step(model_output, t, image, **step_kwargs)
+            x0_pred = getattr(out, "pred_original_sample", None)
+            x0_preview = (Preview((model_output, model_input), X0Previewer(scheduler, visited[i], pixels))
+                          if x0_pred is None else Preview(x0_pred, pixels))
+            image = out.prev_sample
+            step = Step(step=i + 1, total=len(visited), timestep=visited[i],
+                        preview_xt=Preview(image, scaled(pixels, vp_scale(scheduler))), preview_x0=x0_preview,
+                        elapsed=time.perf_counter() - start)
+            steps.append(step)
+            yield step
+        check(cancel, len(visited))
+
+        # 5. Post-process as DDPMPipeline does: [-1, 1] -> [0, 1] -> uint8 PIL.
+        image = (image / 2 + 0.5).clamp(0, 1)
+        images = pipe.numpy_to_pil(image.cpu().permute(0, 2, 3, 1).numpy())
+    info["elapsed"] = round(time.perf_counter() - start, 3)
+    paths = tuple(str(save_png(im, info, outputs_dir, "img2img")) for im in images) if outputs_dir else ()
+    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=code)
+
+
+@dataclass(frozen=True, eq=False)
+class StripFrame:
+    """One strength of the strip: the result, where its run started, and how much of the original survives."""
+
+    strength: float
+    start_timestep: int
+    image: Image.Image
+    survives: float  # see similarity
+    path: str = ""  # the saved PNG, "" where nothing was saved
+
+    @property
+    def caption(self) -> str:
+        """Short, for a gallery's one-line captions: "0.6 · t 568 · 0.64" (strength, start, similarity)."""
+        return f"{self.strength:g} · t {self.start_timestep} · {self.survives:.2f}"
+
+
+def pixel_tensor(image: Image.Image, unet_config) -> torch.Tensor:
+    """``image`` fitted to an unconditional model's size (greyscale for one channel), as (1, C, H, W) in [-1, 1]."""
+    size = unet_config.sample_size
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    fitted = fit(image, width, height).convert("L" if unet_config.in_channels == 1 else "RGB")
+    array = np.asarray(fitted, dtype=np.float32) / 127.5 - 1.0  # (H, W) or (H, W, 3)
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(array))[None]
+
+
+def similarity(original: Image.Image, result: Image.Image) -> float:
+    """How much of ``original`` survives in ``result``: the correlation of their grey levels (1: the same
+    picture, 0: nothing in common), the original fitted to the result's size first."""
+    a = np.asarray(fit(original, *result.size).convert("L"), dtype=np.float64).ravel()
+    b = np.asarray(result.convert("L"), dtype=np.float64).ravel()
+    if a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _info(request: Img2ImgRequest, scheduler: SchedulerMixin, width: int, height: int, visited) -> dict:
+    info = {f.name: getattr(request, f.name) for f in fields(request) if f.name != "image"}
+    info["steps"] = info.pop("num_inference_steps")
+    info["scheduler_class"] = type(scheduler).__name__
+    info["width"], info["height"] = int(width), int(height)
+    info["start_timestep"] = int(round(visited[0]))
+    info["steps_run"] = len(visited)
+    return info
+
+
+FIT_CODE = (
+    "def fit(image, width, height):  # cropped about the centre to the model's aspect, resized to its size\n"
+    "    scale = max(width / image.width, height / image.height)\n"
+    "    crop_w, crop_h = round(width / scale), round(height / scale)\n"
+    "    left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2\n"
+    "    return image.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), Image.BICUBIC)\n\n"
+)
+
+
+def img2img_code(pipe: StableDiffusionPipeline, request: Img2ImgRequest, width: int, height: int) -> str:
+    """A plain-diffusers snippet that reproduces ``request``'s image: ``StableDiffusionImg2ImgPipeline``."""
+    ref = getattr(pipe, "workbench_ref", None)
+    location = ref.location if ref is not None else "<model folder>"
+    dtype = ", dtype=torch.float16" if pipe.unet.dtype == torch.float16 else ""
+    cls_name, build = scheduler_code(request.scheduler)
+    return (
+        "import torch\n"
+        "from PIL import Image\n"
+        f"from diffusers import StableDiffusionImg2ImgPipeline, {cls_name}\n\n"
+        + FIT_CODE +
+        f"pipe = StableDiffusionImg2ImgPipeline.from_pretrained({location!r}{dtype},\n"
+        f"    safety_checker=None, requires_safety_checker=False).to({pipe.device.type!r})\n"
+        f"pipe.scheduler = {build}\n"
+        f"image = fit(Image.open('original.png').convert('RGB'), {width}, {height})\n"
+        "image = pipe(\n"
+        f"    {request.prompt!r},\n"
+        "    image=image,\n"
+        f"    strength={request.strength!r},\n"
+        f"    negative_prompt={request.negative_prompt!r},\n"
+        f"    num_inference_steps={request.num_inference_steps},\n"
+        f"    guidance_scale={request.guidance_scale!r},\n"
+        f"    generator=torch.Generator('cpu').manual_seed({request.seed}),\n"
+        ").images[0]\n"
+        "image.save('image.png')\n"
+    )
+
+
+def sdedit_code(pipe: DDPMPipeline, request: Img2ImgRequest) -> str:
+    """A plain-diffusers snippet that reproduces ``request``'s image: the /ddpm loop started from
+    ``scheduler.add_noise`` at the strength's first timestep."""
+    ref = getattr(pipe, "workbench_ref", None)
+    location = ref.location if ref is not None else "<model folder>"
+    cls_name, build = scheduler_code(request.scheduler, "config")
+    takes_generator = "generator" in inspect.signature(getattr(diffusers, cls_name).step).parameters
+    generator_arg = ", generator=generator" if takes_generator else ""
+    imports = sorted({"DDPMScheduler", "UNet2DModel", cls_name})
+    dtype = ", dtype=torch.float16" if pipe.unet.dtype == torch.float16 else ""
+    size = pipe.unet.config.sample_size
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    mode = "L" if pipe.unet.config.in_channels == 1 else "RGB"
+    to_chw = "x0[None]" if mode == "L" else "x0.permute(2, 0, 1)"
+    steps = request.num_inference_steps
+    return (
+        "import numpy as np\n"
+        "import torch\n"
+        "from PIL import Image\n"
+        f"from diffusers import {', '.join(imports)}\n"
+        "from diffusers.utils.torch_utils import randn_tensor\n\n"
+        + FIT_CODE +
+        f"path = {location!r}\n"
+        f"unet = UNet2DModel.from_pretrained(path, subfolder='unet'{dtype}).to({pipe.device.type!r})\n"
+        "config = DDPMScheduler.load_config(path, subfolder='scheduler')\n"
+        f"scheduler = {build}\n"
+        f"generator = torch.Generator('cpu').manual_seed({request.seed})\n"
+        f"image = fit(Image.open('original.png').convert('RGB'), {width}, {height}).convert({mode!r})\n"
+        "x0 = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1)\n"
+        f"x0 = {to_chw}[None].to(unet.device, unet.dtype)  # (1, C, H, W) in [-1, 1]\n"
+        f"scheduler.set_timesteps({steps}, device=unet.device)\n"
+        f"t_start = {steps} - int({steps} * {request.strength!r})  # strength {request.strength!r}: the last "
+        f"{steps_run(steps, request.strength)} steps\n"
+        "timesteps = scheduler.timesteps[t_start * scheduler.order:]\n"
+        "if hasattr(scheduler, 'set_begin_index'):\n"
+        "    scheduler.set_begin_index(t_start * scheduler.order)\n"
+        "noise = randn_tensor(x0.shape, generator=generator, device=unet.device, dtype=unet.dtype)\n"
+        "image = scheduler.add_noise(x0, noise, timesteps[:1])  # forward: x_t at the first timestep\n"
+        "with torch.no_grad():\n"
+        "    for t in timesteps:  # back: from t to 0\n"
+        "        model_input = scheduler.scale_model_input(image, t)\n"
+        "        noise_pred = unet(model_input, t).sample\n"
+        f"        image = scheduler.step(noise_pred, t, image{generator_arg}).prev_sample\n"
+        "image = (image / 2 + 0.5).clamp(0, 1)\n"
+        "image = (image.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype('uint8')\n"
+    )

@@ -1,0 +1,114 @@
+"""Inside a step of the text-to-image loop: the predicted noise, classifier-free guidance made visible, and the
+numbers of each step (the guidance's size, the latent's std, sigma).
+
+Every view is drawn from tensors the loop already holds (no extra UNet call), off the loop and only for the
+frames someone looks at: the loop builds :class:`~engine.events.Preview` objects, which compute nothing until
+drawn. Numpy only here (see :func:`engine.sampling.preview.as_array`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from engine.events import Preview, Step
+from engine.sampling.preview import as_array, upscale_nearest
+
+# The images a page can stream for a step, by name: what each shows.
+VIEWS = {
+    "x0": "predicted clean image x0",
+    "xt": "noisy latent x_t after the step",
+    "eps": "predicted noise ε (after guidance)",
+    "guidance": "guidance Δ = ε_text − ε_uncond (heat map)",
+}
+DEFAULT_VIEWS = ("x0", "xt")  # what the page streams unless asked: the two previews every run has anyway
+MEASURES = ("t", "sigma", "latent std", "guidance rms")  # a step's numbers, in the order StepMeasures gives them
+# Inferno's colour ramp at five stops (matplotlib's ``inferno``): dark where guidance does little, bright where most.
+HEAT_STOPS = np.array([(0, 0, 4), (87, 16, 110), (188, 55, 84), (249, 142, 9), (252, 255, 164)], dtype=np.float32)
+HEAT_TOP_PERCENTILE = 99.0  # a frame's heat map is scaled to this percentile of its own magnitudes
+
+
+def step_views(scheduler, timestep: float, previewer, latents, noise_pred, guidance) -> dict[str, Preview]:
+    """The extra views of one step, built in the loop, drawn later (nothing is read from any tensor here).
+
+    ``latents``: x_t after the step (B, C, h, w); ``noise_pred``: the guided noise prediction passed to
+    ``scheduler.step``; ``guidance``: ``(noise_uncond, noise_text)``, or None without classifier-free guidance.
+    """
+    views = {"eps": Preview(noise_pred, previewer)}
+    if guidance is not None:
+        views["guidance"] = Preview(tuple(guidance), GuidanceHeatmap())
+    views["measures"] = Preview((latents, *(guidance or ())), StepMeasures(scheduler, timestep))
+    return views
+
+
+def view_array(step: Step, name: str) -> np.ndarray | None:
+    """Step ``step``'s view ``name`` (a key of :data:`VIEWS`) as a (H, W, 3) uint8 image; None where the step has
+    none (the guidance of a run without guidance, or a view the stream left out)."""
+    if name == "x0":
+        preview = step.preview_x0
+    elif name == "xt":
+        preview = step.preview_xt
+    else:
+        preview = step.views.get(name)
+    return preview.array() if preview is not None else None
+
+
+def step_measures(step: Step) -> dict[str, float] | None:
+    """``{"step", "t", "sigma", "latent std", "guidance rms"}`` of a step (guidance rms is NaN without guidance);
+    None where the step carries no measures."""
+    preview = step.views.get("measures")
+    if preview is None:
+        return None
+    values = preview.array()
+    return {"step": step.step, **{name: float(v) for name, v in zip(MEASURES, values)}}
+
+
+def heat_colors(values: np.ndarray) -> np.ndarray:
+    """(h, w) values in [0, 1] -> (h, w, 3) uint8 on the inferno ramp."""
+    x = np.clip(values, 0.0, 1.0) * (len(HEAT_STOPS) - 1)
+    low = np.minimum(x.astype(np.int64), len(HEAT_STOPS) - 2)
+    frac = (x - low)[..., None]
+    rgb = HEAT_STOPS[low] * (1 - frac) + HEAT_STOPS[low + 1] * frac
+    return np.round(rgb).astype(np.uint8)
+
+
+class GuidanceHeatmap:
+    """|ε_text − ε_uncond| over the latent's channels, as a heat map: where classifier-free guidance (Ho & Salimans
+    2022, eq. 6: ε = ε_uncond + w (ε_text − ε_uncond)) pushes the image, scaled to this step's largest push."""
+
+    def __init__(self, min_side: int = 256):
+        self.min_side = min_side
+
+    def __call__(self, pair) -> np.ndarray:
+        noise_uncond, noise_text = (as_array(x) for x in pair)
+        delta = (noise_text - noise_uncond)[0]  # (C, h, w)
+        magnitude = np.sqrt((delta**2).sum(axis=0))  # (h, w)
+        top = float(np.percentile(magnitude, HEAT_TOP_PERCENTILE)) or 1.0
+        return upscale_nearest(heat_colors(magnitude / top), self.min_side)
+
+
+class StepMeasures:
+    """A step's numbers as a float32 array in :data:`MEASURES` order: its timestep; sigma =
+    sqrt((1 - alpha_bar_t) / alpha_bar_t), the noise level at t (Karras et al. 2022, sec. 2); the std of the
+    latent after the step; and the root mean square of ε_text − ε_uncond (NaN without guidance)."""
+
+    def __init__(self, scheduler, timestep: float):
+        self.alphas_cumprod = scheduler.alphas_cumprod  # read when drawn, as X0Previewer does: no read in the loop
+        self.timestep = timestep
+
+    def __getstate__(self) -> dict:
+        """Crossing to another process: the table as numpy, no tensor."""
+        table = self.alphas_cumprod
+        return {**self.__dict__, "alphas_cumprod": table.cpu().numpy() if hasattr(table, "cpu") else table}
+
+    @property
+    def sigma(self) -> float:
+        t = min(max(int(round(float(self.timestep))), 0), len(self.alphas_cumprod) - 1)
+        alpha_bar = float(self.alphas_cumprod[t])
+        return math.sqrt((1 - alpha_bar) / alpha_bar) if alpha_bar > 0 else math.inf
+
+    def __call__(self, tensors) -> np.ndarray:
+        latents, *guidance = (as_array(x) for x in tensors)
+        rms = float(np.sqrt(np.mean((guidance[1] - guidance[0]) ** 2))) if guidance else math.nan
+        return np.array([self.timestep, self.sigma, float(latents.std()), rms], dtype=np.float32)

@@ -1,0 +1,164 @@
+"""A person sees what the sampler does: the Compare grid fills in and scrubs together, Text to image shows the
+views of a step it is asked for, and the Noise tab's way back returns the denoised image beside the original."""
+
+import io
+import re
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import console_errors, image_src, save_screenshot
+
+pytestmark = pytest.mark.browser
+
+
+def open_tab(page, name):
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def wait_text(page, elem_id, text, timeout=120_000):
+    page.wait_for_function(f"() => document.querySelector('#{elem_id}').innerText.includes({text!r})",
+                           timeout=timeout)
+
+
+def shown(page, elem_id) -> np.ndarray:
+    """The pixels of the image #elem_id shows, fetched as the browser fetched them."""
+    page.wait_for_function(f"() => {{ const i = document.querySelector('#{elem_id} img');"
+                           " return i && i.complete && i.naturalWidth > 0; }")
+    src = page.locator(f"#{elem_id} img").first.get_attribute("src")
+    return np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB")).astype(int)
+
+
+def type_into_slider(page, elem_id, value):
+    box = page.locator(f"#{elem_id} input[data-testid='number-input']")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def pick(page, elem_id, option):
+    page.locator(f"#{elem_id} input").click()
+    page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
+
+
+def captions(page, n):
+    return [page.locator(f"#cmp-caption-{i}").inner_text() for i in range(n)]
+
+
+def test_compare_grid_fills_in_then_every_column_scrubs_together(page):
+    errors = console_errors(page)
+    open_tab(page, "Compare")
+    page.locator("#cmp-run").click()
+    # The grid fills in column by column: a moment where the first column shows an image and the last none yet.
+    states, deadline = set(), time.time() + 120
+    while time.time() < deadline and "done" not in page.locator("#cmp-progress").inner_text():
+        states.add(tuple(bool(image_src(page, f"cmp-image-{i}")) for i in range(3)))
+        time.sleep(0.05)
+    wait_text(page, "cmp-progress", "done")
+    assert (True, False, False) in states or (True, True, False) in states, f"the grid never filled in: {states}"
+    finals = [shown(page, f"cmp-image-{i}") for i in range(3)]
+    for text, value in zip(captions(page, 3), ("DDIM", "Euler a", "DPM++ 2M Karras")):
+        assert re.fullmatch(rf"{re.escape(value)}: \d\.\d{{3}} s a step, 25 steps", text.strip()), text
+    assert not np.array_equal(finals[0], finals[2])
+
+    type_into_slider(page, "cmp-scrub", 50)
+    deadline = time.time() + 60
+    while time.time() < deadline and not all("σ" in c for c in captions(page, 3)):
+        time.sleep(0.1)
+    halfway = captions(page, 3)
+    ts = [float(re.search(r"t = ([\d.]+)", c).group(1)) for c in halfway]
+    assert all(abs(t - 500) <= 40 for t in ts), halfway  # every column at the same point of the trajectory
+    assert all(re.match(r"step \d+/25 · t = [\d.]+ · σ = [\d.]+", c) for c in halfway), halfway
+    assert not np.array_equal(shown(page, "cmp-image-0"), finals[0])  # a frame on the way, not the end
+    save_screenshot(page, "compare")
+    type_into_slider(page, "cmp-scrub", 100)
+    deadline = time.time() + 60
+    while time.time() < deadline and "final image" not in captions(page, 1)[0]:
+        time.sleep(0.1)
+    assert np.array_equal(shown(page, "cmp-image-0"), finals[0])
+    assert errors == []
+
+
+def test_compare_says_a_bad_value_beside_the_values(page):
+    open_tab(page, "Compare")
+    box = page.locator("#cmp-values input")
+    box.fill("Bogus")
+    box.press("Enter")
+    page.locator("#cmp-run").click()
+    message = "scheduler value 'Bogus' is not one this axis takes"
+    wait_text(page, "cmp-values", message, timeout=60_000)
+    wait_text(page, "cmp-progress", message, timeout=60_000)
+
+
+def is_heat_map(image: np.ndarray) -> bool:
+    """Inferno's colours: red well above blue somewhere (a grey x_t or eps preview has R = G = B or close)."""
+    return bool(((image[..., 0] - image[..., 2]) > 60).any())
+
+
+def test_views_pick_what_streams_and_scrubbing_shows_every_view(page):
+    errors = console_errors(page)
+    pick(page, "t2i-view-right", "guidance Δ = ε_text − ε_uncond (heat map)")
+    steps = page.locator("input[aria-label='number input for Steps']")
+    steps.fill("12")
+    steps.press("Enter")
+    page.locator("#t2i-generate").click()
+    wait_text(page, "t2i-progress", "done")
+    assert "Guidance Δ" in page.locator("#t2i-xt").inner_text()
+    assert is_heat_map(shown(page, "t2i-xt"))
+    # the live charts drew a line each
+    for chart in (0, 1):
+        page.wait_for_selector(f"#t2i-chart-{chart} svg g.mark-line path")
+    save_screenshot(page, "txt2img-views")
+    # after the run, any view of any step: the predicted noise at step 4, on the left
+    pick(page, "t2i-view-left", "predicted noise ε (after guidance)")
+    wait_text(page, "t2i-image", "Predicted noise ε")
+    box = page.locator("#t2i-scrub input[type='number']")
+    box.fill("4")
+    box.press("Enter")
+    wait_text(page, "t2i-progress", "Step 4/12")
+    eps = shown(page, "t2i-image")
+    assert not is_heat_map(eps) and eps.std() > 0
+    pick(page, "t2i-view-right", "noisy latent x_t after the step")
+    wait_text(page, "t2i-xt", "Noisy latent x_t")
+    assert not is_heat_map(shown(page, "t2i-xt"))
+    assert errors == []
+
+
+def test_img2img_denoises_from_the_strengths_t_beside_the_original(page):
+    errors = console_errors(page)
+    open_tab(page, "Noise")
+    page.wait_for_selector("#noise-plot-3 svg g.mark-line path")
+    type_into_slider(page, "i2i-strength", 0.8)
+    wait_text(page, "i2i-start", "Strength 0.8")
+    t = int(re.search(r"t = (\d+)", page.locator("#i2i-start").inner_text()).group(1))
+    assert 700 <= t <= 850
+    # the tab's slider t (and its frame and plots) moved to where the strength starts
+    page.wait_for_function(f"() => document.querySelector('#noise-t input[data-testid=\"number-input\"]').value"
+                           f" === '{t}'")
+    wait_text(page, "noise-single", f"t = {t}")
+    page.locator("#i2i-run").click()
+    wait_text(page, "i2i-progress", "done")
+    assert image_src(page, "i2i-original"), "the original is not shown beside the result"
+    result = shown(page, "i2i-image")
+    assert result.std() > 0
+    assert re.search(r'"start_timestep"\s*:\s*' + str(t), page.locator("#i2i-info").inner_text())
+    assert "StableDiffusionImg2ImgPipeline" in page.locator("#i2i-code").inner_text()
+    page.locator("#i2i-strip-run").click()
+    deadline = time.time() + 120
+    while time.time() < deadline and page.locator("#i2i-strip .caption-label").count() < 5:
+        time.sleep(0.2)
+    labels = page.locator("#i2i-strip .caption-label").all_inner_texts()
+    assert [label.split(" · ")[0] for label in labels] == ["0.2", "0.4", "0.6", "0.8", "1"]
+    assert all(re.fullmatch(r"[\d.]+ · t \d+ · -?\d\.\d\d", label) for label in labels), labels
+    save_screenshot(page, "img2img", page.locator("#i2i-section"))  # the way back, below the forward process
+    assert errors == []
+
+
+def test_img2img_says_a_bad_strength_beside_it(page):
+    open_tab(page, "Noise")
+    type_into_slider(page, "i2i-strength", 0)
+    page.locator("#i2i-run").click()
+    message = "strength must be a number above 0 and at most 1; got 0"
+    wait_text(page, "i2i-strength", message, timeout=60_000)
+    wait_text(page, "i2i-progress", message, timeout=60_000)

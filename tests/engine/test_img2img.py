@@ -1,0 +1,271 @@
+"""Forward, then back: img2img against diffusers' own StableDiffusionImg2ImgPipeline, SDEdit on an unconditional
+model against a plain-diffusers loop started from scheduler.add_noise, and the snippets the page shows."""
+
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionImg2ImgPipeline
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from engine.cancel import CancelToken
+from engine.errors import Cancelled, InputError
+from engine.events import Done, Started, Step
+from engine.images import fit
+from engine.sampling.img2img import Img2ImgRequest, iter_img2img, iter_sdedit, similarity, start_timestep
+from engine.sampling.outputs import read_parameters
+from engine.sampling.schedulers import make_scheduler
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    """A real photograph (scikit-learn ships it), not square: the crop to the model's aspect matters."""
+    from sklearn.datasets import load_sample_image
+
+    return Image.fromarray(load_sample_image("flower.jpg"))
+
+
+@pytest.fixture(scope="module")
+def tiny_ddpm():
+    from engine.testing.tiny import tiny_ddpm_pipeline
+
+    pipe = tiny_ddpm_pipeline(seed=0, sample_size=16)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def tiny_ddpm_grey():
+    """One channel, as the built-in digits-ddpm: the image is made grey before it is noised."""
+    from engine.testing.tiny import tiny_ddpm_pipeline
+
+    pipe = tiny_ddpm_pipeline(seed=1, sample_size=16, channels=1)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image).astype(int)
+
+
+def pipeline_image(pipe, image, scheduler, *, prompt, negative_prompt, strength, num_inference_steps,
+                   guidance_scale, seed) -> np.ndarray:
+    """StableDiffusionImg2ImgPipeline on the same components, with the same image, fitted as the page fits it."""
+    img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+    img2img.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    out = img2img(prompt, image=fit(image, size, size), strength=strength, negative_prompt=negative_prompt,
+                  num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                  generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images[0]
+    return (out * 255).round().astype(int)
+
+
+@pytest.mark.parametrize("scheduler", ["DDIM", "DPM++ 2M Karras", "Euler a"])
+@pytest.mark.parametrize("strength", [0.3, 0.8])
+def test_img2img_matches_the_img2img_pipeline(tiny_sd, photo, scheduler, strength):
+    kw = dict(prompt="a handwritten digit seven", negative_prompt="blurry", strength=strength,
+              num_inference_steps=10, guidance_scale=6.0, seed=1234)
+    events = list(iter_img2img(Img2ImgRequest(photo, scheduler=scheduler, **kw), pipe=tiny_sd))
+    ours = pixels(events[-1].images[0])
+    theirs = pipeline_image(tiny_sd, photo, scheduler, **kw)
+    assert ours.shape == theirs.shape == (64, 64, 3)
+    assert np.abs(ours - theirs).max() <= 2
+    # The comparison can fail: another seed, or another strength, gives a visibly different image.
+    assert np.abs(pipeline_image(tiny_sd, photo, scheduler, **{**kw, "seed": 99}) - theirs).max() > 10
+    other = 0.5 if strength != 0.5 else 0.9
+    assert np.abs(pipeline_image(tiny_sd, photo, scheduler, **{**kw, "strength": other}) - theirs).max() > 10
+
+
+def test_img2img_without_guidance_matches_the_pipeline(tiny_sd, photo):
+    kw = dict(prompt="seven", negative_prompt="", strength=0.6, num_inference_steps=5, guidance_scale=1.0, seed=5)
+    ours = pixels(list(iter_img2img(Img2ImgRequest(photo, scheduler="Euler", **kw), pipe=tiny_sd))[-1].images[0])
+    assert np.abs(ours - pipeline_image(tiny_sd, photo, "Euler", **kw)).max() <= 2
+
+
+def plain_sdedit(pipe, image, scheduler_name, *, strength, num_inference_steps, seed) -> np.ndarray:
+    """SDEdit written out in plain diffusers: the image at the model's size in [-1, 1], add_noise at the first
+    timestep of the strength's part of the schedule, then the usual loop from there."""
+    unet = pipe.unet
+    scheduler = make_scheduler(scheduler_name, pipe.scheduler.config)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    size = unet.config.sample_size
+    picture = fit(image, size, size).convert("L" if unet.config.in_channels == 1 else "RGB")
+    x0 = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 127.5 - 1)
+    x0 = (x0[None] if x0.ndim == 2 else x0.permute(2, 0, 1))[None]  # (1, C, H, W)
+    scheduler.set_timesteps(num_inference_steps)
+    kept = int(num_inference_steps * strength)
+    timesteps = scheduler.timesteps[num_inference_steps - kept:]
+    if hasattr(scheduler, "set_begin_index"):  # DDIM and DDPM count no steps; the multistep solvers do
+        scheduler.set_begin_index(num_inference_steps - kept)
+    noise = randn_tensor(x0.shape, generator=generator, dtype=x0.dtype)
+    sample = scheduler.add_noise(x0, noise, timesteps[:1])
+    takes_generator = scheduler_name == "DDPM"
+    with torch.no_grad():
+        for t in timesteps:
+            eps = unet(scheduler.scale_model_input(sample, t), t).sample
+            extra = {"generator": generator} if takes_generator else {}
+            sample = scheduler.step(eps, t, sample, **extra).prev_sample
+    out = (sample / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()[0]
+    return np.round(out * 255).astype(int)
+
+
+@pytest.mark.parametrize("scheduler", ["DDIM", "DDPM", "DPM++ 2M"])
+@pytest.mark.parametrize("strength", [0.3, 0.8])
+def test_sdedit_matches_a_plain_loop_from_add_noise(tiny_ddpm, photo, scheduler, strength):
+    kw = dict(strength=strength, num_inference_steps=20, seed=7)
+    events = list(iter_sdedit(Img2ImgRequest(photo, scheduler=scheduler, **kw), pipe=tiny_ddpm))
+    ours = pixels(events[-1].images[0])
+    theirs = plain_sdedit(tiny_ddpm, photo, scheduler, **kw)
+    assert ours.shape == theirs.shape == (16, 16, 3)
+    assert np.abs(ours - theirs).max() <= 2
+    assert np.abs(plain_sdedit(tiny_ddpm, photo, scheduler, **{**kw, "seed": 8}) - theirs).max() > 10
+    assert events[0].info["start_timestep"] == events[0].timesteps[0] == [int(s.timestep) for s in events[1:-1]][0]
+
+
+def test_sdedit_on_a_one_channel_model_sees_the_image_in_grey(tiny_ddpm_grey, photo):
+    kw = dict(strength=0.5, num_inference_steps=10, seed=3)
+    done = list(iter_sdedit(Img2ImgRequest(photo, scheduler="DDIM", **kw), pipe=tiny_ddpm_grey))[-1]
+    theirs = plain_sdedit(tiny_ddpm_grey, photo, "DDIM", **kw)[..., 0]
+    ours = pixels(done.images[0].convert("L"))
+    assert np.abs(ours - theirs).max() <= 2
+
+
+def test_low_strength_keeps_the_image_and_full_strength_loses_most_of_it(tiny_ddpm, photo):
+    """What the page's strip shows: the result at strength 0.1 is close to the original, at 1.0 far from it."""
+    def result(strength):
+        request = Img2ImgRequest(photo, scheduler="DDIM", strength=strength, num_inference_steps=50, seed=2)
+        return list(iter_sdedit(request, pipe=tiny_ddpm))[-1].images[0]
+
+    assert similarity(photo, result(0.1)) > 0.9
+    assert similarity(photo, result(1.0)) < similarity(photo, result(0.4)) < similarity(photo, result(0.1))
+
+
+@pytest.mark.parametrize("scheduler", ["DDIM", "DPM++ 2M Karras", "Heun"])
+def test_start_timestep_is_the_pipelines_first(tiny_sd, scheduler):
+    """The t the page marks on the schedule plots is the one the pipeline noises the image to."""
+    img2img = StableDiffusionImg2ImgPipeline(**tiny_sd.components)
+    img2img.scheduler = make_scheduler(scheduler, tiny_sd.scheduler.config)
+    img2img.scheduler.set_timesteps(25)
+    timesteps, steps = img2img.get_timesteps(25, 0.6, "cpu")
+    assert start_timestep(scheduler, tiny_sd.scheduler.config, 25, 0.6) == (round(float(timesteps[0])), 15)
+    assert steps == 15
+
+
+def test_events_png_and_snippet(tiny_sd, photo, tmp_path):
+    """Started, a Step per timestep run, Done; the PNG says the strength; the page's snippet gives the image."""
+    from engine.models.devices import resolve_device
+    from engine.models.registry import ModelRegistry
+
+    tiny_sd.save_pretrained(tmp_path / "m")
+    pipe = ModelRegistry(tmp_path, resolve_device("cpu")).load("m", "txt2img")
+    request = Img2ImgRequest(photo, prompt="a seven", strength=0.5, num_inference_steps=8, scheduler="Euler a",
+                             seed=4, model="m")
+    events = list(iter_img2img(request, pipe=pipe, outputs_dir=tmp_path / "out"))
+    started, steps, done = events[0], events[1:-1], events[-1]
+    assert isinstance(started, Started) and isinstance(done, Done) and all(isinstance(s, Step) for s in steps)
+    assert started.total == len(steps) == 4 and [int(s.timestep) for s in steps] == list(started.timesteps)
+    assert started.info["steps_run"] == 4 and started.info["start_timestep"] == started.timesteps[0]
+    text = read_parameters(done.paths[0])
+    assert text.splitlines()[0] == "a seven"
+    assert "Steps: 8, Sampler: Euler a, CFG scale: 7.5, Seed: 4, Size: 64x64, Model: m, Denoising strength: 0.5" in text
+    photo.save(tmp_path / "original.png")
+    namespace = {}
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(compile(done.code.replace("image.save('image.png')\n", ""), "snippet", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    assert np.abs(pixels(namespace["image"]) - pixels(done.images[0])).max() <= 2
+
+
+@pytest.mark.parametrize("scheduler", ["DDIM", "DDPM"])
+def test_sdedit_snippet_gives_the_image(tiny_ddpm, photo, tmp_path, scheduler):
+    """The page's "diffusers code" for an unconditional model: the plain loop from add_noise, executed."""
+    from engine.models.devices import resolve_device
+    from engine.models.registry import ModelRegistry
+
+    tiny_ddpm.save_pretrained(tmp_path / "m")
+    pipe = ModelRegistry(tmp_path, resolve_device("cpu")).load("m", "unconditional")
+    done = list(iter_sdedit(Img2ImgRequest(photo, scheduler=scheduler, strength=0.7, num_inference_steps=12, seed=6,
+                                           model="m"), pipe=pipe))[-1]
+    assert "scheduler.add_noise(x0, noise, timesteps[:1])" in done.code
+    photo.save(tmp_path / "original.png")
+    namespace = {}
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(compile(done.code, "snippet", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    assert np.abs(namespace["image"][0].astype(int) - pixels(done.images[0])).max() <= 2
+
+
+def test_cancel_stops_at_step(tiny_ddpm, photo):
+    cancel, seen = CancelToken(), []
+    with pytest.raises(Cancelled):
+        for event in iter_sdedit(Img2ImgRequest(photo, scheduler="DDIM", strength=1.0, num_inference_steps=10),
+                                 pipe=tiny_ddpm, cancel=cancel):
+            if isinstance(event, Step):
+                seen.append(event.step)
+                if event.step == 3:
+                    cancel.cancel()
+    assert seen == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(strength=0), "strength must be a number above 0 and at most 1; got 0"),
+        (dict(strength=1.5), "strength must be a number above 0 and at most 1; got 1.5"),
+        (dict(strength=float("nan")), "strength must be a number above 0 and at most 1; got nan"),
+        (dict(strength=0.03), "strength 0.03 of 25 steps runs no step (int(25 x 0.03) = 0); raise the strength to "
+                              "at least 0.04 or the steps"),
+        (dict(num_inference_steps=0), "steps must be a whole number from 1 to 1000; got 0"),
+        (dict(guidance_scale=30), "guidance scale must be a number from 1 (no guidance) to 20; got 30"),
+        (dict(image=None), "no image given; upload one (PNG, JPEG, WebP, ...)"),
+        (dict(image=3), "image must be an image file, a PIL image or a uint8 array; got int"),
+    ],
+)
+def test_bad_requests_are_refused(photo, kw, message):
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        Img2ImgRequest(**{"image": photo, **kw})
+
+
+def test_a_file_that_is_not_an_image_is_refused(tmp_path):
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    with pytest.raises(InputError, match=r"^'notes\.png' is not an image PIL can read \(PNG, JPEG, WebP, \.\.\.\): "):
+        Img2ImgRequest(image=str(notes))
+
+
+def test_an_unconditional_run_refuses_a_scheduler_of_text_to_image_only(tiny_ddpm, photo):
+    with pytest.raises(InputError, match="^unknown scheduler 'Heun'; allowed: DDIM, DDPM, DPM\\+\\+ 2M, UniPC, PNDM, "
+                                         "Euler$"):
+        list(iter_sdedit(Img2ImgRequest(photo, scheduler="Heun"), pipe=tiny_ddpm))
+
+
+def test_the_strength_strip_runs_each_strength_as_a_run_of_its_own(photo, tmp_path):
+    """The page's strip: strengths 0.2 ... 1.0 with one seed, each the run /img2img makes alone; the later the start,
+    the less of the original survives."""
+    from engine.sampling.img2img import STRIP_STRENGTHS
+    from engine.workbench import Folders, Workbench
+
+    bench = Workbench(Folders(tmp_path / "m", tmp_path / "d", tmp_path / "o"), device="cpu", worker=False)
+    request = Img2ImgRequest(photo, model="digits-ddpm", scheduler="DDIM", num_inference_steps=20, seed=-1)
+    frames = list(bench.iter_strength_strip(request))
+    assert [f.strength for f in frames] == list(STRIP_STRENGTHS)
+    starts = [f.start_timestep for f in frames]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
+    assert frames[0].survives > frames[-1].survives
+    seeds = {int(Image.open(f.path).text["parameters"].split("Seed: ")[1].split(",")[0]) for f in frames}
+    assert len(seeds) == 1  # -1 drew one seed for the whole strip
+    (seed,) = seeds
+    alone = list(bench.iter_img2img(Img2ImgRequest(photo, model="digits-ddpm", scheduler="DDIM",
+                                                   num_inference_steps=20, strength=0.6, seed=seed)))[-1]
+    assert np.array_equal(pixels(frames[2].image), pixels(alone.images[0]))
+    assert frames[2].caption == f"0.6 · t {frames[2].start_timestep} · {frames[2].survives:.2f}"
