@@ -57,6 +57,8 @@ def write_images(outputs: Path, count: int) -> None:
         path = folder / f"{i:05d}-{i}.png"
         image.save(path, format="PNG", pnginfo=meta)
         os.utime(path, (1_760_000_000 + i, 1_760_000_000 + i))
+    for folder in [*outputs.glob("*/*"), *outputs.glob("*"), outputs]:  # past days' folders, as they would be
+        os.utime(folder, (1_760_000_000 + count, 1_760_000_000 + count))
 
 
 def timed(work, repeat: int) -> float:
