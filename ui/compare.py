@@ -9,7 +9,7 @@ from typing import Callable
 import gradio as gr
 
 from engine.errors import InputError, ModelLoadError, WorkbenchError
-from engine.events import Done, Started, Step
+from engine.events import Done, Step
 from engine.sampling.compare import (AXES, DEFAULT_VALUES, MAX_COLUMNS, Column, ColumnResult, CompareDone,
                                      CompareRequest, CompareStarted, lockstep)
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, Txt2ImgRequest
@@ -72,7 +72,7 @@ def build(
                 for i in range(MAX_COLUMNS):
                     with gr.Column(min_width=120, visible=i < len(DEFAULT_VALUES["scheduler"]),
                                    elem_id=f"cmp-col-{i}") as column:
-                        images.append(gr.Image(label=_value_label(DEFAULT_VALUES["scheduler"][i % 3]),
+                        images.append(gr.Image(label=str(DEFAULT_VALUES["scheduler"][i % 3]),
                                                format="png", interactive=False, height=200,
                                                elem_id=f"cmp-image-{i}", elem_classes="wb-pixels"))
                         captions.append(gr.HTML("", elem_id=f"cmp-caption-{i}"))
@@ -98,7 +98,7 @@ def build(
     def renderer(page: bool):
         """The outputs for each event: the page's grid (images, captions, progress, info, scrubber, history) or
         the API's (the images so far in a gallery, progress, info)."""
-        run = {"values": (), "index": 0, "shown": [], "started": None}
+        run = {"values": (), "index": 0, "shown": []}
 
         def grid(i, image, caption):
             """Slot ``i`` set; the others left as they are."""
@@ -123,15 +123,12 @@ def build(
                 if not page:
                     return ([], line, gr.skip())
                 n = len(event.values)
-                return (*[gr.update(value=None, label=_value_label(event.values[i]) if i < n else "")
+                return (*[gr.update(value=None, label=str(event.values[i]) if i < n else "")
                           for i in range(MAX_COLUMNS)],
                         *[_caption_html("waiting") if i < n else "" for i in range(MAX_COLUMNS)],
                         line, gr.skip(), gr.update(visible=False), None)
             if isinstance(event, Column):
                 run["index"] = event.index
-                return None
-            if isinstance(event, Started):
-                run["started"] = event
                 return None
             if isinstance(event, Step):
                 i, n = run["index"], len(run["values"])
@@ -258,10 +255,6 @@ def _kind_or_txt2img(model_kind: Callable[[str], str], model: str) -> str:
         return model_kind(model)
     except WorkbenchError:
         return "txt2img"
-
-
-def _value_label(value) -> str:
-    return str(value)
 
 
 def _timing(column: ColumnResult) -> str:

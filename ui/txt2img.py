@@ -330,7 +330,9 @@ def _with_charts(update: tuple | None, event, run: dict) -> tuple | None:
         return None
     if isinstance(event, Step) and (found := step_measures(event)) is not None:
         run.setdefault("measures", []).append(found)
-    elif isinstance(event, (Done, StepsDrawn)):
+    elif isinstance(event, StepsDrawn):  # the same steps as the Done before it: the charts stay as drawn
+        return update + (gr.skip(),) * len(CHARTS)
+    elif isinstance(event, Done):
         run["measures"] = [m for s in event.steps if (m := step_measures(s)) is not None]
     elif isinstance(event, Started):  # the last run's charts stay until this one's first step: an empty frame after
         run["measures"] = []  # a drawn one made the plots' script fail on its next resize (after a tab switch, say)
@@ -339,7 +341,10 @@ def _with_charts(update: tuple | None, event, run: dict) -> tuple | None:
         pass  # the last run's charts, sent again whole: left as they were, the plots' script failed on a resize
     else:
         return update + (gr.skip(),) * len(CHARTS)
-    return update + tuple(_chart_frame(run["measures"], names) for names in CHARTS.values())
+    # No rows yet (a run's start, a batch's next run): the charts keep what they show until its first step;
+    # an empty value makes Vega throw in the page ("reading 'step'" of undefined).
+    frames = (_chart_frame(run["measures"], names) for names in CHARTS.values())
+    return update + tuple(gr.skip() if frame is None else frame for frame in frames)
 
 
 def _view_label(name: str, how: str = "") -> str:

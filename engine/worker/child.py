@@ -153,7 +153,9 @@ class PortableRun:
         """The portable steps, and the indices of those whose costly x0 preview is not drawn yet (left as it is)."""
         out, gaps = [], []
         for i, step in enumerate(steps):
-            if step.step in self.sent:
+            if step.preview_x0 is None and step.preview_xt is None:  # a step the loop keeps no previews of
+                out.append(portable(step))
+            elif step.step in self.sent:
                 sent = self.sent[step.step]
                 out.append(replace(sent, views=portable_views(step.views, done=sent.views)))
             elif costly(step.preview_x0):

@@ -42,6 +42,17 @@ def pick(page, elem_id, option):
     page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
 
 
+def eventually(condition, timeout=30.0) -> bool:
+    """Whether ``condition()`` comes true within ``timeout`` seconds (an image's new source can land a moment
+    after its label)."""
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def captions(page, n):
     return [page.locator(f"#cmp-caption-{i}").inner_text() for i in range(n)]
 
@@ -105,7 +116,7 @@ def test_views_pick_what_streams_and_scrubbing_shows_every_view(page):
     page.locator("#t2i-generate").click()
     wait_text(page, "t2i-progress", "done")
     assert "Guidance Δ" in page.locator("#t2i-xt").inner_text()
-    assert is_heat_map(shown(page, "t2i-xt"))
+    assert eventually(lambda: is_heat_map(shown(page, "t2i-xt"))), "the right image is no heat map"
     # the live charts drew a line each
     for chart in (0, 1):
         page.wait_for_selector(f"#t2i-chart-{chart} svg g.mark-line path")
@@ -121,7 +132,7 @@ def test_views_pick_what_streams_and_scrubbing_shows_every_view(page):
     assert not is_heat_map(eps) and eps.std() > 0
     pick(page, "t2i-view-right", "noisy latent x_t after the step")
     wait_text(page, "t2i-xt", "Noisy latent x_t")
-    assert not is_heat_map(shown(page, "t2i-xt"))
+    assert eventually(lambda: not is_heat_map(shown(page, "t2i-xt"))), "the right image still shows the heat map"
     assert errors == []
 
 

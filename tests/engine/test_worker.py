@@ -124,3 +124,13 @@ def test_estimate_probes_once_then_uses_the_last_run(benches, where):
     assert after.seconds_per_step == seconds_per_step(done.steps)
     # another batch size is another measurement
     assert bench.estimate_unconditional(replace(as_trained, batch_size=batch + 10), probe=False) is None
+
+
+def test_done_keeps_only_the_steps_the_loop_kept_previews_of(benches):
+    """A streamed step whose previews the loop's Done does not keep (every k-th for the scrubber) crosses without
+    them, as in this process."""
+    worker, local = benches
+    request = UnconditionalRequest(model="tiny-ddpm", scheduler="DDIM", num_inference_steps=250, seed=2)
+    theirs, ours = run(worker, request)[-1], run(local, request)[-1]
+    kept = [s.step for s in ours.steps if s.preview_xt is not None]
+    assert len(kept) < 250 and [s.step for s in theirs.steps if s.preview_xt is not None] == kept
