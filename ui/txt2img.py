@@ -334,8 +334,11 @@ def _with_charts(update: tuple | None, event, run: dict) -> tuple | None:
         return update + (gr.skip(),) * len(CHARTS)
     elif isinstance(event, Done):
         run["measures"] = [m for s in event.steps if (m := step_measures(s)) is not None]
-    elif isinstance(event, Started):
-        run["measures"] = []
+    elif isinstance(event, Started):  # the last run's charts stay until this one's first step: an empty frame after
+        run["measures"] = []  # a drawn one made the plots' script fail on its next resize (after a tab switch, say)
+        return update + (gr.skip(),) * len(CHARTS)
+    elif isinstance(event, BatchDone):
+        pass  # the last run's charts, sent again whole: left as they were, the plots' script failed on a resize
     else:
         return update + (gr.skip(),) * len(CHARTS)
     # No rows yet (a run's start, a batch's next run): the charts keep what they show until its first step;
