@@ -243,8 +243,14 @@ def test_non_image_upload_is_refused(client, tmp_path):
     assert len(gallery) == 4
 
 
-def test_stop_a_1000_step_run_and_the_next_starts(client, running_app):
+def test_stop_a_1000_step_run_and_the_next_starts(running_app):
     """DDPM as trained (1000 steps): previews stream about 10 a second; Stop ends it."""
+    from gradio_client import Client
+
+    # gradio_client downloads each streamed update's images while holding the job's lock, which job.cancel()
+    # waits for: with downloads, the time below would be the client's (up to 1.4 s seen on a loaded machine),
+    # not the server's answer to Stop.
+    client = Client(running_app[0], verbose=False, download_files=False)
     job = client.submit(**{**DDPM_ARGS, "scheduler": "DDPM", "steps": 1000, "batch_size": 1}, api_name="/ddpm")
     assert len(wait_for_outputs(job, 3)) >= 3, "no preview arrived"
     stopped = running_app[1].recent_runs()[-1]
@@ -258,3 +264,4 @@ def test_stop_a_1000_step_run_and_the_next_starts(client, running_app):
     assert "done" not in str(job.outputs()[-1][2])
     following = running_app[1].recent_runs()[-1]
     assert stopped.outcome == "stopped" and stopped.ended <= following.started
+    client.close()
