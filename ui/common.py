@@ -167,13 +167,17 @@ class SessionRuns:
         with self._lock:
             return self._runs.get(session)
 
-    def stop(self, session: str) -> bool:
-        """Ask the session's run to stop at its next step; False when it has none under way."""
+    def stop(self, session: str, wait: float = 0.0) -> dict | None:
+        """Ask the session's run to stop at its next step, and wait up to ``wait`` seconds for it to end (its
+        "ended" is set then); the run, or None when the session has none under way."""
         run = self.get(session)
         if run is None or run.get("ended"):
-            return False
+            return None
         run["cancel"].cancel()
-        return True
+        deadline = time.monotonic() + wait
+        while not run.get("ended") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return run
 
 
 def uploaded_path(value, name: str) -> str | None:

@@ -113,6 +113,9 @@ def build(
             export = gr.DownloadButton("Export run (replay file)", visible=False, size="sm", elem_id="t2i-export")
             code = gr.Code(label="diffusers code", language="python", wrap_lines=True, elem_id="t2i-code")
     history = gr.State(None)  # {"steps": the run's Step events, "final": its PNG or None}
+    exports = [export] if export_run is not None else []  # the page run's last output: the Export button
+    no_export = (gr.skip(),) * len(exports)
+    hide_export = (gr.update(visible=False, value=None),) * len(exports)
     runs = SessionRuns()
     inputs = [model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
               vae_preview_every, preview, lora, lora_scale, batch_count, compile_unet]
@@ -153,6 +156,7 @@ def build(
             final = event.paths[0] if event.paths else event.images[0]  # the saved PNG, sent as it is
             info_out = dict(event.info)
             info_out["file"] = shown(event.paths[0]) if event.paths else None  # the image itself is sent as it is
+            run["shown"] = info_out
             n = len(event.steps)
             run["final"] = final
             return (final if left == "x0" or not n else view_array(event.steps[-1], left),
@@ -164,11 +168,12 @@ def build(
             return ((gr.skip(),) * 5 + (gr.update(label=SCRUB_LABEL),)
                     + ({"steps": event.steps, "final": run.get("final")},))
         if isinstance(event, BatchDone):  # the batch's grid, its runs' files listed
+            run["shown"] = {**event.info, "files": [shown(p) for p in event.paths],
+                            "grid": shown(event.grid) if event.grid else None}
             return (event.grid or event.image, gr.skip(),
                     progress_html(1, 1, note=f"done · {len(event.seeds)} runs, seeds {event.seeds[0]} to "
                                              f"{event.seeds[-1]}"),
-                    {**event.info, "files": [shown(p) for p in event.paths],
-                     "grid": shown(event.grid) if event.grid else None}, gr.skip(), gr.update(visible=False), None)
+                    run["shown"], gr.skip(), gr.update(visible=False), None)
         return None
 
     @friendly_errors
@@ -195,19 +200,28 @@ def build(
             if run["warning"]:
                 gr.Warning(html.escape(run["warning"]))
             run["history"] = "after"
+            one_run = whole(batch_count) == 1
+
+            def page_update(event):  # in stream_updates' thread
+                update = _with_charts(render(event, run), event, run)
+                # The run's last update (its previews' history; a batch's grid) carries the Export button.
+                last = isinstance(event, BatchDone) or (isinstance(event, StepsDrawn) and one_run)
+                if update is not None and last:
+                    return update + tuple(export_update(export_run, run.get("shown")) for _ in exports)
+                return None if update is None else update + no_export
+
             async for update in stream_updates(
                     lambda cancel: iter_txt2img(request, cancel=cancel, history="after", views=run["views"],
-                                                batch_count=whole(batch_count)),
-                    lambda event: _with_charts(render(event, run), event, run), cancel=run["cancel"]):
+                                                batch_count=whole(batch_count)), page_update, cancel=run["cancel"]):
                 yield update
         except Cancelled:  # the page's Stop (after the final image, only its previews' history was still coming)
             if run.get("final") is None:
-                yield stopped(run) + (gr.skip(),) * len(charts)
+                yield stopped(run) + (gr.skip(),) * len(charts) + hide_export
         except Exception as exc:
             message = page_error(exc)
             gr.Warning(html.escape(message))
             yield (gr.skip(), gr.skip(), message_html(message), gr.skip(), gr.skip(), gr.skip(), gr.skip(),
-                   *(gr.skip(),) * len(charts))
+                   *(gr.skip(),) * len(charts), *no_export)
         finally:
             run["ended"] = True
 
@@ -249,9 +263,13 @@ def build(
                 info_out, shown(started.code), _scrubber(len(frames)), {"steps": tuple(frames), "final": None})
 
     def stop_page_run(session: gr.Request):
-        if runs.stop(session.session_hash):
-            return message_html("Stopping at the end of this step", "stopped")
-        return gr.skip()
+        """Stop's own answer in the progress line. Once the run has stopped it says what the run's last update
+        says (where it stopped), so the line ends the same whichever of the two the page gets last; on slow
+        steps, that it is stopping (the run's update comes a second or more after this)."""
+        run = runs.stop(session.session_hash, wait=STOP_WAIT)
+        if run is None or run.get("final") is not None:  # no run, or it had ended with its final image
+            return gr.skip()
+        return stopped(run)[2] if run.get("ended") else message_html("Stopping at the end of this step", "stopped")
 
     def show_step(index, steps, left=DEFAULT_VIEWS[0], right=DEFAULT_VIEWS[1]):
         """A step's two chosen views (any view of any step: the history keeps them all)."""
@@ -286,12 +304,12 @@ def build(
     generate.click(before_run, inputs, progress, queue=False, api_visibility="private")
     # A click while the last run is still ending (its history's previews being drawn after the final image went
     # out) queues one more run rather than being dropped (Gradio's default "once" ignores it).
-    page_run = generate.click(txt2img_page, inputs=inputs + views, outputs=outputs + charts, validator=validate,
-                              trigger_mode="always_last", api_visibility="private", concurrency_id=DEVICE_QUEUE,
-                              concurrency_limit=1)
-    if export_run is not None:  # a finished run's replay file, ready to download
-        page_run.then(lambda shown_info: export_update(export_run, shown_info), info, export,
-                      api_visibility="private")
+    # No Gradio progress overlay on the outputs: the progress line says it, and the overlay's animation kept the
+    # browser's compositor busy (about 0.4 CPU-s a run in a Chromium trace) on the cores the loop runs on. The
+    # Export button comes with the run's last update, not in an event of its own after it.
+    generate.click(txt2img_page, inputs=inputs + views, outputs=outputs + charts + exports,
+                   validator=validate, trigger_mode="always_last", api_visibility="private",
+                   concurrency_id=DEVICE_QUEUE, concurrency_limit=1, show_progress="hidden")
     reuse_seed.click(last_seed, info, seed, api_visibility="private")
     random_seed.click(lambda: -1, None, seed, api_visibility="private")
     # The page's run ends through its own token, so it can say where it stopped (a cancelled event cannot).
@@ -309,6 +327,8 @@ def build(
             "guidance_scale": guidance_scale, "scheduler": scheduler, "seed": seed, "width": width, "height": height,
             "lora": lora, "lora_scale": lora_scale, "batch_count": batch_count, FILLED: filled}
 
+
+STOP_WAIT = 1.0  # seconds Stop waits for the run to end before it answers "stopping"
 
 CHARTS = {  # chart title -> its series: inside a step, each step's numbers (engine.sampling.views.MEASURES)
     "Guidance: rms of ε_text − ε_uncond": ("guidance rms",),

@@ -147,7 +147,11 @@ def test_stop_says_where_it_stopped_and_the_next_run_starts(page):
     page.wait_for_function(
         "() => /Step [2-9]\\d*\\/150/.test(document.querySelector('#t2i-progress').innerText)")
     page.locator("#t2i-stop").click()
-    page.wait_for_function("() => document.querySelector('#t2i-progress').innerText.includes('Stopped at step')")
+    try:
+        page.wait_for_function("() => document.querySelector('#t2i-progress').innerText.includes('Stopped at step')",
+                               timeout=20000)
+    except Exception as exc:
+        raise AssertionError(f"after Stop the progress line says {progress_text(page)!r}") from exc
     first = progress_text(page)
     time.sleep(1.5)
     assert progress_text(page) == first, "the run went on after Stop"
