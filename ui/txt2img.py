@@ -204,6 +204,10 @@ def build(
 
             def page_update(event):  # in stream_updates' thread
                 update = _with_charts(render(event, run), event, run)
+                code = update[4] if update is not None else None
+                if isinstance(code, str):  # the code is sent again only when it changed (a redraw in the page)
+                    update = update if code != run.get("code_sent") else update[:4] + (gr.skip(),) + update[5:]
+                    run["code_sent"] = code
                 # The run's last update (its previews' history; a batch's grid) carries the Export button.
                 last = isinstance(event, BatchDone) or (isinstance(event, StepsDrawn) and one_run)
                 if update is not None and last:
@@ -355,10 +359,12 @@ def _with_charts(update: tuple | None, event, run: dict) -> tuple | None:
         return None
     if isinstance(event, Step) and (found := step_measures(event)) is not None:
         run.setdefault("measures", []).append(found)
-    elif isinstance(event, StepsDrawn):  # the same steps as the Done before it: the charts stay as drawn
-        return update + (gr.skip(),) * len(CHARTS)
     elif isinstance(event, Done):
         run["measures"] = [m for s in event.steps if (m := step_measures(s)) is not None]
+        if run.get("history") == "after":  # the whole run's rows go with the StepsDrawn just after: the final
+            return update + (gr.skip(),) * len(CHARTS)  # image does not wait for the charts' redraw in the page
+    elif isinstance(event, StepsDrawn):
+        pass  # the whole run's rows (see Done)
     elif isinstance(event, Started):  # the last run's charts stay until this one's first step: an empty frame after
         run["measures"] = []  # a drawn one made the plots' script fail on its next resize (after a tab switch, say)
         return update + (gr.skip(),) * len(CHARTS)
