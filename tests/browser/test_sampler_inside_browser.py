@@ -169,7 +169,9 @@ def test_img2img_denoises_from_the_strengths_t_beside_the_original(page):
 def test_img2img_says_a_bad_strength_beside_it(page):
     open_tab(page, "Noise")
     type_into_slider(page, "i2i-strength", 0)
-    page.locator("#i2i-run").click()
     message = "strength must be a number above 0 and at most 1; got 0"
+    # As a person sees it: the line under the slider answers the new strength before Run is clicked.
+    wait_text(page, "i2i-start", message, timeout=60_000)
+    page.locator("#i2i-run").click()
     wait_text(page, "i2i-strength", message, timeout=60_000)
     wait_text(page, "i2i-progress", message, timeout=60_000)
