@@ -21,6 +21,14 @@ CSS = """
 .wb-pixels img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 .wb-pixels .image-frame { padding-top: 28px; box-sizing: border-box; }  /* below the label and buttons */
 .wb-vega .vega-embed { width: 100%; }  /* Gradio centres the chart: a "container" width would measure 0 */
+.wb-chart { font-size: 0.8em; }
+.wb-chart-title { font-weight: 600; }
+.wb-chart-legend { display: flex; gap: 0.8em; margin: 0.2em 0; }
+.wb-chart-key i { display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.3em; vertical-align: -0.05em; }
+.wb-chart svg { width: 100%; height: auto; max-height: 200px; fill: currentColor; }
+.wb-chart svg text { font-size: 11px; }
+.wb-chart-axis { stroke: currentColor; stroke-opacity: 0.4; }
+.wb-chart-empty { opacity: 0.6; padding: 2em 0; text-align: center; }
 .wb-caption { font-family: ui-monospace, monospace; font-size: 0.8em; text-align: center; }
 """
 # Ctrl+Enter (Cmd+Enter) runs the visible tab's Generate; the header's button switches dark mode.
@@ -92,7 +100,7 @@ def build_app(args: argparse.Namespace):
             gr.Markdown("# Diffusion Workbench\nEvery denoising step, visible.")
             dark = gr.Button("◐ Dark mode", size="sm", scale=0, min_width=120, elem_id="dark-mode")
         dark.click(None, js=DARK_MODE_JS)
-        with gr.Tab("Text to image", id="txt2img"):
+        with gr.Tab("Text to image", id="txt2img") as txt2img_page:
             txt2img_fields = txt2img_tab.build(
                 iter_txt2img=bench.iter_txt2img,
                 check_model=bench.check_model,
@@ -106,7 +114,7 @@ def build_app(args: argparse.Namespace):
                 check_lora=bench.check_lora,
                 export_run=bench.export_run,
             )
-        with gr.Tab("Unconditional", id="unconditional"):
+        with gr.Tab("Unconditional", id="unconditional") as unconditional_page:
             unconditional_fields = unconditional_tab.build(
                 iter_unconditional=bench.iter_unconditional,
                 final_image=bench.final_image,
@@ -118,7 +126,7 @@ def build_app(args: argparse.Namespace):
                 shown=bench.shown,
                 export_run=bench.export_run,
             )
-        with gr.Tab("Noise", id="noise"):
+        with gr.Tab("Noise", id="noise") as noise_page:
             noise = noise_tab.build(
                 add_noise=bench.add_noise,
                 schedule_arrays=bench.schedule_arrays,
@@ -140,7 +148,7 @@ def build_app(args: argparse.Namespace):
                 default_model=bench.default_model("txt2img"),
                 schedulers=bench.schedulers,
             )
-        with gr.Tab("Compare", id="compare"):
+        with gr.Tab("Compare", id="compare") as compare_page:
             compare_tab.build(
                 iter_compare=bench.iter_compare,
                 compare_columns=bench.compare_columns,
@@ -150,8 +158,8 @@ def build_app(args: argparse.Namespace):
                 default_size=bench.default_size,
                 schedulers=bench.schedulers,
             )
-        with gr.Tab("Training", id="train"):
-            train_tab.build(
+        with gr.Tab("Training", id="train") as train_page:
+            poll_timer = train_tab.build(
                 start_training=bench.start_training,
                 resume_training=bench.resume_training,
                 run_settings=bench.run_settings,
@@ -165,6 +173,7 @@ def build_app(args: argparse.Namespace):
                 unconditional_model=unconditional_fields["model"],
                 list_txt2img_models=lambda: bench.list_models("txt2img"),
                 base_resolution=bench.training_base_size,
+                tab=train_page,
             )
         targets = {"txt2img": txt2img_fields, "unconditional": unconditional_fields}  # where past settings go back
         with gr.Tab("History", id="history") as history:
@@ -181,8 +190,10 @@ def build_app(args: argparse.Namespace):
                 shown=bench.shown,
                 tab=history,
             )
-        with gr.Tab("PNG Info", id="pnginfo"):
+        with gr.Tab("PNG Info", id="pnginfo") as pnginfo_page:
             pnginfo_tab.build(read_png_info=bench.read_png_info, targets=targets)
+        train_tab.stop_polling_elsewhere(poll_timer, [txt2img_page, unconditional_page, noise_page, compare_page,
+                                                      history, pnginfo_page])
         # -- more tabs are added here --
     name_file_inputs(demo)
     demo.queue(default_concurrency_limit=1, max_size=64)

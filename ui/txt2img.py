@@ -6,7 +6,6 @@ import html
 from typing import Callable
 
 import gradio as gr
-import pandas as pd
 
 from engine.errors import Cancelled, InputError, ModelLoadError
 from engine.events import BatchDone, Done, Started, Step, StepsDrawn
@@ -14,6 +13,7 @@ from engine.models.loras import MAX_LORA_SCALE
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, PREVIEWS, Txt2ImgRequest
 from engine.sampling.views import DEFAULT_VIEWS, VIEWS, step_measures, view_array
 from engine.validation import check_batch_count
+from ui.charts import line_chart_html
 from ui.common import (COMPILE_INFO, DEVICE_QUEUE, FILLED, SessionRuns, batch_note, done_note, export_update,
                        field_messages, friendly_errors, last_seed, message_html, model_dropdown, page_error, progress_html,
                        seed_buttons, stream_updates, whole)
@@ -105,9 +105,7 @@ def build(
             scrub = gr.Slider(1, 2, value=1, step=1, label=SCRUB_LABEL,
                               visible=False, elem_id="t2i-scrub")
             with gr.Row():
-                charts = [gr.LinePlot(None, x="step", y="value", color="series", title=title,
-                                      color_map=dict(zip(names, CHART_COLORS)), height=200, x_title="step",
-                                      y_title="", elem_id=f"t2i-chart-{k}", elem_classes="wb-vega")
+                charts = [gr.HTML(_chart(title, names, []), elem_id=f"t2i-chart-{k}")
                           for k, (title, names) in enumerate(CHARTS.items())]
             info = gr.JSON(label="Parameters used", elem_id="t2i-info")
             export = gr.DownloadButton("Export run (replay file)", visible=False, size="sm", elem_id="t2i-export")
@@ -309,7 +307,7 @@ def build(
     # another, so a listener of Generate's own would hold the run back until it answered (about 70 ms on the
     # 2-core machine, bench/page.py). Generate's first listener clicks this hidden button instead, a click of its own.
     check = gr.Button(visible="hidden", elem_id="t2i-check")
-    check.click(before_run, inputs, progress, queue=False, api_visibility="private")
+    check.click(before_run, inputs, progress, queue=False, api_visibility="private", show_progress="hidden")
     generate.click(None, js="() => { document.querySelector('#t2i-check')?.click(); }")
     # A click while the last run is still ending (its history's previews being drawn after the final image went
     # out) queues one more run rather than being dropped (Gradio's default "once" ignores it).
@@ -346,11 +344,10 @@ CHARTS = {  # chart title -> its series: inside a step, each step's numbers (eng
 CHART_COLORS = ("#4c78a8", "#f58518")  # tableau10's first two
 
 
-def _chart_frame(measures: list[dict], names) -> pd.DataFrame | None:
-    """(step, value, series) rows of ``names`` from each step's measures, NaN values (no guidance) left out; None
-    for no rows (Gradio 6.31's plot never draws the lines of data sent after an empty frame)."""
-    rows = [(m["step"], m[name], name) for m in measures for name in names if m[name] == m[name]]
-    return pd.DataFrame(rows, columns=["step", "value", "series"]) if rows else None
+def _chart(title: str, names, measures: list[dict]) -> str:
+    """The chart of series ``names`` over each step's measures (NaN values, no guidance, left out)."""
+    return line_chart_html(title, {name: [(m["step"], m[name]) for m in measures] for name in names},
+                           dict(zip(names, CHART_COLORS)))
 
 
 def _with_charts(update: tuple | None, event, run: dict) -> tuple | None:
@@ -362,20 +359,16 @@ def _with_charts(update: tuple | None, event, run: dict) -> tuple | None:
     elif isinstance(event, Done):
         run["measures"] = [m for s in event.steps if (m := step_measures(s)) is not None]
         if run.get("history") == "after":  # the whole run's rows go with the StepsDrawn just after: the final
-            return update + (gr.skip(),) * len(CHARTS)  # image does not wait for the charts' redraw in the page
-    elif isinstance(event, StepsDrawn):
-        pass  # the whole run's rows (see Done)
-    elif isinstance(event, Started):  # the last run's charts stay until this one's first step: an empty frame after
-        run["measures"] = []  # a drawn one made the plots' script fail on its next resize (after a tab switch, say)
+            return update + (gr.skip(),) * len(CHARTS)  # image's update stays small
+    elif isinstance(event, (StepsDrawn, BatchDone)):
+        pass  # the whole run's (see Done); a batch's last run's
+    else:  # a run's start: the last run's charts stay until this one's first step
+        if isinstance(event, Started):
+            run["measures"] = []
         return update + (gr.skip(),) * len(CHARTS)
-    elif isinstance(event, BatchDone):
-        pass  # the last run's charts, sent again whole: left as they were, the plots' script failed on a resize
-    else:
+    if not run.get("measures"):
         return update + (gr.skip(),) * len(CHARTS)
-    # No rows yet (a run's start, a batch's next run): the charts keep what they show until its first step;
-    # an empty value makes Vega throw in the page ("reading 'step'" of undefined).
-    frames = (_chart_frame(run["measures"], names) for names in CHARTS.values())
-    return update + tuple(gr.skip() if frame is None else frame for frame in frames)
+    return update + tuple(_chart(title, names, run["measures"]) for title, names in CHARTS.items())
 
 
 def _view_label(name: str, how: str = "") -> str:

@@ -92,7 +92,7 @@ def test_pick_a_past_image_use_its_settings_and_get_it_again(page):
     assert (value(page, "t2i-width"), value(page, "t2i-height")) == ("32", "32")
     generate(page)
     assert np.array_equal(shown_image(page, "t2i-image"), picked)
-    assert errors == []  # the live charts too, through a batch and two tab switches (ui/txt2img.py _with_charts)
+    assert errors == []  # through a batch and two tab switches
 
 
 def test_reuse_and_random_seed_buttons(page):

@@ -107,6 +107,12 @@ def is_heat_map(image: np.ndarray) -> bool:
     return bool(((image[..., 0] - image[..., 2]) > 60).any())
 
 
+def chart_lines(page, chart: int) -> list:
+    """[series, points] of each line chart #t2i-chart-``chart`` draws."""
+    return page.locator(f"#t2i-chart-{chart} svg polyline").evaluate_all(
+        "ls => ls.map(l => [l.dataset.series, l.getAttribute('points').trim().split(' ').length])")
+
+
 def test_views_pick_what_streams_and_scrubbing_shows_every_view(page):
     errors = console_errors(page)
     pick(page, "t2i-view-right", "guidance Δ = ε_text − ε_uncond (heat map)")
@@ -117,9 +123,11 @@ def test_views_pick_what_streams_and_scrubbing_shows_every_view(page):
     wait_text(page, "t2i-progress", "done")
     assert "Guidance Δ" in page.locator("#t2i-xt").inner_text()
     assert eventually(lambda: is_heat_map(shown(page, "t2i-xt"))), "the right image is no heat map"
-    # the live charts drew a line each
-    for chart in (0, 1):
-        page.wait_for_selector(f"#t2i-chart-{chart} svg g.mark-line path")
+    # the live charts drew their lines: guidance rms alone (a run with guidance), then sigma and the latent's std,
+    # each with a point per step
+    for chart, names in ((0, ["guidance rms"]), (1, ["sigma", "latent std"])):
+        assert eventually(lambda: chart_lines(page, chart) == [[name, 12] for name in names]), \
+            chart_lines(page, chart)
     save_screenshot(page, "txt2img-views")
     # after the run, any view of any step: the predicted noise at step 4, on the left
     pick(page, "t2i-view-left", "predicted noise ε (after guidance)")
