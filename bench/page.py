@@ -1,6 +1,6 @@
 """The page as fast as the engine: what a person gets through the server, beside the engine alone, in one run.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/page.py            # everything (about 5 minutes on 2 cores)
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/page.py            # everything (about 6 minutes on 2 cores)
     HF_HUB_OFFLINE=1 .venv/bin/python bench/page.py --no-browser
 
 Launches the app (a subprocess, as `make run` does) on a temporary models/outputs dir with the built-ins
@@ -10,7 +10,8 @@ and a tiny SD model, and measures, printing each figure beside its bound:
    columns' loops summed) and /img2img (text-to-image and SDEdit);
 2. end to end: submit to final image received (gradio_client, streaming previews, then the final PNG's
    bytes fetched) minus the engine alone's wall time; and the same from the click on Generate to the
-   final image shown, in headless Chromium;
+   final image shown, in headless Chromium (its reference: the faster of the engine alone before the
+   browser opened and between the clicks);
 3. while long runs stream (text to image, /ddpm, and training with status polled every second),
    `GET /` and `GET /gradio_api/info` sampled every 100 ms for 20 s: p99 answer time;
 4. Stop, five times on slow steps: the cancel request's time, p99 meanwhile, the stopped run ending at a

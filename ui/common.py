@@ -155,7 +155,8 @@ class SessionRuns:
         self._lock = threading.Lock()
 
     def begin(self, session: str) -> dict:
-        run = {"started": None, "steps": [], "cancel": CancelToken(), "note": ""}
+        """A new run for ``session``; its handler calls :meth:`end` with it when it returns, however it returns."""
+        run = {"started": None, "steps": [], "cancel": CancelToken(), "note": "", "done": threading.Event()}
         with self._lock:
             self._runs[session] = run
             self._runs.move_to_end(session)
@@ -167,6 +168,11 @@ class SessionRuns:
         with self._lock:
             return self._runs.get(session)
 
+    @staticmethod
+    def end(run: dict) -> None:
+        run["ended"] = True
+        run["done"].set()
+
     def stop(self, session: str, wait: float = 0.0) -> dict | None:
         """Ask the session's run to stop at its next step, and wait up to ``wait`` seconds for it to end (its
         "ended" is set then); the run, or None when the session has none under way."""
@@ -174,9 +180,7 @@ class SessionRuns:
         if run is None or run.get("ended"):
             return None
         run["cancel"].cancel()
-        deadline = time.monotonic() + wait
-        while not run.get("ended") and time.monotonic() < deadline:
-            time.sleep(0.02)
+        run["done"].wait(wait)
         return run
 
 

@@ -225,7 +225,7 @@ def build(
             yield (gr.skip(), gr.skip(), message_html(message), gr.skip(), gr.skip(), gr.skip(), gr.skip(),
                    *(gr.skip(),) * len(charts), *no_export)
         finally:
-            run["ended"] = True
+            runs.end(run)
 
     def problem(*values) -> InputError | ModelLoadError | None:
         """What is wrong with the page's values, found without running anything."""

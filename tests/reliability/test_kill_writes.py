@@ -2,6 +2,7 @@
 tab's) is killed at random moments. Nothing half-written is ever listed, nothing finished is lost, and the next
 start removes what the killed writes left."""
 
+import os
 import random
 import signal
 import subprocess
@@ -42,15 +43,20 @@ for n in range(10**6):
 
 
 def kill_while_writing(script: str, args: list, seed: int) -> tuple[list[str], int]:
-    """Run ``script`` ``KILLS`` times, each killed with SIGKILL a random moment after it starts writing;
-    returns what it reported finished, and after how many kills a partial write was left behind."""
+    """Run ``script`` ``KILLS`` times, each killed with SIGKILL a random moment after it starts writing (every other
+    time, the first moment after that when a write of it is under way: a random moment alone missed every write
+    in some runs, an upload's time outside its write growing with the uploads before it); returns what it
+    reported finished, and after how many kills a partial write was left behind."""
     rng = random.Random(seed)
     finished, kills_mid_write, partials = [], 0, 0
-    for _ in range(KILLS):
+    for k in range(KILLS):
         child = subprocess.Popen([sys.executable, "-c", script, str(ROOT), *map(str, args)], stdout=subprocess.PIPE,
                                  text=True)
         assert child.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0.05, 0.6))
+        deadline = time.time() + 5
+        while k % 2 and hidden_entries(args[0]) <= partials and time.time() < deadline:
+            time.sleep(0.001)
         child.send_signal(signal.SIGKILL)
         child.wait()  # reaped, as a server's parent reaps it: its pid no longer runs
         finished += [line.strip() for line in child.stdout.read().splitlines() if line.strip()]
@@ -62,6 +68,12 @@ def kill_while_writing(script: str, args: list, seed: int) -> tuple[list[str], i
 def partial_writes(folder) -> list[Path]:
     """Hidden files and folders: where a write is under way (what is listed never starts with '.')."""
     return sorted(Path(folder).rglob(".*"))
+
+
+def hidden_entries(folder) -> int:
+    """How many entries :func:`partial_writes` would list, counted while writes come and go (os.walk passes over a
+    folder removed under it)."""
+    return sum(name.startswith(".") for _, dirs, files in os.walk(folder) for name in dirs + files)
 
 
 def complete_png(path: Path) -> bool:
