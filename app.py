@@ -83,7 +83,7 @@ def build_app(args: argparse.Namespace):
     from ui import compare as compare_tab, img2img as img2img_tab, noise as noise_tab, train as train_tab
     from ui import txt2img as txt2img_tab, unconditional as unconditional_tab
     from ui import history as history_tab, pnginfo as pnginfo_tab
-    from ui.common import name_file_inputs
+    from ui.common import cache_images_atomically, name_file_inputs
 
     bench = Workbench(Folders(args.models_dir, args.data_dir, args.outputs_dir), device=args.device,
                       torch_threads=args.torch_threads,
@@ -196,6 +196,7 @@ def build_app(args: argparse.Namespace):
                                                       history, pnginfo_page])
         # -- more tabs are added here --
     name_file_inputs(demo)
+    cache_images_atomically()
     demo.queue(default_concurrency_limit=1, max_size=64)
     return demo, bench
 

@@ -200,6 +200,41 @@ def uploaded_path(value, name: str) -> str | None:
     return path
 
 
+def cache_images_atomically() -> None:
+    """Gradio 6.31 saves each output image into its cache at a path named by the image's bytes, with
+    ``write_bytes``: an image sent again (the same preview, the same final image) was truncated and rewritten in
+    place while the page could be fetching it, and that request then failed ("Too little data for declared
+    Content-Length": the image never loaded). Now an existing file is only touched (its bytes are the same, and
+    ``prune_cache`` sees it used), and a new one is written under a hidden name and renamed into place, as Gradio's
+    own ``save_file_to_cache`` does. Installed once, for the process (Gradio's components call it by module)."""
+    from gradio import processing_utils
+
+    if getattr(processing_utils.save_pil_to_cache, "atomic", False):
+        return
+
+    def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+        data = processing_utils.encode_pil_to_bytes(img, format)
+        folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+        folder.mkdir(exist_ok=True, parents=True)
+        path = (folder / f"{name}.{format}").resolve()
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size == len(data):
+                os.utime(path)
+                return str(path)
+        fd, staging = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(staging, path)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
+        return str(path)
+
+    save_pil_to_cache.atomic = True
+    processing_utils.save_pil_to_cache = save_pil_to_cache
+
+
 def name_file_inputs(demo: gr.Blocks) -> None:
     """Gradio checks a file input's JSON before any handler runs, with pydantic's message, which names neither the
     parameter nor the form a file takes ("1 validation error for ImageData ..."): say both. Installed on ``demo``
