@@ -306,6 +306,8 @@ def build(
     # The check at the click runs beside the run, not before it: the page submits a click's listeners one after
     # another, so a listener of Generate's own would hold the run back until it answered (about 70 ms on the
     # 2-core machine, bench/page.py). Generate's first listener clicks this hidden button instead, a click of its own.
+    # It goes first: Gradio clears its inputs' field messages on an event's first answer, so a check clicked after
+    # the run's queue join (20 ms sooner) erased the message the run's validator had just put beside a bad field.
     check = gr.Button(visible="hidden", elem_id="t2i-check")
     check.click(before_run, inputs, progress, queue=False, api_visibility="private", show_progress="hidden")
     generate.click(None, js="() => { document.querySelector('#t2i-check')?.click(); }")
