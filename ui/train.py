@@ -76,7 +76,7 @@ def build(
     unconditional_model: gr.Dropdown | None = None,  # the Unconditional tab's model box, kept up to date
     list_txt2img_models: Callable[[], list[str]] = lambda: [],  # what a LoRA run can start from
     base_resolution: Callable[[str, str], int | None] = lambda name, method: None,  # (start_from, method) -> px
-    tab: gr.Tab | None = None,  # this tab: its status is shown and polled while it is open
+    tab: gr.Tab,  # this tab: its status is shown and polled while it is open
 ) -> gr.Timer:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events; returns the status poll's timer, which
     runs while the tab is open (:func:`stop_polling_elsewhere` stops it when another tab is opened)."""
@@ -199,15 +199,11 @@ def build(
     # The status is polled only while this tab is open. Gradio 6.31's page redraws every component any event has
     # updated on each message of any event, so a poll each second elsewhere slowed every other tab's live previews
     # (bench/page.py: about 0.04 s a Text to image run in Chromium). Opening the tab shows the running job at once.
-    timer = gr.Timer(POLL_INTERVAL, active=tab is None)
+    timer = gr.Timer(POLL_INTERVAL, active=False)
     timer.tick(poll, seen, status.outputs() + [seen], api_visibility="private", concurrency_limit=None,
                show_progress="hidden")
-    if tab is None:  # no tab to follow: shown on page load, polled all the time
-        gr.on(None, show_all, None, status.outputs() + [seen], api_visibility="private", concurrency_limit=None,
-              show_progress="hidden")
-    else:
-        tab.select(lambda: (*show_all(), gr.Timer(active=True)), None, status.outputs() + [seen, timer],
-                   api_visibility="private", concurrency_limit=None, show_progress="hidden")
+    tab.select(lambda: (*show_all(), gr.Timer(active=True)), None, status.outputs() + [seen, timer],
+               api_visibility="private", concurrency_limit=None, show_progress="hidden")
     if unconditional_model is not None:
         status.sample.click(sample_checkpoint, None, unconditional_model, api_visibility="private",
                             js=switch_tab_js(UNCONDITIONAL_TAB))  # then the server sets its model
