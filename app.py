@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--outputs-dir", type=Path, default=Path("outputs"), help="generated PNGs (default ./outputs)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto = cuda, then mps, then cpu")
     p.add_argument("--auth", metavar="USER:PASSWORD", help="ask for this user name and password")
+    p.add_argument("--no-a1111-api", action="store_true",
+                   help="turn off AUTOMATIC1111's HTTP API (/sdapi/v1/...; on by default, covered by --auth)")
     p.add_argument("--share", action="store_true", help="make a public gradio.live link (off unless given)")
     p.add_argument("--temp-dir", type=Path, default=None,
                    help="where the page's files (previews, uploads) are cached; the app's own, cleaned hourly "
@@ -82,7 +84,7 @@ def build_app(args: argparse.Namespace):
     from engine.workbench import Folders, UploadLimits, Workbench
     from ui import compare as compare_tab, img2img as img2img_tab, noise as noise_tab, train as train_tab
     from ui import txt2img as txt2img_tab, unconditional as unconditional_tab
-    from ui import history as history_tab, pnginfo as pnginfo_tab
+    from ui import a1111_api, history as history_tab, pnginfo as pnginfo_tab
     from ui.common import cache_images_atomically, name_file_inputs
 
     bench = Workbench(Folders(args.models_dir, args.data_dir, args.outputs_dir), device=args.device,
@@ -195,6 +197,21 @@ def build_app(args: argparse.Namespace):
         train_tab.stop_polling_elsewhere(poll_timer, [txt2img_page, unconditional_page, noise_page, compare_page,
                                                       history, pnginfo_page])
         # -- more tabs are added here --
+        if not args.no_a1111_api:  # A1111's /sdapi/v1 routes: their runs join the page's device queue
+            api = a1111_api.build(
+                iter_txt2img=bench.iter_txt2img,
+                iter_img2img=bench.iter_img2img,
+                check_model=bench.check_model,
+                check_lora=bench.check_lora,
+                list_models=lambda: bench.list_models("txt2img"),
+                list_loras=bench.list_loras,
+                default_model=bench.default_model("txt2img"),
+                samplers=bench.schedulers("txt2img"),
+                interrupt=bench.interrupt,
+                shown=bench.shown,
+                auth=tuple(args.auth.split(":", 1)) if args.auth else None,
+            )
+            demo.extra_routes = api.routes  # mounted by launch(), before Gradio's own
     name_file_inputs(demo)
     cache_images_atomically()
     demo.queue(default_concurrency_limit=1, max_size=64)
@@ -267,7 +284,8 @@ def launch(demo, args: argparse.Namespace, **kwargs):
     return demo.launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=auth,
         css=CSS, js=JS, footer_links=["api"], show_error=True,
-        app_kwargs={"middleware": [Middleware(RequireLogin)], "lifespan": bounded_cache(demo, args.cache_files)},
+        app_kwargs={"middleware": [Middleware(RequireLogin)], "lifespan": bounded_cache(demo, args.cache_files),
+                    "routes": list(getattr(demo, "extra_routes", []))},
         **kwargs,
     )
 

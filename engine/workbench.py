@@ -116,6 +116,11 @@ class Workbench:
         """The worker's latest sampling runs, oldest first: when each was queued, began and ended, and how."""
         return list(self.worker.history) if self.worker is not None else []
 
+    def interrupt(self) -> bool:
+        """Stop the sampling run that holds the device now, whoever started it (a page's, an API client's), at its
+        next step, as its own Stop would; False when none does (or runs are made in this process)."""
+        return self.worker.interrupt() if self.worker is not None else False
+
     def _forget(self, name: str) -> None:
         self.registry.forget(name)
         if self.worker is not None:

@@ -131,6 +131,15 @@ class DeviceWorker:
             if not ended:  # stopped or closed early: the worker ends the run at its next step
                 self._send(("cancel", run_id), start=False)
 
+    def interrupt(self) -> bool:
+        """Stop the run the worker is on now, whoever sent it, at its next step (its consumer gets
+        :class:`Cancelled`, its record says "stopped"); False when no run holds the device."""
+        for record in reversed(self.history):
+            if record.started is not None and record.ended is None:
+                self._send(("cancel", record.run_id), start=False)
+                return True
+        return False
+
     def wait_ready(self, timeout: float = START_TIMEOUT) -> bool:
         """Start the worker and wait until it answers (it has imported torch and diffusers)."""
         self.start()
