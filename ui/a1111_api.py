@@ -534,8 +534,8 @@ def decode_image(value, name: str) -> Image.Image:
         with Image.open(io.BytesIO(base64.b64decode(value, validate=False))) as im:
             im.load()
             return im.copy() if name == "image" else im.convert("RGB")
-    except (binascii.Error, OSError, ValueError) as exc:
-        raise ApiError(422, f"{name}: not a readable base64 image ({exc})") from None
+    except (binascii.Error, OSError, ValueError):
+        raise ApiError(422, f"{name}: not a readable base64 image (PNG, JPEG, WebP, ...)") from None
 
 
 def png_parameters(path: str) -> str:
