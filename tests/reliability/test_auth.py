@@ -41,3 +41,25 @@ def test_default_bind_is_this_machine_only():
     import app
 
     assert app.parse_args([]).host == "127.0.0.1" and app.parse_args([]).share is False
+
+
+SDAPI_ROUTES = [("POST", "txt2img"), ("POST", "img2img"), ("GET", "progress"), ("POST", "interrupt"), ("POST", "skip"),
+                ("GET", "samplers"), ("GET", "schedulers"), ("GET", "sd-models"), ("GET", "loras"), ("GET", "options"),
+                ("POST", "options"), ("GET", "scripts"), ("POST", "png-info"), ("POST", "refresh-checkpoints")]
+
+
+def test_every_a1111_route_needs_http_basic_credentials(app_with_auth):
+    """--auth covers AUTOMATIC1111's /sdapi/v1 routes as A1111's --api-auth does: HTTP basic, in A1111's error shape."""
+    import webuiapi
+
+    refused = {"error": "HTTPException", "detail": "Incorrect username or password", "body": "",
+               "errors": "401: Incorrect username or password"}
+    for method, route in SDAPI_ROUTES:
+        for auth in (None, ("ada", "wrong"), ("eve", "secret")):
+            answer = httpx.request(method, f"{app_with_auth}sdapi/v1/{route}", json={}, auth=auth, timeout=10)
+            assert (answer.status_code, answer.json()) == (401, refused), (method, route, auth)
+            assert answer.headers["www-authenticate"] == "Basic"
+    port = int(app_with_auth.rstrip("/").rsplit(":", 1)[1])
+    client = webuiapi.WebUIApi(port=port, username="ada", password="secret")
+    assert client.get_options()["sd_model_checkpoint"] == "digits-sd"
+    assert client.get_scripts() == {"txt2img": [], "img2img": []}
