@@ -135,6 +135,7 @@ class A1111Api:
         self.current: Job | None = None  # the one running
         self._ids = itertools.count(1)
         self.fn_index: int | None = None
+        self._spent: list[str] = []  # Gradio event ids of finished jobs, whose messages are dropped
         self.routes = [APIRoute(PREFIX + path, self._route(handler), methods=[method], name=f"sdapi {path}",
                                 include_in_schema=True)
                        for method, path, handler in (
@@ -196,13 +197,14 @@ class A1111Api:
         from gradio.data_classes import PredictBodyInternal
         from gradio.route_utils import API_PREFIX
 
-        blocks = request.app.get_blocks()
+        queue = request.app.get_blocks()._queue
+        self._forget_spent(queue)
         # Gradio reads the caller's path to find its root URL and accepts only its own join route's.
-        join = Request(dict(request.scope, path=f"{API_PREFIX}/queue/join", raw_path=f"{API_PREFIX}/queue/join".encode(),
-                            query_string=b""))
+        path = f"{API_PREFIX}/queue/join"
+        join = Request(dict(request.scope, path=path, raw_path=path.encode(), query_string=b""))
         body = PredictBodyInternal(data=[job.id], fn_index=self.fn_index, request=join)
         self.jobs[job.id] = job
-        ok, detail, state = await blocks._queue.push(body=body, request=join, username=None)
+        ok, detail, state = await queue.push(body=body, request=join, username=None)
         if not ok:
             self.jobs.pop(job.id, None)
             raise ApiError(503 if state == "queue_full" else 500, str(detail))
@@ -210,9 +212,16 @@ class A1111Api:
             await job.finished.wait()
         finally:
             self.jobs.pop(job.id, None)
-            # Nobody listens to this event's messages (the route answers): drop them.
-            blocks._queue.pending_messages_per_session.pop(body.session_hash, None)
-            blocks._queue.pending_event_ids_session.pop(body.session_hash, None)
+            self._spent.append(detail)  # the event's id, also its session's (none was given)
+
+    def _forget_spent(self, queue) -> None:
+        """Nobody reads the messages Gradio keeps for a job's event (the route answers): drop them once Gradio is
+        done with the event (it sends its last message after the job's function returned)."""
+        for event_id in list(self._spent):
+            if event_id not in queue.event_ids_to_events:
+                queue.pending_messages_per_session.pop(event_id, None)
+                queue.pending_event_ids_session.pop(event_id, None)
+                self._spent.remove(event_id)
 
     async def _run_job(self, job_id: str) -> None:
         """The queued event: the job's engine call, on the device queue. Never raises (nobody reads Gradio's
@@ -368,21 +377,19 @@ class A1111Api:
                 "textinfo": f"step {state['sampling_step']}/{state['sampling_steps']}" if step else "starting",
                 "current_task": job.id}
 
-    async def interrupt(self, request: Request) -> None:
+    async def interrupt(self, request: Request) -> dict:
         """End the run that holds the device now (an API job's, or the page's: its Stop line says it stopped)."""
-        job = self.current
-        if job is not None:
-            job.interrupted = True
-            job.cancel.cancel()
-        self.interrupt_device()
-        return {}
+        return self._stop("interrupted")
 
-    async def skip(self, request: Request) -> None:
+    async def skip(self, request: Request) -> dict:
         """A1111 skips to the next image of a batch; a batch count here is one run of the device's queue, which
         one cancel ends, so skip ends it as interrupt does and says skipped."""
+        return self._stop("skipped")
+
+    def _stop(self, how: str) -> dict:
         job = self.current
         if job is not None:
-            job.skipped = True
+            setattr(job, how, True)
             job.cancel.cancel()
         self.interrupt_device()
         return {}
