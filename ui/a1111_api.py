@@ -56,7 +56,8 @@ DEFAULT_SAMPLER = "Euler"  # A1111's sampler_index default, used when neither sa
 A1111_FIELDS = {"prompt": "prompt", "negative prompt": "negative_prompt", "steps": "steps",
                 "guidance scale": "cfg_scale", "scheduler": "sampler_name", "seed": "seed", "width": "width",
                 "height": "height", "strength": "denoising_strength", "image": "init_images", "lora": "prompt",
-                "LoRA scale": "prompt", "batch count": "n_iter", "model": "sd_model_checkpoint"}
+                "LoRA scale": "prompt", "batch count": "n_iter", "model": "sd_model_checkpoint",
+                "resize mode": "resize_mode"}
 # A1111's fields each route reads; any other field sent with a value other than nothing (null, false, 0, "", [],
 # {}) or A1111's own default is accepted and listed in info["ignored_by_workbench"].
 USED = {"txt2img": {"prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "sampler_name",
