@@ -140,7 +140,7 @@ def sdedit_size(request: Img2ImgRequest, model_size: tuple[int, int]) -> tuple[i
         given = ", ".join(f"{side} {getattr(request, side)}" for side in ("width", "height")
                           if getattr(request, side) is not None)
         raise InputError(f"SDEdit runs an unconditional model at its fixed size, {width}x{height} here; width and "
-                         f"height are for text-to-image models: leave them empty; got {given}",
+                         f"height are for text-to-image models: leave them out; got {given}",
                          field="width" if request.width not in (None, width) else "height")
     return width, height
 

@@ -347,7 +347,7 @@ def test_sdedit_keeps_the_models_size_and_refuses_another(tiny_ddpm, small_photo
 
 
 NOT_FIXED = ("SDEdit runs an unconditional model at its fixed size, 16x16 here; width and height are for "
-             "text-to-image models: leave them empty; got {}")
+             "text-to-image models: leave them out; got {}")
 
 
 def test_cancel_stops_at_step(tiny_ddpm, photo):
