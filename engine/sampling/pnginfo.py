@@ -38,7 +38,8 @@ from PIL import Image, UnidentifiedImageError
 from engine.errors import InputError
 from engine.sampling.outputs import RECORD_CHUNK
 from engine.sampling.schedulers import SCHEDULERS
-from engine.sampling.txt2img import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS
+from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS
+from engine.validation import MAX_SIDE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
@@ -237,6 +238,7 @@ def _a1111_unused(key: str, value: str) -> str:
         "VAE": "the model's own VAE is used", "VAE hash": "the model's own VAE is used",
         "Clip skip": "the text encoder's last layer is always used",
         "Denoising strength": "there is no image-to-image or hires fix here",
+        "Resize mode": "there is no image-to-image or hires fix here",
         "Hires upscale": "there is no hires fix here", "Hires steps": "there is no hires fix here",
         "Hires upscaler": "there is no hires fix here",
         "Lora hashes": "LoRAs are not supported here",
