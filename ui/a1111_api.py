@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import dataclasses
 import functools
 import io
 import itertools
@@ -275,7 +274,7 @@ class A1111Api:
         if len(images) > 1:
             ignored.append("init_images after the first")
         image = decode_image(images[0], "init_images")
-        extra = resize_fields(body, ignored)
+        extra = resize_fields(body)
         request_kw = {k: v for k, v in settings["request"].items() if k not in ("lora", "lora_scale")}
         i2i = Img2ImgRequest(image=image, strength=body.get("denoising_strength", 0.75), **request_kw, **extra)
         count = settings["count"]
@@ -516,20 +515,15 @@ def runs_of(body: dict) -> int:
     return size * n_iter
 
 
-def resize_fields(body: dict, ignored: list[str]) -> dict:
-    """img2img's ``resize_mode`` (0, 1, 2: A1111's names in ``RESIZE_MODES``) and size, in the one place they reach
-    the engine's request: passed on where ``Img2ImgRequest`` takes them, else listed as ignored."""
+def resize_fields(body: dict) -> dict:
+    """img2img's ``resize_mode`` (0, 1, 2: A1111's names in ``RESIZE_MODES``) and size, as the engine's request takes
+    them (a size left out is the image's aspect at about the model's pixel count)."""
     mode = body.get("resize_mode", 0)
     if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode < len(RESIZE_MODES):
         raise ApiError(422, f"resize_mode: must be 0 ({RESIZE_MODES[0]}), 1 ({RESIZE_MODES[1]}) or 2 "
                             f"({RESIZE_MODES[2]}); got {mode!r}")
-    takes = {f.name for f in dataclasses.fields(Img2ImgRequest)}
     wanted = {"resize_mode": RESIZE_MODES[mode], "width": _opt(body, "width"), "height": _opt(body, "height")}
-    extra = {k: v for k, v in wanted.items() if k in takes and v is not None}
-    for name in ("resize_mode", "width", "height"):
-        if name not in takes and name in body:
-            ignored.append(f"{name}: img2img here crops the image about its centre and resizes it to the model's size")
-    return extra
+    return {k: v for k, v in wanted.items() if v is not None}
 
 
 def decode_image(value, name: str) -> Image.Image:

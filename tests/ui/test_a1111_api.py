@@ -93,7 +93,8 @@ def test_txt2img_and_img2img_equal_our_endpoints(api, client, tmp_path):
         "denoising_strength": 0.6, "resize_mode": 1}).json()
     final = client.predict(model="digits-sd", image=handle_file(str(source)), prompt="a handwritten digit one",
                            negative_prompt="blurry", strength=0.6, steps=10, guidance_scale=7.5,
-                           scheduler="DPM++ 2M Karras", seed=5, api_name="/img2img")
+                           scheduler="DPM++ 2M Karras", seed=5, width=32, height=32,
+                           resize_mode="Crop and resize", api_name="/img2img")
     got = Image.open(io.BytesIO(base64.b64decode(raw["images"][0])))
     assert np.array_equal(pixels(got), pixels(final[0]))
     assert raw["parameters"]["init_images"] is None and json.loads(raw["info"])["denoising_strength"] == 0.6
