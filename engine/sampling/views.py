@@ -88,14 +88,15 @@ def run_attention(steps) -> np.ndarray | None:
 
 
 def attention_overlay(maps: np.ndarray, tokens, image: np.ndarray) -> np.ndarray:
-    """The summed maps of ``tokens`` (indices; None: the last before the end token) as a heat map scaled to its
-    own largest value, upsampled (bilinear) to ``image`` (H, W, 3) uint8 and blended over it."""
+    """The summed maps of ``tokens`` (indices; None: the last before the end token) as a heat map scaled from its
+    own smallest to its largest value (where the word lands more and less; a map is never 0 anywhere), upsampled
+    (bilinear) to ``image`` (H, W, 3) uint8 and blended over it."""
     from PIL import Image
 
     n = maps.shape[0]
     tokens = tuple(tokens) if tokens else (max(n - 2, 0),)
     heat = maps[[min(max(int(i), 0), n - 1) for i in tokens]].sum(axis=0)
-    heat = heat / (float(heat.max()) or 1.0)
+    heat = (heat - heat.min()) / (float(heat.max() - heat.min()) or 1.0)
     height, width = image.shape[:2]
     heat = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR))
     blended = heat_colors(heat) * ATTENTION_ALPHA + image[..., :3].astype(np.float32) * (1 - ATTENTION_ALPHA)
