@@ -8,8 +8,10 @@ Seed s draws digit s % 10 with the prompt "a handwritten digit <name>" (25 steps
 maps, engine.sampling.attention) that lies on the stroke pixels, over the share of the latent that is stroke
 (1.0: the map ignores the strokes; 2.0: twice as dense on them as a uniform map). Strokes: the final image pooled
 to the latent's 8x8 (4x4 means), the pixels farther from the background (the border's median) than halfway to
-the farthest. Prints the median and the quartiles of that ratio per token, and how often the digit's word beats
-"a"; ``--figure`` saves one run's image beside the maps of the word and of "a".
+the farthest. Also, per run and token, the correlation (Pearson) of the map with the stroke mask over the 64
+latent pixels: whether the map's bright parts are the strokes, however flat the map. Prints the median and the
+quartiles of both per token, and how often the digit's word beats "a"; ``--figure`` saves one run's image beside
+the maps of the word and of "a".
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="attention-digits-"))
     bench = Workbench(Folders(root / "models", root / "data", root / "outputs"), device="cpu", worker=False)
     ratios: dict[str, list[float]] = {name: [] for name in TOKEN_NAMES}
+    correlations: dict[str, list[float]] = {name: [] for name in TOKEN_NAMES}
     word_beats_a = 0
     for seed in range(args.seeds):
         digit = seed % 10
@@ -69,6 +72,7 @@ def main() -> int:
         area = mask.mean()
         for name, token_map in zip(TOKEN_NAMES, maps):
             ratios[name].append(float((token_map * mask).sum() / token_map.sum() / area))
+            correlations[name].append(float(np.corrcoef(token_map.ravel(), mask.ravel().astype(float))[0, 1]))
         word_beats_a += ratios["<word>"][-1] > ratios["a"][-1]
         if args.figure and seed == 7:
             tiles = [image] + [attention_overlay(maps, (i,), image) for i in (4, 1)]
@@ -79,6 +83,12 @@ def main() -> int:
     for name, values in ratios.items():
         q1, median, q3 = np.percentile(values, [25, 50, 75])
         print(f"  {name:12s} median {median:.2f}  (quartiles {q1:.2f} to {q3:.2f})")
+    print("correlation of a token's run map with the strokes:")
+    for name, values in correlations.items():
+        q1, median, q3 = np.percentile(values, [25, 50, 75])
+        print(f"  {name:12s} median {median:+.2f}  (quartiles {q1:+.2f} to {q3:+.2f})")
+    word_corr_beats_a = sum(w > a for w, a in zip(correlations["<word>"], correlations["a"]))
+    print(f"  the word's correlation above 'a''s in {word_corr_beats_a} of {args.seeds} runs")
     others = [v for name, values in ratios.items() if name != "<word>" for v in values]
     print(f"  the digit's word over the other tokens' median: {statistics.median(ratios['<word>']):.2f} / "
           f"{statistics.median(others):.2f}; the word above 'a' in {word_beats_a} of {args.seeds} runs")
