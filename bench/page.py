@@ -178,7 +178,8 @@ class Engine:
 
         request = self.request(args, kind)
         events = {"txt2img": self.bench.iter_txt2img, "unconditional": self.bench.iter_unconditional,
-                  "compare": self.bench.iter_compare, "img2img": self.bench.iter_img2img}[kind]
+                  "compare": self.bench.iter_compare, "img2img": self.bench.iter_img2img,
+                  "attention": self.bench.iter_attention}[kind]
         start = time.perf_counter()
         frames, loop = 0, 0.0
         for event in stream_latest(lambda cancel: events(request, cancel=cancel)):
@@ -209,7 +210,7 @@ class Engine:
                                   num_inference_steps=args["steps"], guidance_scale=args["guidance_scale"],
                                   scheduler=args["scheduler"], seed=args["seed"])
 
-        if kind == "txt2img":
+        if kind in ("txt2img", "attention"):
             return Txt2ImgRequest(model=args["model"], prompt=args["prompt"], negative_prompt=args["negative_prompt"],
                                   num_inference_steps=args["steps"], guidance_scale=args["guidance_scale"],
                                   scheduler=args["scheduler"], seed=args["seed"], width=args["width"],
@@ -264,19 +265,23 @@ def measure_speed(app: App, engine: Engine, runs: int) -> float:
     return default_wall
 
 
-def measure_attention(app: App, runs: int) -> None:
-    """Figure 7: what collecting the maps adds to a step, through the page (printed; no bound: it is the view's
-    price, shown to the person who picks it)."""
+def measure_attention(app: App, engine: Engine, runs: int) -> None:
+    """Figure 7: what collecting the maps adds to a step (printed; no bound: it is the view's price, said to the
+    person who picks it). Through the page (/txt2img against /attention) and in the engine alone (the same loop,
+    ``attention`` off and on), runs alternated so that a busy moment of the machine falls on both."""
     c = client(app.url)
     for what, args in (("digits-sd 25 steps 32 px", DEFAULT), ("tiny-sd 50 steps 128 px", HEAVY)):
-        page_run(c, args), page_run(c, args, "/attention")  # warm: the model loaded, the tokenizer read
-        off, on = [], []
-        for _ in range(runs):  # alternated, so a busy moment of the machine falls on both
-            off.append(page_run(c, args)["loop"] / args["steps"])
-            on.append(page_run(c, args, "/attention")["loop"] / args["steps"])
-        plain, maps = statistics.median(off), statistics.median(on)
-        report(f"7. attention view: loop per step with / without, {what}",
-               f"{maps * 1e3:.2f} / {plain * 1e3:.2f} ms: {(maps - plain) * 1e3:+.2f} ms a step ({maps / plain:.2f}x)")
+        for where, run in (("page", lambda api: page_run(c, args, api)["loop"]),
+                           ("engine alone", lambda api: engine.run(args, api.strip("/"))["loop"])):
+            run("/txt2img"), run("/attention")  # warm: the model loaded, the tokenizer read
+            off, on = [], []
+            for _ in range(runs):
+                off.append(run("/txt2img") / args["steps"])
+                on.append(run("/attention") / args["steps"])
+            plain, maps = statistics.median(off), statistics.median(on)
+            report(f"7. attention view: loop per step on / off, {where}, {what}",
+                   f"{maps * 1e3:.2f} / {plain * 1e3:.2f} ms: {(maps - plain) * 1e3:+.2f} ms a step "
+                   f"({maps / plain:.2f}x)")
     c.close()
 
 
@@ -541,7 +546,7 @@ def main() -> int:
         if "clients" in wanted:
             measure_many_clients(app, engine)
         if "attention" in wanted:
-            measure_attention(app, args.runs)
+            measure_attention(app, engine, args.runs)
     finally:
         app.close()
     failed = [name for name, _, ok in RESULTS if not ok]

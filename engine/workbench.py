@@ -204,7 +204,7 @@ class Workbench:
         request = replace(request, model=request.model or self.default_model("txt2img"))
         tokens = self.prompt_tokens(request.model, request.prompt)
         done = None
-        for event in self._run("txt2img", request, cancel, "drawn", views=("attention",)):
+        for event in self._run("txt2img", request, cancel, "streamed", views=("attention",)):  # as /txt2img's
             if isinstance(event, Done):
                 done = event
             yield event
