@@ -191,7 +191,8 @@ class Workbench:
         key = (where, stamp)
         if key not in self._tokenizers:
             try:
-                self._tokenizers[key] = CLIPTokenizer.from_pretrained(where, subfolder="tokenizer", local_files_only=True)
+                self._tokenizers[key] = CLIPTokenizer.from_pretrained(where, subfolder="tokenizer",
+                                                                      local_files_only=True)
             except (OSError, ValueError) as exc:
                 raise ModelLoadError(f"the tokenizer of {model!r} cannot be read: {exc}") from None
         return self._tokenizers[key]
@@ -209,7 +210,8 @@ class Workbench:
                 done = event
             yield event
         per_step = np.stack([step_attention(s) for s in done.steps]).astype(np.float32)
-        image = Path(done.paths[0]) if done.paths else Path(self.folders.outputs_dir) / f"attention-{done.info['seed']}.png"
+        image = Path(done.paths[0]) if done.paths else \
+            Path(self.folders.outputs_dir) / f"attention-{done.info['seed']}.png"  # a run saved nowhere
         path = save_maps(image.with_suffix(".attention.npz"), tokens, per_step)
         yield AttentionDone(tokens=tokens, image=done.images[0], per_step=per_step, maps_file=str(path))
 

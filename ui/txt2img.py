@@ -154,7 +154,8 @@ def build(
                     event.info, shown(event.code), gr.update(visible=False), None)
         if isinstance(event, Step):
             run["steps"].append(event)
-            return (_or_skip(view_array(event, left, run.get("pick"))), _or_skip(view_array(event, right, run.get("pick"))),
+            pick = run.get("pick")  # the attention view's token(s)
+            return (_or_skip(view_array(event, left, pick)), _or_skip(view_array(event, right, pick)),
                     progress_html(event.step, event.total, event.timestep, event.elapsed, event.eta,
                                   note=run["note"]),
                     gr.skip(), gr.skip(), gr.skip(), gr.skip())
@@ -165,8 +166,9 @@ def build(
             run["shown"] = info_out
             n = len(event.steps)
             run["final"] = final
-            return (final if left == "x0" or not n else attention_ui.final_frame(event.steps, left, final, run.get("pick")),
-                    attention_ui.final_frame(event.steps, right, final, run.get("pick")) if n else None,
+            pick = run.get("pick")
+            return (final if left == "x0" or not n else attention_ui.final_frame(event.steps, left, final, pick),
+                    attention_ui.final_frame(event.steps, right, final, pick) if n else None,
                     progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note=done_note(event.info)),
                     info_out, shown(event.code), _scrubber(n, drawing=run.get("history") == "after"),
                     {"steps": event.steps, "final": final, "tokens": run.get("tokens")})
