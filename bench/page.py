@@ -271,6 +271,9 @@ def measure_attention(app: App, engine: Engine, runs: int) -> None:
     ``attention`` off and on), runs alternated so that a busy moment of the machine falls on both."""
     c = client(app.url)
     for what, args in (("digits-sd 25 steps 32 px", DEFAULT), ("tiny-sd 50 steps 128 px", HEAVY)):
+        off, on = attention_flops(engine, args)
+        report(f"7. attention view: UNet work a step on / off (counted), {what}",
+               f"{on / 1e6:.2f} / {off / 1e6:.2f} MFLOP: {(on - off) / off:+.2%}")
         for where, run in (("page", lambda api: page_run(c, args, api)["loop"]),
                            ("engine alone", lambda api: engine.run(args, api.strip("/"))["loop"])):
             run("/txt2img"), run("/attention")  # warm: the model loaded, the tokenizer read
@@ -283,6 +286,26 @@ def measure_attention(app: App, engine: Engine, runs: int) -> None:
                    f"{maps * 1e3:.2f} / {plain * 1e3:.2f} ms: {(maps - plain) * 1e3:+.2f} ms a step "
                    f"({maps / plain:.2f}x)")
     c.close()
+
+
+def attention_flops(engine: Engine, args: dict) -> tuple[int, int]:
+    """(floating-point operations of one guided UNet call as the loop makes it, the same with the maps collected),
+    counted by torch: a figure a busy machine does not change (the bicubic upsampling is not counted)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from engine.sampling.attention import CrossAttentionCollector, collecting, token_count
+
+    pipe = engine.bench.registry.load(args["model"], "txt2img")
+    h, w = args["height"] // pipe.vae_scale_factor, args["width"] // pipe.vae_scale_factor
+    sample = torch.zeros((2, pipe.unet.config.in_channels, h, w))
+    embeds = torch.zeros((2, pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim))
+    counts = []
+    for collector in (None, CrossAttentionCollector((h, w), token_count(pipe.tokenizer, args["prompt"]), guided=True)):
+        with collecting(pipe.unet, collector), FlopCounterMode(display=False) as counter:
+            pipe.unet(sample, torch.tensor(500), encoder_hidden_states=embeds)
+        counts.append(counter.get_total_flops())
+    return counts[0], counts[1]
 
 
 def measure_browser(app: App, engine: Engine, engine_wall: float, runs: int) -> None:
