@@ -106,8 +106,10 @@ def final_frame(steps, name: str, final, pick) -> np.ndarray | None:
     maps = run_attention(steps)
     if maps is None or final is None:
         return None
-    image = Image.open(final) if isinstance(final, str) else final
-    return attention_overlay(maps, pick, np.asarray(image.convert("RGB")))
+    if isinstance(final, str):  # the saved PNG
+        with Image.open(final) as image:
+            return attention_overlay(maps, pick, np.asarray(image.convert("RGB")))
+    return attention_overlay(maps, pick, np.asarray(final.convert("RGB")))
 
 
 def add_api(*, iter_attention: Callable, make_request: Callable, inputs: list, shown: Callable[[str], str]) -> None:

@@ -59,8 +59,8 @@ def build(
             prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt (Ctrl+Enter generates)", lines=2,
                                 elem_id="t2i-prompt")
             if prompt_tokens is not None:  # the prompt as the model sees it; a chip picks the attention view's word
-                chips, pick = attention_ui.build_chips(model, prompt, prompt_tokens=prompt_tokens,
-                                                       default_model=default_model, default_prompt=DEFAULT_PROMPT)
+                _, pick = attention_ui.build_chips(model, prompt, prompt_tokens=prompt_tokens,
+                                                   default_model=default_model, default_prompt=DEFAULT_PROMPT)
             else:
                 pick = gr.State("")
             negative_prompt = gr.Textbox(value="", label="Negative prompt", lines=1, elem_id="t2i-negative")

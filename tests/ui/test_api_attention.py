@@ -6,7 +6,6 @@ import re
 
 import numpy as np
 import pytest
-from gradio_client import Client
 from PIL import Image
 
 ARGS = dict(model="digits-sd", prompt="a handwritten digit seven", negative_prompt="", steps=6,
