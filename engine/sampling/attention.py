@@ -88,7 +88,7 @@ class PromptTokens:
 def prompt_tokens(tokenizer, prompt: str) -> PromptTokens:
     """``prompt`` as ``tokenizer`` splits it for the text encoder (truncated at its ``model_max_length``)."""
     limit = tokenizer.model_max_length
-    ids = tokenizer(prompt, truncation=False).input_ids  # every token, to say what the limit cuts
+    ids = tokenizer(prompt, truncation=False, verbose=False).input_ids  # every token, to say what the limit cuts
     tokens = tokenizer.convert_ids_to_tokens(ids)
     if len(tokens) <= limit:
         return PromptTokens(tuple(tokens), limit)
