@@ -115,6 +115,8 @@ def build_app(args: argparse.Namespace):
                 list_loras=bench.list_loras,
                 check_lora=bench.check_lora,
                 export_run=bench.export_run,
+                prompt_tokens=bench.prompt_tokens,
+                iter_attention=bench.iter_attention,
             )
         with gr.Tab("Unconditional", id="unconditional") as unconditional_page:
             unconditional_fields = unconditional_tab.build(

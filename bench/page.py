@@ -19,7 +19,10 @@ and a tiny SD model, and measures, printing each figure beside its bound:
 5. eight clients submitting five requests each at once: every image equal to a sequential run of its seed
    and queue positions seen while waiting;
 6. previews: frames per second the page receives, the loop's slowdown from drawing them, steps in order
-   with the last one delivered.
+   with the last one delivered;
+7. the attention view's cost: the loop's time per step through the page for the same request by /txt2img (the
+   view off) and by /attention (every step's cross-attention maps collected), runs alternated, and the difference
+   (``--only attention`` measures this alone).
 Exits 1 when a figure misses its bound.
 """
 
@@ -56,7 +59,7 @@ COMPARE = dict(model="digits-sd", prompt="a handwritten digit seven", negative_p
 IMG2IMG = dict(model="digits-sd", prompt="a handwritten digit seven", negative_prompt="", strength=0.6, steps=25,
                guidance_scale=7.5, scheduler="DPM++ 2M Karras", seed=1)  # image: the sample photograph, as a file
 SDEDIT = dict(IMG2IMG, model="digits-ddpm", scheduler="DDIM", steps=50)
-INFO_AT = {"/txt2img": 3, "/ddpm": 4, "/compare": 2, "/img2img": 3}  # where each endpoint's info is in its outputs
+INFO_AT = {"/txt2img": 3, "/ddpm": 4, "/compare": 2, "/img2img": 3, "/attention": 2}  # where each endpoint's info is in its outputs
 STEP_TEXT = re.compile(r"Step (\d+)/(\d+)")
 RESULTS: list[tuple[str, str, bool]] = []
 
@@ -175,7 +178,8 @@ class Engine:
 
         request = self.request(args, kind)
         events = {"txt2img": self.bench.iter_txt2img, "unconditional": self.bench.iter_unconditional,
-                  "compare": self.bench.iter_compare, "img2img": self.bench.iter_img2img}[kind]
+                  "compare": self.bench.iter_compare, "img2img": self.bench.iter_img2img,
+                  "attention": self.bench.iter_attention}[kind]
         start = time.perf_counter()
         frames, loop = 0, 0.0
         for event in stream_latest(lambda cancel: events(request, cancel=cancel)):
@@ -206,7 +210,7 @@ class Engine:
                                   num_inference_steps=args["steps"], guidance_scale=args["guidance_scale"],
                                   scheduler=args["scheduler"], seed=args["seed"])
 
-        if kind == "txt2img":
+        if kind in ("txt2img", "attention"):
             return Txt2ImgRequest(model=args["model"], prompt=args["prompt"], negative_prompt=args["negative_prompt"],
                                   num_inference_steps=args["steps"], guidance_scale=args["guidance_scale"],
                                   scheduler=args["scheduler"], seed=args["seed"], width=args["width"],
@@ -259,6 +263,49 @@ def measure_speed(app: App, engine: Engine, runs: int) -> float:
             report("6. loop with previews drawn / without", f"{slowdown:.3f}")
     c.close()
     return default_wall
+
+
+def measure_attention(app: App, engine: Engine, runs: int) -> None:
+    """Figure 7: what collecting the maps adds to a step (printed; no bound: it is the view's price, said to the
+    person who picks it). Through the page (/txt2img against /attention) and in the engine alone (the same loop,
+    ``attention`` off and on), runs alternated so that a busy moment of the machine falls on both."""
+    c = client(app.url)
+    for what, args in (("digits-sd 25 steps 32 px", DEFAULT), ("tiny-sd 50 steps 128 px", HEAVY)):
+        off, on = attention_flops(engine, args)
+        report(f"7. attention view: UNet work a step on / off (counted), {what}",
+               f"{on / 1e6:.2f} / {off / 1e6:.2f} MFLOP: {(on - off) / off:+.2%}")
+        for where, run in (("page", lambda api: page_run(c, args, api)["loop"]),
+                           ("engine alone", lambda api: engine.run(args, api.strip("/"))["loop"])):
+            run("/txt2img"), run("/attention")  # warm: the model loaded, the tokenizer read
+            off, on = [], []
+            for _ in range(runs):
+                off.append(run("/txt2img") / args["steps"])
+                on.append(run("/attention") / args["steps"])
+            plain, maps = statistics.median(off), statistics.median(on)
+            report(f"7. attention view: loop per step on / off, {where}, {what}",
+                   f"{maps * 1e3:.2f} / {plain * 1e3:.2f} ms: {(maps - plain) * 1e3:+.2f} ms a step "
+                   f"({maps / plain:.2f}x)")
+    c.close()
+
+
+def attention_flops(engine: Engine, args: dict) -> tuple[int, int]:
+    """(floating-point operations of one guided UNet call as the loop makes it, the same with the maps collected),
+    counted by torch: a figure a busy machine does not change (the bicubic upsampling is not counted)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from engine.sampling.attention import CrossAttentionCollector, collecting, token_count
+
+    pipe = engine.bench.registry.load(args["model"], "txt2img")
+    h, w = args["height"] // pipe.vae_scale_factor, args["width"] // pipe.vae_scale_factor
+    sample = torch.zeros((2, pipe.unet.config.in_channels, h, w))
+    embeds = torch.zeros((2, pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim))
+    counts = []
+    for collector in (None, CrossAttentionCollector((h, w), token_count(pipe.tokenizer, args["prompt"]), guided=True)):
+        with collecting(pipe.unet, collector), FlopCounterMode(display=False) as counter:
+            pipe.unet(sample, torch.tensor(500), encoder_hidden_states=embeds)
+        counts.append(counter.get_total_flops())
+    return counts[0], counts[1]
 
 
 def measure_browser(app: App, engine: Engine, engine_wall: float, runs: int) -> None:
@@ -497,7 +544,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (medians)")
     parser.add_argument("--seconds", type=float, default=20.0, help="sampling time for bound 3")
     parser.add_argument("--no-browser", action="store_true", help="skip the Chromium figure")
-    parser.add_argument("--only", choices=("speed", "responsiveness", "stop", "clients"),
+    parser.add_argument("--only", choices=("speed", "responsiveness", "stop", "clients", "attention"),
                         help="measure one group only (speed includes the browser figure)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-page-"))
@@ -510,7 +557,7 @@ def main() -> int:
     try:
         engine = Engine(root)
         print(f"app at {app.url} (log {app.log_path}); torch threads for sampling: {engine.bench.torch_threads}")
-        wanted = {args.only} if args.only else {"speed", "responsiveness", "stop", "clients"}
+        wanted = {args.only} if args.only else {"speed", "responsiveness", "stop", "clients", "attention"}
         if "speed" in wanted:
             default_wall = measure_speed(app, engine, args.runs)
             if not args.no_browser:  # a single click varies more: more of them
@@ -521,6 +568,8 @@ def main() -> int:
             measure_stop(app)
         if "clients" in wanted:
             measure_many_clients(app, engine)
+        if "attention" in wanted:
+            measure_attention(app, engine, args.runs)
     finally:
         app.close()
     failed = [name for name, _, ok in RESULTS if not ok]

@@ -35,8 +35,9 @@ from engine.sampling.compare import Column, ColumnResult, CompareDone, CompareRe
 from engine.sampling.img2img import (FIXED_SIZE, STRIP_STRENGTHS, Img2ImgRequest, StripFrame, output_size, sdedit_size,
                                     similarity, size_from, start_timestep)
 from engine.sampling.schedulers import SCHEDULERS, scheduler_spec
+from engine.sampling.attention import AttentionDone, PromptTokens, prompt_tokens, save_maps
 from engine.sampling.txt2img import Txt2ImgRequest
-from engine.sampling.views import DEFAULT_VIEWS
+from engine.sampling.views import DEFAULT_VIEWS, step_attention
 from engine.sampling.unconditional import (
     PROBE_STEPS,
     UNCONDITIONAL_SCHEDULERS,
@@ -50,7 +51,7 @@ from engine.training.data import UploadLimits, list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
 from engine.training.request import RUN_NAME, TrainRequest, resume_request
 from engine.validation import check_batch_count, check_choice, check_int, given
-from engine.worker.child import MODEL_KIND, WorkerConfig, loop_of
+from engine.worker.child import MODEL_KIND, WorkerConfig, loop_of, loop_options
 from engine.worker.process import DeviceWorker, RunRecord
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class Workbench:
         self.training = TrainingManager(folders.models_dir, folders.data_dir,
                                         device="auto" if device == "mps" else device,
                                         on_checkpoint=lambda name, path: self._forget(name))
+        self._tokenizers: dict[tuple[str, float], object] = {}  # (folder, its tokenizer's mtime) -> tokenizer
         # Seconds a step of an unconditional (model, batch size) took here, and how it was measured.
         self._step_seconds: dict[tuple[str, int], tuple[float, str]] = {}
 
@@ -176,6 +178,52 @@ class Workbench:
         request = replace(request, model=request.model or self.default_model("txt2img"))
         yield from self._batch("txt2img", request, batch_count,
                                lambda r: self._run("txt2img", r, cancel, history, views))
+
+    # -- where each word lands (cross-attention maps) --------------------------------------
+    def prompt_tokens(self, model: str, prompt: str) -> PromptTokens:
+        """``prompt`` as text-to-image ``model``'s tokenizer splits it (the built-in when ""): its tokens, start and
+        end included, the model's limit and what it cuts. An :class:`InputError` for a model with no cross-attention."""
+        model = model or self.default_model("txt2img")
+        if self.model_kind(model) != "txt2img":
+            raise InputError(f"{model!r} is an unconditional model: it has no cross-attention and takes no prompt, so "
+                             "no word has a map; pick a text-to-image model", field="model")
+        return prompt_tokens(self._tokenizer(model), prompt or "")
+
+    def _tokenizer(self, model: str):
+        """``model``'s tokenizer (read once per folder and change of its files)."""
+        from transformers import CLIPTokenizer
+
+        ref = self.registry.resolve(model)
+        folder = self.registry.config_folder(model)
+        where = str(folder) if folder is not None else ref.location  # a hub id: from the cache, offline
+        stamp = max((f.stat().st_mtime for f in (Path(where) / "tokenizer").glob("*")), default=0.0) \
+            if folder is not None else 0.0
+        key = (where, stamp)
+        if key not in self._tokenizers:
+            try:
+                self._tokenizers[key] = CLIPTokenizer.from_pretrained(where, subfolder="tokenizer",
+                                                                      local_files_only=True)
+            except (OSError, ValueError) as exc:
+                raise ModelLoadError(f"the tokenizer of {model!r} cannot be read: {exc}") from None
+        return self._tokenizers[key]
+
+    def iter_attention(self, request: Txt2ImgRequest, *,
+                       cancel: CancelToken | None = None) -> Iterator[Started | Step | Done | AttentionDone]:
+        """``request`` as :meth:`iter_txt2img` runs it (the same image), every step carrying the prompt tokens'
+        cross-attention maps; after ``Done``, an :class:`AttentionDone` with the tokens, the maps and their
+        ``.npz``, saved beside the image (``<image>.attention.npz``)."""
+        request = replace(request, model=request.model or self.default_model("txt2img"))
+        tokens = self.prompt_tokens(request.model, request.prompt)
+        done = None
+        for event in self._run("txt2img", request, cancel, "streamed", views=("attention",)):  # as /txt2img's
+            if isinstance(event, Done):
+                done = event
+            yield event
+        per_step = np.stack([step_attention(s) for s in done.steps]).astype(np.float32)
+        image = Path(done.paths[0]) if done.paths else \
+            Path(self.folders.outputs_dir) / f"attention-{done.info['seed']}.png"  # a run saved nowhere
+        path = save_maps(image.with_suffix(".attention.npz"), tokens, per_step)
+        yield AttentionDone(tokens=tokens, image=done.images[0], per_step=per_step, maps_file=str(path))
 
     # -- image to image (forward, then back) -------------------------------------------
     def model_kind(self, model: str) -> str:
@@ -414,7 +462,8 @@ class Workbench:
             pipe = self.registry.load(request.model, MODEL_KIND[kind])
             if kind == "txt2img":
                 self.registry.use_lora(pipe, request.model, request.lora, request.lora_scale)
-            for event in loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.folders.outputs_dir):
+            for event in loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.folders.outputs_dir,
+                                       **loop_options(kind, views)):
                 yield event
                 if isinstance(event, Done) and history == "after":  # here every preview is drawn on first look
                     yield StepsDrawn(event.steps)

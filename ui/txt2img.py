@@ -13,6 +13,7 @@ from engine.models.loras import MAX_LORA_SCALE
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, PREVIEWS, Txt2ImgRequest
 from engine.sampling.views import DEFAULT_VIEWS, VIEWS, step_measures, view_array
 from engine.validation import check_batch_count
+from ui import attention as attention_ui
 from ui.charts import line_chart_html
 from ui.common import (COMPILE_INFO, DEVICE_QUEUE, FILLED, SessionRuns, batch_note, done_note, export_update,
                        field_messages, friendly_errors, last_seed, message_html, model_dropdown, page_error, progress_html,
@@ -42,6 +43,8 @@ def build(
     list_loras: Callable[[str], list[str]] = lambda model: [],  # LoRAs under <models-dir>/loras/ that fit a model
     check_lora: Callable[[str, str], None] = lambda model, lora: None,  # (model, lora) -> None, or its error
     export_run: Callable[[str], dict] | None = None,  # a saved image -> its run's replay bundle
+    prompt_tokens: Callable | None = None,  # (model, prompt) -> PromptTokens: the chips and the attention view
+    iter_attention: Callable | None = None,  # (Txt2ImgRequest, cancel=) -> events, then AttentionDone: /attention
 ) -> dict:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events; returns its settings' widgets by
     request field name (History and PNG Info fill them)."""
@@ -55,6 +58,11 @@ def build(
                 refresh = gr.Button("↻ Refresh", scale=1, min_width=60)
             prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt (Ctrl+Enter generates)", lines=2,
                                 elem_id="t2i-prompt")
+            if prompt_tokens is not None:  # the prompt as the model sees it; a chip picks the attention view's word
+                _, pick = attention_ui.build_chips(model, prompt, prompt_tokens=prompt_tokens,
+                                                   default_model=default_model, default_prompt=DEFAULT_PROMPT)
+            else:
+                pick = gr.State("")
             negative_prompt = gr.Textbox(value="", label="Negative prompt", lines=1, elem_id="t2i-negative")
             with gr.Row():
                 steps = gr.Slider(1, MAX_STEPS, value=defaults.num_inference_steps, step=1, label="Steps",
@@ -146,7 +154,8 @@ def build(
                     event.info, shown(event.code), gr.update(visible=False), None)
         if isinstance(event, Step):
             run["steps"].append(event)
-            return (_or_skip(view_array(event, left)), _or_skip(view_array(event, right)),
+            pick = run.get("pick")  # the attention view's token(s)
+            return (_or_skip(view_array(event, left, pick)), _or_skip(view_array(event, right, pick)),
                     progress_html(event.step, event.total, event.timestep, event.elapsed, event.eta,
                                   note=run["note"]),
                     gr.skip(), gr.skip(), gr.skip(), gr.skip())
@@ -157,14 +166,15 @@ def build(
             run["shown"] = info_out
             n = len(event.steps)
             run["final"] = final
-            return (final if left == "x0" or not n else view_array(event.steps[-1], left),
-                    view_array(event.steps[-1], right) if n else None,
+            pick = run.get("pick")
+            return (final if left == "x0" or not n else attention_ui.final_frame(event.steps, left, final, pick),
+                    attention_ui.final_frame(event.steps, right, final, pick) if n else None,
                     progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note=done_note(event.info)),
                     info_out, shown(event.code), _scrubber(n, drawing=run.get("history") == "after"),
-                    {"steps": event.steps, "final": final})
+                    {"steps": event.steps, "final": final, "tokens": run.get("tokens")})
         if isinstance(event, StepsDrawn):  # the frames the stream skipped, drawn after the final image went out
             return ((gr.skip(),) * 5 + (gr.update(label=SCRUB_LABEL),)
-                    + ({"steps": event.steps, "final": run.get("final")},))
+                    + ({"steps": event.steps, "final": run.get("final"), "tokens": run.get("tokens")},))
         if isinstance(event, BatchDone):  # the batch's grid, its runs' files listed
             run["shown"] = {**event.info, "files": [shown(p) for p in event.paths],
                             "grid": shown(event.grid) if event.grid else None}
@@ -187,13 +197,16 @@ def build(
 
     async def txt2img_page(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
                            vae_preview_every, preview, lora, lora_scale, batch_count, compile, view_left,
-                           view_right, session: gr.Request):
+                           view_right, pick_text, session: gr.Request):
         """The page: the last result stays; an error is said in the progress line and a toast."""
         run = runs.begin(session.session_hash)
         run["views"] = (view_left, view_right)
         try:
             request = make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width,
                                    height, vae_preview_every, preview, lora, lora_scale, compile=compile)
+            if "attention" in run["views"] and prompt_tokens is not None:  # the run's tokens, for its frames
+                run["tokens"] = prompt_tokens(request.model or default_model, request.prompt)
+                run["pick"] = attention_ui.picked(run["tokens"], pick_text)
             run["warning"] = _far_from_native(request, default_size(request.model or default_model))
             if run["warning"]:
                 gr.Warning(html.escape(run["warning"]))
@@ -262,7 +275,8 @@ def build(
         info_out = {**started.info, "stopped_at_step": at}
         batch = f" ({batch_note(started.info)})" if batch_note(started.info) else ""
         return (gr.skip(), gr.skip(), message_html(f"Stopped at step {at} of {started.total}{batch}", "stopped"),
-                info_out, shown(started.code), _scrubber(len(frames)), {"steps": tuple(frames), "final": None})
+                info_out, shown(started.code), _scrubber(len(frames)),
+                {"steps": tuple(frames), "final": None, "tokens": run.get("tokens")})
 
     def stop_page_run(session: gr.Request):
         """Stop's own answer in the progress line. Once the run has stopped it says what the run's last update
@@ -273,19 +287,23 @@ def build(
             return gr.skip()
         return stopped(run)[2] if run.get("ended") else message_html("Stopping at the end of this step", "stopped")
 
-    def show_step(index, steps, left=DEFAULT_VIEWS[0], right=DEFAULT_VIEWS[1]):
-        """A step's two chosen views (any view of any step: the history keeps them all)."""
+    def show_step(index, steps, left=DEFAULT_VIEWS[0], right=DEFAULT_VIEWS[1], pick_text=""):
+        """A step's two chosen views (any view of any step: the history keeps them all); the attention view shows
+        the picked token(s) of the run's prompt."""
         labels = gr.update(label=_view_label(left)), gr.update(label=_view_label(right))
         if not steps or not steps["steps"]:
             return (*labels, gr.skip())
         frames = steps["steps"]
+        chosen = attention_ui.picked(steps.get("tokens"), pick_text)
         s = frames[min(max(int(index), 1), len(frames)) - 1]
         if int(index) >= len(frames) and steps["final"] is not None:
-            return (gr.update(value=steps["final"] if left == "x0" else view_array(s, left), label=labels[0]["label"]),
-                    gr.update(value=view_array(s, right), label=labels[1]["label"]),
+            return (gr.update(value=steps["final"] if left == "x0" else
+                              attention_ui.final_frame(frames, left, steps["final"], chosen), label=labels[0]["label"]),
+                    gr.update(value=attention_ui.final_frame(frames, right, steps["final"], chosen),
+                              label=labels[1]["label"]),
                     progress_html(s.step, s.total, elapsed=s.elapsed, note="final image"))
-        return (gr.update(value=view_array(s, left), label=labels[0]["label"]),
-                gr.update(value=view_array(s, right), label=labels[1]["label"]),
+        return (gr.update(value=view_array(s, left, chosen), label=labels[0]["label"]),
+                gr.update(value=view_array(s, right, chosen), label=labels[1]["label"]),
                 progress_html(s.step, s.total, s.timestep, s.elapsed))
 
     def on_model_change(name, given=None):
@@ -316,15 +334,17 @@ def build(
     # No Gradio progress overlay on the outputs: the progress line says it, and the overlay's animation kept the
     # browser's compositor busy (about 0.4 CPU-s a run in a Chromium trace) on the cores the loop runs on. The
     # Export button comes with the run's last update, not in an event of its own after it.
-    generate.click(txt2img_page, inputs=inputs + views, outputs=outputs + charts + exports,
+    generate.click(txt2img_page, inputs=inputs + views + [pick], outputs=outputs + charts + exports,
                    validator=validate, trigger_mode="always_last", api_visibility="private",
                    concurrency_id=DEVICE_QUEUE, concurrency_limit=1, show_progress="hidden")
     reuse_seed.click(last_seed, info, seed, api_visibility="private")
     random_seed.click(lambda: -1, None, seed, api_visibility="private")
     # The page's run ends through its own token, so it can say where it stopped (a cancelled event cannot).
     stop.click(stop_page_run, None, progress, queue=False, api_visibility="private")
-    gr.on([scrub.release, scrub.input, *(v.input for v in views)], show_step, [scrub, history, *views],
-          [image, xt, progress], api_visibility="private")
+    gr.on([scrub.release, scrub.input, *(v.input for v in views), *attention_ui.pick_events(pick)], show_step,
+          [scrub, history, *views, pick], [image, xt, progress], api_visibility="private")
+    if iter_attention is not None:
+        attention_ui.add_api(iter_attention=iter_attention, make_request=make_request, inputs=inputs[:9], shown=shown)
     refresh.click(lambda: gr.update(choices=list_models()), None, model, api_visibility="private")
     filled = gr.State(None)  # the settings History or PNG Info filled in last, until a person picks a model
     model.change(on_model_change, [model, filled], [width, height], api_visibility="private")

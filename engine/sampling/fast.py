@@ -78,13 +78,16 @@ def compile_cache_dir() -> Path:
     return folder
 
 
-def speed_for(pipe, *, compile: bool = False) -> "Speed":
-    """The hooks a run of ``pipe`` uses: the GPU path on CUDA, the plain loop elsewhere (compiled if asked)."""
+def speed_for(pipe, *, compile: bool = False, eager: bool = False) -> "Speed":
+    """The hooks a run of ``pipe`` uses: the GPU path on CUDA, the plain loop elsewhere (compiled if asked).
+    ``eager``: the UNet as the model runs it, no graph and no compile (a run that wraps its attention layers)."""
     device = pipe.device
     fast = device.type in FAST_DEVICES
     if fast:
         prepare(pipe)
-    return Speed(pipe.unet, device, fast=fast, compile=compile, lora=_lora_state(pipe))
+    speed = Speed(pipe.unet, device, fast=fast, compile=compile and not eager, lora=_lora_state(pipe))
+    speed.graphs = speed.graphs and not eager
+    return speed
 
 
 def _lora_state(pipe) -> tuple:

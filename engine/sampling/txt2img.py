@@ -8,6 +8,7 @@ The loop is the one a learner writes (tokenize, encode, ``init_noise_sigma``,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -25,6 +26,7 @@ from engine.cancel import CancelToken, check
 from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
 from engine.sampling import fast
+from engine.sampling.attention import CrossAttentionCollector, collecting, token_count
 from engine.sampling.outputs import save_png
 from engine.sampling.preview import LatentRGBPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.runrecord import run_record, tensor_sha256
@@ -125,18 +127,21 @@ def iter_txt2img(
     pipe: StableDiffusionPipeline,
     cancel: CancelToken | None = None,
     outputs_dir: str | Path | None = None,
+    attention: bool = False,
 ) -> Iterator[Started | Step | Done]:
-    """Denoise step by step, yielding ``Started``, one ``Step`` per timestep, then ``Done``."""
+    """Denoise step by step, yielding ``Started``, one ``Step`` per timestep, then ``Done``. ``attention``: each
+    step also carries the prompt tokens' cross-attention maps (view "attention", engine.sampling.attention); the
+    UNet then runs eager (no CUDA graph or compiled model), its cross-attention layers wrapped for the run."""
     # 1. Resolve the seed and size, build a fresh scheduler from the model's config.
     request = request.resolved(pipe)
     check_active(pipe, request.lora, request.lora_scale)  # switched on where the pipeline was loaded
     scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
-    speed = fast.speed_for(pipe, compile=request.compile)  # the GPU path's hooks; the plain loop on a CPU
+    speed = fast.speed_for(pipe, compile=request.compile, eager=attention)  # the GPU path's hooks; plain on a CPU
     device, unet, vae = pipe.device, pipe.unet, pipe.vae
     generator = torch.Generator("cpu").manual_seed(request.seed)
     do_cfg = request.guidance_scale > 1 and unet.config.time_cond_proj_dim is None
 
-    with torch.no_grad():
+    with torch.no_grad(), contextlib.ExitStack() as hooks:
         # 2. Encode the prompt and the negative prompt.
         embeds = encode_prompt(pipe, request.prompt, request.negative_prompt, do_cfg)  # (B, seq, dim)
 
@@ -168,6 +173,9 @@ def iter_txt2img(
         previewer = LatentRGBPreviewer.for_model(_model_dir(pipe), unet.config.in_channels)
         vae_previewer = VaePreviewer(vae) if every else None
         steps: list[Step] = []
+        collector = CrossAttentionCollector(shape[-2:], token_count(pipe.tokenizer, request.prompt),
+                                            guided=do_cfg) if attention else None
+        hooks.enter_context(collecting(unet, collector))  # the model's own processors back when the block ends
         start = time.perf_counter()
         for i, t in enumerate(timesteps):
             check(cancel, i)
@@ -190,7 +198,8 @@ def iter_txt2img(
                 preview_x0=Preview(x0, speed.previewer(x0_previewer)),
                 elapsed=time.perf_counter() - start,
                 views=step_views(scheduler, visited[i], previewer, latents, noise_pred,
-                                 (noise_uncond, noise_text) if do_cfg else None),
+                                 (noise_uncond, noise_text) if do_cfg else None,
+                                 collector.end_step() if collector is not None else None),
             )
             steps.append(step)
             yield step

@@ -21,30 +21,41 @@ VIEWS = {
     "xt": "noisy latent x_t after the step",
     "eps": "predicted noise ε (after guidance)",
     "guidance": "guidance Δ = ε_text − ε_uncond (heat map)",
+    "attention": "attention: where the picked word lands (heat map over x0)",
 }
 DEFAULT_VIEWS = ("x0", "xt")  # what the page streams unless asked: the two previews every run has anyway
 MEASURES = ("t", "sigma", "latent std", "guidance rms")  # a step's numbers, in the order StepMeasures gives them
 # Inferno's colour ramp at five stops (matplotlib's ``inferno``): dark where guidance does little, bright where most.
 HEAT_STOPS = np.array([(0, 0, 4), (87, 16, 110), (188, 55, 84), (249, 142, 9), (252, 255, 164)], dtype=np.float32)
 HEAT_TOP_PERCENTILE = 99.0  # a frame's heat map is scaled to this percentile of its own magnitudes
+ATTENTION_ALPHA = 0.6  # an attention frame: this much heat map over (1 - this) of x0, so both stay readable
 
 
-def step_views(scheduler, timestep: float, previewer, latents, noise_pred, guidance) -> dict[str, Preview]:
+def step_views(scheduler, timestep: float, previewer, latents, noise_pred, guidance,
+               attention=None) -> dict[str, Preview]:
     """The extra views of one step, built in the loop, drawn later (nothing is read from any tensor here).
 
     ``latents``: x_t after the step (B, C, h, w); ``noise_pred``: the guided noise prediction passed to
-    ``scheduler.step``; ``guidance``: ``(noise_uncond, noise_text)``, or None without classifier-free guidance.
+    ``scheduler.step``; ``guidance``: ``(noise_uncond, noise_text)``, or None without classifier-free guidance;
+    ``attention``: the step's cross-attention maps (n_tokens, h, w) where the run collects them
+    (engine.sampling.attention), else None.
     """
     views = {"eps": Preview(noise_pred, previewer)}
     if guidance is not None:
         views["guidance"] = Preview(tuple(guidance), GuidanceHeatmap())
+    if attention is not None:
+        views["attention"] = Preview(attention, AttentionMaps())
     views["measures"] = Preview((latents, *(guidance or ())), StepMeasures(scheduler, timestep))
     return views
 
 
-def view_array(step: Step, name: str) -> np.ndarray | None:
+def view_array(step: Step, name: str, tokens=None) -> np.ndarray | None:
     """Step ``step``'s view ``name`` (a key of :data:`VIEWS`) as a (H, W, 3) uint8 image; None where the step has
-    none (the guidance of a run without guidance, or a view the stream left out)."""
+    none (the guidance of a run without guidance, or a view the stream left out). ``tokens``: the token indices
+    the attention view shows (their maps summed); None: the last token before the end token."""
+    if name == "attention":
+        maps = step_attention(step)
+        return None if maps is None else attention_overlay(maps, tokens, step.preview_x0.array())
     if name == "x0":
         preview = step.preview_x0
     elif name == "xt":
@@ -62,6 +73,34 @@ def step_measures(step: Step) -> dict[str, float] | None:
         return None
     values = preview.array()
     return {"step": step.step, **{name: float(v) for name, v in zip(MEASURES, values)}}
+
+
+def step_attention(step: Step) -> np.ndarray | None:
+    """A step's cross-attention maps, (n_tokens, h, w) float32; None where the run did not collect them."""
+    preview = step.views.get("attention")
+    return None if preview is None else preview.array()
+
+
+def run_attention(steps) -> np.ndarray | None:
+    """A run's cross-attention maps, (n_tokens, h, w): the mean of its steps' maps; None without maps."""
+    maps = [m for s in steps if (m := step_attention(s)) is not None]
+    return np.mean(np.stack(maps), axis=0).astype(np.float32) if maps else None
+
+
+def attention_overlay(maps: np.ndarray, tokens, image: np.ndarray) -> np.ndarray:
+    """The summed maps of ``tokens`` (indices; None: the last before the end token) as a heat map scaled from its
+    own smallest to its largest value (where the word lands more and less; a map is never 0 anywhere), upsampled
+    (bilinear) to ``image`` (H, W, 3) uint8 and blended over it."""
+    from PIL import Image
+
+    n = maps.shape[0]
+    tokens = tuple(tokens) if tokens else (max(n - 2, 0),)
+    heat = maps[[min(max(int(i), 0), n - 1) for i in tokens]].sum(axis=0)
+    heat = (heat - heat.min()) / (float(heat.max() - heat.min()) or 1.0)
+    height, width = image.shape[:2]
+    heat = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR))
+    blended = heat_colors(heat) * ATTENTION_ALPHA + image[..., :3].astype(np.float32) * (1 - ATTENTION_ALPHA)
+    return np.round(blended).astype(np.uint8)
 
 
 def heat_colors(values: np.ndarray) -> np.ndarray:
@@ -86,6 +125,14 @@ class GuidanceHeatmap:
         magnitude = np.sqrt((delta**2).sum(axis=0))  # (h, w)
         top = float(np.percentile(magnitude, HEAT_TOP_PERCENTILE)) or 1.0
         return upscale_nearest(heat_colors(magnitude / top), self.min_side)
+
+
+class AttentionMaps:
+    """The attention view's drawing: the step's maps as numpy (n_tokens, h, w) float32 (see
+    :func:`attention_overlay` for the image; the page picks the tokens)."""
+
+    def __call__(self, maps) -> np.ndarray:
+        return as_array(maps)
 
 
 class StepMeasures:

@@ -54,6 +54,12 @@ def loop_of(kind: str):
             "img2img": iter_img2img, "sdedit": iter_sdedit}[kind]
 
 
+def loop_options(kind: str, views=None) -> dict:
+    """The loop's options a run's views ask for: the text-to-image loop collects cross-attention maps only where
+    the "attention" view is named (None, all views of the stream, does not include it: it costs a step more)."""
+    return {"attention": True} if kind == "txt2img" and views is not None and "attention" in views else {}
+
+
 def already_drawn(array: np.ndarray) -> np.ndarray:
     """The previewer of a preview drawn in the worker (a VAE decode needs the model there)."""
     return array
@@ -63,7 +69,7 @@ def portable_preview(preview: Preview | None) -> Preview | None:
     """A preview that crosses to the server: numpy in, numpy-only previewer; drawn here where it needs a model."""
     from engine.sampling.fast import DevicePreviewer
     from engine.sampling.preview import LatentRGBPreviewer, PixelPreviewer, X0Previewer, as_array
-    from engine.sampling.views import GuidanceHeatmap
+    from engine.sampling.views import AttentionMaps, GuidanceHeatmap
 
     if preview is None:
         return None
@@ -73,7 +79,7 @@ def portable_preview(preview: Preview | None) -> Preview | None:
     inner = previewer.func if isinstance(previewer, functools.partial) else previewer
     if isinstance(inner, X0Previewer):
         inner = inner.inner
-    if isinstance(inner, (LatentRGBPreviewer, PixelPreviewer, GuidanceHeatmap)):
+    if isinstance(inner, (LatentRGBPreviewer, PixelPreviewer, GuidanceHeatmap, AttentionMaps)):
         tensor = preview.tensor
         array = tuple(as_array(t) for t in tensor) if isinstance(tensor, tuple) else as_array(tensor)
         return Preview(array, previewer)
@@ -232,12 +238,13 @@ class Runner:
         with self.send_lock:
             self.conn.send(message)
 
-    def events(self, kind: str, request, cancel: CancelToken):
+    def events(self, kind: str, request, cancel: CancelToken, views=None):
         check(cancel, 0)
         pipe = self.registry.load(request.model, MODEL_KIND[kind])
         if kind == "txt2img":
             self.registry.use_lora(pipe, request.model, request.lora, request.lora_scale)
-        yield from loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.config.outputs_dir)
+        yield from loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.config.outputs_dir,
+                                 **loop_options(kind, views))
 
     def run(self, run_id: int, kind: str, request, history: str = "drawn", views=None) -> None:
         cancel = CancelToken()
@@ -250,7 +257,7 @@ class Runner:
         log.info("run %d started at %.3f (%s)", run_id, time.time(), kind)
         self.send("started", run_id, None)
         try:
-            events = stream_latest(lambda token: self.events(kind, request, token), cancel=cancel,
+            events = stream_latest(lambda token: self.events(kind, request, token, views), cancel=cancel,
                                    min_interval=self.config.min_interval)
             run = PortableRun(history, views)
             for event in events:
