@@ -84,7 +84,12 @@ def model_identity(ref, config_folder: str | Path | None = None, variant: str | 
         from engine.models.loading import plan
 
         folder = Path(ref.location)
-        files = {p.relative_to(folder).as_posix(): file_sha256(p) for p in plan(folder, variant=variant).files}
+        load_plan = plan(folder, variant=variant)
+        files = {p.relative_to(folder).as_posix(): file_sha256(p) for p in load_plan.files}
+        skipped = list(load_plan.skipped) + [f"{u}/" for u in load_plan.unused]
+        if skipped:  # what a hub-layout folder holds that the load never opened
+            return {"name": ref.name, "source": ref.source, "sha256": combined(files), "files": files,
+                    "skipped": skipped}
     return {"name": ref.name, "source": ref.source, "sha256": combined(files), "files": files}
 
 

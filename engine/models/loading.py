@@ -17,6 +17,7 @@ import importlib
 import json
 import logging
 import pickle
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +187,9 @@ def _weights_only_refusal(exc: BaseException | None) -> BaseException | None:
 
 
 def _reason(exc: BaseException) -> str:
-    """The line of torch's refusal that says what the file holds ("... unsupported GLOBAL posix.system ...")."""
+    """What torch's refusal says the file holds: "it calls builtins.exec", else the refusal's first line."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if found:
+        return f"it calls {found.group(1)}, which plain weights never do"
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return next((line.rstrip(".") for line in lines if "nsupported" in line), lines[0] if lines else type(exc).__name__)
+    return lines[0] if lines else type(exc).__name__
