@@ -122,6 +122,18 @@ def _component_plan(folder: Path, name: str, library: str, class_name: str, vari
     return ComponentPlan(name, library, class_name)
 
 
+def tensor_bytes(path: Path) -> int:
+    """Bytes of the tensors in weight file ``path``: a safetensors file less its header, a pickle's whole size
+    (a sharded checkpoint's index: none)."""
+    if path.suffix == ".json":
+        return 0
+    size = path.stat().st_size
+    if path.suffix != ".safetensors":
+        return size
+    with open(path, "rb") as f:
+        return size - 8 - int.from_bytes(f.read(8), "little")  # safetensors: u64 header length, header, data
+
+
 def iter_load(name: str, folder: str | Path, pipeline_cls, dtype, *, variant: str | None = None,
               extra: dict | None = None, cancel: CancelToken | None = None) -> Iterator[Loading]:
     """Load the folder as ``pipeline_cls`` with components in ``dtype``, yielding a ``Loading`` before each

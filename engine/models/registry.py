@@ -27,7 +27,7 @@ from engine.cancel import CancelToken, check
 from engine.events import Loading
 from engine.models.devices import Placement, default_cache_bytes, free_memory, pipeline_bytes
 from engine.models.identity import identity_later, model_identity
-from engine.models.loading import UNUSED_COMPONENTS, VARIANT, iter_load, plan
+from engine.models.loading import UNUSED_COMPONENTS, VARIANT, iter_load, plan, tensor_bytes
 from engine.errors import Cancelled, ModelLoadError
 from engine.files import shown_paths
 from engine.validation import HUB_ID, given
@@ -290,10 +290,10 @@ class ModelRegistry:
         """Bytes ``ref`` will take loaded, from its weight files' sizes (0 where unknown: a hub id not here)."""
         try:
             if ref.source == "single_file":
-                return Path(ref.location).stat().st_size
+                return tensor_bytes(Path(ref.location))
             if ref.source in ("builtin", "folder"):
                 load_plan = plan(ref.location, variant=self._variant())
-                size = sum((load_plan.folder / w).stat().st_size for c in load_plan.components for w in c.weights)
+                size = sum(tensor_bytes(load_plan.folder / w) for c in load_plan.components for w in c.weights)
                 half = any(c.variant for c in load_plan.components) and self.placement.dtype == torch.float32
                 return size * (2 if half else 1)
         except (OSError, ModelLoadError):
