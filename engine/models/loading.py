@@ -36,6 +36,11 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")  # torch.load formats
 WEIGHT_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
 LIBRARIES = ("diffusers", "transformers")  # where a component's class may come from; no custom code
 VARIANT = "fp16"  # the hub's half-precision copies, used on CUDA only (the CPU computes in fp32)
+# The files diffusers and transformers read for a component: ``diffusion_pytorch_model`` (diffusers), ``model`` /
+# ``pytorch_model`` (transformers), an optional variant, shards and their index. Other weights beside them (SD 1.5's
+# ``diffusion_pytorch_model.non_ema.safetensors``) are never read.
+WEIGHTS_FILE = re.compile(r"^(diffusion_pytorch_model|model|pytorch_model)(?P<variant>\.fp16)?"
+                          r"(-\d{5}-of-\d{5})?(?P<shard_variant>\.fp16)?\.(?P<ext>safetensors|bin)(\.index\.json)?$")
 
 
 @dataclass(frozen=True)
@@ -102,22 +107,17 @@ def plan(folder: str | Path, *, variant: str | None = None) -> LoadPlan:
 def _component_plan(folder: Path, name: str, library: str, class_name: str, variant: str | None) -> ComponentPlan:
     """The weight files of component ``name`` to read: the wanted variant's safetensors, the plain safetensors,
     the variant's when there is no plain copy, then the same order for pickles."""
-    files = sorted(p for p in (folder / name).glob("*") if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
-    if not files:
-        return ComponentPlan(name, library, class_name)
+    found = [(p, m) for p in sorted((folder / name).glob("*")) if p.is_file() and (m := WEIGHTS_FILE.match(p.name))]
 
     def of(safe: bool, with_variant: bool) -> list[Path]:
-        return [p for p in files if (p.suffix == ".safetensors") == safe
-                and (f".{VARIANT}" in p.name) == with_variant]
+        return [p for p, m in found if (m["ext"] == "safetensors") == safe
+                and bool(m["variant"] or m["shard_variant"]) == with_variant]
 
     order = [(safe, v) for safe in (True, False) for v in ((True, False) if variant else (False, True))]
     for safe, with_variant in order:
-        chosen = of(safe, with_variant)
-        if chosen:
-            index_files = [p for p in (folder / name).glob("*.index*.json")
-                           if (f".{VARIANT}" in p.name) == with_variant]
+        if chosen := of(safe, with_variant):
             return ComponentPlan(name, library, class_name,
-                                 weights=tuple(p.relative_to(folder).as_posix() for p in chosen + index_files),
+                                 weights=tuple(p.relative_to(folder).as_posix() for p in chosen),
                                  use_safetensors=safe, variant=VARIANT if with_variant else None)
     return ComponentPlan(name, library, class_name)
 

@@ -45,7 +45,8 @@ def test_hub_layout_loads_from_the_safetensors_alone(hub_folder, caplog):
     skipped = pipe.workbench_identity.result()["skipped"]
     assert skipped == ["safety_checker/pytorch_model.bin", "text_encoder/model.fp16.safetensors",
                        "text_encoder/pytorch_model.bin", "unet/diffusion_pytorch_model.bin",
-                       "unet/diffusion_pytorch_model.fp16.safetensors", "v1-5-pruned-emaonly.ckpt",
+                       "unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.non_ema.bin",
+                       "unet/diffusion_pytorch_model.non_ema.safetensors", "v1-5-pruned-emaonly.ckpt",
                        "vae/diffusion_pytorch_model.bin", "vae/diffusion_pytorch_model.fp16.safetensors",
                        "feature_extractor/", "safety_checker/"]
     said = [r.getMessage() for r in caplog.records if r.name == "engine.models.registry" and "not read" in r.getMessage()]
