@@ -53,6 +53,7 @@ class ComponentPlan:
     weights: tuple[str, ...] = ()  # the weight files read, relative to the folder; () for tokenizers, schedulers
     use_safetensors: bool = True
     variant: str | None = None
+    flat: bool = False  # read from the folder itself, as google/ddpm-cat-256 lays out its UNet and scheduler
 
 
 @dataclass(frozen=True)
@@ -67,15 +68,17 @@ class LoadPlan:
     @property
     def files(self) -> list[Path]:
         """``model_index.json`` and every file the load reads (configs, tokenizer files, the chosen weights)."""
-        out = [self.folder / "model_index.json"]
+        out = {self.folder / "model_index.json"}
         skipped = set(self.skipped)
         for component in self.components:
-            for path in sorted((self.folder / component.name).rglob("*")):
+            found = self.folder.glob("*") if component.flat else (self.folder / component.name).rglob("*")
+            for path in found:
                 rel = path.relative_to(self.folder).as_posix()
                 hidden = any(part.startswith(".") for part in path.relative_to(self.folder).parts)
-                if path.is_file() and not hidden and rel not in skipped:
-                    out.append(path)
-        return out
+                if path.is_file() and not hidden and rel not in skipped and (not component.flat or not rel.endswith(
+                        (".md", ".gitattributes"))):
+                    out.add(path)
+        return sorted(out)
 
 
 def plan(folder: str | Path, *, variant: str | None = None) -> LoadPlan:
@@ -107,7 +110,9 @@ def plan(folder: str | Path, *, variant: str | None = None) -> LoadPlan:
 def _component_plan(folder: Path, name: str, library: str, class_name: str, variant: str | None) -> ComponentPlan:
     """The weight files of component ``name`` to read: the wanted variant's safetensors, the plain safetensors,
     the variant's when there is no plain copy, then the same order for pickles."""
-    found = [(p, m) for p in sorted((folder / name).glob("*")) if p.is_file() and (m := WEIGHTS_FILE.match(p.name))]
+    flat = not (folder / name).is_dir()  # an early diffusers layout: the component's files in the folder itself
+    found = [(p, m) for p in sorted((folder if flat else folder / name).glob("*"))
+             if p.is_file() and (m := WEIGHTS_FILE.match(p.name))]
 
     def of(safe: bool, with_variant: bool) -> list[Path]:
         return [p for p, m in found if (m["ext"] == "safetensors") == safe
@@ -118,8 +123,8 @@ def _component_plan(folder: Path, name: str, library: str, class_name: str, vari
         if chosen := of(safe, with_variant):
             return ComponentPlan(name, library, class_name,
                                  weights=tuple(p.relative_to(folder).as_posix() for p in chosen),
-                                 use_safetensors=safe, variant=VARIANT if with_variant else None)
-    return ComponentPlan(name, library, class_name)
+                                 use_safetensors=safe, variant=VARIANT if with_variant else None, flat=flat)
+    return ComponentPlan(name, library, class_name, flat=flat)
 
 
 def tensor_bytes(path: Path) -> int:
@@ -171,7 +176,7 @@ def _load_component(name: str, folder: Path, component: ComponentPlan, dtype):
         kwargs = {"use_safetensors": component.use_safetensors, "variant": component.variant,
                   "local_files_only": True, ("dtype" if component.library == "transformers" else "torch_dtype"): dtype}
     try:
-        return cls.from_pretrained(str(folder), subfolder=component.name, **kwargs)
+        return cls.from_pretrained(str(folder), **({} if component.flat else {"subfolder": component.name}), **kwargs)
     except Exception as exc:  # the registry turns any other into "could not load", its traceback logged
         refusal = _weights_only_refusal(exc)
         if refusal is not None:

@@ -92,3 +92,31 @@ def test_a_component_from_another_library_is_refused_by_name(tmp_path):
     with pytest.raises(ModelLoadError, match=r"^component 'unet' of custom comes from 'my_package'; only components "
                                              r"of diffusers and transformers are loaded \(no custom code\)$"):
         ModelRegistry(tmp_path, CPU).load("custom", "txt2img")
+
+
+def test_the_early_flat_layout_of_ddpm_cat_256_loads_from_its_safetensors(tmp_path):
+    """google/ddpm-cat-256 keeps its UNet's config and weights (.bin and .safetensors) and the scheduler's config
+    beside model_index.json, with no unet/ or scheduler/ folder."""
+    import json
+    import shutil
+
+    from engine.models.configs import unet_side
+    from engine.testing.tiny import tiny_ddpm_pipeline
+    from tests.helpers_models import booby_trap
+
+    folder, marker = tmp_path / "ddpm-cat-256", tmp_path / "the-pickle-ran"
+    tiny_ddpm_pipeline(0).save_pretrained(folder)
+    for name in ("unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"):
+        shutil.move(folder / name, folder / name.split("/")[1])
+    shutil.rmtree(folder / "unet"), shutil.rmtree(folder / "scheduler")
+    booby_trap(folder / "diffusion_pytorch_model.bin", marker)
+    (folder / "README.md").write_text("a model card")
+    assert json.loads((folder / "model_index.json").read_text())["unet"] == ["diffusers", "UNet2DModel"]
+
+    pipe = ModelRegistry(tmp_path, CPU).load("ddpm-cat-256", "unconditional")
+    assert same_weights(pipe.unet, tiny_ddpm_pipeline(0).unet) and not marker.exists()
+    assert unet_side(folder) == 16
+    record = pipe.workbench_identity.result()
+    assert record["skipped"] == ["diffusion_pytorch_model.bin"]
+    assert sorted(record["files"]) == ["config.json", "diffusion_pytorch_model.safetensors", "model_index.json",
+                                       "scheduler_config.json"]
