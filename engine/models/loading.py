@@ -144,9 +144,6 @@ def iter_load(name: str, folder: str | Path, pipeline_cls, dtype, *, variant: st
     """Load the folder as ``pipeline_cls`` with components in ``dtype``, yielding a ``Loading`` before each
     component; returns the pipeline. ``name``: the model as the user gave it, for messages and events."""
     load_plan = plan(folder, variant=variant)
-    if load_plan.skipped or load_plan.unused:
-        log.info("loading %r: skipped, never opened: %s; unused components not loaded: %s", name,
-                 ", ".join(load_plan.skipped) or "none", ", ".join(load_plan.unused) or "none")
     start = time.monotonic()
     loaded = {}
     total = len(load_plan.components)

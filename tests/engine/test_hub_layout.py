@@ -120,3 +120,24 @@ def test_the_early_flat_layout_of_ddpm_cat_256_loads_from_its_safetensors(tmp_pa
     assert record["skipped"] == ["diffusion_pytorch_model.bin"]
     assert sorted(record["files"]) == ["config.json", "diffusion_pytorch_model.safetensors", "model_index.json",
                                        "scheduler_config.json"]
+
+
+def test_a_hub_id_in_the_cache_loads_as_its_folder_does(hub_folder, tmp_path, monkeypatch):
+    """The hub id's snapshot, laid out as the SD 1.5 repo is, offline: the same skipping as a folder."""
+    import shutil
+
+    import huggingface_hub.constants as hf_constants
+
+    models, marker = hub_folder
+    repo = tmp_path / "hub" / "models--owner--tiny-sd15"
+    shutil.copytree(models / "sd15", repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    registry = ModelRegistry(tmp_path / "models", CPU)
+    registry.check_available("owner/tiny-sd15", "txt2img")
+    pipe = registry.load("owner/tiny-sd15", "txt2img")
+    assert pipe.safety_checker is None and not marker.exists()
+    assert "v1-5-pruned-emaonly.ckpt" in pipe.workbench_skipped and "safety_checker/" in pipe.workbench_skipped
+    assert pipe.workbench_identity.result() == {"name": "owner/tiny-sd15", "source": "hub", "id": "owner/tiny-sd15",
+                                                "revision": "0" * 40}
