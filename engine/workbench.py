@@ -114,7 +114,7 @@ class Workbench:
 
     def recent_runs(self) -> list[RunRecord]:
         """The worker's latest sampling runs, oldest first: when each was queued, began and ended, and how."""
-        return list(self.worker.history) if self.worker is not None else []
+        return self.worker.recent() if self.worker is not None else []
 
     def _forget(self, name: str) -> None:
         self.registry.forget(name)
