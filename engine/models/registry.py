@@ -241,22 +241,24 @@ class ModelRegistry:
                 with self._lock:
                     del self._loading[key]
                     pending.done.set()
+            evicted = []
             with self._lock:
                 if not pending.forgotten:  # a checkpoint rewritten during the load is read afresh next time
                     self._cache[key] = pipe
                     while len(self._cache) > self.cache_size:
-                        self._cache.popitem(last=False)
+                        evicted.append(self._cache.popitem(last=False)[1])
+            _release(evicted)
             return pipe
 
     def forget(self, name: str) -> None:
         """Drop cached pipelines whose location is ``name``'s (after a checkpoint is rewritten)."""
         location = str((self.models_dir / name).resolve())
         with self._lock:
-            for key in [k for k in self._cache if k.endswith(":" + location)]:
-                del self._cache[key]
+            dropped = [self._cache.pop(k) for k in [k for k in self._cache if k.endswith(":" + location)]]
             for pending in self._loading.values():
                 if pending.location == location:
                     pending.forgotten = True
+        _release(dropped)
 
     def _load(self, ref: ModelRef, kind: str):
         import diffusers
@@ -364,6 +366,23 @@ class _PendingLoad:
     location: str
     done: threading.Event = field(default_factory=threading.Event)
     forgotten: bool = False  # set by forget() while loading: do not cache the result
+
+
+def _release(pipes: list) -> None:
+    """Free the memory of pipelines that left the cache now. A compiled UNet holds itself in a reference cycle (its
+    compiled module, kept with it, wraps it: ``engine.sampling.fast``), which reference counting never frees: only a
+    collection does, and in a worker that may come late or never while it holds the model's memory (GPU memory
+    on a GPU). A run still using one keeps it until it ends."""
+    if not pipes:
+        return
+    import gc
+
+    import torch
+
+    pipes.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def check_kind(name: str, pipeline_class: str | None, kind: str) -> None:
