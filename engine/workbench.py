@@ -49,7 +49,7 @@ from engine.training.data import UploadLimits, list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
 from engine.training.request import RUN_NAME, TrainRequest, resume_request
 from engine.validation import check_batch_count, check_choice, check_int, given
-from engine.worker.child import MODEL_KIND, WorkerConfig, loop_of
+from engine.worker.child import MODEL_KIND, WorkerConfig, loop_of, run_events
 from engine.worker.process import DeviceWorker, RunRecord
 
 log = logging.getLogger(__name__)
@@ -381,10 +381,8 @@ class Workbench:
             return
         with self._device:
             check(cancel, 0)  # stopped while waiting for the device: nothing to load
-            pipe = self.registry.load(request.model, MODEL_KIND[kind])
-            if kind == "txt2img":
-                self.registry.use_lora(pipe, request.model, request.lora, request.lora_scale)
-            for event in loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.folders.outputs_dir):
+            for event in run_events(self.registry, kind, request, cancel=cancel,
+                                    outputs_dir=self.folders.outputs_dir):
                 yield event
                 if isinstance(event, Done) and history == "after":  # here every preview is drawn on first look
                     yield StepsDrawn(event.steps)
