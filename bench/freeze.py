@@ -42,7 +42,7 @@ def measure(freeze: bool, runs: int, requests: int) -> list[float]:
         root = Path(tmp)
         for name in ("models", "data", "outputs"):
             (root / name).mkdir()
-        app = App(root, launcher=("app.py",) if freeze else NO_FREEZE)
+        app = App(root, launcher=("app.py",) if freeze else NO_FREEZE, start_timeout=900)
         try:
             c = client(app.url)
             c.predict(**REQUEST, seed=0, api_name="/txt2img")  # the worker and the page warmed up
@@ -68,8 +68,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--only", choices=("with", "without"), help="one of the two launches")
     args = parser.parse_args(argv)
-    results = {freeze: measure(freeze, args.runs, args.requests) for freeze in (True, False)}
+    results = {freeze: measure(freeze, args.runs, args.requests) for freeze in (True, False)
+               if args.only is None or args.only == ("with" if freeze else "without")}
     for freeze, samples in results.items():
         half = samples[len(samples) // 2:]
         print(f"{'with' if freeze else 'without'} gc.freeze: {samples[0]:.0f} -> {samples[-1]:.0f} MiB "

@@ -46,7 +46,7 @@ def main(argv=None) -> None:
         root = Path(tmp)
         for name in ("models", "data", "outputs"):
             (root / name).mkdir()
-        app = App(root)
+        app = App(root, start_timeout=900)
         samples = []
         try:
             pid = app.process.pid
