@@ -49,7 +49,7 @@ from engine.training.data import UploadLimits, list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
 from engine.training.request import RUN_NAME, TrainRequest, resume_request
 from engine.validation import check_batch_count, check_choice, check_int, given
-from engine.worker.child import MODEL_KIND, WorkerConfig, loop_of, run_events
+from engine.worker.child import MODEL_KIND, WorkerConfig, run_events
 from engine.worker.process import DeviceWorker, RunRecord
 
 log = logging.getLogger(__name__)

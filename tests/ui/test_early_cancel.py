@@ -20,7 +20,8 @@ def test_a_job_cancelled_right_after_submit_never_runs(running_app):
     url = running_app[0]
     busy_client, client = Client(url, verbose=False), Client(url, verbose=False)
     try:
-        busy = busy_client.submit(model="digits-sd", prompt=BUSY, steps=150, width=128, height=128, seed=1, api_name="/txt2img")
+        busy = busy_client.submit(model="digits-sd", prompt=BUSY, steps=150, width=128, height=128, seed=1,
+                                  api_name="/txt2img")
         next(iter(busy))  # its first update: it holds the device
         job = client.submit(model="digits-sd", prompt=CANCELLED, steps=2, seed=2, api_name="/txt2img")
         job.cancel()
@@ -39,7 +40,8 @@ def test_a_cancel_without_an_event_id_after_the_join_was_answered_stops_that_job
     url = running_app[0]
     busy_client, client = Client(url, verbose=False), Client(url, verbose=False)
     try:
-        busy = busy_client.submit(model="digits-sd", prompt=BUSY, steps=150, width=128, height=128, seed=4, api_name="/txt2img")
+        busy = busy_client.submit(model="digits-sd", prompt=BUSY, steps=150, width=128, height=128, seed=4,
+                                  api_name="/txt2img")
         next(iter(busy))
         fn_index = next(d["id"] for d in client.config["dependencies"] if d.get("api_name") == "txt2img")
         session = "forced-order-session"
