@@ -79,7 +79,8 @@ def p99(values: list[float]) -> float:
 
 # -- the app under test ------------------------------------------------------------------------------
 class App:
-    def __init__(self, root: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(self, root: Path, extra_args: tuple[str, ...] = (), launcher: tuple[str, ...] = ("app.py",),
+                 start_timeout: float = 180.0):
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -87,12 +88,12 @@ class App:
         env = dict(os.environ, GRADIO_TEMP_DIR=str(root / "gradio"), GRADIO_ANALYTICS_ENABLED="False",
                    HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
-            [sys.executable, "app.py", "--port", str(self.port), "--models-dir", str(root / "models"),
+            [sys.executable, *launcher, "--port", str(self.port), "--models-dir", str(root / "models"),
              "--data-dir", str(root / "data"), "--outputs-dir", str(root / "outputs"), "--device", "cpu", *extra_args],
             cwd=ROOT, env=env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT)
         import httpx
 
-        deadline = time.time() + 180
+        deadline = time.time() + start_timeout
         while time.time() < deadline:
             try:
                 if httpx.get(self.url, timeout=2).status_code == 200:
@@ -100,7 +101,8 @@ class App:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise SystemExit(f"the app did not start; see {self.log_path}")
+        self.close()
+        raise SystemExit(f"the app did not start in {start_timeout:.0f} s; see {self.log_path}")
 
     def runs(self) -> list[dict]:
         """The worker's run log: one dict per line 'run N started|ended ...' with its wall-clock time."""
