@@ -234,11 +234,20 @@ def test_eight_clients_at_once_equal_their_sequential_twins_and_never_overlap(ru
 
     alone = {seed: one(seed) for seed in seeds}
     before = run_record_ids(bench)
-    together, threads = {}, [threading.Thread(target=lambda s=s: together.update({s: one(s)})) for s in seeds]
+    together, failed = {}, {}
+
+    def keep(seed):
+        try:
+            together[seed] = one(seed)
+        except Exception as error:  # said below with the seed, not lost in the thread
+            failed[seed] = repr(error)
+
+    threads = [threading.Thread(target=keep, args=(s,)) for s in seeds]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert failed == {}
     assert sorted(together) == seeds
     for seed in seeds:
         assert np.array_equal(together[seed], alone[seed]), f"seed {seed}"
