@@ -30,11 +30,11 @@ def deflated_zeros(size: int, block: int = 2**20) -> bytes:
     return b"".join(parts) + squeeze.flush()
 
 
-def black_png(width: int, height: int) -> bytes:
-    """A whole, valid 1-bit black PNG of ``width`` x ``height``: kilobytes on disk, ``width * height`` pixels
-    decoded (12000 x 12000 is 18 KB here, 144 megapixels in PIL)."""
+def black_png(width: int, height: int, *chunks: bytes) -> bytes:
+    """A whole, valid 1-bit black PNG of ``width`` x ``height`` (``chunks`` before its pixels): kilobytes on disk,
+    ``width * height`` pixels decoded (12000 x 12000 is 18 KB here, 144 megapixels in PIL)."""
     row = 1 + (width + 7) // 8  # a filter byte, then the row's bits
-    return PNG_SIGNATURE + ihdr(width, height, 1) + chunk(b"IDAT", deflated_zeros(row * height, row * 1024)) \
+    return PNG_SIGNATURE + ihdr(width, height, 1) + b"".join(chunks) + chunk(b"IDAT", deflated_zeros(row * height, row * 1024)) \
         + chunk(b"IEND", b"")
 
 
