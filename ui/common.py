@@ -199,7 +199,7 @@ def uploaded_path(value, name: str) -> str | None:
     return path
 
 
-def name_file_inputs(demo: gr.Blocks, check_image: Callable[[str], None]) -> None:
+def name_file_inputs(demo: gr.Blocks, check_image: Callable[[str, str], None]) -> None:
     """Gradio checks a file input's JSON before any handler runs, with pydantic's message, which names neither the
     parameter nor the form a file takes ("1 validation error for ImageData ..."): say both. And an image input's
     file is measured by ``check_image`` (its header) before Gradio opens it: an image of too many pixels is refused
@@ -243,8 +243,7 @@ def prune_cache(demo: gr.Blocks, keep: int) -> int:
     uploads (a person may still use them) and the widgets' first values, which a page opened later shows."""
     folder = os.path.realpath(gradio_compat.cache_folder(demo))
     protected = {os.path.realpath(p) for p in gradio_compat.uploaded_files(demo)}
-    for block in demo.blocks.values():
-        protected.update(os.path.realpath(p) for p in getattr(block, "keep_in_cache", ()))
+    protected.update(os.path.realpath(p) for p in gradio_compat.first_values(demo))
     found, empty = [], []
     with os.scandir(folder) as entries:
         hashed = [e.path for e in entries if CACHE_HASH_DIR.fullmatch(e.name) and e.is_dir(follow_symlinks=False)]

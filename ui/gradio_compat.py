@@ -8,8 +8,9 @@ of a check here being skipped without a sound. The login check reads no internal
 The uses:
 
 - ``routes.App``'s ``auth``, ``cookie_id`` and ``tokens``: who has logged in (:class:`RequireLogin`);
-- ``Blocks.GRADIO_CACHE`` and ``Blocks.upload_file_set``: the cache folder, and the uploads in it
-  (:func:`cache_folder`, :func:`uploaded_files`); ``gradio.utils.get_upload_folder`` (:func:`upload_folder`);
+- ``Blocks.GRADIO_CACHE``, ``Blocks.upload_file_set`` and each block's ``keep_in_cache``: the cache folder, the
+  uploads in it and the widgets' first values (:func:`cache_folder`, :func:`uploaded_files`, :func:`first_values`);
+  ``gradio.utils.get_upload_folder`` (:func:`upload_folder`);
 - ``Blocks.preprocess_data``, ``BlockFunction.fn`` and ``.inputs``, a component's ``data_model``: file inputs
   checked before Gradio reads them (:func:`check_file_inputs`);
 - ``processing_utils.save_pil_to_cache`` (with ``encode_pil_to_bytes`` and ``hash_bytes``): output images written
@@ -118,6 +119,12 @@ def cache_folder(demo) -> str:
 def uploaded_files(demo) -> set[str]:
     """The paths of the files uploaded to the page (Gradio's ``upload_file_set``), cleaned with the cache."""
     return demo.upload_file_set
+
+
+def first_values(demo) -> set[str]:
+    """The cached files of the widgets' first values (each Gradio block's ``keep_in_cache``): a page opened later
+    shows them. Blocks that hold no files have an empty set (a test double may have none)."""
+    return {path for block in demo.blocks.values() for path in getattr(block, "keep_in_cache", ())}
 
 
 def upload_folder() -> str:

@@ -51,6 +51,19 @@ def test_the_cache_folder_and_uploads_are_gradios(tmp_path, monkeypatch):
     assert gradio_compat.uploaded_files(demo) == set() and gradio_compat.uploaded_files(demo) is demo.upload_file_set
 
 
+def test_the_first_values_kept_in_the_cache_are_gradios(tmp_path, monkeypatch):
+    """A widget's first value is cached with keep_in_cache; prune_cache spares those files."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    from PIL import Image
+
+    Image.new("RGB", (4, 4), (9, 9, 9)).save(tmp_path / "first.png")
+    with gr.Blocks() as demo:
+        gr.Image(str(tmp_path / "first.png"), type="filepath")
+    (kept,) = gradio_compat.first_values(demo)  # the copy in the cache, not the file given
+    assert Path(kept).name == "first.png" and Path(kept).parent.parent == cache
+
+
 def test_file_inputs_are_checked_before_gradio_reads_them(tmp_path, monkeypatch):
     """preprocess_data, BlockFunction.fn and .inputs, data_model: the image's path and its parameter's name reach the
     check before Gradio opens the file; JSON that is not a file reaches on_invalid with the parameter's name."""
