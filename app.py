@@ -90,7 +90,8 @@ def build_app(args: argparse.Namespace):
     from ui import compare as compare_tab, img2img as img2img_tab, noise as noise_tab, train as train_tab
     from ui import txt2img as txt2img_tab, unconditional as unconditional_tab
     from ui import a1111_api, history as history_tab, pnginfo as pnginfo_tab
-    from ui.common import cache_images_atomically, name_file_inputs
+    from ui.common import name_file_inputs
+    from ui.gradio_compat import cache_images_atomically
 
     bench = Workbench(Folders(args.models_dir, args.data_dir, args.outputs_dir), device=args.device,
                       torch_threads=args.torch_threads, model_cache_gb=args.model_cache_gb,
@@ -220,44 +221,10 @@ def build_app(args: argparse.Namespace):
                 auth=tuple(args.auth.split(":", 1)) if args.auth else None,
             )
             demo.extra_routes = api.routes  # mounted by launch(), before Gradio's own
-    name_file_inputs(demo)
+    name_file_inputs(demo, bench.check_image)
     cache_images_atomically()
     demo.queue(default_concurrency_limit=1, max_size=64)
     return demo, bench
-
-
-class RequireLogin:
-    """With --auth, routes Gradio leaves open answer 401 until the caller has logged in. Gradio 6.31's
-    ``POST /gradio_api/cancel`` checks no login: anyone with a session hash and an event id could stop
-    another user's run."""
-
-    OPEN_ROUTES = ("/gradio_api/cancel",)
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        server = scope.get("app")
-        if (scope["type"] == "http" and scope["path"].rstrip("/") in self.OPEN_ROUTES
-                and getattr(server, "auth", None) is not None and not _logged_in(scope, server)):
-            await send({"type": "http.response.start", "status": 401,
-                        "headers": [(b"content-type", b"application/json")]})
-            await send({"type": "http.response.body", "body": b'{"detail":"Not authenticated"}'})
-            return
-        await self.app(scope, receive, send)
-
-
-def _logged_in(scope, server) -> bool:
-    from http.cookies import SimpleCookie
-
-    cookies = SimpleCookie()
-    for name, value in scope.get("headers", []):
-        if name == b"cookie":
-            cookies.load(value.decode("latin-1"))
-    for name in (f"access-token-{server.cookie_id}", f"access-token-unsecure-{server.cookie_id}"):
-        if name in cookies and server.tokens.get(cookies[name].value) is not None:
-            return True
-    return False
 
 
 def bounded_cache(demo, keep: int):
@@ -289,12 +256,14 @@ def launch(demo, args: argparse.Namespace, **kwargs):
     from starlette.middleware import Middleware
 
     from ui.cancels import EarlyCancels
+    from ui.a1111_api import PREFIX as A1111_PREFIX
+    from ui.gradio_compat import RequireLogin
 
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     return demo.launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=auth,
         css=CSS, js=JS, footer_links=["api"], show_error=True,
-        app_kwargs={"middleware": [Middleware(RequireLogin), Middleware(EarlyCancels)],
+        app_kwargs={"middleware": [Middleware(RequireLogin, own_login=(A1111_PREFIX + "/",)), Middleware(EarlyCancels)],
                     "lifespan": bounded_cache(demo, args.cache_files),
                     "routes": list(getattr(demo, "extra_routes", []))},
         **kwargs,

@@ -37,6 +37,11 @@ class DataError(WorkbenchError):
     """A data set is empty, unreadable or too small."""
 
 
+class StorageError(WorkbenchError):
+    """The disk refused a write (it is full): what was being written is not there, and nothing written before
+    was touched (files are written whole or not at all)."""
+
+
 class Cancelled(WorkbenchError):
     """A run was stopped through its cancel token."""
 

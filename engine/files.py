@@ -7,6 +7,7 @@ which uses :func:`fsync_path` from here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -14,6 +15,8 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import Iterator, Mapping
+
+from engine.errors import StorageError
 
 
 PARTIAL = re.compile(r"^\..+\.(\d+)-[^.]*\.tmp$")  # a write under way: .<name>.<pid>-<random>.tmp
@@ -30,11 +33,22 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     holds the writer's process id, so :func:`remove_partial_writes` can tell a killed writer's.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with partial_path(path.parent, path.name, folder=False) as tmp:
-        yield tmp
-        fsync_path(tmp)
-        os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with partial_path(path.parent, path.name, folder=False) as tmp:
+            yield tmp
+            fsync_path(tmp)
+            os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise disk_full(path) from exc
+        raise
+
+
+def disk_full(path: Path) -> StorageError:
+    """The error of a write to ``path`` that found no space left."""
+    return StorageError(f"No space left on device: {path.name} was not saved in {path.parent.name}/; nothing saved "
+                        "before was lost (files are written whole or not at all). Free some space and try again.")
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from engine.cancel import CancelToken, check
 from engine.errors import InputError, ModelLoadError, WorkbenchError
 from engine.events import HISTORY_MODES, BatchDone, Done, Started, Step, StepsDrawn
 from engine.files import remove_partial_writes, shown_paths
+from engine.images import check_pixels
 from engine.forward import noise
 from engine.forward.noise import NoiseRequest, NoiseSchedule, NoiseStrip
 from engine.models.configs import native_size, read_scheduler_config, unet_side
@@ -27,7 +28,7 @@ from engine.models.devices import default_torch_threads, resolve_device
 from engine.models.identity import file_sha256, identity_changes
 from engine.models.registry import BUILTIN_DIR, BUILTINS, ModelRegistry
 from engine.sampling import unconditional
-from engine.sampling.history import HistoryPage, HistoryQuery, ImageHistory
+from engine.sampling.history import HistoryPage, HistoryQuery, ImageHistory, check_image_path
 from engine.sampling.outputs import save_png
 from engine.sampling.pnginfo import PngInfo, png_info
 from engine.sampling.replay import ReplayReport, cannot, export_bundle, read_bundle, verdict
@@ -437,6 +438,12 @@ class Workbench:
         seconds, measured_by = self._step_seconds[key]
         return RunEstimate(num_inference_steps=int(steps), seconds_per_step=seconds, measured_by=measured_by)
 
+    @staticmethod
+    def check_image(path: str | Path, field: str = "image") -> None:
+        """Raise the :class:`InputError` an image file of more than :data:`engine.images.MAX_PIXELS` pixels gets,
+        from its header alone: before anything decodes it whole."""
+        check_pixels(path, field)
+
     def check_model(self, model: str, kind: str) -> None:
         """Raise the :class:`ModelLoadError` a run of ``model`` would end with, where that is known without
         loading it: unknown, outside the models dir, of the other kind, or an uncached hub id offline."""
@@ -547,7 +554,7 @@ class Workbench:
     def _outputs_path(self, image: str | Path) -> str:
         """``image`` as History names it (relative to the outputs dir), checked to be an image there. Taken as
         History names it, as the page shows a saved file (``outputs/txt2img/...``), or as a loop returned it."""
-        text = str(image or "").strip()
+        text = check_image_path(str(image or ""))
         path, outputs = Path(text), self.image_history.outputs_dir
         if not path.is_absolute() and not (outputs / path).is_file():
             if path.parts[:1] == ("outputs",) and (outputs / Path(*path.parts[1:])).is_file():

@@ -27,6 +27,7 @@ from engine.files import atomic_write
 from engine.sampling.views import step_bytes, thin_history
 from engine.streaming import stream_latest
 from engine.validation import given
+from ui import gradio_compat
 
 log = logging.getLogger(__name__)
 
@@ -229,76 +230,36 @@ def uploaded_path(value, name: str) -> str | None:
     """The path of file input ``name`` as a handler registered with ``preprocess=False`` gets it: Gradio's file
     dict, or None. Only files in the app's cache pass: Gradio checks a dict that says it is a file (its ``meta``),
     but hands one without on as it came, and a path elsewhere on the server must not be read."""
-    from gradio.utils import get_upload_folder
-
     path = value.get("path") if isinstance(value, dict) else value
     if path is None:
         return None
-    cache = os.path.realpath(get_upload_folder())
+    cache = os.path.realpath(gradio_compat.upload_folder())
     if not isinstance(path, str) or not os.path.realpath(path).startswith(cache + os.sep):
         raise InputError(f"{name} must be a file uploaded to this app, as gradio_client's handle_file(path) sends "
                          f"it; got {given(path)}", field=name)
     return path
 
 
-def cache_images_atomically() -> None:
-    """Gradio 6.31 saves each output image into its cache at a path named by the image's bytes, with
-    ``write_bytes``: an image sent again (the same preview, the same final image) was truncated and rewritten in
-    place while the page could be fetching it, and that request then failed ("Too little data for declared
-    Content-Length": the image never loaded). Now an existing file is only touched (its bytes are the same, and
-    ``prune_cache`` sees it used), and a new one is written under a hidden name and renamed into place, as Gradio's
-    own ``save_file_to_cache`` does. Installed once, for the process (Gradio's components call it by module)."""
-    from gradio import processing_utils
-
-    if getattr(processing_utils.save_pil_to_cache, "atomic", False):
-        return
-
-    def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
-        data = processing_utils.encode_pil_to_bytes(img, format)
-        folder = Path(cache_dir) / processing_utils.hash_bytes(data)
-        folder.mkdir(exist_ok=True, parents=True)
-        path = (folder / f"{name}.{format}").resolve()
-        with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_size == len(data):
-                os.utime(path)
-                return str(path)
-        fd, staging = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.replace(staging, path)
-        except BaseException:
-            Path(staging).unlink(missing_ok=True)
-            raise
-        return str(path)
-
-    save_pil_to_cache.atomic = True
-    processing_utils.save_pil_to_cache = save_pil_to_cache
-
-
-def name_file_inputs(demo: gr.Blocks) -> None:
+def name_file_inputs(demo: gr.Blocks, check_image: Callable[[str, str], None]) -> None:
     """Gradio checks a file input's JSON before any handler runs, with pydantic's message, which names neither the
-    parameter nor the form a file takes ("1 validation error for ImageData ..."): say both. Installed on ``demo``
-    (its ``preprocess_data``, where that check runs) once the events are wired."""
-    import pydantic
+    parameter nor the form a file takes ("1 validation error for ImageData ..."): say both. And an image input's
+    file is measured by ``check_image`` (its header) before Gradio opens it: an image of too many pixels is refused
+    with the engine's message, not decoded whole (nor refused by PIL as an internal error). Installed on ``demo``
+    once the events are wired."""
 
-    preprocess = demo.preprocess_data
+    def on_invalid(name: str, multiple: bool, value) -> gr.Error:
+        what = "a list of files" if multiple else "a file"
+        return gr.Error(f"{name} must be {what} as gradio_client's handle_file(path) sends one "
+                        f"({{'path': ..., 'meta': {{'_type': 'gradio.FileData'}}}}); got {given(value)}",
+                        print_exception=False)
 
-    async def preprocess_data(block_fn, inputs, state, *args, **kwargs):
+    def check(path: str, name: str) -> None:
         try:
-            return await preprocess(block_fn, inputs, state, *args, **kwargs)
-        except pydantic.ValidationError as exc:
-            names = list(inspect.signature(block_fn.fn).parameters) if block_fn.fn else []
-            for name, block, value in zip(names, block_fn.inputs, inputs):
-                model = getattr(block, "data_model", None)
-                if model is not None and model.__name__ == exc.title:
-                    what = "a list of files" if getattr(block, "file_count", "single") == "multiple" else "a file"
-                    raise gr.Error(f"{name} must be {what} as gradio_client's handle_file(path) sends one "
-                                   f"({{'path': ..., 'meta': {{'_type': 'gradio.FileData'}}}}); got {given(value)}",
-                                   print_exception=False) from None
-            raise
+            check_image(path, name)
+        except WorkbenchError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
 
-    demo.preprocess_data = preprocess_data
+    gradio_compat.check_file_inputs(demo, on_invalid, check)
 
 
 def whole(value):
@@ -321,10 +282,9 @@ def prune_cache(demo: gr.Blocks, keep: int) -> int:
     a run updated (its label, say): Gradio makes that widget afresh for the session and tracks none of its files.
     So the folder is read itself: each file in a folder named by its content's hash (Gradio's layout), except
     uploads (a person may still use them) and the widgets' first values, which a page opened later shows."""
-    folder = os.path.realpath(demo.GRADIO_CACHE)
-    protected = {os.path.realpath(p) for p in demo.upload_file_set}
-    for block in demo.blocks.values():
-        protected.update(os.path.realpath(p) for p in getattr(block, "keep_in_cache", ()))
+    folder = os.path.realpath(gradio_compat.cache_folder(demo))
+    protected = {os.path.realpath(p) for p in gradio_compat.uploaded_files(demo)}
+    protected.update(os.path.realpath(p) for p in gradio_compat.first_values(demo))
     found, empty = [], []
     with os.scandir(folder) as entries:
         hashed = [e.path for e in entries if CACHE_HASH_DIR.fullmatch(e.name) and e.is_dir(follow_symlinks=False)]

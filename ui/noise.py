@@ -163,8 +163,10 @@ def build(
     with gr.Row():
         with gr.Column(scale=2, elem_id="noise-form"):
             with gr.Row():
+                # image_mode None: the file as uploaded; Gradio's "RGB" decoded any other image whole before the
+                # engine could measure it (and clipped 16-bit greys), the engine converts it (engine.images)
                 image = gr.Image(label="Image (empty: the sample image)", type="filepath", sources=["upload"],
-                                 height=200, elem_id="noise-image")
+                                 image_mode=None, height=200, elem_id="noise-image")
                 with gr.Column():
                     sample_image = gr.Radio(list(SAMPLE_IMAGES), value=defaults.sample_image, label="Sample image",
                                             elem_id="noise-sample")

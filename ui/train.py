@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import gradio as gr
-from gradio.components.plot import PlotData
 
 from engine.errors import InputError
 from engine.sampling.schedulers import SAMPLER_BETA_SCHEDULES
@@ -24,6 +23,7 @@ from engine.training.objectives.pixel import PRESETS
 from engine.training.recipes import DEFAULT_RECIPE, RECIPE_FIELDS, RECIPES
 from engine.training.request import LORA_LAYERS, MIXED_PRECISION, RUN_CONTROL, TrainRequest, field_help
 from engine.training.jobs import FAILED, IDLE, TrainStatus
+from ui import gradio_compat
 from ui.common import DEVICE_QUEUE, friendly_errors, progress_html, switch_tab_js, uploaded_path, whole
 
 POLL_INTERVAL = 1.0  # seconds between status polls; the loss itself arrives every log_every steps
@@ -422,7 +422,7 @@ def bucket_rows(edges, steps, values) -> list[dict]:
             for i, v in enumerate(values[j]) if v is not None and math.isfinite(v) and v > 0]
 
 
-def bucket_plot(edges, steps, values) -> PlotData:
+def bucket_plot(edges, steps, values) -> gradio_compat.PlotData:
     """The loss in each timestep bucket over the run, one line a bucket on a log axis: low t (little noise) is
     where a denoiser's loss is largest and falls last."""
     labels = bucket_labels(edges)
@@ -436,14 +436,14 @@ def lr_rows(lrs) -> list[dict]:
     return [{"step": i + 1, "lr": float(lrs[i])} for i in _thinned(len(lrs))]
 
 
-def lr_plot(lrs) -> PlotData:
+def lr_plot(lrs) -> gradio_compat.PlotData:
     """The learning rate each step used: the warm-up and the cosine decay, on a linear axis."""
     color = {"value": LR_COLOUR}
     return _line_plot(lr_rows(lrs), "lr", "learning rate", color, log=False, height=PLOT_HEIGHT // 2)
 
 
 def _line_plot(rows: list[dict], y: str, y_title: str, color: dict, *, log: bool, height: int = PLOT_HEIGHT,
-               points: bool = False) -> PlotData:
+               points: bool = False) -> gradio_compat.PlotData:
     """A Vega-Lite line chart over ``step`` drawn as SVG, so the page (and a test) can read the axes. ``points``
     marks each value too (a line needs two reports to show)."""
     y_encoding = {"field": y, "type": "quantitative", "title": y_title}
@@ -462,7 +462,7 @@ def _line_plot(rows: list[dict], y: str, y_title: str, color: dict, *, log: bool
                      "color": color},
         "usermeta": {"embedOptions": {"renderer": "svg", "actions": False}},
     }
-    return PlotData(type="altair", plot=json.dumps(spec))
+    return gradio_compat.plot_data("altair", json.dumps(spec))
 
 
 def loss_rows(losses, smoothed) -> list[dict]:
@@ -476,7 +476,7 @@ def loss_rows(losses, smoothed) -> list[dict]:
     return rows
 
 
-def loss_plot(losses, smoothed) -> PlotData:
+def loss_plot(losses, smoothed) -> gradio_compat.PlotData:
     """The loss curves with a log y axis: a loss falls by orders of magnitude, and a linear axis goes flat after
     the first few dozen steps."""
     color = {"field": "series", "type": "nominal", "title": None,

@@ -22,7 +22,7 @@ from PIL import Image
 from engine.errors import InputError, WorkbenchError
 from engine.files import atomic_write
 from engine.sampling.pnginfo import PngInfo, png_info
-from engine.validation import check_int
+from engine.validation import check_int, given
 
 PER_PAGE = 48  # images a page: a 8x6 grid of thumbnails
 MAX_PER_PAGE = 500
@@ -32,6 +32,7 @@ TRASH = ".trash"  # deleted images go here, inside the outputs dir; hidden folde
 THUMBNAILS = ".thumbnails"
 THUMBNAIL_SIDE = 256  # images larger than this are shown in the grid as a smaller copy, made once
 MAX_SEARCH_CHARS = 1_000
+MAX_PATH_CHARS = 1_024  # a history path: longer ones no file system takes (an OSError, not a message)
 SETTLE_SECONDS = 2.0  # a folder changed this recently is listed again: its modification time may lag a change
 
 
@@ -83,6 +84,22 @@ class _File:
     kind: str
     mtime_ns: int
     size: int
+
+
+def check_image_path(path) -> str:
+    """``path`` (a history image's, as given) stripped, or :class:`InputError` for text no file system takes: longer
+    than :data:`MAX_PATH_CHARS`, or holding a control character (a NUL byte made Python raise ValueError)."""
+    if path is not None and not isinstance(path, str):
+        raise InputError(f"image must be a PNG's path under the outputs dir, as /history lists it; got {given(path)}",
+                         field="image")
+    path = (path or "").strip()
+    if len(path) > MAX_PATH_CHARS:
+        raise InputError(f"image must be a path of at most {MAX_PATH_CHARS} characters; got {len(path)}",
+                         field="image")
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise InputError(f"image {given(path)} is not an image of the history: a path has no control characters",
+                         field="image")
+    return path
 
 
 class ImageHistory:
@@ -181,7 +198,7 @@ class ImageHistory:
     def resolve(self, path: str) -> Path:
         """The file of history image ``path`` (relative to the outputs dir); :class:`InputError` for anything
         else: a path outside the outputs dir, in its trash, not a PNG, or gone."""
-        path = (path or "").strip()
+        path = check_image_path(path)
         candidate = (self.outputs_dir / path).resolve()
         parts = Path(path).parts
         if (not path or Path(path).is_absolute() or ".." in parts or self.outputs_dir not in candidate.parents

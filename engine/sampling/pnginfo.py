@@ -20,8 +20,8 @@ What a reader finds becomes request fields (``prompt``, ``negative_prompt``, ``n
 ``guidance_scale``, ``scheduler``, ``seed``, ``width``, ``height``, ``model``, ``batch_size``) and
 sentences saying plainly what cannot be used here and why.
 
-PNG text chunks are read straight from the file's chunk list (no pixels decoded), so a listing of
-thousands of images reads only their first kilobytes.
+PNG text chunks are read from the file's chunk list by Pillow's chunk reader, with its limits on text (no pixels
+decoded), so a listing of thousands of images reads only their first kilobytes.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from __future__ import annotations
 import json
 import re
 import struct
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from engine.errors import InputError
+from engine.images import MAX_PIXELS, check_pixels
 from engine.sampling.outputs import RECORD_CHUNK
 from engine.sampling.schedulers import SCHEDULERS
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS
@@ -43,8 +43,6 @@ from engine.validation import MAX_SIDE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
-MAX_TEXT_BYTES = 8 * 2**20  # text chunks larger than this (in all) are not read: a workflow is kilobytes
-HEAD_BYTES = 64 * 1024  # read at once: the text chunks of a generated PNG sit before its pixels
 
 # A1111's sampler names (with its schedule type, where it has one) -> this workbench's scheduler names.
 # The diffusers docs' table of A1111 equivalents; names with no equivalent here are said so.
@@ -83,57 +81,52 @@ class PngInfo:
 def read_png_text(path: str | Path) -> dict[str, str]:
     """The PNG's text chunks (tEXt, zTXt, iTXt) before its first image data, as {keyword: text}.
 
-    Raises :class:`InputError` for a file that is not a PNG, or ends inside its chunk list.
+    The chunks are read by Pillow's own PNG chunk reader (``PngImagePlugin.PngStream``, as ``Image.open`` reads
+    them, without its check of the pixel count): any chunk order, each chunk's CRC checked, chunks Pillow does not
+    know (private ones) skipped by their length. Its limits hold: a compressed text inflates to at most
+    ``PngImagePlugin.MAX_TEXT_CHUNK`` bytes, all text to ``MAX_TEXT_MEMORY``; a text chunk stored larger than
+    ``MAX_TEXT_CHUNK`` is refused before it is read.
+
+    Raises :class:`InputError` for a file that is not a PNG, ends inside its chunk list, or breaks those limits.
     """
     name = Path(path).name
     with open(path, "rb") as f:
-        data = f.read(HEAD_BYTES)
-        if not data.startswith(PNG_SIGNATURE):
+        if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
             raise InputError(f"{name} is not a PNG file (it does not start with the PNG signature)", field="image")
-        texts: dict[str, str] = {}
-        offset, total = len(PNG_SIGNATURE), 0
-        while True:
-            if offset + 8 > len(data):
-                data += f.read(max(HEAD_BYTES, offset + 8 - len(data)))
-                if offset + 8 > len(data):
-                    raise InputError(f"{name} is a truncated PNG: it ends before its image data", field="image")
-            length, kind = struct.unpack(">I4s", data[offset:offset + 8])
-            if kind in (b"IDAT", b"IEND"):
-                return texts
-            end = offset + 8 + length + 4  # chunk data, then its CRC
-            if kind in TEXT_CHUNKS and total + length <= MAX_TEXT_BYTES:
-                if end > len(data):
-                    data += f.read(end - len(data))
-                    if end > len(data):
-                        raise InputError(f"{name} is a truncated PNG: it ends inside a text chunk", field="image")
-                total += length
-                keyword, text = _decode_text(kind, data[offset + 8:offset + 8 + length])
-                if keyword:
-                    texts.setdefault(keyword, text)
-                offset = end
-            else:  # skip without reading
-                f.seek(end)
-                data, offset = f.read(HEAD_BYTES), 0
-
-
-def _decode_text(kind: bytes, body: bytes) -> tuple[str, str]:
-    """(keyword, text) of one text chunk; ("", "") where it cannot be decoded."""
-    try:
-        keyword, _, rest = body.partition(b"\0")
-        if kind == b"tEXt":
-            return keyword.decode("latin-1"), rest.decode("latin-1")
-        if kind == b"zTXt":
-            return keyword.decode("latin-1"), zlib.decompress(rest[1:]).decode("latin-1")
-        compressed, rest = rest[0], rest[2:]  # iTXt: flag, method, language\0, translated keyword\0, text
-        _, _, rest = rest.partition(b"\0")
-        _, _, rest = rest.partition(b"\0")
-        return keyword.decode("latin-1"), (zlib.decompress(rest) if compressed else rest).decode("utf-8")
-    except (zlib.error, UnicodeDecodeError, IndexError):
-        return "", ""
+        stream = PngImagePlugin.PngStream(f)
+        try:
+            while True:
+                kind = b""  # until the next chunk's header is read whole
+                kind, position, length = stream.read()
+                if kind in TEXT_CHUNKS and length > PngImagePlugin.MAX_TEXT_CHUNK:
+                    raise InputError(f"{name} has a {kind.decode()} chunk of {length} bytes; a text chunk is read "
+                                     f"up to {PngImagePlugin.MAX_TEXT_CHUNK} bytes (Pillow's MAX_TEXT_CHUNK)",
+                                     field="image")
+                try:
+                    data = stream.call(kind, position, length)
+                except EOFError:  # IDAT, fdAT or IEND: the text a listing reads is all before the image
+                    return {key: str(text) for key, text in stream.im_text.items()}
+                except AttributeError:  # a chunk Pillow has no reader for (a private one): skipped, CRC and all
+                    f.seek(position + length + 4)
+                    continue
+                stream.crc(kind, data)
+        except (OSError, SyntaxError, struct.error) as exc:
+            where = "inside a text chunk" if kind in TEXT_CHUNKS else "before its image data"
+            if isinstance(exc, OSError) or not kind or "incomplete" in str(exc):  # a read came back short
+                raise InputError(f"{name} is a truncated PNG: it ends {where}", field="image") from None
+            raise InputError(f"{name} is a damaged PNG: {exc}", field="image") from None
+        except ValueError as exc:  # Pillow's text limits, or a chunk too short for what it must hold
+            if "MAX_TEXT_CHUNK" in str(exc):
+                raise InputError(f"{name}'s {kind.decode()} chunk inflates to more than "
+                                 f"{PngImagePlugin.MAX_TEXT_CHUNK} bytes; a compressed text is read up to that "
+                                 "(Pillow's MAX_TEXT_CHUNK)", field="image") from None
+            raise InputError(f"{name} is a damaged PNG: {exc}", field="image") from None
 
 
 def verify_png(path: str | Path) -> None:
-    """:class:`InputError` unless the PNG's pixels decode whole."""
+    """:class:`InputError` unless the PNG's pixels decode whole; one of more than :data:`MAX_PIXELS` is refused by
+    its header, before its pixels are decoded."""
+    check_pixels(path)
     try:
         with Image.open(path) as im:
             im.load()
@@ -188,7 +181,7 @@ def _from_record(record: dict, text: dict) -> PngInfo:
 def _json(text: str | None):
     try:
         return json.loads(text) if text else None
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes: not a record
         return None
 
 

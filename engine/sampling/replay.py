@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from engine.errors import InputError
+from engine.images import check_pixels
+from engine.validation import given
 from engine.sampling.pnginfo import read_record
 from engine.sampling.runrecord import FORMAT, VERSION, image_sha256
 from engine.sampling.txt2img import Txt2ImgRequest
@@ -79,6 +81,7 @@ def read_bundle(path: str | Path) -> RunBundle:
         if record is None:
             raise InputError(f"{name} has no run record: only PNGs this workbench saved can be replayed "
                              "(PNG Info reads the settings of others)", field="run file")
+        check_pixels(path, field="run file")
         try:
             with Image.open(path) as im:
                 original = im.copy()
@@ -92,6 +95,9 @@ def read_bundle(path: str | Path) -> RunBundle:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{name} is not a run file: not JSON ({exc})", field="run file") from None
+    except RecursionError:  # json's parser recurses once a level: a run file has four or five
+        raise InputError(f"{name} is not a run file: its JSON is nested deeper than Python's parser goes",
+                         field="run file") from None
     return check_bundle(record)
 
 
@@ -125,6 +131,13 @@ def check_bundle(record) -> RunBundle:
     for key in ("noise_sha256", "images_sha256", "model", "environment"):
         if key not in record:
             raise InputError(f"the run file has no {key!r}: it was not written by a finished run", field="run file")
+    for key in ("model", "environment"):  # what a replay compares with this machine's: each a table of values
+        if not isinstance(record[key], dict):
+            raise InputError(f"the run file's {key!r} must be a table of values as a run writes it; got "
+                             f"{given(record[key])}", field="run file")
+    if not isinstance(record.get("lora") or {}, dict):
+        raise InputError(f"the run file's 'lora' must be a table (name, scale, sha256) or null; got "
+                         f"{given(record['lora'])}", field="run file")
     request = REQUESTS[kind](**fields)  # each field checked as a run from the page is
     if request.seed < 0:
         raise InputError("the run file's seed is -1: a replay needs the seed the run drew", field="seed")

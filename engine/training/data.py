@@ -32,7 +32,7 @@ import torch
 
 from engine.errors import DataError, InputError
 from engine.files import partial_path
-from engine.images import to_8bit, to_rgb
+from engine.images import check_pixels, to_8bit, to_rgb
 from engine.validation import HUB_ID, given
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,7 @@ def scan_images(folder: Path) -> tuple[list[Path], list[str], int]:
     converted = 0
     for path in _image_files(folder):
         try:
+            check_pixels(path)  # a huge image is skipped by its header, never decoded
             with Image.open(path) as image:
                 image.load()  # a truncated file fails here, not at open
                 converted += image.mode != "RGB"
@@ -516,11 +517,16 @@ def _check_images(folder: Path) -> None:
 
     bad = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() not in CAPTION_SUFFIXES):
+        shown = path.relative_to(folder).as_posix().split('-', 1)[-1]
+        try:
+            check_pixels(path, "files", shown)  # by its header, before anything decodes it whole
+        except InputError as exc:
+            raise DataError(f"{exc}; nothing was saved") from None
         try:
             with Image.open(path) as image:
                 image.load()
         except Exception as exc:  # PIL raises many kinds for a file that is not an image; each is reported
-            bad.append(f"{path.relative_to(folder).as_posix().split('-', 1)[-1]} ({type(exc).__name__})")
+            bad.append(f"{shown} ({type(exc).__name__})")
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise DataError(f"the upload has {len(bad)} file(s) PIL cannot read as an image: {shown}; "

@@ -6,6 +6,8 @@ default graph in API and editor form), never copied from elsewhere."""
 
 import json
 import re
+import threading
+import tracemalloc
 
 import pytest
 from PIL import Image, PngImagePlugin
@@ -13,6 +15,7 @@ from PIL import Image, PngImagePlugin
 from engine.errors import InputError
 from engine.sampling.pnginfo import png_info, read_png_text
 from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img
+from tests.crafted_png import chunk, crafted_png, deflated_zeros
 
 A1111_TEXT = (
     "a photo of a handwritten digit seven, high contrast\n"
@@ -207,3 +210,100 @@ def test_text_chunks_are_read_without_the_pixels_and_in_every_encoding(tmp_path)
     Image.new("RGB", (4, 4)).save(tmp_path / "enc.png", format="PNG", pnginfo=meta)
     assert read_png_text(tmp_path / "enc.png") == {"parameters": "a seven\nSteps: 3, Sampler: Euler, Seed: 4",
                                                   "prompt": '{"note": "ünïcode"}', "workflow": "{}"}
+
+
+# -- any chunk order, promptly; text inflated within Pillow's limits -----------------------------------------------
+def within(seconds: float, fn):
+    """``fn()`` in a thread; the test fails (instead of hanging the suite) if it has not returned by then.
+    A guard against a loop that never ends, not a claim about speed."""
+    outcome = {}
+
+    def call():
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed to the test below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still reading after {seconds} s: the reader loops"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def test_a_short_private_chunk_after_ihdr_is_skipped_not_looped_on(tmp_path):
+    """A 21-byte private chunk right after IHDR made the old reader seek back to that chunk for ever (its skip was
+    taken relative to the re-read buffer, not the file): /png_info, /replay and every History listing hung."""
+    path = tmp_path / "private.png"
+    path.write_bytes(crafted_png(chunk(b"prVt", b"x" * 21), chunk(b"tEXt", b"Software\0an editor")))
+    assert within(60, lambda: read_png_text(path)) == {"Software": "an editor"}
+    with pytest.raises(InputError, match=re.escape("private.png holds no generation parameters (its text chunks: "
+                                                   "Software)")):
+        within(60, lambda: png_info(path, verify=True))
+
+
+def test_a_history_listing_with_that_png_in_the_outputs_dir_returns(tmp_path):
+    from engine.sampling.history import HistoryQuery, ImageHistory
+
+    out = tmp_path / "outputs"
+    (out / "txt2img").mkdir(parents=True)
+    (out / "txt2img" / "private.png").write_bytes(crafted_png(chunk(b"prVt", b"x" * 21)))
+    page = within(60, lambda: ImageHistory(out).page(HistoryQuery()))
+    assert [(e.path, e.prompt) for e in page.entries] == [("txt2img/private.png", "")]
+
+
+def test_an_a1111_png_saved_with_a_dpi_is_read(tmp_path):
+    """Its pHYs chunk (before the text) made the old reader call the file truncated."""
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("parameters", A1111_TEXT)
+    Image.new("RGB", (64, 48)).save(tmp_path / "dpi.png", format="PNG", pnginfo=meta, dpi=(300, 300))
+    assert b"pHYs" in (tmp_path / "dpi.png").read_bytes()
+    assert within(60, lambda: png_info(tmp_path / "dpi.png", verify=True)).settings["seed"] == 1234567
+
+
+def test_an_animated_png_is_read(tmp_path):
+    """APNG's acTL and fcTL chunks, between the text and the first frame, made the old reader call it truncated."""
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("parameters", A1111_TEXT)
+    frames = [Image.new("RGB", (64, 48), (c, 0, 0)) for c in (0, 255)]
+    frames[0].save(tmp_path / "anim.png", format="PNG", save_all=True, append_images=frames[1:], pnginfo=meta)
+    data = (tmp_path / "anim.png").read_bytes()
+    assert b"acTL" in data and b"fcTL" in data and b"fdAT" in data
+    assert within(60, lambda: png_info(tmp_path / "anim.png", verify=True)).settings["seed"] == 1234567
+
+
+def test_a_bad_crc_is_refused_as_damaged(tmp_path):
+    good = crafted_png(chunk(b"tEXt", b"parameters\0" + A1111_TEXT.encode()))
+    at = good.index(b"Negative")
+    (tmp_path / "crc.png").write_bytes(good[:at] + b"n" + good[at + 1:])
+    with pytest.raises(InputError, match=re.escape("crc.png is a damaged PNG: broken PNG file (bad header checksum "
+                                                   "in b'tEXt')")):
+        png_info(tmp_path / "crc.png")
+
+
+def test_a_ztxt_bomb_is_refused_without_inflating_it(tmp_path):
+    """A zTXt chunk of under 1 MiB that inflates to 1000 MiB: the old reader's 8 MiB cap counted compressed bytes,
+    so it inflated all of it (about 2 GiB of server memory for a 1 MiB upload). Pillow's MAX_TEXT_CHUNK bounds it."""
+    bomb = deflated_zeros(1000 * 2**20)
+    assert len(bomb) < PngImagePlugin.MAX_TEXT_CHUNK
+    (tmp_path / "bomb.png").write_bytes(crafted_png(chunk(b"zTXt", b"parameters\0\0" + bomb)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match=re.escape(
+                "bomb.png's zTXt chunk inflates to more than 1048576 bytes; a compressed text is read up to that "
+                "(Pillow's MAX_TEXT_CHUNK)")):
+            png_info(tmp_path / "bomb.png")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20  # the chunk and one mebibyte of its text, not the thousand
+
+
+def test_a_text_chunk_stored_larger_than_the_limit_is_refused_unread(tmp_path):
+    big = b"parameters\0" + b"x" * (2 * 2**20)
+    (tmp_path / "big.png").write_bytes(crafted_png(chunk(b"tEXt", big)))
+    with pytest.raises(InputError, match=re.escape(f"big.png has a tEXt chunk of {len(big)} bytes; a text chunk is "
+                                                   "read up to 1048576 bytes (Pillow's MAX_TEXT_CHUNK)")):
+        png_info(tmp_path / "big.png")

@@ -2,9 +2,13 @@
 engine's clear message, and the server keeps serving."""
 
 import json
+import re
+from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.crafted_png import black_png, header_only_png
 
 # Each endpoint's parameters in their order, with values that run (quickly).
 TXT2IMG = dict(model="digits-sd", prompt="a handwritten digit seven", negative_prompt="", steps=2,
@@ -181,3 +185,86 @@ def test_raw_json_compare_values_get_the_engines_message(running_app, change, ex
         text = http.get(f"{running_app[0]}gradio_api/call/compare/{event_id}").text
     assert "event: error" in text and expected in text and "Traceback" not in text
     assert call(running_app[0], "txt2img", TXT2IMG) == "ok"  # and the server keeps serving
+
+
+# -- what used to end in "Internal error (...)": a message naming the field, and the server keeps serving ---------
+LIMIT = "images of at most 67108864 pixels (8192 x 8192) are read"
+
+
+def refused(client, message: str, **call) -> None:
+    """``client.predict(**call)`` fails with exactly ``message``; then a quick run shows the server still serving."""
+    with pytest.raises(Exception, match=f"^{re.escape(message)}$"):
+        client.predict(**call)
+    assert client.predict(model="digits-sd", prompt="a seven", steps=1, seed=1, width=32, height=32,
+                          api_name="/txt2img")[0]
+
+
+@pytest.fixture(scope="module")
+def huge_pngs(tmp_path_factory):
+    """A whole 12000 x 12000 PNG (18 KB here, 144 megapixels decoded) and a 60000 x 60000 header."""
+    folder = tmp_path_factory.mktemp("huge")
+    (folder / "big.png").write_bytes(black_png(12000, 12000))
+    (folder / "bomb.png").write_bytes(header_only_png(60000, 60000))
+    return folder
+
+
+@pytest.mark.parametrize("name, message", [  # PIL raised DecompressionBombError for bomb.png: "Internal error"
+    ("big.png", f"image 'big.png' is 12000 x 12000 pixels (144000000); {LIMIT}"),  # took 16 s and 2.3 GiB
+    ("bomb.png", f"image 'bomb.png' is 60000 x 60000 pixels (3600000000); {LIMIT}"),  # was an internal error
+])
+def test_an_image_of_too_many_pixels_is_refused_by_its_header(client, huge_pngs, name, message):
+    from gradio_client import handle_file
+
+    image = handle_file(str(huge_pngs / name))
+    refused(client, message, model="digits-sd", image=image, prompt="a seven", negative_prompt="", strength=0.6,
+            steps=2, guidance_scale=7.5, scheduler="DDIM", seed=1, api_name="/img2img")
+    refused(client, message, image=image, api_name="/add_noise")
+    refused(client, message, image=image, api_name="/png_info")
+
+
+def test_a_full_disk_is_said_and_nothing_saved_before_is_lost(client, running_app, monkeypatch):
+    """The batch count's grid is saved by the server, after its runs' images: the disk filling then ended in
+    "Internal error (OSError)"."""
+    import errno
+
+    import engine.files
+
+    def no_space(path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(engine.files, "fsync_path", no_space)
+    outputs = running_app[2] / "outputs"
+    before = set(outputs.rglob("*.png"))
+    with pytest.raises(Exception, match=r"^No space left on device: \d{5}-61-grid\.png was not saved in "
+                                        r"\d{4}-\d\d-\d\d/; nothing saved before was lost \(files are written whole "
+                                        r"or not at all\)\. Free some space and try again\.$"):
+        client.predict(model="digits-sd", prompt="a seven", steps=1, seed=61, batch_count=2, api_name="/txt2img")
+    saved = sorted(p.name.split("-", 1)[1] for p in set(outputs.rglob("*.png")) - before)
+    assert saved == ["61.png", "62.png"]  # the runs' images, whole; no grid, no partial file
+    assert not [p for p in outputs.rglob(".*.tmp")]
+    monkeypatch.undo()
+    assert client.predict(model="digits-sd", prompt="a seven", steps=1, seed=1, api_name="/txt2img")[0]
+
+
+def test_bad_replay_bundles_are_refused_by_field(client, tmp_path):
+    from gradio_client import handle_file
+
+    final = client.predict(model="digits-sd", prompt="a seven", steps=1, seed=71, api_name="/txt2img")
+    info = final[3] if isinstance(final[3], dict) else json.loads(final[3])
+    bundle = json.loads(Path(client.predict(image=info["file"], api_name="/export_run")).read_text())
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)  # was Internal error (RecursionError)
+    refused(client, "deep.json is not a run file: its JSON is nested deeper than Python's parser goes",
+            run_file=handle_file(str(deep)), api_name="/replay")
+    named = tmp_path / "named.json"
+    named.write_text(json.dumps({**bundle, "model": "digits-sd"}))  # was Internal error (AttributeError)
+    refused(client, "the run file's 'model' must be a table of values as a run writes it; got 'digits-sd'",
+            run_file=handle_file(str(named)), api_name="/replay")
+
+
+@pytest.mark.parametrize("image, message", [
+    ("a\x00b.png", "image 'a\\x00b.png' is not an image of the history: a path has no control characters"),
+    ("x" * 5000, "image must be a path of at most 1024 characters; got 5000"),
+])
+def test_export_run_names_the_image_field_for_paths_no_file_system_takes(client, image, message):
+    refused(client, message, image=image, api_name="/export_run")

@@ -1,7 +1,15 @@
 """Images of every kind PIL opens become the right 8-bit pixels: a 16-bit PNG is not turned white."""
 
+import re
+import struct
+
 import numpy as np
+import pytest
 from PIL import Image
+
+from engine.errors import InputError
+from engine.images import open_rgb
+from tests.crafted_png import black_png, chunk
 
 from engine.forward.noise import load_image
 from engine.training.data import to_mode
@@ -41,3 +49,38 @@ def test_an_uploaded_png_is_noised_through_the_api(client, tmp_path):
                            api_name="/add_noise")[0]
     with Image.open(strip[0]["image"]) as first:  # t = 0: the upload itself, resized, a trace of noise on it
         assert np.abs(np.asarray(first.convert("RGB")).astype(int) - 200).mean() < 2  # not the sample image
+
+
+def test_images_of_too_many_pixels_are_refused_before_decoding(tmp_path):
+    """By the header: a PNG's IHDR read directly, any other format's through PIL's lazy open (a GIF saying 60000 x
+    60000 made PIL raise DecompressionBombError, which no caller caught)."""
+    (tmp_path / "big.png").write_bytes(black_png(12000, 12000))
+    with pytest.raises(InputError, match=re.escape("image 'big.png' is 12000 x 12000 pixels (144000000); images of "
+                                                   "at most 67108864 pixels (8192 x 8192) are read")):
+        open_rgb(str(tmp_path / "big.png"))
+    gif = b"GIF89a" + struct.pack("<HH", 60000, 60000) + b"\x00\x00\x00" + b",\x00\x00\x00\x00\x01\x00\x01\x00\x00" \
+        + b"\x02\x02D\x01\x00;"
+    (tmp_path / "bomb.gif").write_bytes(gif)
+    with pytest.raises(InputError, match=re.escape("image 'bomb.gif' has more than 178956970 pixels by its header; "
+                                                   "images of at most 67108864 pixels (8192 x 8192) are read")):
+        open_rgb(str(tmp_path / "bomb.gif"))
+    Image.new("RGB", (8192, 8192 // 64)).save(tmp_path / "wide.png")  # within the cap: read
+    assert open_rgb(str(tmp_path / "wide.png")).size == (8192, 128)
+
+
+def test_training_uploads_png_info_and_replay_refuse_them_too(tmp_path):
+    from engine.errors import DataError
+    from engine.sampling.pnginfo import png_info
+    from engine.sampling.replay import read_bundle
+    from engine.training.data import save_uploads
+
+    (tmp_path / "big.png").write_bytes(black_png(12000, 12000))
+    with pytest.raises(DataError, match=re.escape("files 'big.png' is 12000 x 12000 pixels (144000000); images of "
+                                                  "at most 67108864 pixels (8192 x 8192) are read; nothing was saved")):
+        save_uploads([tmp_path / "big.png"], tmp_path / "data", "huge")
+    assert not (tmp_path / "data" / "huge").exists()
+    with pytest.raises(InputError, match=re.escape("image 'big.png' is 12000 x 12000 pixels")):
+        png_info(tmp_path / "big.png", verify=True)
+    (tmp_path / "big-run.png").write_bytes(black_png(12000, 12000, chunk(b"tEXt", b'workbench\0{"format": 1}')))
+    with pytest.raises(InputError, match=re.escape("run file 'big-run.png' is 12000 x 12000 pixels")):
+        read_bundle(tmp_path / "big-run.png")

@@ -1,5 +1,5 @@
 """An image the page sends again lands at the same cache path (Gradio names it by its bytes). Saving it again must
-never leave a reader, the page fetching the first copy, with a short file (ui.common.cache_images_atomically)."""
+never leave a reader, the page fetching the first copy, with a short file (ui.gradio_compat.cache_images_atomically)."""
 
 import os
 import threading
@@ -8,7 +8,7 @@ import numpy as np
 from gradio import processing_utils
 from PIL import Image
 
-from ui.common import cache_images_atomically
+from ui.gradio_compat import cache_images_atomically
 
 
 def short_reads_while_saving_again(tmp_path, saves: int = 400) -> tuple[int, int]:
