@@ -29,6 +29,13 @@ CSS = """
 .wb-chart svg text { font-size: 11px; }
 .wb-chart-axis { stroke: currentColor; stroke-opacity: 0.4; }
 .wb-chart-empty { opacity: 0.6; padding: 2em 0; text-align: center; }
+/* Narrow windows (the columns stack): what a run shows (.wb-live), then its Generate and Stop, then the rest. */
+@media (max-width: 720px) {
+  .wb-run-layout { flex-direction: column; flex-wrap: nowrap; }
+  .wb-run-layout > .column { display: contents; }
+  .wb-run-layout .wb-live { order: -2; }
+  .wb-run-layout .wb-run-buttons { order: -1; }
+}
 .wb-caption { font-family: ui-monospace, monospace; font-size: 0.8em; text-align: center; }
 """
 # Ctrl+Enter (Cmd+Enter) runs the visible tab's Generate; the header's button switches dark mode.

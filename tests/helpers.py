@@ -61,8 +61,12 @@ def save_screenshot(page, name: str, part=None) -> None:
 
 
 def open_tab(page, name: str) -> None:
-    """Click the tab whose button reads ``name``."""
-    page.get_by_role("tab", name=name, exact=True).click()
+    """Click the tab whose button reads ``name``; in a narrow window, through the tab bar's "More tabs" menu."""
+    tab = page.get_by_role("tab", name=name, exact=True)
+    if not tab.is_visible():
+        page.get_by_role("button", name="More tabs").click()
+        tab = page.locator(".overflow-dropdown").get_by_text(name, exact=True)
+    tab.click()
 
 
 def pick(page, elem_id: str, option: str) -> None:

@@ -36,7 +36,7 @@ def build(
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
     size = default_size(default_model) or (512, 512)
     defaults = Txt2ImgRequest(prompt="")
-    with gr.Row():
+    with gr.Row(elem_classes="wb-run-layout"):
         with gr.Column(scale=2):
             with gr.Row():
                 model = model_dropdown(list_models(), default_model)
@@ -44,6 +44,9 @@ def build(
             prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt (Ctrl+Enter compares)", lines=2,
                                 elem_id="cmp-prompt")
             negative_prompt = gr.Textbox(label="Negative prompt", lines=1, elem_id="cmp-negative")
+            with gr.Row(elem_classes="wb-run-buttons"):
+                run = gr.Button("Compare", variant="primary", elem_id="cmp-run", elem_classes="wb-generate")
+                stop = gr.Button("Stop", variant="stop", elem_id="cmp-stop")
             with gr.Row():
                 axis = gr.Radio(list(AXES), value="scheduler", label="Compare along", elem_id="cmp-axis")
                 seed = gr.Number(value=FIRST_SEED, label="Seed (one for every column; -1 = random)",
@@ -62,13 +65,10 @@ def build(
                                         elem_id="cmp-scheduler")
                 width = gr.Number(value=size[0], step=8, label="Width", elem_id="cmp-width")
                 height = gr.Number(value=size[1], step=8, label="Height", elem_id="cmp-height")
-            with gr.Row():
-                run = gr.Button("Compare", variant="primary", elem_id="cmp-run", elem_classes="wb-generate")
-                stop = gr.Button("Stop", variant="stop", elem_id="cmp-stop")
-        with gr.Column(scale=3):
-            progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="cmp-progress")
+        with gr.Column(scale=3, elem_classes="wb-previews"):
+            progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="cmp-progress", elem_classes="wb-live")
             images, captions, columns = [], [], []
-            with gr.Row(elem_id="cmp-grid"):
+            with gr.Row(elem_id="cmp-grid", elem_classes="wb-live"):
                 for i in range(MAX_COLUMNS):
                     with gr.Column(min_width=120, visible=i < len(DEFAULT_VALUES["scheduler"]),
                                    elem_id=f"cmp-col-{i}") as column:

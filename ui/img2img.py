@@ -45,7 +45,7 @@ def build(
                     "(the slider t and the plots above move there), then the model denoises it from that t to 0. "
                     "A text-to-image model follows the prompt (img2img); an unconditional one only its training "
                     "(SDEdit).")
-        with gr.Row():
+        with gr.Row(elem_classes="wb-run-layout"):
             with gr.Column(scale=2):
                 with gr.Row():
                     model = model_dropdown(list_models(), default_model)
@@ -53,6 +53,9 @@ def build(
                 prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt (text-to-image models)", lines=2,
                                     elem_id="i2i-prompt")
                 negative_prompt = gr.Textbox(label="Negative prompt", lines=1, elem_id="i2i-negative")
+                with gr.Row(elem_classes="wb-run-buttons"):
+                    run = gr.Button("Denoise from t", variant="primary", elem_id="i2i-run")
+                    stop = gr.Button("Stop", variant="stop", elem_id="i2i-stop")
                 strength = gr.Slider(0, 1.0, value=defaults.strength, step=0.05, elem_id="i2i-strength",
                                      label="Strength: how far forward (1 = from the first timestep)")
                 start_line = gr.Markdown(_start_text(img2img_start, default_model, defaults), elem_id="i2i-start")
@@ -65,14 +68,11 @@ def build(
                     scheduler = gr.Dropdown(list(schedulers("txt2img")), value=defaults.scheduler, label="Scheduler",
                                             elem_id="i2i-scheduler")
                     seed = gr.Number(value=-1, label="Seed (-1 = random)", elem_id="i2i-seed")
-                with gr.Row():
-                    run = gr.Button("Denoise from t", variant="primary", elem_id="i2i-run")
-                    stop = gr.Button("Stop", variant="stop", elem_id="i2i-stop")
                 strip_button = gr.Button(f"Strip: strengths {', '.join(f'{s:g}' for s in STRIP_STRENGTHS)}",
                                          elem_id="i2i-strip-run")
-            with gr.Column(scale=3):
-                progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="i2i-progress")
-                with gr.Row():
+            with gr.Column(scale=3, elem_classes="wb-previews"):
+                progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="i2i-progress", elem_classes="wb-live")
+                with gr.Row(elem_classes="wb-live"):
                     original = gr.Image(label="Original", format="png", interactive=False, height=240,
                                         elem_id="i2i-original", elem_classes="wb-pixels")
                     image = gr.Image(label="Predicted clean image x0 → result", format="png", type="pil",

@@ -92,10 +92,10 @@ def build(
             return [m for m in list_txt2img_models() if not m.endswith(".safetensors")]
         return [SCRATCH, *list_unconditional_models()]
 
-    with gr.Row():
+    with gr.Row(elem_classes="wb-run-layout"):
         with gr.Column(scale=2):
             w = _settings(defaults, list_data, list_runs, start_choices(defaults.method))
-        with gr.Column(scale=3):
+        with gr.Column(scale=3, elem_classes="wb-previews"):
             status = _status_column(w["runs"], unconditional_model)
     seen = gr.State(None)  # what this page shows already, so a poll sends only what changed
     api_status = gr.JSON(visible=False, label="status")
@@ -276,7 +276,7 @@ def _settings(d: TrainRequest, list_data, list_runs, start_choices: list[str]) -
     def number(name, label, **kw):
         w[name] = gr.Number(value=getattr(d, name), precision=0, label=label, info=HELP[name], **kw)
 
-    with gr.Row():
+    with gr.Row(elem_classes="wb-run-buttons"):
         w["start"] = gr.Button("Start", variant="primary", elem_id="train-start")
         w["stop"] = gr.Button("Stop (saves a checkpoint)", variant="stop", elem_id="train-stop")
     w["recipe"] = gr.Dropdown(list(RECIPES), value=DEFAULT_RECIPE, label="Recipe", elem_id="train-recipe",
@@ -361,14 +361,14 @@ def _settings(d: TrainRequest, list_data, list_runs, start_choices: list[str]) -
 
 def _status_column(runs: gr.Dropdown, unconditional_model: gr.Dropdown | None) -> _Status:
     """The right column: progress, loss curve, sample grid, checkpoint, the status as JSON."""
-    progress = gr.HTML(_progress(TrainStatus()), elem_id="train-progress")
+    progress = gr.HTML(_progress(TrainStatus()), elem_id="train-progress", elem_classes="wb-live")
     with gr.Row():
         loss_plot = gr.Plot(label="Training loss (log scale)", elem_id="train-loss", elem_classes="wb-vega")
         bucket_plot = gr.Plot(label="Loss by timestep bucket (log scale; mean over each report's steps)",
                               elem_id="train-bucket-loss", elem_classes="wb-vega")
     lr_plot = gr.Plot(label="Learning rate", elem_id="train-lr-plot", elem_classes="wb-vega")
     grid = gr.Image(label=_grid_label(TrainStatus()), format="png", interactive=False, height=GRID_HEIGHT,
-                    elem_id="train-grid", elem_classes="wb-pixels")
+                    elem_id="train-grid", elem_classes=["wb-pixels", "wb-live"])
     with gr.Row():
         checkpoint = gr.Markdown("No checkpoint yet.", elem_id="train-checkpoint")
         sample = gr.Button("Sample from this checkpoint", visible=False, scale=0, elem_id="train-sample")

@@ -48,7 +48,7 @@ def build(
     size = default_size(default_model) or (512, 512)
     defaults = Txt2ImgRequest(prompt="")
     # Number boxes keep what was typed (no precision=0, which rounds 8.5 to 8): the engine refuses what is not whole.
-    with gr.Row():
+    with gr.Row(elem_classes="wb-run-layout"):
         with gr.Column(scale=2):
             with gr.Row():
                 model = model_dropdown(list_models(), default_model)
@@ -56,6 +56,10 @@ def build(
             prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt (Ctrl+Enter generates)", lines=2,
                                 elem_id="t2i-prompt")
             negative_prompt = gr.Textbox(value="", label="Negative prompt", lines=1, elem_id="t2i-negative")
+            with gr.Row(elem_classes="wb-run-buttons"):
+                generate = gr.Button("Generate", variant="primary", elem_id="t2i-generate",
+                                     elem_classes="wb-generate")
+                stop = gr.Button("Stop", variant="stop", elem_id="t2i-stop")
             with gr.Row():
                 steps = gr.Slider(1, MAX_STEPS, value=defaults.num_inference_steps, step=1, label="Steps",
                                   elem_id="t2i-steps")
@@ -91,13 +95,9 @@ def build(
                                        label="LoRA scale (0 = the model alone)", elem_id="t2i-lora-scale")
             compile_unet = gr.Checkbox(value=defaults.compile, label="Compile for speed", elem_id="t2i-compile",
                                        info=COMPILE_INFO)
-            with gr.Row():
-                generate = gr.Button("Generate", variant="primary", elem_id="t2i-generate",
-                                     elem_classes="wb-generate")
-                stop = gr.Button("Stop", variant="stop", elem_id="t2i-stop")
-        with gr.Column(scale=3):
-            progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="t2i-progress")
-            with gr.Row():
+        with gr.Column(scale=3, elem_classes="wb-previews"):
+            progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="t2i-progress", elem_classes="wb-live")
+            with gr.Row(elem_classes="wb-live"):
                 image = gr.Image(label="Predicted clean image x0 → final image", format="png", type="pil",
                                  interactive=False, height=360, elem_id="t2i-image", elem_classes="wb-pixels")
                 xt = gr.Image(label="Noisy latent after this step (the next step's input)", format="png",

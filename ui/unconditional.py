@@ -61,8 +61,8 @@ def build(
             timesteps = gr.Textbox(label="Timesteps the loop visits (scheduler.timesteps)", lines=3, max_lines=6,
                                    interactive=False, elem_id="ddpm-timesteps")
         with gr.Column(scale=3, elem_classes="wb-previews"):
-            progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="ddpm-progress")
-            with gr.Row():
+            progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="ddpm-progress", elem_classes="wb-live")
+            with gr.Row(elem_classes="wb-live"):
                 image = gr.Image(label="Predicted x0 → final image", format="png", type="pil", interactive=False,
                                  height=360, elem_id="ddpm-image", elem_classes="wb-pixels")
                 xt = gr.Image(label="Noisy image after this step", format="png", interactive=False, height=360,

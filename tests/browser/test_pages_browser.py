@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tests.helpers import console_errors
+from tests.helpers import console_errors, in_viewport, open_tab
 
 pytestmark = pytest.mark.browser
 
@@ -45,3 +45,37 @@ def test_a_run_behind_another_tabs_run_says_what_it_waits_for(page, running_app)
         job.cancel()
         client.close()
     page.wait_for_function("() => document.querySelector('#t2i-progress').innerText.includes('done')")
+
+
+# Each tab that runs something: its run button and what the run shows (progress line, first previews).
+RUN_AND_PREVIEWS = {
+    "Text to image": ("#t2i-generate", "#t2i-stop", "#t2i-progress", "#t2i-image", "#t2i-xt"),
+    "Unconditional": ("#ddpm-generate", "#ddpm-stop", "#ddpm-progress", "#ddpm-image", "#ddpm-xt"),
+    "Noise": ("#i2i-run", "#i2i-stop", "#i2i-progress", "#i2i-image"),  # img2img, its section scrolled to
+    "Compare": ("#cmp-run", "#cmp-stop", "#cmp-progress", "#cmp-image-0"),
+    "Training": ("#train-start", "#train-stop", "#train-progress"),
+}
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1400, "height": 1000}, {"width": 420, "height": 900}],
+                         ids=["1400x1000", "420x900"])
+def test_run_buttons_and_previews_are_on_screen_together(browser, running_app, viewport):
+    """Issue 22 (2): in every tab that runs something, Generate (or its like), Stop and the previews are all on
+    screen at once, wide and narrow: pressing Generate leaves the run in view."""
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(running_app[0])
+        page.wait_for_selector("#t2i-generate")
+        for tab, selectors in RUN_AND_PREVIEWS.items():
+            open_tab(page, tab)
+            page.locator(selectors[0]).wait_for(state="visible")
+            if tab == "Noise":
+                page.evaluate("() => document.querySelector('#i2i-section').scrollIntoView()")
+            else:
+                page.evaluate("() => window.scrollTo(0, 0)")
+            off = [s for s in selectors if not in_viewport(page, s)]
+            assert not off, f"{tab} at {viewport['width']} px: {off} off screen"
+    finally:
+        context.close()
