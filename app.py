@@ -180,6 +180,7 @@ def build_app(args: argparse.Namespace):
                 unconditional_model=unconditional_fields["model"],
                 list_txt2img_models=lambda: bench.list_models("txt2img"),
                 base_resolution=bench.training_base_size,
+                check_training=bench.check_training,
                 tab=train_page,
             )
         targets = {"txt2img": txt2img_fields, "unconditional": unconditional_fields}  # where past settings go back

@@ -8,6 +8,7 @@ Stop asks the run to save a checkpoint and end.
 
 from __future__ import annotations
 
+import html
 import inspect
 import json
 import math
@@ -17,14 +18,16 @@ from typing import Callable
 import gradio as gr
 from gradio.components.plot import PlotData
 
-from engine.errors import InputError
+from engine.errors import DataError, InputError, ModelLoadError
 from engine.sampling.schedulers import SAMPLER_BETA_SCHEDULES
 from engine.training.base import METHODS, SCRATCH
+from engine.training.data import DIGITS, DIGITS_FRAMED
 from engine.training.objectives.pixel import PRESETS
 from engine.training.recipes import DEFAULT_RECIPE, RECIPE_FIELDS, RECIPES
 from engine.training.request import LORA_LAYERS, MIXED_PRECISION, RUN_CONTROL, TrainRequest, field_help
 from engine.training.jobs import FAILED, IDLE, TrainStatus
-from ui.common import DEVICE_QUEUE, friendly_errors, progress_html, switch_tab_js, uploaded_path, whole
+from ui.common import (DEVICE_QUEUE, field_messages, friendly_errors, message_html, page_error, progress_html,
+                       switch_tab_js, uploaded_path, whole)
 
 POLL_INTERVAL = 1.0  # seconds between status polls; the loss itself arrives every log_every steps
 MAX_PLOT_POINTS = 1000  # per curve: a long run's history is thinned so that a poll stays small
@@ -76,6 +79,7 @@ def build(
     unconditional_model: gr.Dropdown | None = None,  # the Unconditional tab's model box, kept up to date
     list_txt2img_models: Callable[[], list[str]] = lambda: [],  # what a LoRA run can start from
     base_resolution: Callable[[str, str], int | None] = lambda name, method: None,  # (start_from, method) -> px
+    check_training: Callable[[TrainRequest], None] = lambda request: None,  # what Start would refuse at once
     tab: gr.Tab,  # this tab: its status is shown and polled while it is open
 ) -> gr.Timer:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events; returns the status poll's timer, which
@@ -105,23 +109,64 @@ def build(
     form = {field: w[field] for field in START_PARAMS.values()}  # TrainRequest field -> its widget
     recipe_form = {field: form[field] for field in RECIPE_FIELDS}
 
-    @friendly_errors
-    @_takes(START_SIGNATURE)  # gradio names the endpoint's parameters after this signature
-    def train_start(*args, **kwargs):
+    def request_of(*args, **kwargs) -> tuple[bool, dict]:
+        """(resume, the values by TrainRequest field, as the request takes them) of /train_start's arguments."""
         given = START_SIGNATURE.bind(*args, **kwargs)
         given.apply_defaults()
         values = {START_PARAMS[name]: value for name, value in given.arguments.items()}  # by TrainRequest field
         resume = values.pop("resume")
         if not isinstance(resume, bool):  # the API takes values as sent: 'no' would be true
             raise InputError(f"resume must be true or false; got {resume!r}", field="resume")
+        return resume, {field: _page_value(field, v) for field, v in values.items()}
+
+    @friendly_errors
+    @_takes(START_SIGNATURE)  # gradio names the endpoint's parameters after this signature
+    def train_start(*args, **kwargs):
+        resume, values = request_of(*args, **kwargs)
         if resume:
-            started = resume_training(_page_value("run_name", values["run_name"]),
-                                      **{field: _page_value(field, values[field]) for field in RESUME_CHANGES})
+            started = resume_training(values["run_name"], **{field: values[field] for field in RESUME_CHANGES})
         else:
-            started = start_training(TrainRequest(**{field: _page_value(field, v) for field, v in values.items()}))
+            started = start_training(TrainRequest(**values))
         if started.state == FAILED:  # not the user's doing: the log has the traceback
             raise gr.Error(started.message, print_exception=False)
         return status_dict(as_shown(started))
+
+    def train_start_page(*args):
+        """The page's Start: a refusal is said in the progress line (and a toast), where it stays until the status
+        changes; beside its field too (the validator's)."""
+        try:
+            return train_start.__wrapped__(*args), gr.skip()
+        except Exception as exc:
+            message = exc.message if isinstance(exc, gr.Error) else page_error(exc)
+            gr.Warning(html.escape(message))
+            return gr.skip(), message_html(message)
+
+    def start_problem(*args) -> InputError | DataError | ModelLoadError | None:
+        """What Start would be refused for, found without starting anything."""
+        try:
+            resume, values = request_of(*args)
+            if not resume:
+                check_training(TrainRequest(**values))
+        except (InputError, DataError, ModelLoadError) as exc:
+            return exc
+        return None
+
+    def start_check(*args):
+        """At the click: a refusal in the progress line, and under Data when it is the data's."""
+        exc = start_problem(*args)
+        if exc is None:
+            return gr.skip(), ""
+        data = isinstance(exc, DataError) or getattr(exc, "field", None) == "data"
+        return message_html(str(exc)), message_html(str(exc)) if data else ""
+
+    def validate_start(*args):
+        """Each refusal beside its field (a data error beside Data) before anything starts."""
+        exc = start_problem(*args)
+        if exc is None:
+            return [gr.validate(True, "")] * len(args)
+        if isinstance(exc, DataError):
+            exc = InputError(str(exc), field="data")
+        return field_messages(exc, start_fields, len(args))
 
     @friendly_errors
     def train_stop():
@@ -153,10 +198,13 @@ def build(
             return gr.skip()
         return gr.update(choices=list_unconditional_models(), value=s.run_name)
 
-    def pick_method(method):  # what the method can start from; a LoRA run's base is a text-to-image model
+    def pick_method(method, data):
+        """What the method can start from (a LoRA run's base is a text-to-image model) and, for a LoRA run on the
+        uncaptioned digits, the captioned built-in that works as it is: the LoRA proof's framed digits."""
         choices = start_choices(method)
         value = choices[0] if choices else SCRATCH
-        return gr.update(choices=choices, value=value), _resolution_for(value, method)
+        data = DIGITS_FRAMED if method == "lora" and data == DIGITS else gr.skip()
+        return gr.update(choices=choices, value=value), _resolution_for(value, method), data
 
     def pick_start(name, method):  # a base model trains at its own resolution
         return _resolution_for(name, method)
@@ -182,10 +230,22 @@ def build(
 
     # The API takes values as sent (preprocess=False): the engine checks each, and its message names the field and
     # what it takes, where Gradio's own checks name neither (and a number box rounds 2.5 to 2 unasked).
-    w["start"].click(
+    api_start = gr.Button(visible=False)  # the public /train_start; the page's Start says a refusal in the page
+    api_start.click(
         train_start, inputs=list(form.values()), outputs=[status.info], api_name="train_start",
         concurrency_id=DEVICE_QUEUE, concurrency_limit=1, preprocess=False,
     )
+    # A refusal's field, as the engine's message names it (InputError.field), -> the position of its input.
+    start_fields = {FIELD_LABELS.get(field, field.replace("_", " ")): k for k, field in enumerate(form)}
+    # As Text to image's Generate: its first listener clicks a hidden button whose answer puts a refusal in the
+    # progress line (the validator's messages go beside the fields; a refused click runs nothing else).
+    check = gr.Button(visible="hidden", elem_id="train-check")
+    check.click(start_check, list(form.values()), [status.progress, w["data_note"]], queue=False,
+                api_visibility="private", show_progress="hidden")
+    w["start"].click(None, js="() => { document.querySelector('#train-check')?.click(); }")
+    w["start"].click(train_start_page, inputs=list(form.values()), outputs=[status.info, status.progress],
+                     validator=validate_start, api_visibility="private", concurrency_id=DEVICE_QUEUE,
+                     concurrency_limit=1)
     # Status and Stop stay out of the device queue: they must answer while the run holds the device.
     w["stop"].click(train_stop, None, [status.info], api_name="train_stop", concurrency_limit=None)
     api_trigger.click(train_status, None, [api_status, api_grid], api_name="train_status", concurrency_limit=None)
@@ -194,7 +254,8 @@ def build(
     w["refresh_data"].click(lambda: gr.update(choices=list_data()), None, w["data"], api_visibility="private")
     w["runs"].change(pick_run, w["runs"], list(form.values()), api_visibility="private")
     w["recipe"].input(pick_recipe, w["recipe"], list(recipe_form.values()), api_visibility="private")
-    w["method"].input(pick_method, w["method"], [w["start_from"], w["resolution"]], api_visibility="private")
+    w["method"].input(pick_method, [w["method"], w["data"]], [w["start_from"], w["resolution"], w["data"]],
+                      api_visibility="private")
     w["start_from"].input(pick_start, [w["start_from"], w["method"]], w["resolution"], api_visibility="private")
     # The status is polled only while this tab is open. Gradio 6.31's page redraws every component any event has
     # updated on each message of any event, so a poll each second elsewhere slowed every other tab's live previews
@@ -237,6 +298,11 @@ START_OPTIONAL = {
     "validation_prompts": "validation_prompts",
 }
 START_PARAMS = {**START_REQUIRED, **START_OPTIONAL}
+# TrainRequest fields whose messages name them otherwise than their name with spaces (see TrainRequest's checks).
+FIELD_LABELS = {"num_epochs": "epochs", "lr_warmup_steps": "warm-up steps", "num_train_timesteps": "train timesteps",
+                "save_every": "save interval", "sample_every": "sample interval",
+                "lora_rank": "LoRA rank", "lora_alpha": "LoRA alpha", "lora_layers": "LoRA layers",
+                "snr_gamma": "SNR gamma"}
 _DEFAULTS = TrainRequest()
 START_SIGNATURE = inspect.Signature([
     inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
@@ -285,8 +351,10 @@ def _settings(d: TrainRequest, list_data, list_runs, start_choices: list[str]) -
     with gr.Row():
         w["data"] = gr.Dropdown(list_data(), value=d.data, label="Data", allow_custom_value=True, scale=4,
                                 elem_id="train-data",
-                                info="digits (built in), a folder under the data dir, or a hub dataset id (owner/name)")
+                                info="digits (built in; captioned, for a LoRA: digits-captioned, digits-framed), a "
+                                     "folder under the data dir, or a hub dataset id (owner/name)")
         w["refresh_data"] = gr.Button("↻ Refresh", scale=1, min_width=60, elem_id="train-data-refresh")
+    w["data_note"] = gr.HTML("", elem_id="train-data-note")  # a refusal of the data, under it (a dropdown shows none)
     with gr.Row():
         w["random_flip"] = gr.Checkbox(value=d.random_flip, label="Random horizontal flip", info=HELP["random_flip"],
                                        elem_id="train-flip")
