@@ -132,6 +132,7 @@ def build_app(args: argparse.Namespace):
                 schedulers=list(bench.schedulers("unconditional")),
                 shown=bench.shown,
                 export_run=bench.export_run,
+                tab=unconditional_page,
             )
         with gr.Tab("Noise", id="noise") as noise_page:
             noise = noise_tab.build(
@@ -141,6 +142,7 @@ def build_app(args: argparse.Namespace):
                 schedule_of_model=bench.schedule_of_model,
                 list_models=bench.list_schedule_models,
                 schedulers=list(bench.schedulers("txt2img")),
+                tab=noise_page,
             )
             img2img_tab.build(
                 noise=noise,

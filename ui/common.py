@@ -274,6 +274,16 @@ def model_dropdown(choices: list[str], value: str, label: str = "Model") -> gr.D
     )
 
 
+def fill_on_open(tab: gr.Tab | None, fill: Callable, outputs: list, inputs: list | None = None) -> None:
+    """``fill`` (fresh choices for the lists ``outputs``) when the page loads and whenever ``tab`` opens: a model, a
+    checkpoint or a data folder made since the server built the page is there without Refresh. On load ``fill`` is
+    called without ``inputs`` (their first values are its defaults)."""
+    events = dict(outputs=outputs, queue=False, api_visibility="private", show_progress="hidden")
+    gr.on(None, fill, None, **events)  # no triggers and no inputs: when the page loads
+    if tab is not None:
+        tab.select(fill, inputs, **events)
+
+
 def prune_cache(demo: gr.Blocks, keep: int) -> int:
     """Delete all but the ``keep`` newest files the page's outputs left in the app's cache folder; returns how many
     went. Gradio deletes only files older than its ``delete_cache`` age, and never those of an output whose widget

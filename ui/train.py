@@ -27,7 +27,7 @@ from engine.training.recipes import DEFAULT_RECIPE, RECIPE_FIELDS, RECIPES
 from engine.training.request import LORA_LAYERS, MIXED_PRECISION, RUN_CONTROL, TrainRequest, field_help
 from engine.training.jobs import FAILED, IDLE, TrainStatus
 from ui.common import (DEVICE_QUEUE, field_messages, friendly_errors, message_html, page_error, progress_html,
-                       switch_tab_js, uploaded_path, whole)
+                       fill_on_open, switch_tab_js, uploaded_path, whole)
 
 POLL_INTERVAL = 1.0  # seconds between status polls; the loss itself arrives every log_every steps
 MAX_PLOT_POINTS = 1000  # per curve: a long run's history is thinned so that a poll stays small
@@ -252,6 +252,9 @@ def build(
     w["save"].click(train_upload, [w["files"], w["folder_name"]], [w["data"], w["upload_note"]],
                     api_name="train_upload", preprocess=False)
     w["refresh_data"].click(lambda: gr.update(choices=list_data()), None, w["data"], api_visibility="private")
+    fill_on_open(tab, lambda method=defaults.method: (gr.update(choices=list_data()),
+                                                      gr.update(choices=start_choices(method))),
+                 [w["data"], w["start_from"]], [w["method"]])
     w["runs"].change(pick_run, w["runs"], list(form.values()), api_visibility="private")
     w["recipe"].input(pick_recipe, w["recipe"], list(recipe_form.values()), api_visibility="private")
     w["method"].input(pick_method, [w["method"], w["data"]], [w["start_from"], w["resolution"], w["data"]],

@@ -11,7 +11,7 @@ from engine.errors import Cancelled, WorkbenchError
 from engine.events import BatchDone, Done, Started, Step
 from engine.sampling.unconditional import DEFAULT_STEPS, MAX_BATCH, RunEstimate, UnconditionalRequest
 from ui.common import (COMPILE_INFO, DEVICE_QUEUE, FILLED, SessionRuns, batch_note, done_note, export_update,
-                       friendly_errors, last_seed, message_html, model_dropdown, page_error, progress_html,
+                       fill_on_open, friendly_errors, last_seed, message_html, model_dropdown, page_error, progress_html,
                        seed_buttons, stream_updates, whole)
 
 
@@ -26,6 +26,7 @@ def build(
     schedulers: list[str],
     shown: Callable[[str], str],  # a path or a code snippet as people read it: the app's folders relative
     export_run: Callable[[str], dict] | None = None,  # a saved image -> its run's replay bundle
+    tab: gr.Tab | None = None,  # the tab itself: opening it refreshes the model list
 ) -> dict:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events; returns its settings' widgets by
     request field name (the Training tab keeps the model box's list up to date; History and PNG Info fill them)."""
@@ -234,6 +235,7 @@ def build(
     scrub.input(show_step, [scrub, history], [image, xt, progress], trigger_mode="always_last",
                 show_progress="hidden", api_visibility="private")
     refresh.click(lambda: gr.update(choices=list_models()), None, model, api_visibility="private")
+    fill_on_open(tab, lambda: gr.update(choices=list_models()), [model])
     # One listener on each dropdown's change: a second one (the estimate's) made Gradio send the change twice,
     # and the late one reset steps typed meanwhile. The estimate follows the steps, and the choice's update.
     estimate_inputs = [model, scheduler, steps, batch_size]

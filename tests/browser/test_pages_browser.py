@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tests.helpers import console_errors, in_viewport, open_tab
+from tests.helpers import console_errors, in_viewport, open_tab, pick
 
 pytestmark = pytest.mark.browser
 
@@ -79,3 +79,31 @@ def test_run_buttons_and_previews_are_on_screen_together(browser, running_app, v
             assert not off, f"{tab} at {viewport['width']} px: {off} off screen"
     finally:
         context.close()
+
+
+def test_lists_are_filled_when_the_page_loads_and_a_tab_opens(page, running_app):
+    """Issue 22 (4): a model (a training checkpoint) and a data folder made after the server built the page are in
+    Unconditional's model list, the Noise tab's, and Training's Data and "Start from", with no Refresh pressed."""
+    import shutil
+
+    from PIL import Image
+
+    from engine.testing.tiny import tiny_ddpm_pipeline
+
+    model, data = running_app[2] / "models" / "fresh-ddpm", running_app[2] / "data" / "fresh-data"
+    tiny_ddpm_pipeline(0, sample_size=8, num_train_timesteps=100).save_pretrained(model)
+    data.mkdir()
+    Image.new("RGB", (8, 8), "white").save(data / "a.png")
+    try:
+        page.reload()
+        page.wait_for_selector("#t2i-generate")
+        open_tab(page, "Unconditional")
+        pick(page, "ddpm-model-row", "fresh-ddpm")
+        open_tab(page, "Noise")
+        pick(page, "noise-model", "fresh-ddpm")
+        open_tab(page, "Training")
+        pick(page, "train-data", "fresh-data")
+        pick(page, "train-start-from", "fresh-ddpm")
+    finally:
+        shutil.rmtree(model)
+        shutil.rmtree(data)
