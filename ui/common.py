@@ -382,6 +382,13 @@ def done_note(info: dict) -> str:
     return f"{batch_note(info)} finished" if batch_note(info) else "done"
 
 
+def batch_done_html(seeds: tuple[int, ...]) -> str:
+    """The progress line once a batch count's grid is shown: no step counter (the grid is no one run's steps, so
+    there is nothing to scrub here), and where each run's steps are."""
+    return message_html(f"Batch · done · {len(seeds)} runs, seeds {seeds[0]} to {seeds[-1]}: their grid above; "
+                        "History shows each run, Use these settings brings one back to scrub", "done")
+
+
 def export_update(export_run: Callable[[str], dict], shown: dict | None):
     """The Export button after a run: the run's replay file, where the run saved an image (hidden otherwise)."""
     shown = shown if isinstance(shown, dict) else {}

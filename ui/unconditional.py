@@ -10,9 +10,9 @@ import gradio as gr
 from engine.errors import Cancelled, WorkbenchError
 from engine.events import BatchDone, Done, Started, Step
 from engine.sampling.unconditional import DEFAULT_STEPS, MAX_BATCH, RunEstimate, UnconditionalRequest
-from ui.common import (COMPILE_INFO, DEVICE_QUEUE, FILLED, SessionRuns, batch_note, done_note, export_update,
-                       fill_on_open, friendly_errors, last_seed, message_html, model_dropdown, page_error, progress_html,
-                       seed_buttons, stream_updates, whole)
+from ui.common import (COMPILE_INFO, DEVICE_QUEUE, FILLED, SessionRuns, batch_done_html, batch_note, done_note,
+                       export_update, fill_on_open, friendly_errors, last_seed, message_html, model_dropdown,
+                       page_error, progress_html, seed_buttons, stream_updates, whole)
 
 
 def build(
@@ -98,8 +98,7 @@ def build(
             run["shown"] = {**event.info, "files": [shown(p) for p in event.paths],
                             "grid": shown(event.grid) if event.grid else None}
             return (event.grid or event.image, gr.skip(),
-                    progress_html(1, 1, note=f"done · {len(event.seeds)} runs, seeds {event.seeds[0]} to "
-                                             f"{event.seeds[-1]}"),
+                    batch_done_html(event.seeds),
                     gr.skip(), run["shown"], gr.skip(), gr.update(visible=False), None)
         if isinstance(event, Done):
             final = event.grid or (event.paths[0] if event.paths else final_image(event))  # the saved PNG as is
