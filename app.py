@@ -156,6 +156,7 @@ def build_app(args: argparse.Namespace):
                 schedule_models=bench.list_schedule_models,
                 default_model=bench.default_model("txt2img"),
                 schedulers=bench.schedulers,
+                shown=bench.shown,
             )
         with gr.Tab("Compare", id="compare") as compare_page:
             compare_tab.build(
@@ -166,6 +167,7 @@ def build_app(args: argparse.Namespace):
                 default_model=bench.default_model("txt2img"),
                 default_size=bench.default_size,
                 schedulers=bench.schedulers,
+                shown=bench.shown,
             )
         with gr.Tab("Training", id="train") as train_page:
             poll_timer = train_tab.build(

@@ -382,6 +382,18 @@ def done_note(info: dict) -> str:
     return f"{batch_note(info)} finished" if batch_note(info) else "done"
 
 
+def shown_values(shown: Callable[[str], str], value):
+    """``value`` (a run's info: dicts, lists, text) with every string as ``shown`` writes it: the app's folders
+    relative, as the page shows paths."""
+    if isinstance(value, str):
+        return shown(value)
+    if isinstance(value, dict):
+        return {key: shown_values(shown, v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [shown_values(shown, v) for v in value]
+    return value
+
+
 def batch_done_html(seeds: tuple[int, ...]) -> str:
     """The progress line once a batch count's grid is shown: no step counter (the grid is no one run's steps, so
     there is nothing to scrub here), and where each run's steps are."""

@@ -14,7 +14,7 @@ from engine.sampling.compare import (AXES, DEFAULT_VALUES, MAX_COLUMNS, Column, 
                                      CompareRequest, CompareStarted, lockstep)
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, Txt2ImgRequest
 from ui.common import (DEVICE_QUEUE, field_messages, friendly_errors, message_html, model_dropdown, page_error,
-                       progress_html, stream_updates, whole)
+                       progress_html, shown_values, stream_updates, whole)
 from ui.txt2img import DEFAULT_PROMPT
 
 # The engine's field names (as its messages say them) -> the position of their input below.
@@ -32,6 +32,7 @@ def build(
     default_model: str,
     default_size: Callable[[str], tuple[int, int] | None],
     schedulers: Callable[[str], tuple[str, ...]],  # kind -> the scheduler names its runs take
+    shown: Callable[[str], str] = lambda text: text,  # a path as people read it: the app's folders relative
 ) -> None:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
     size = default_size(default_model) or (512, 512)
@@ -150,9 +151,9 @@ def build(
                 if not page:
                     gallery = [(c.done.paths[0] if c.done.paths else c.done.images[0], str(c.value))
                                for c in event.columns]
-                    return (gallery, line, event.info)
+                    return (gallery, line, shown_values(shown, event.info))
                 return ((gr.skip(),) * (2 * MAX_COLUMNS)
-                        + (line, event.info, gr.update(visible=True, value=100), event))
+                        + (line, shown_values(shown, event.info), gr.update(visible=True, value=100), event))
             return None
 
         return render

@@ -14,7 +14,7 @@ from engine.events import Done, Started, Step
 from engine.sampling.img2img import STRIP_STRENGTHS, Img2ImgRequest
 from engine.sampling.txt2img import MAX_GUIDANCE
 from ui.common import (DEVICE_QUEUE, field_messages, friendly_errors, message_html, model_dropdown, page_error,
-                       progress_html, stream_updates, whole)
+                       progress_html, shown_values, stream_updates, whole)
 from ui.noise import CUSTOM, NoiseTab
 
 # The engine's field names (as its messages say them) -> the position of their input below.
@@ -37,6 +37,7 @@ def build(
     schedule_models: Callable[[], list[str]],  # the models whose schedule the tab can show
     default_model: str,
     schedulers: Callable[[str], tuple[str, ...]],  # kind -> the scheduler names its runs take
+    shown: Callable[[str], str] = lambda text: text,  # a path or code as people read it: the app's folders relative
 ) -> None:
     """Lay out the way back below the Noise tab's forward process and wire its events."""
     defaults = Img2ImgRequest(image=sample_image("china.jpg"))
@@ -112,7 +113,8 @@ def build(
             run["total"] = event.total
             note = (f"seed {event.info['seed']} · from t = {event.info['start_timestep']}, "
                     f"{event.info['steps_run']} of {event.info['steps']} steps")
-            return (gr.skip(), gr.skip(), progress_html(0, event.total, note=note), event.info, event.code)
+            return (gr.skip(), gr.skip(), progress_html(0, event.total, note=note), shown_values(shown, event.info),
+                    shown(event.code))
         if isinstance(event, Step):
             run["steps"].append(event)
             return (event.preview_x0.array(), event.preview_xt.array(),
@@ -121,10 +123,11 @@ def build(
         if isinstance(event, Done):
             final = event.paths[0] if event.paths else event.images[0]
             run.update(final=final, steps=list(event.steps))
-            info_out = {**event.info, "file": event.paths[0] if event.paths else None}
+            info_out = shown_values(shown, {**event.info, "file": event.paths[0] if event.paths else None})
             n = len(event.steps)
             return (final, event.steps[-1].preview_xt.array() if n else None,
-                    progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"), info_out, event.code)
+                    progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"), info_out,
+                    shown(event.code))
         return None
 
     @friendly_errors

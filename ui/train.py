@@ -89,7 +89,7 @@ def build(
     def as_shown(s: TrainStatus) -> TrainStatus:
         """The status as the page shows it: the run's folder and checkpoint as ``models/<run>``."""
         return replace(s, run_dir=shown(s.run_dir), checkpoint=s.checkpoint and shown(s.checkpoint),
-                       message=shown(s.message))
+                       message=shown(s.message), lora=s.lora and shown(s.lora))
 
     def start_choices(method: str) -> list[str]:
         if method == "lora":  # a LoRA trains on a diffusers folder, never a single file
