@@ -63,7 +63,7 @@ def build(
                                            label="Guidance scale", elem_id="cmp-guidance")
             with gr.Row():
                 scheduler = gr.Dropdown(list(schedulers("txt2img")), value=defaults.scheduler, label="Scheduler",
-                                        elem_id="cmp-scheduler")
+                                        elem_id="cmp-scheduler", visible=False)  # the first axis: the values
                 width = gr.Number(value=size[0], step=8, label="Width", elem_id="cmp-width")
                 height = gr.Number(value=size[1], step=8, label="Height", elem_id="cmp-height")
         with gr.Column(scale=3, elem_classes="wb-previews"):
@@ -208,7 +208,7 @@ def build(
         return (*out_images, *out_captions)
 
     def on_axis(axis_name, model_name):
-        """The values the axis offers (its defaults picked), and the axis's own setting greyed out."""
+        """The values the axis offers (its defaults picked), and the axis's own setting hidden (the values set it)."""
         kind = _kind_or_txt2img(model_kind, model_name)
         if axis_name == "model":
             same = [m for m in list_models() if _kind_or_txt2img(model_kind, m) == kind]
@@ -220,7 +220,7 @@ def build(
             choices = [str(v) if axis_name == "steps" else f"{v:g}" for v in DEFAULT_VALUES[axis_name]]
             value = choices[:3]
         return (gr.update(choices=choices, value=value),
-                *(gr.update(interactive=axis_name != name) for name in ("steps", "guidance scale", "scheduler")))
+                *(gr.update(visible=axis_name != name) for name in ("steps", "guidance scale", "scheduler")))
 
     def on_model(model_name, axis_name):
         """A model's kind decides the schedulers on offer; its size fills width and height."""

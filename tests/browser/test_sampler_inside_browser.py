@@ -195,3 +195,14 @@ def test_img2img_says_a_bad_strength_beside_it(page):
     page.locator("#i2i-run").click()
     wait_text(page, "i2i-strength", message, timeout=60_000)
     wait_text(page, "i2i-progress", message, timeout=60_000)
+
+
+def test_compare_hides_the_field_its_axis_sets(page):
+    """Issue 22 (9): comparing schedulers, the Scheduler field is not shown (each column's value sets it); along
+    steps, the Steps slider goes and the Scheduler field is back."""
+    open_tab(page, "Compare")
+    page.locator("#cmp-run").wait_for(state="visible")
+    assert not page.locator("#cmp-scheduler").is_visible() and page.locator("#cmp-steps").is_visible()
+    page.locator("#cmp-axis").get_by_text("steps", exact=True).click()
+    page.locator("#cmp-scheduler").wait_for(state="visible")
+    page.locator("#cmp-steps").wait_for(state="hidden")
