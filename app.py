@@ -38,9 +38,10 @@ CSS = """
 }
 .wb-caption { font-family: ui-monospace, monospace; font-size: 0.8em; text-align: center; }
 """
-# Ctrl+Enter (Cmd+Enter) runs the visible tab's Generate; the header's button switches dark mode.
+# Ctrl+Enter (Cmd+Enter) runs the visible tab's Generate; the header's button switches dark mode, which a reload keeps.
 JS = """
 () => {
+  if (localStorage.getItem('wb-dark') === '1') document.body.classList.add('dark');
   document.addEventListener('keydown', (e) => {
     if (e.key !== 'Enter' || !(e.ctrlKey || e.metaKey)) return;
     const visible = [...document.querySelectorAll('.wb-generate')].find(b => b.offsetParent !== null);
@@ -51,7 +52,7 @@ JS = """
 CACHE_CLEANING = (600, 3600)  # (every N seconds, delete cached files older than M seconds)
 CACHE_FILES = 500  # files the page's outputs keep in the cache, newest first: a streamed run leaves about 15
 CACHE_PRUNE_EVERY = 5.0  # seconds between the cache's count checks (--cache-files)
-DARK_MODE_JS = "() => { document.body.classList.toggle('dark'); }"
+DARK_MODE_JS = ("() => { localStorage.setItem('wb-dark', document.body.classList.toggle('dark') ? '1' : '0'); }")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -513,6 +513,9 @@ def lr_plot(lrs) -> PlotData:
     return _line_plot(lr_rows(lrs), "lr", "learning rate", color, log=False, height=PLOT_HEIGHT // 2)
 
 
+CHART_GREY = "#888888"
+
+
 def _line_plot(rows: list[dict], y: str, y_title: str, color: dict, *, log: bool, height: int = PLOT_HEIGHT,
                points: bool = False) -> PlotData:
     """A Vega-Lite line chart over ``step`` drawn as SVG, so the page (and a test) can read the axes. ``points``
@@ -532,6 +535,12 @@ def _line_plot(rows: list[dict], y: str, y_title: str, color: dict, *, log: bool
                            "axis": {"format": "d", "tickMinStep": 1}}, "y": y_encoding,
                      "color": color},
         "usermeta": {"embedOptions": {"renderer": "svg", "actions": False}},
+        # No white card in dark mode: the page's own background, and a grey that reads on light and dark alike.
+        "background": "transparent",
+        "config": {"axis": {key: CHART_GREY for key in ("labelColor", "titleColor", "domainColor", "tickColor")}
+                   | {"gridColor": CHART_GREY, "gridOpacity": 0.3},
+                   "legend": {"labelColor": CHART_GREY, "titleColor": CHART_GREY, "labelLimit": 0},
+                   "view": {"stroke": None}},
     }
     return PlotData(type="altair", plot=json.dumps(spec))
 

@@ -27,6 +27,16 @@ def test_dark_mode_is_a_click_away(page):
     page.wait_for_function("() => document.body.classList.contains('dark')")
     page.locator("#dark-mode").click()
     page.wait_for_function("() => !document.body.classList.contains('dark')")
+    # Issue 22 (8): a reload keeps the mode picked.
+    page.locator("#dark-mode").click()
+    page.wait_for_function("() => document.body.classList.contains('dark')")
+    page.reload()
+    page.wait_for_selector("#t2i-generate")
+    page.wait_for_function("() => document.body.classList.contains('dark')")
+    page.locator("#dark-mode").click()
+    page.reload()
+    page.wait_for_selector("#t2i-generate")
+    assert not page.evaluate("() => document.body.classList.contains('dark')")
 
 
 def test_a_run_behind_another_tabs_run_says_what_it_waits_for(page, running_app):
