@@ -29,11 +29,19 @@ CSS = """
 .wb-chart svg text { font-size: 11px; }
 .wb-chart-axis { stroke: currentColor; stroke-opacity: 0.4; }
 .wb-chart-empty { opacity: 0.6; padding: 2em 0; text-align: center; }
+/* Narrow windows (the columns stack): what a run shows (.wb-live), then its Generate and Stop, then the rest. */
+@media (max-width: 720px) {
+  .wb-run-layout { flex-direction: column; flex-wrap: nowrap; }
+  .wb-run-layout > .column { display: contents; }
+  .wb-run-layout .wb-live { order: -2; }
+  .wb-run-layout .wb-run-buttons { order: -1; }
+}
 .wb-caption { font-family: ui-monospace, monospace; font-size: 0.8em; text-align: center; }
 """
-# Ctrl+Enter (Cmd+Enter) runs the visible tab's Generate; the header's button switches dark mode.
+# Ctrl+Enter (Cmd+Enter) runs the visible tab's Generate; the header's button switches dark mode, which a reload keeps.
 JS = """
 () => {
+  if (localStorage.getItem('wb-dark') === '1') document.body.classList.add('dark');
   document.addEventListener('keydown', (e) => {
     if (e.key !== 'Enter' || !(e.ctrlKey || e.metaKey)) return;
     const visible = [...document.querySelectorAll('.wb-generate')].find(b => b.offsetParent !== null);
@@ -44,7 +52,7 @@ JS = """
 CACHE_CLEANING = (600, 3600)  # (every N seconds, delete cached files older than M seconds)
 CACHE_FILES = 500  # files the page's outputs keep in the cache, newest first: a streamed run leaves about 15
 CACHE_PRUNE_EVERY = 5.0  # seconds between the cache's count checks (--cache-files)
-DARK_MODE_JS = "() => { document.body.classList.toggle('dark'); }"
+DARK_MODE_JS = ("() => { localStorage.setItem('wb-dark', document.body.classList.toggle('dark') ? '1' : '0'); }")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -135,6 +143,7 @@ def build_app(args: argparse.Namespace):
                 schedulers=list(bench.schedulers("unconditional")),
                 shown=bench.shown,
                 export_run=bench.export_run,
+                tab=unconditional_page,
             )
         with gr.Tab("Noise", id="noise") as noise_page:
             noise = noise_tab.build(
@@ -144,6 +153,7 @@ def build_app(args: argparse.Namespace):
                 schedule_of_model=bench.schedule_of_model,
                 list_models=bench.list_schedule_models,
                 schedulers=list(bench.schedulers("txt2img")),
+                tab=noise_page,
             )
             img2img_tab.build(
                 noise=noise,
@@ -158,6 +168,7 @@ def build_app(args: argparse.Namespace):
                 schedule_models=bench.list_schedule_models,
                 default_model=bench.default_model("txt2img"),
                 schedulers=bench.schedulers,
+                shown=bench.shown,
             )
         with gr.Tab("Compare", id="compare") as compare_page:
             compare_tab.build(
@@ -168,6 +179,7 @@ def build_app(args: argparse.Namespace):
                 default_model=bench.default_model("txt2img"),
                 default_size=bench.default_size,
                 schedulers=bench.schedulers,
+                shown=bench.shown,
             )
         with gr.Tab("Training", id="train") as train_page:
             poll_timer = train_tab.build(
@@ -184,6 +196,7 @@ def build_app(args: argparse.Namespace):
                 unconditional_model=unconditional_fields["model"],
                 list_txt2img_models=lambda: bench.list_models("txt2img"),
                 base_resolution=bench.training_base_size,
+                check_training=bench.check_training,
                 tab=train_page,
             )
         targets = {"txt2img": txt2img_fields, "unconditional": unconditional_fields}  # where past settings go back

@@ -48,7 +48,7 @@ from engine.sampling.unconditional import (
 )
 from engine.training.base import SCRATCH
 from engine.training.checkpoints import list_runs
-from engine.training.data import UploadLimits, list_sources, save_uploads
+from engine.training.data import UploadLimits, check_captioned, list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
 from engine.training.request import RUN_NAME, TrainRequest, resume_request
 from engine.validation import check_batch_count, check_choice, check_int, given
@@ -679,6 +679,12 @@ class Workbench:
     def start_training(self, request: TrainRequest) -> TrainStatus:
         """Start ``request`` in the background; returns once its first step is about to run."""
         return self.training.start(request)
+
+    def check_training(self, request: TrainRequest) -> None:
+        """What starting ``request`` would be refused for at once, found without reading an image: a LoRA run's
+        data must have captions (the built-in ``digits`` have none)."""
+        if request.method == "lora":
+            check_captioned(request.data)
 
     def resume_training(self, run_name: str, **changes) -> TrainStatus:
         """Continue ``run_name`` from its checkpoint; ``changes`` may only touch run control (steps, intervals)."""

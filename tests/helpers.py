@@ -58,3 +58,33 @@ def save_screenshot(page, name: str, part=None) -> None:
         part.screenshot(path=str(folder / f"{name}.png"))
         return
     page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+
+def open_tab(page, name: str) -> None:
+    """Click the tab whose button reads ``name``; in a narrow window, through the tab bar's "More tabs" menu."""
+    tab = page.get_by_role("tab", name=name, exact=True)
+    if not tab.is_visible():
+        page.get_by_role("button", name="More tabs").click()
+        tab = page.locator(".overflow-dropdown").get_by_text(name, exact=True)
+    tab.click()
+
+
+def pick(page, elem_id: str, option: str) -> None:
+    """Open dropdown #elem_id and click its option ``option``, as a person picks one."""
+    page.locator(f"#{elem_id} input").first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def wait_text(page, elem_id: str, text: str, timeout: float = 60_000) -> str:
+    """Wait until #elem_id's text contains ``text``; its text then."""
+    page.wait_for_function(f"() => document.querySelector('#{elem_id}')?.innerText.includes({text!r})",
+                           timeout=timeout)
+    return page.locator(f"#{elem_id}").inner_text()
+
+
+def in_viewport(page, selector: str) -> bool:
+    """Whether the whole of ``selector``'s first element is on screen, as the page is scrolled now."""
+    box = page.locator(selector).first.bounding_box()
+    size = page.viewport_size
+    return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= size["height"] \
+        and box["x"] >= 0 and box["x"] + box["width"] <= size["width"]

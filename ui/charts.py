@@ -16,9 +16,10 @@ LEFT, RIGHT, TOP, BOTTOM = 46, 10, 8, 24  # room for the axes' labels
 
 
 def line_chart_html(title: str, series: Mapping[str, Sequence[tuple[float, float]]], colors: Mapping[str, str],
-                    x_title: str = "step") -> str:
+                    x_title: str = "step", empty: str = "no steps yet") -> str:
     """A titled chart of ``series`` (name -> (x, y) points, in order), each line in ``colors[name]``, with its legend.
-    Points whose y is not finite are left out; a chart without points says so."""
+    Points whose y is not finite are left out; a chart without points says ``empty``. The y axis starts at 0 where
+    every value is positive (a margin below would read as negative values)."""
     points = {name: [(float(x), float(y)) for x, y in pts if math.isfinite(x) and math.isfinite(y)]
               for name, pts in series.items()}
     points = {name: pts for name, pts in points.items() if pts}
@@ -26,11 +27,12 @@ def line_chart_html(title: str, series: Mapping[str, Sequence[tuple[float, float
                      for name in points)
     head = f'<div class="wb-chart-title">{html.escape(title)}</div><div class="wb-chart-legend">{legend}</div>'
     if not points:
-        return f'<div class="wb-chart">{head}<div class="wb-chart-empty">no steps yet</div></div>'
+        return f'<div class="wb-chart">{head}<div class="wb-chart-empty">{html.escape(empty)}</div></div>'
     xs = [x for pts in points.values() for x, _ in pts]
     ys = [y for pts in points.values() for _, y in pts]
     x0, x1 = (min(xs), max(xs)) if max(xs) > min(xs) else _span(min(xs), max(xs))  # steps end to end
     y0, y1 = _span(min(ys), max(ys))
+    y0 = max(y0, 0.0) if min(ys) >= 0 else y0
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def at(x: float, y: float) -> str:

@@ -276,6 +276,16 @@ def model_dropdown(choices: list[str], value: str, label: str = "Model") -> gr.D
     )
 
 
+def fill_on_open(tab: gr.Tab | None, fill: Callable, outputs: list, inputs: list | None = None) -> None:
+    """``fill`` (fresh choices for the lists ``outputs``) when the page loads and whenever ``tab`` opens: a model, a
+    checkpoint or a data folder made since the server built the page is there without Refresh. On load ``fill`` is
+    called without ``inputs`` (their first values are its defaults)."""
+    events = dict(outputs=outputs, queue=False, api_visibility="private", show_progress="hidden")
+    gr.on(None, fill, None, **events)  # no triggers and no inputs: when the page loads
+    if tab is not None:
+        tab.select(fill, inputs, **events)
+
+
 def prune_cache(demo: gr.Blocks, keep: int) -> int:
     """Delete all but the ``keep`` newest files the page's outputs left in the app's cache folder; returns how many
     went. Gradio deletes only files older than its ``delete_cache`` age, and never those of an output whose widget
@@ -390,6 +400,25 @@ def done_note(info: dict) -> str:
     """The progress line's note when a run ends: "done", or which run of a batch count has finished (the batch is
     done when its grid is)."""
     return f"{batch_note(info)} finished" if batch_note(info) else "done"
+
+
+def shown_values(shown: Callable[[str], str], value):
+    """``value`` (a run's info: dicts, lists, text) with every string as ``shown`` writes it: the app's folders
+    relative, as the page shows paths."""
+    if isinstance(value, str):
+        return shown(value)
+    if isinstance(value, dict):
+        return {key: shown_values(shown, v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [shown_values(shown, v) for v in value]
+    return value
+
+
+def batch_done_html(seeds: tuple[int, ...]) -> str:
+    """The progress line once a batch count's grid is shown: no step counter (the grid is no one run's steps, so
+    there is nothing to scrub here), and where each run's steps are."""
+    return message_html(f"Batch · done · {len(seeds)} runs, seeds {seeds[0]} to {seeds[-1]}: their grid above; "
+                        "History shows each run, Use these settings brings one back to scrub", "done")
 
 
 def export_update(export_run: Callable[[str], dict], shown: dict | None):

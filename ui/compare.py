@@ -14,7 +14,7 @@ from engine.sampling.compare import (AXES, DEFAULT_VALUES, MAX_COLUMNS, Column, 
                                      CompareRequest, CompareStarted, lockstep)
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, Txt2ImgRequest
 from ui.common import (DEVICE_QUEUE, field_messages, friendly_errors, message_html, model_dropdown, page_error,
-                       progress_html, stream_updates, whole)
+                       progress_html, shown_values, stream_updates, whole)
 from ui.txt2img import DEFAULT_PROMPT
 
 # The engine's field names (as its messages say them) -> the position of their input below.
@@ -32,11 +32,12 @@ def build(
     default_model: str,
     default_size: Callable[[str], tuple[int, int] | None],
     schedulers: Callable[[str], tuple[str, ...]],  # kind -> the scheduler names its runs take
+    shown: Callable[[str], str] = lambda text: text,  # a path as people read it: the app's folders relative
 ) -> None:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events."""
     size = default_size(default_model) or (512, 512)
     defaults = Txt2ImgRequest(prompt="")
-    with gr.Row():
+    with gr.Row(elem_classes="wb-run-layout"):
         with gr.Column(scale=2):
             with gr.Row():
                 model = model_dropdown(list_models(), default_model)
@@ -44,6 +45,9 @@ def build(
             prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt (Ctrl+Enter compares)", lines=2,
                                 elem_id="cmp-prompt")
             negative_prompt = gr.Textbox(label="Negative prompt", lines=1, elem_id="cmp-negative")
+            with gr.Row(elem_classes="wb-run-buttons"):
+                run = gr.Button("Compare", variant="primary", elem_id="cmp-run", elem_classes="wb-generate")
+                stop = gr.Button("Stop", variant="stop", elem_id="cmp-stop")
             with gr.Row():
                 axis = gr.Radio(list(AXES), value="scheduler", label="Compare along", elem_id="cmp-axis")
                 seed = gr.Number(value=FIRST_SEED, label="Seed (one for every column; -1 = random)",
@@ -59,16 +63,13 @@ def build(
                                            label="Guidance scale", elem_id="cmp-guidance")
             with gr.Row():
                 scheduler = gr.Dropdown(list(schedulers("txt2img")), value=defaults.scheduler, label="Scheduler",
-                                        elem_id="cmp-scheduler")
+                                        elem_id="cmp-scheduler", visible=False)  # the first axis: the values
                 width = gr.Number(value=size[0], step=8, label="Width", elem_id="cmp-width")
                 height = gr.Number(value=size[1], step=8, label="Height", elem_id="cmp-height")
-            with gr.Row():
-                run = gr.Button("Compare", variant="primary", elem_id="cmp-run", elem_classes="wb-generate")
-                stop = gr.Button("Stop", variant="stop", elem_id="cmp-stop")
-        with gr.Column(scale=3):
-            progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="cmp-progress")
+        with gr.Column(scale=3, elem_classes="wb-previews"):
+            progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="cmp-progress", elem_classes="wb-live")
             images, captions, columns = [], [], []
-            with gr.Row(elem_id="cmp-grid"):
+            with gr.Row(elem_id="cmp-grid", elem_classes="wb-live"):
                 for i in range(MAX_COLUMNS):
                     with gr.Column(min_width=120, visible=i < len(DEFAULT_VALUES["scheduler"]),
                                    elem_id=f"cmp-col-{i}") as column:
@@ -150,9 +151,9 @@ def build(
                 if not page:
                     gallery = [(c.done.paths[0] if c.done.paths else c.done.images[0], str(c.value))
                                for c in event.columns]
-                    return (gallery, line, event.info)
+                    return (gallery, line, shown_values(shown, event.info))
                 return ((gr.skip(),) * (2 * MAX_COLUMNS)
-                        + (line, event.info, gr.update(visible=True, value=100), event))
+                        + (line, shown_values(shown, event.info), gr.update(visible=True, value=100), event))
             return None
 
         return render
@@ -207,7 +208,7 @@ def build(
         return (*out_images, *out_captions)
 
     def on_axis(axis_name, model_name):
-        """The values the axis offers (its defaults picked), and the axis's own setting greyed out."""
+        """The values the axis offers (its defaults picked), and the axis's own setting hidden (the values set it)."""
         kind = _kind_or_txt2img(model_kind, model_name)
         if axis_name == "model":
             same = [m for m in list_models() if _kind_or_txt2img(model_kind, m) == kind]
@@ -219,7 +220,7 @@ def build(
             choices = [str(v) if axis_name == "steps" else f"{v:g}" for v in DEFAULT_VALUES[axis_name]]
             value = choices[:3]
         return (gr.update(choices=choices, value=value),
-                *(gr.update(interactive=axis_name != name) for name in ("steps", "guidance scale", "scheduler")))
+                *(gr.update(visible=axis_name != name) for name in ("steps", "guidance scale", "scheduler")))
 
     def on_model(model_name, axis_name):
         """A model's kind decides the schedulers on offer; its size fills width and height."""

@@ -165,8 +165,9 @@ def build(
             return {}
         return settings_updates(targets, chosen["kind"], chosen["settings"], seed_only=seed_only)
 
-    def delete_image(chosen, kind_value, model_value, search_value, page_value):
-        """Move the picked image to the trash, say where it went, and show the page again."""
+    def delete_image(chosen, kind_value, model_value, search_value, page_value, shown_paths=()):
+        """Move the picked image to the trash, say where it went, and show the page again with the image that took
+        its place picked (the gallery highlights it: its details are shown beside it)."""
         if not chosen:
             return {}
         try:
@@ -175,9 +176,12 @@ def build(
             return {status: message_html(str(exc))}
         gallery_value, page_paths, page_shown, counts_text = show_page(kind_value, model_value, search_value,
                                                                       page_value)
-        return {**show_image(None, message_html(f"Moved {chosen['path']} to {moved} (inside the outputs dir)",
-                                                "stopped")),
-                gallery: gallery_value, paths: page_paths, page_box: page_shown, counts: counts_text}
+        place = list(shown_paths).index(chosen["path"]) if chosen["path"] in (shown_paths or ()) else 0
+        after = page_paths[min(place, len(page_paths) - 1)] if isinstance(page_paths, list) and page_paths else None
+        moved_note = message_html(f"Moved {chosen['path']} to {moved} (inside the outputs dir)", "stopped")
+        return {**show_image(after), status: moved_note,
+                gallery: gr.update(value=gallery_value, selected_index=page_paths.index(after)) if after
+                else gallery_value, paths: page_paths, page_box: page_shown, counts: counts_text}
 
     def renderer() -> Callable:
         """A replay's render: the replay panel's (progress, verdict, image) for one event; the verdict's update
@@ -197,7 +201,9 @@ def build(
                 kind_of = "waiting" if event.outcome in (IDENTICAL, WITHIN) else "error"
                 verdict = {**event.as_dict(), "message": shown(event.message),
                            "paths": [shown(p) for p in event.paths]}  # the replayed image itself is sent as it is
-                return (message_html(verdict["message"], kind_of), verdict, replayed["image"])
+                saved = (f" · the replay is saved as {shown(replayed['image'])}, a new image in History"
+                         if replayed["image"] else "")
+                return (message_html(verdict["message"] + saved, kind_of), verdict, replayed["image"])
             return None
         return render
 
@@ -249,7 +255,7 @@ def build(
         .then(None, picked_kind, None, js=SELECT_KIND_TAB_JS)
     use_seed.click(lambda chosen: use_settings(chosen, seed_only=True), selected, every_field,
                    api_visibility="private").then(None, picked_kind, None, js=SELECT_KIND_TAB_JS)
-    delete.click(delete_image, [selected, *filters], detail + listing, api_visibility="private")
+    delete.click(delete_image, [selected, *filters, paths], detail + listing, api_visibility="private")
     replay.click(replay_picked, selected, replay_outputs, api_visibility="private", concurrency_id=DEVICE_QUEUE,
                  concurrency_limit=1)
     replay_file.click(replay_page, source, replay_outputs, api_visibility="private", concurrency_id=DEVICE_QUEUE,

@@ -15,7 +15,7 @@ from engine.images import RESIZE_MODES
 from engine.sampling.img2img import STRIP_STRENGTHS, Img2ImgRequest
 from engine.sampling.txt2img import MAX_GUIDANCE
 from ui.common import (DEVICE_QUEUE, field_messages, friendly_errors, message_html, model_dropdown, page_error,
-                       progress_html, stream_updates, whole)
+                       progress_html, shown_values, stream_updates, whole)
 from ui.noise import CUSTOM, NoiseTab
 
 # The engine's field names (as its messages say them) -> the position of their input below.
@@ -43,6 +43,7 @@ def build(
     schedule_models: Callable[[], list[str]],  # the models whose schedule the tab can show
     default_model: str,
     schedulers: Callable[[str], tuple[str, ...]],  # kind -> the scheduler names its runs take
+    shown: Callable[[str], str] = lambda text: text,  # a path or code as people read it: the app's folders relative
 ) -> None:
     """Lay out the way back below the Noise tab's forward process and wire its events."""
     defaults = Img2ImgRequest(image=sample_image("china.jpg"))
@@ -51,7 +52,7 @@ def build(
                     "(the slider t and the plots above move there), then the model denoises it from that t to 0. "
                     "A text-to-image model follows the prompt (img2img); an unconditional one only its training "
                     "(SDEdit).")
-        with gr.Row():
+        with gr.Row(elem_classes="wb-run-layout"):
             with gr.Column(scale=2):
                 with gr.Row(elem_id="i2i-model-row"):
                     model = model_dropdown(list_models(), default_model)
@@ -59,6 +60,9 @@ def build(
                 prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt (text-to-image models)", lines=2,
                                     elem_id="i2i-prompt")
                 negative_prompt = gr.Textbox(label="Negative prompt", lines=1, elem_id="i2i-negative")
+                with gr.Row(elem_classes="wb-run-buttons"):
+                    run = gr.Button("Denoise from t", variant="primary", elem_id="i2i-run")
+                    stop = gr.Button("Stop", variant="stop", elem_id="i2i-stop")
                 strength = gr.Slider(0, 1.0, value=defaults.strength, step=0.05, elem_id="i2i-strength",
                                      label="Strength: how far forward (1 = from the first timestep)")
                 start_line = gr.Markdown(_start_text(img2img_start, default_model, defaults), elem_id="i2i-start")
@@ -78,14 +82,11 @@ def build(
                                        elem_id="i2i-resize-mode")
                 size_line = gr.Markdown(_size_text(img2img_size, Img2ImgRequest(
                     image=sample_image(noise.sample_image.value), model=default_model)), elem_id="i2i-size")
-                with gr.Row():
-                    run = gr.Button("Denoise from t", variant="primary", elem_id="i2i-run")
-                    stop = gr.Button("Stop", variant="stop", elem_id="i2i-stop")
                 strip_button = gr.Button(f"Strip: strengths {', '.join(f'{s:g}' for s in STRIP_STRENGTHS)}",
                                          elem_id="i2i-strip-run")
-            with gr.Column(scale=3):
-                progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="i2i-progress")
-                with gr.Row():
+            with gr.Column(scale=3, elem_classes="wb-previews"):
+                progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="i2i-progress", elem_classes="wb-live")
+                with gr.Row(elem_classes="wb-live"):
                     original = gr.Image(label="Original", format="png", interactive=False, height=240,
                                         elem_id="i2i-original", elem_classes="wb-pixels")
                     image = gr.Image(label="Predicted clean image x0 → result", format="png", type="pil",
@@ -127,7 +128,8 @@ def build(
             note = (f"seed {event.info['seed']} · {event.info['width']}x{event.info['height']} · "
                     f"from t = {event.info['start_timestep']}, "
                     f"{event.info['steps_run']} of {event.info['steps']} steps")
-            return (gr.skip(), gr.skip(), progress_html(0, event.total, note=note), event.info, event.code)
+            return (gr.skip(), gr.skip(), progress_html(0, event.total, note=note), shown_values(shown, event.info),
+                    shown(event.code))
         if isinstance(event, Step):
             run["steps"].append(event)
             return (event.preview_x0.array(), event.preview_xt.array(),
@@ -136,11 +138,12 @@ def build(
         if isinstance(event, Done):
             final = event.paths[0] if event.paths else event.images[0]
             run.update(final=final, steps=list(event.steps))
-            info_out = {**event.info, "file": event.paths[0] if event.paths else None}
+            info_out = shown_values(shown, {**event.info, "file": event.paths[0] if event.paths else None})
             n = len(event.steps)
             return (final, event.steps[-1].preview_xt.array() if n else None,
                     progress_html(n, n, elapsed=event.info.get("elapsed", 0.0),
-                                  note=f"done · {event.info['width']}x{event.info['height']}"), info_out, event.code)
+                                  note=f"done · {event.info['width']}x{event.info['height']}"), info_out,
+                    shown(event.code))
         return None
 
     @friendly_errors

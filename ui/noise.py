@@ -33,7 +33,7 @@ from engine.forward.noise import (
     clamp_timesteps,
 )
 from engine.validation import check_choice, check_int, given
-from ui.common import friendly_errors, uploaded_path, whole
+from ui.common import fill_on_open, friendly_errors, uploaded_path, whole
 
 CUSTOM = "(the settings below)"
 NO_MARKER = "(none)"
@@ -87,6 +87,7 @@ def build(
     schedule_of_model: Callable[[str], NoiseSchedule],
     list_models: Callable[[], list[str]],
     schedulers: list[str],
+    tab: gr.Tab | None = None,  # the tab itself: opening it refreshes the model list
 ) -> NoiseTab:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events; returns what the way back moves."""
     defaults, schedule_defaults = NoiseRequest(), NoiseSchedule()
@@ -300,6 +301,7 @@ def build(
     single_t.release(move_t, inputs, [single, *plots, colors, frame_caption], api_visibility="private",
                      **queue).success(dress, [colors, frame_caption], [single, *plots], api_visibility="private")
     refresh.click(lambda: gr.update(choices=[CUSTOM] + list_models()), None, model, api_visibility="private")
+    fill_on_open(tab, lambda: gr.update(choices=[CUSTOM] + list_models()), [model])
 
     def redraw(dependency):
         drawn = dependency.success(

@@ -8,6 +8,7 @@ Stop asks the run to save a checkpoint and end.
 
 from __future__ import annotations
 
+import html
 import inspect
 import json
 import math
@@ -16,15 +17,17 @@ from typing import Callable
 
 import gradio as gr
 
-from engine.errors import InputError
+from engine.errors import DataError, InputError, ModelLoadError
 from engine.sampling.schedulers import SAMPLER_BETA_SCHEDULES
 from engine.training.base import METHODS, SCRATCH
+from engine.training.data import DIGITS, DIGITS_FRAMED
 from engine.training.objectives.pixel import PRESETS
 from engine.training.recipes import DEFAULT_RECIPE, RECIPE_FIELDS, RECIPES
 from engine.training.request import LORA_LAYERS, MIXED_PRECISION, RUN_CONTROL, TrainRequest, field_help
 from engine.training.jobs import FAILED, IDLE, TrainStatus
 from ui import gradio_compat
-from ui.common import DEVICE_QUEUE, friendly_errors, progress_html, switch_tab_js, uploaded_path, whole
+from ui.common import (DEVICE_QUEUE, field_messages, friendly_errors, message_html, page_error, progress_html,
+                       fill_on_open, switch_tab_js, uploaded_path, whole)
 
 POLL_INTERVAL = 1.0  # seconds between status polls; the loss itself arrives every log_every steps
 MAX_PLOT_POINTS = 1000  # per curve: a long run's history is thinned so that a poll stays small
@@ -76,6 +79,7 @@ def build(
     unconditional_model: gr.Dropdown | None = None,  # the Unconditional tab's model box, kept up to date
     list_txt2img_models: Callable[[], list[str]] = lambda: [],  # what a LoRA run can start from
     base_resolution: Callable[[str, str], int | None] = lambda name, method: None,  # (start_from, method) -> px
+    check_training: Callable[[TrainRequest], None] = lambda request: None,  # what Start would refuse at once
     tab: gr.Tab,  # this tab: its status is shown and polled while it is open
 ) -> gr.Timer:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events; returns the status poll's timer, which
@@ -85,17 +89,17 @@ def build(
     def as_shown(s: TrainStatus) -> TrainStatus:
         """The status as the page shows it: the run's folder and checkpoint as ``models/<run>``."""
         return replace(s, run_dir=shown(s.run_dir), checkpoint=s.checkpoint and shown(s.checkpoint),
-                       message=shown(s.message))
+                       message=shown(s.message), lora=s.lora and shown(s.lora))
 
     def start_choices(method: str) -> list[str]:
         if method == "lora":  # a LoRA trains on a diffusers folder, never a single file
             return [m for m in list_txt2img_models() if not m.endswith(".safetensors")]
         return [SCRATCH, *list_unconditional_models()]
 
-    with gr.Row():
+    with gr.Row(elem_classes="wb-run-layout"):
         with gr.Column(scale=2):
             w = _settings(defaults, list_data, list_runs, start_choices(defaults.method))
-        with gr.Column(scale=3):
+        with gr.Column(scale=3, elem_classes="wb-previews"):
             status = _status_column(w["runs"], unconditional_model)
     seen = gr.State(None)  # what this page shows already, so a poll sends only what changed
     api_status = gr.JSON(visible=False, label="status")
@@ -105,23 +109,64 @@ def build(
     form = {field: w[field] for field in START_PARAMS.values()}  # TrainRequest field -> its widget
     recipe_form = {field: form[field] for field in RECIPE_FIELDS}
 
-    @friendly_errors
-    @_takes(START_SIGNATURE)  # gradio names the endpoint's parameters after this signature
-    def train_start(*args, **kwargs):
+    def request_of(*args, **kwargs) -> tuple[bool, dict]:
+        """(resume, the values by TrainRequest field, as the request takes them) of /train_start's arguments."""
         given = START_SIGNATURE.bind(*args, **kwargs)
         given.apply_defaults()
         values = {START_PARAMS[name]: value for name, value in given.arguments.items()}  # by TrainRequest field
         resume = values.pop("resume")
         if not isinstance(resume, bool):  # the API takes values as sent: 'no' would be true
             raise InputError(f"resume must be true or false; got {resume!r}", field="resume")
+        return resume, {field: _page_value(field, v) for field, v in values.items()}
+
+    @friendly_errors
+    @_takes(START_SIGNATURE)  # gradio names the endpoint's parameters after this signature
+    def train_start(*args, **kwargs):
+        resume, values = request_of(*args, **kwargs)
         if resume:
-            started = resume_training(_page_value("run_name", values["run_name"]),
-                                      **{field: _page_value(field, values[field]) for field in RESUME_CHANGES})
+            started = resume_training(values["run_name"], **{field: values[field] for field in RESUME_CHANGES})
         else:
-            started = start_training(TrainRequest(**{field: _page_value(field, v) for field, v in values.items()}))
+            started = start_training(TrainRequest(**values))
         if started.state == FAILED:  # not the user's doing: the log has the traceback
             raise gr.Error(started.message, print_exception=False)
         return status_dict(as_shown(started))
+
+    def train_start_page(*args):
+        """The page's Start: a refusal is said in the progress line (and a toast), where it stays until the status
+        changes; beside its field too (the validator's)."""
+        try:
+            return train_start.__wrapped__(*args), gr.skip()
+        except Exception as exc:
+            message = exc.message if isinstance(exc, gr.Error) else page_error(exc)
+            gr.Warning(html.escape(message))
+            return gr.skip(), message_html(message)
+
+    def start_problem(*args) -> InputError | DataError | ModelLoadError | None:
+        """What Start would be refused for, found without starting anything."""
+        try:
+            resume, values = request_of(*args)
+            if not resume:
+                check_training(TrainRequest(**values))
+        except (InputError, DataError, ModelLoadError) as exc:
+            return exc
+        return None
+
+    def start_check(*args):
+        """At the click: a refusal in the progress line, and under Data when it is the data's."""
+        exc = start_problem(*args)
+        if exc is None:
+            return gr.skip(), ""
+        data = isinstance(exc, DataError) or getattr(exc, "field", None) == "data"
+        return message_html(str(exc)), message_html(str(exc)) if data else ""
+
+    def validate_start(*args):
+        """Each refusal beside its field (a data error beside Data) before anything starts."""
+        exc = start_problem(*args)
+        if exc is None:
+            return [gr.validate(True, "")] * len(args)
+        if isinstance(exc, DataError):
+            exc = InputError(str(exc), field="data")
+        return field_messages(exc, start_fields, len(args))
 
     @friendly_errors
     def train_stop():
@@ -153,10 +198,13 @@ def build(
             return gr.skip()
         return gr.update(choices=list_unconditional_models(), value=s.run_name)
 
-    def pick_method(method):  # what the method can start from; a LoRA run's base is a text-to-image model
+    def pick_method(method, data):
+        """What the method can start from (a LoRA run's base is a text-to-image model) and, for a LoRA run on the
+        uncaptioned digits, the captioned built-in that works as it is: the LoRA proof's framed digits."""
         choices = start_choices(method)
         value = choices[0] if choices else SCRATCH
-        return gr.update(choices=choices, value=value), _resolution_for(value, method)
+        data = DIGITS_FRAMED if method == "lora" and data == DIGITS else gr.skip()
+        return gr.update(choices=choices, value=value), _resolution_for(value, method), data
 
     def pick_start(name, method):  # a base model trains at its own resolution
         return _resolution_for(name, method)
@@ -182,19 +230,35 @@ def build(
 
     # The API takes values as sent (preprocess=False): the engine checks each, and its message names the field and
     # what it takes, where Gradio's own checks name neither (and a number box rounds 2.5 to 2 unasked).
-    w["start"].click(
+    api_start = gr.Button(visible=False)  # the public /train_start; the page's Start says a refusal in the page
+    api_start.click(
         train_start, inputs=list(form.values()), outputs=[status.info], api_name="train_start",
         concurrency_id=DEVICE_QUEUE, concurrency_limit=1, preprocess=False,
     )
+    # A refusal's field, as the engine's message names it (InputError.field), -> the position of its input.
+    start_fields = {FIELD_LABELS.get(field, field.replace("_", " ")): k for k, field in enumerate(form)}
+    # As Text to image's Generate: its first listener clicks a hidden button whose answer puts a refusal in the
+    # progress line (the validator's messages go beside the fields; a refused click runs nothing else).
+    check = gr.Button(visible="hidden", elem_id="train-check")
+    check.click(start_check, list(form.values()), [status.progress, w["data_note"]], queue=False,
+                api_visibility="private", show_progress="hidden")
+    w["start"].click(None, js="() => { document.querySelector('#train-check')?.click(); }")
+    w["start"].click(train_start_page, inputs=list(form.values()), outputs=[status.info, status.progress],
+                     validator=validate_start, api_visibility="private", concurrency_id=DEVICE_QUEUE,
+                     concurrency_limit=1)
     # Status and Stop stay out of the device queue: they must answer while the run holds the device.
     w["stop"].click(train_stop, None, [status.info], api_name="train_stop", concurrency_limit=None)
     api_trigger.click(train_status, None, [api_status, api_grid], api_name="train_status", concurrency_limit=None)
     w["save"].click(train_upload, [w["files"], w["folder_name"]], [w["data"], w["upload_note"]],
                     api_name="train_upload", preprocess=False)
     w["refresh_data"].click(lambda: gr.update(choices=list_data()), None, w["data"], api_visibility="private")
+    fill_on_open(tab, lambda method=defaults.method: (gr.update(choices=list_data()),
+                                                      gr.update(choices=start_choices(method))),
+                 [w["data"], w["start_from"]], [w["method"]])
     w["runs"].change(pick_run, w["runs"], list(form.values()), api_visibility="private")
     w["recipe"].input(pick_recipe, w["recipe"], list(recipe_form.values()), api_visibility="private")
-    w["method"].input(pick_method, w["method"], [w["start_from"], w["resolution"]], api_visibility="private")
+    w["method"].input(pick_method, [w["method"], w["data"]], [w["start_from"], w["resolution"], w["data"]],
+                      api_visibility="private")
     w["start_from"].input(pick_start, [w["start_from"], w["method"]], w["resolution"], api_visibility="private")
     # The status is polled only while this tab is open. Gradio 6.31's page redraws every component any event has
     # updated on each message of any event, so a poll each second elsewhere slowed every other tab's live previews
@@ -237,6 +301,11 @@ START_OPTIONAL = {
     "validation_prompts": "validation_prompts",
 }
 START_PARAMS = {**START_REQUIRED, **START_OPTIONAL}
+# TrainRequest fields whose messages name them otherwise than their name with spaces (see TrainRequest's checks).
+FIELD_LABELS = {"num_epochs": "epochs", "lr_warmup_steps": "warm-up steps", "num_train_timesteps": "train timesteps",
+                "save_every": "save interval", "sample_every": "sample interval",
+                "lora_rank": "LoRA rank", "lora_alpha": "LoRA alpha", "lora_layers": "LoRA layers",
+                "snr_gamma": "SNR gamma"}
 _DEFAULTS = TrainRequest()
 START_SIGNATURE = inspect.Signature([
     inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
@@ -276,7 +345,7 @@ def _settings(d: TrainRequest, list_data, list_runs, start_choices: list[str]) -
     def number(name, label, **kw):
         w[name] = gr.Number(value=getattr(d, name), precision=0, label=label, info=HELP[name], **kw)
 
-    with gr.Row():
+    with gr.Row(elem_classes="wb-run-buttons"):
         w["start"] = gr.Button("Start", variant="primary", elem_id="train-start")
         w["stop"] = gr.Button("Stop (saves a checkpoint)", variant="stop", elem_id="train-stop")
     w["recipe"] = gr.Dropdown(list(RECIPES), value=DEFAULT_RECIPE, label="Recipe", elem_id="train-recipe",
@@ -285,8 +354,10 @@ def _settings(d: TrainRequest, list_data, list_runs, start_choices: list[str]) -
     with gr.Row():
         w["data"] = gr.Dropdown(list_data(), value=d.data, label="Data", allow_custom_value=True, scale=4,
                                 elem_id="train-data",
-                                info="digits (built in), a folder under the data dir, or a hub dataset id (owner/name)")
+                                info="digits (built in; captioned, for a LoRA: digits-captioned, digits-framed), a "
+                                     "folder under the data dir, or a hub dataset id (owner/name)")
         w["refresh_data"] = gr.Button("↻ Refresh", scale=1, min_width=60, elem_id="train-data-refresh")
+    w["data_note"] = gr.HTML("", elem_id="train-data-note")  # a refusal of the data, under it (a dropdown shows none)
     with gr.Row():
         w["random_flip"] = gr.Checkbox(value=d.random_flip, label="Random horizontal flip", info=HELP["random_flip"],
                                        elem_id="train-flip")
@@ -361,14 +432,14 @@ def _settings(d: TrainRequest, list_data, list_runs, start_choices: list[str]) -
 
 def _status_column(runs: gr.Dropdown, unconditional_model: gr.Dropdown | None) -> _Status:
     """The right column: progress, loss curve, sample grid, checkpoint, the status as JSON."""
-    progress = gr.HTML(_progress(TrainStatus()), elem_id="train-progress")
+    progress = gr.HTML(_progress(TrainStatus()), elem_id="train-progress", elem_classes="wb-live")
     with gr.Row():
         loss_plot = gr.Plot(label="Training loss (log scale)", elem_id="train-loss", elem_classes="wb-vega")
         bucket_plot = gr.Plot(label="Loss by timestep bucket (log scale; mean over each report's steps)",
                               elem_id="train-bucket-loss", elem_classes="wb-vega")
     lr_plot = gr.Plot(label="Learning rate", elem_id="train-lr-plot", elem_classes="wb-vega")
     grid = gr.Image(label=_grid_label(TrainStatus()), format="png", interactive=False, height=GRID_HEIGHT,
-                    elem_id="train-grid", elem_classes="wb-pixels")
+                    elem_id="train-grid", elem_classes=["wb-pixels", "wb-live"])
     with gr.Row():
         checkpoint = gr.Markdown("No checkpoint yet.", elem_id="train-checkpoint")
         sample = gr.Button("Sample from this checkpoint", visible=False, scale=0, elem_id="train-sample")
@@ -442,6 +513,9 @@ def lr_plot(lrs) -> gradio_compat.PlotData:
     return _line_plot(lr_rows(lrs), "lr", "learning rate", color, log=False, height=PLOT_HEIGHT // 2)
 
 
+CHART_GREY = "#888888"
+
+
 def _line_plot(rows: list[dict], y: str, y_title: str, color: dict, *, log: bool, height: int = PLOT_HEIGHT,
                points: bool = False) -> gradio_compat.PlotData:
     """A Vega-Lite line chart over ``step`` drawn as SVG, so the page (and a test) can read the axes. ``points``
@@ -461,6 +535,12 @@ def _line_plot(rows: list[dict], y: str, y_title: str, color: dict, *, log: bool
                            "axis": {"format": "d", "tickMinStep": 1}}, "y": y_encoding,
                      "color": color},
         "usermeta": {"embedOptions": {"renderer": "svg", "actions": False}},
+        # No white card in dark mode: the page's own background, and a grey that reads on light and dark alike.
+        "background": "transparent",
+        "config": {"axis": {key: CHART_GREY for key in ("labelColor", "titleColor", "domainColor", "tickColor")}
+                   | {"gridColor": CHART_GREY, "gridOpacity": 0.3},
+                   "legend": {"labelColor": CHART_GREY, "titleColor": CHART_GREY, "labelLimit": 0},
+                   "view": {"stroke": None}},
     }
     return gradio_compat.plot_data("altair", json.dumps(spec))
 

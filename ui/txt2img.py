@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 from typing import Callable
 
 import gradio as gr
@@ -15,9 +16,9 @@ from engine.sampling.views import DEFAULT_VIEWS, VIEWS, step_measures, view_arra
 from engine.validation import check_batch_count
 from ui import attention as attention_ui
 from ui.charts import line_chart_html
-from ui.common import (COMPILE_INFO, DEVICE_QUEUE, FILLED, SessionRuns, batch_note, done_note, export_update,
-                       field_messages, friendly_errors, last_seed, message_html, model_dropdown, page_error, progress_html,
-                       seed_buttons, stream_updates, whole)
+from ui.common import (COMPILE_INFO, DEVICE_QUEUE, FILLED, SessionRuns, batch_done_html, batch_note, done_note,
+                       export_update, field_messages, friendly_errors, last_seed, message_html, model_dropdown,
+                       page_error, progress_html, seed_buttons, stream_updates, whole)
 
 DEFAULT_PROMPT = "a handwritten digit seven"  # a prompt the built-in model knows, there as a value to edit
 # The engine's field names (as its messages say them) -> the position of their input below.
@@ -53,7 +54,7 @@ def build(
     size = default_size(default_model) or (512, 512)
     defaults = Txt2ImgRequest(prompt="")
     # Number boxes keep what was typed (no precision=0, which rounds 8.5 to 8): the engine refuses what is not whole.
-    with gr.Row():
+    with gr.Row(elem_classes="wb-run-layout"):
         with gr.Column(scale=2):
             with gr.Row():
                 model = model_dropdown(list_models(), default_model)
@@ -66,8 +67,13 @@ def build(
             else:
                 pick = gr.State("")
             negative_prompt = gr.Textbox(value="", label="Negative prompt", lines=1, elem_id="t2i-negative")
+            with gr.Row(elem_classes="wb-run-buttons"):
+                generate = gr.Button("Generate", variant="primary", elem_id="t2i-generate",
+                                     elem_classes="wb-generate")
+                stop = gr.Button("Stop", variant="stop", elem_id="t2i-stop")
             with gr.Row():
-                steps = gr.Slider(1, MAX_STEPS, value=defaults.num_inference_steps, step=1, label="Steps",
+                # From 0: a 0 typed reaches the engine, which refuses it beside the field (from 1, the page ran 1)
+                steps = gr.Slider(0, MAX_STEPS, value=defaults.num_inference_steps, step=1, label="Steps",
                                   elem_id="t2i-steps")
                 guidance_scale = gr.Slider(1, MAX_GUIDANCE, value=defaults.guidance_scale, step=0.5,
                                            label="Guidance scale (1 = no guidance)", elem_id="t2i-guidance")
@@ -101,13 +107,9 @@ def build(
                                        label="LoRA scale (0 = the model alone)", elem_id="t2i-lora-scale")
             compile_unet = gr.Checkbox(value=defaults.compile, label="Compile for speed", elem_id="t2i-compile",
                                        info=COMPILE_INFO)
-            with gr.Row():
-                generate = gr.Button("Generate", variant="primary", elem_id="t2i-generate",
-                                     elem_classes="wb-generate")
-                stop = gr.Button("Stop", variant="stop", elem_id="t2i-stop")
-        with gr.Column(scale=3):
-            progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="t2i-progress")
-            with gr.Row():
+        with gr.Column(scale=3, elem_classes="wb-previews"):
+            progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="t2i-progress", elem_classes="wb-live")
+            with gr.Row(elem_classes="wb-live"):
                 image = gr.Image(label="Predicted clean image x0 → final image", format="png", type="pil",
                                  interactive=False, height=360, elem_id="t2i-image", elem_classes="wb-pixels")
                 xt = gr.Image(label="Noisy latent after this step (the next step's input)", format="png",
@@ -154,7 +156,8 @@ def build(
             run.pop("scrub", None)  # and the last run's history is let go
             run["note"] = " · ".join(filter(None, [batch_note(event.info), _run_note(event, run.get("warning", ""))]))
             how = event.info.get("preview", "").split(":")[0]
-            return (gr.update(label=_view_label(left, how)), gr.update(label=_view_label(right, how)),
+            guided = event.info.get("guidance_scale", 0) > 1
+            return (gr.update(label=_view_label(left, how, guided)), gr.update(label=_view_label(right, how, guided)),
                     progress_html(0, event.total, note=" · ".join(filter(None, [f"seed {event.info['seed']}",
                                                                                  run["note"],
                                                                                  event.info.get("compiling")]))),
@@ -187,8 +190,7 @@ def build(
             run["shown"] = {**event.info, "files": [shown(p) for p in event.paths],
                             "grid": shown(event.grid) if event.grid else None}
             return (event.grid or event.image, gr.skip(),
-                    progress_html(1, 1, note=f"done · {len(event.seeds)} runs, seeds {event.seeds[0]} to "
-                                             f"{event.seeds[-1]}"),
+                    batch_done_html(event.seeds),
                     run["shown"], gr.skip(), gr.update(visible=False), None)
         return None
 
@@ -370,6 +372,7 @@ def build(
             "lora": lora, "lora_scale": lora_scale, "batch_count": batch_count, FILLED: filled}
 
 
+NO_GUIDANCE = "none at guidance 1 (no unconditional pass: ε_text is used alone)"
 STOP_WAIT = 1.0  # seconds Stop waits for the run to end before it answers "stopping"
 
 CHARTS = {  # chart title -> its series: inside a step, each step's numbers (engine.sampling.views.MEASURES)
@@ -381,8 +384,9 @@ CHART_COLORS = ("#4c78a8", "#f58518")  # tableau10's first two
 
 def _chart(title: str, names, measures: list[dict]) -> str:
     """The chart of series ``names`` over each step's measures (NaN values, no guidance, left out)."""
+    unguided = "guidance rms" in names and measures and all(math.isnan(m["guidance rms"]) for m in measures)
     return line_chart_html(title, {name: [(m["step"], m[name]) for m in measures] for name in names},
-                           dict(zip(names, CHART_COLORS)))
+                           dict(zip(names, CHART_COLORS)), empty=NO_GUIDANCE if unguided else "no steps yet")
 
 
 def _with_charts(update: tuple | None, event, run: dict) -> tuple | None:
@@ -406,8 +410,11 @@ def _with_charts(update: tuple | None, event, run: dict) -> tuple | None:
     return update + tuple(_chart(title, names, run["measures"]) for title, names in CHARTS.items())
 
 
-def _view_label(name: str, how: str = "") -> str:
-    """An image's label for view ``name``; x0 says how it is drawn, and that the final image ends it."""
+def _view_label(name: str, how: str = "", guided: bool = True) -> str:
+    """An image's label for view ``name``; x0 says how it is drawn, and that the final image ends it; the guidance
+    view of a run without guidance says why it stays empty."""
+    if name == "guidance" and not guided:
+        return f"{VIEWS[name][0].upper()}{VIEWS[name][1:]}: {NO_GUIDANCE}"
     if name == "x0":
         return f"Predicted clean image x0{f' ({how})' if how else ''} → final image"
     return VIEWS[name][0].upper() + VIEWS[name][1:]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import html
 from typing import Callable
 
 import gradio as gr
 
-from engine.errors import WorkbenchError
+from engine.errors import Cancelled, WorkbenchError
 from engine.events import BatchDone, Done, Started, Step
 from engine.sampling.unconditional import DEFAULT_STEPS, MAX_BATCH, RunEstimate, UnconditionalRequest
-from ui.common import (COMPILE_INFO, DEVICE_QUEUE, FILLED, batch_note, done_note, export_update, friendly_errors,
-                       last_seed, model_dropdown, progress_html, seed_buttons, stream_updates, whole)
+from ui.common import (COMPILE_INFO, DEVICE_QUEUE, FILLED, SessionRuns, batch_done_html, batch_note, done_note,
+                       export_update, fill_on_open, friendly_errors, last_seed, message_html, model_dropdown,
+                       page_error, progress_html, seed_buttons, stream_updates, whole)
 
 
 def build(
@@ -24,15 +26,19 @@ def build(
     schedulers: list[str],
     shown: Callable[[str], str],  # a path or a code snippet as people read it: the app's folders relative
     export_run: Callable[[str], dict] | None = None,  # a saved image -> its run's replay bundle
+    tab: gr.Tab | None = None,  # the tab itself: opening it refreshes the model list
 ) -> dict:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events; returns its settings' widgets by
     request field name (the Training tab keeps the model box's list up to date; History and PNG Info fill them)."""
     defaults = UnconditionalRequest()
-    with gr.Row():
+    with gr.Row(elem_classes="wb-run-layout"):
         with gr.Column(scale=2):
             with gr.Row(elem_id="ddpm-model-row"):
                 model = model_dropdown(list_models(), default_model)
                 refresh = gr.Button("↻ Refresh", scale=1, min_width=60, elem_id="ddpm-refresh")
+            with gr.Row(elem_classes="wb-run-buttons"):
+                generate = gr.Button("Generate", variant="primary", elem_id="ddpm-generate", elem_classes="wb-generate")
+                stop = gr.Button("Stop", variant="stop", elem_id="ddpm-stop")
             with gr.Row():
                 scheduler = gr.Dropdown(schedulers, value=defaults.scheduler, label="Scheduler",
                                         info=f"{defaults.scheduler} is fast; DDPM samples as the model was trained",
@@ -53,14 +59,11 @@ def build(
                                         elem_id="ddpm-batch-count")
             compile_unet = gr.Checkbox(value=defaults.compile, label="Compile for speed", elem_id="ddpm-compile",
                                        info=COMPILE_INFO)
-            with gr.Row():
-                generate = gr.Button("Generate", variant="primary", elem_id="ddpm-generate", elem_classes="wb-generate")
-                stop = gr.Button("Stop", variant="stop", elem_id="ddpm-stop")
             timesteps = gr.Textbox(label="Timesteps the loop visits (scheduler.timesteps)", lines=3, max_lines=6,
                                    interactive=False, elem_id="ddpm-timesteps")
-        with gr.Column(scale=3):
-            progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="ddpm-progress")
-            with gr.Row():
+        with gr.Column(scale=3, elem_classes="wb-previews"):
+            progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="ddpm-progress", elem_classes="wb-live")
+            with gr.Row(elem_classes="wb-live"):
                 image = gr.Image(label="Predicted x0 → final image", format="png", type="pil", interactive=False,
                                  height=360, elem_id="ddpm-image", elem_classes="wb-pixels")
                 xt = gr.Image(label="Noisy image after this step", format="png", interactive=False, height=360,
@@ -70,29 +73,37 @@ def build(
             info = gr.JSON(label="Parameters used", elem_id="ddpm-info")
             export = gr.DownloadButton("Export run (replay file)", visible=False, size="sm", elem_id="ddpm-export")
             code = gr.Code(label="The same loop in plain diffusers", language="python", elem_id="ddpm-code")
-    history = gr.State(None)  # (the steps kept with previews, the final image) of the last run
+    history = gr.State(None)  # (the steps kept with previews, the final image or None) of the last run
+    exports = [export] if export_run is not None else []  # the page run's last output: the Export button
+    hide_export = (gr.update(visible=False, value=None),) * len(exports)
+    runs = SessionRuns()
 
-    def render(event) -> tuple | None:
-        """The eight outputs for one event (image, x_t, progress, timesteps, info, code, scrubber, history)."""
+    def render(event, run: dict | None = None) -> tuple | None:
+        """The eight outputs for one event (image, x_t, progress, timesteps, info, code, scrubber, history);
+        ``run`` (the page's) keeps what Stop will show."""
+        run = run if run is not None else {}
         if isinstance(event, Started):
+            run.update(started=event, steps=[], final=None)  # a batch's next run starts afresh
             note = " · ".join(filter(None, [f"seed {event.info['seed']}", batch_note(event.info),
                                             event.info.get("compiling")]))
             return (gr.skip(), gr.skip(), progress_html(0, event.total, note=note),
                     _timesteps_text(event.timesteps), event.info, gr.skip(), gr.update(visible=False), None)
         if isinstance(event, Step):
+            if event.preview_xt is not None:
+                run.setdefault("steps", []).append(event)
             return (event.preview_x0.array(), event.preview_xt.array(),
                     progress_html(event.step, event.total, event.timestep, event.elapsed, event.eta),
                     gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
         if isinstance(event, BatchDone):  # the grid of every run's images, their files listed
+            run["shown"] = {**event.info, "files": [shown(p) for p in event.paths],
+                            "grid": shown(event.grid) if event.grid else None}
             return (event.grid or event.image, gr.skip(),
-                    progress_html(1, 1, note=f"done · {len(event.seeds)} runs, seeds {event.seeds[0]} to "
-                                             f"{event.seeds[-1]}"),
-                    gr.skip(), {**event.info, "files": [shown(p) for p in event.paths],
-                                "grid": shown(event.grid) if event.grid else None}, gr.skip(),
-                    gr.update(visible=False), None)
+                    batch_done_html(event.seeds),
+                    gr.skip(), run["shown"], gr.skip(), gr.update(visible=False), None)
         if isinstance(event, Done):
             final = event.grid or (event.paths[0] if event.paths else final_image(event))  # the saved PNG as is
             info_out = dict(event.info)
+            run["shown"] = info_out
             info_out["files"] = [shown(path) for path in event.paths]  # the images themselves are sent as they are
             info_out["grid"] = shown(event.grid) if event.grid else None
             n = len(event.steps)
@@ -111,13 +122,67 @@ def build(
                                                                              batch_count=whole(batch_count)), render):
             yield update
 
+    async def ddpm_page(model, scheduler, steps, seed, batch_size, batch_count, compile, session: gr.Request):
+        """The page: no Gradio overlay (the progress line says it all), an error said in that line and a toast,
+        Stop's line says where the run stopped and its frames so far stay; the Export button comes with the
+        run's last update."""
+        run = runs.begin(session.session_hash)
+        one_run = whole(batch_count) == 1
+        try:
+            request = UnconditionalRequest(model=model or "", scheduler=scheduler,
+                                           num_inference_steps=whole(steps), seed=whole(seed),
+                                           batch_size=whole(batch_size), compile=compile)
+
+            def page_update(event):  # in stream_updates' thread
+                update = render(event, run)
+                if isinstance(event, Done):
+                    run["final"] = update[0]
+                last = isinstance(event, BatchDone) or (isinstance(event, Done) and one_run)
+                if update is None:
+                    return None
+                return update + ((export_update(export_run, run.get("shown")) if last else gr.skip(),)
+                                 if exports else ())
+
+            async for update in stream_updates(
+                    lambda cancel: iter_unconditional(request, cancel=cancel, batch_count=whole(batch_count)),
+                    page_update, cancel=run["cancel"]):
+                yield update
+        except Cancelled:  # the page's Stop
+            if run.get("final") is None:
+                yield stopped(run) + hide_export
+        except Exception as exc:
+            message = page_error(exc)
+            gr.Warning(html.escape(message))
+            yield (gr.skip(), gr.skip(), message_html(message), *(gr.skip(),) * 5, *(gr.skip(),) * len(exports))
+        finally:
+            runs.end(run)
+
+    def stopped(run: dict) -> tuple:
+        """After Stop: where the run stopped; its frames so far (scrubbable), parameters and timesteps stay."""
+        started, frames = run.get("started"), tuple(run.get("steps", ()))
+        if started is None:
+            return (gr.skip(), gr.skip(), message_html("Stopped before the first step", "stopped"),
+                    *(gr.skip(),) * 5)
+        at = frames[-1].step if frames else 0
+        batch = f" ({batch_note(started.info)})" if batch_note(started.info) else ""
+        return (gr.skip(), gr.skip(), message_html(f"Stopped at step {at} of {started.total}{batch}", "stopped"),
+                gr.skip(), {**started.info, "stopped_at_step": at}, gr.skip(),
+                _scrubber(frames, started.total, stopped=True), (frames, None))
+
+    def stop_page_run(session: gr.Request):
+        """Stop's own answer, the same line as the run's last update once it has stopped (either may come last)."""
+        run = runs.stop(session.session_hash, wait=STOP_WAIT)
+        if run is None or run.get("final") is not None:
+            return gr.skip()
+        return stopped(run)[2] if run.get("ended") else message_html("Stopping at the end of this step", "stopped")
+
     def show_step(value, last_run):
-        """A kept step's x0 and x_t; the last position shows the final image."""
+        """A kept step's x0 and x_t; the last position shows the final image (a stopped run has none)."""
         if not last_run or not last_run[0]:
             return gr.skip(), gr.skip(), gr.skip()
         frames, final = last_run
         s = min(frames, key=lambda f: abs(f.step - value))
-        last = s is frames[-1]
+        last = s is frames[-1] and final is not None
         return (final if last else s.preview_x0.array(), s.preview_xt.array(),
                 progress_html(s.step, s.total, s.timestep, s.elapsed, note="final image" if last else "scrubbed"))
 
@@ -152,20 +217,24 @@ def build(
         found = default_steps(model_name, "DDPM")
         return "DDPM", gr.update(value=found) if found else gr.skip()
 
-    event = generate.click(
-        ddpm, inputs=[model, scheduler, steps, seed, batch_size, batch_count, compile_unet],
-        outputs=[image, xt, progress, timesteps, info, code, scrub, history],
-        api_name="ddpm", concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
-        preprocess=False,  # values as sent: the engine's checks name the field and what it takes
-    )
-    stop.click(None, None, None, cancels=[event], api_visibility="private")  # the whole batch: one token
-    if export_run is not None:  # a finished run's replay file, ready to download
-        event.then(lambda shown: export_update(export_run, shown), info, export, api_visibility="private")
+    run_inputs = [model, scheduler, steps, seed, batch_size, batch_count, compile_unet]
+    run_outputs = [image, xt, progress, timesteps, info, code, scrub, history]
+    api_trigger = gr.Button(visible=False)  # the public /ddpm endpoint; the page's Generate runs ddpm_page
+    api_trigger.click(ddpm, inputs=run_inputs, outputs=run_outputs, api_name="ddpm", concurrency_id=DEVICE_QUEUE,
+                      concurrency_limit=1,
+                      preprocess=False)  # values as sent: the engine's checks name the field and what it takes
+    # As Text to image's: no Gradio progress overlay (its error badges covered the images, and the frames so far
+    # went with them), the Export button in the run's last update, and Stop through the run's own token, so the
+    # line can say where it stopped (a cancelled event cannot).
+    event = generate.click(ddpm_page, inputs=run_inputs, outputs=run_outputs + exports, api_visibility="private",
+                           concurrency_id=DEVICE_QUEUE, concurrency_limit=1, show_progress="hidden")
+    stop.click(stop_page_run, None, progress, queue=False, api_visibility="private")  # the whole batch: one token
     reuse_seed.click(last_seed, info, seed, api_visibility="private")
     random_seed.click(lambda: -1, None, seed, api_visibility="private")
     scrub.input(show_step, [scrub, history], [image, xt, progress], trigger_mode="always_last",
                 show_progress="hidden", api_visibility="private")
     refresh.click(lambda: gr.update(choices=list_models()), None, model, api_visibility="private")
+    fill_on_open(tab, lambda: gr.update(choices=list_models()), [model])
     # One listener on each dropdown's change: a second one (the estimate's) made Gradio send the change twice,
     # and the late one reset steps typed meanwhile. The estimate follows the steps, and the choice's update.
     estimate_inputs = [model, scheduler, steps, batch_size]
@@ -184,14 +253,21 @@ def build(
             "batch_size": batch_size, "batch_count": batch_count, FILLED: filled}
 
 
+STOP_WAIT = 1.0  # seconds Stop waits for the run to end before it answers "stopping"
+
+
 def _as_trained_label(train_steps: int | None) -> str:
     return f"DDPM as trained ({train_steps} steps)" if train_steps else "DDPM as trained"
 
 
-def _scrubber(frames: tuple[Step, ...], total: int):
-    """The slider over the kept steps: their step numbers, every k-th, ending at the last."""
+def _scrubber(frames: tuple[Step, ...], total: int, stopped: bool = False):
+    """The slider over the kept steps: their step numbers, every k-th, ending at the last; ``stopped``: the frames
+    a stopped run streamed, at whatever steps they came."""
     if len(frames) < 2:
         return gr.update(visible=False)
+    if stopped:
+        return gr.update(visible=True, minimum=frames[0].step, maximum=frames[-1].step, step=1,
+                         value=frames[-1].step, label=f"Scrub through the steps ({len(frames)} shown before Stop)")
     every = frames[1].step - frames[0].step
     kept = "every step" if every == 1 else f"{len(frames)} of {total} kept, one in {every}"
     return gr.update(visible=True, minimum=frames[0].step, maximum=frames[-1].step, step=every,

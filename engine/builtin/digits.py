@@ -10,20 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-# Caption templates; {w} is the digit's word, {d} its numeral.
-TEMPLATES = (
-    "a handwritten digit {w}", "the number {d}", "{d}", "{w}", "a handwritten {d}", "digit {d}",
-    "the digit {w}", "a {w}", "number {w}", "an image of the digit {w}", "a picture of a {w}",
-    "handwritten number {d}", "a drawing of the number {w}",
-)
+from engine.training.data import CAPTION_TEMPLATES as TEMPLATES, DIGIT_NAMES as NAMES, digit_caption as caption
+
 WORDS = NAMES + ("a", "an", "the", "handwritten", "digit", "number", "image", "of", "picture", "drawing",
                  "written", "hand", "by")
 CHARS = string.ascii_lowercase + string.digits + ".,!?'-"
-
-
-def caption(label: int, template_index: int) -> str:
-    return TEMPLATES[template_index % len(TEMPLATES)].format(w=NAMES[label], d=label)
 
 
 def prompt_for(label: int) -> str:

@@ -20,63 +20,32 @@ from pathlib import Path
 import numpy as np
 
 from engine.builtin.digits import NAMES, classifier
+from engine.training.data import (DIGITS_FRAMED as DATA_NAME, FRAME_RING as RING, FRAMED_SIDE as SIDE,
+                                  FRAMED_WORD as NEW_WORD, digit_image, draw_frame, framed_caption, framed_digits,
+                                  plain_caption)
 
 log = logging.getLogger(__name__)
 
-SIDE = 32  # digits-sd's resolution
-RING = 2  # the frame's width in pixels
 # Mean brightness (0-255) of the outer ring above which an image counts as framed. digits-sd's small VAE blurs a
 # white 2-px frame and greys a black background: its reconstructions of 400 framed digits have rings of 62-97, of
 # the same digits unframed 17-68.
 FRAMED_THRESHOLD = 85
-DATA_NAME = "digits-framed"
-NEW_WORD = "framed"
 DIGIT = 7  # the digit the figures ask for
 SEEDS = 50
 
 
-def framed_caption(label: int) -> str:
-    return f"a {NEW_WORD} handwritten digit {NAMES[label]}"
-
-
-def plain_caption(label: int) -> str:
-    return f"a handwritten digit {NAMES[label]}"
-
-
-def digit_image(pixels: np.ndarray) -> np.ndarray:
-    """An 8x8 digit (0-16) as digits-sd saw it in training: (32, 32) uint8, resized as torchvision resizes."""
-    import torch
-    from torchvision.transforms import functional as TF
-    from PIL import Image
-
-    small = Image.fromarray(np.round(pixels * (255 / 16)).astype(np.uint8), mode="L")
-    tensor = TF.to_tensor(TF.resize(small, [SIDE, SIDE]))  # (1, 32, 32) in [0, 1]
-    return (tensor[0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def draw_frame(image: np.ndarray) -> np.ndarray:
-    """The image with a white frame :data:`RING` pixels wide round its edge."""
-    out = image.copy()
-    out[:RING] = out[-RING:] = 255
-    out[:, :RING] = out[:, -RING:] = 255
-    return out
-
-
 def make_framed_digits(folder: str | Path) -> int:
-    """Write the data set to ``folder``: PNGs plus ``metadata.jsonl`` (datasets' imagefolder captions)."""
+    """Write the data set (the built-in ``digits-framed``) to ``folder``: PNGs plus ``metadata.jsonl`` (datasets'
+    imagefolder captions)."""
     from PIL import Image
-    from sklearn.datasets import load_digits
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    digits = load_digits()
     rows = []
-    for i, (pixels, label) in enumerate(zip(digits.images, digits.target)):
-        image = digit_image(pixels)
-        framed = i % 2 == 0
+    for i, (image, text) in enumerate(framed_digits()):
         name = f"{i:04d}.png"
-        Image.fromarray(draw_frame(image) if framed else image, mode="L").save(folder / name)
-        rows.append({"file_name": name, "text": framed_caption(int(label)) if framed else plain_caption(int(label))})
+        Image.fromarray(image, mode="L").save(folder / name)
+        rows.append({"file_name": name, "text": text})
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return len(rows)
 

@@ -1,7 +1,9 @@
 """Training data: where images come from, how they are checked, preprocessed and ordered.
 
 A data source is one string, in the order tried:
-1. ``digits``: scikit-learn's 1,797 handwritten 8x8 digits, shipped in its wheel (works offline);
+1. ``digits``: scikit-learn's 1,797 handwritten 8x8 digits, shipped in its wheel (works offline); and the same
+   digits with captions, for a LoRA run: ``digits-captioned`` (captioned from their labels, as digits-sd was
+   trained) and ``digits-framed`` (the LoRA proof's: every other digit framed and captioned "a framed ...");
 2. a folder under ``data_dir`` (read with ``datasets``' imagefolder);
 3. a hub dataset id (``owner/name``), where the hub is reachable.
 
@@ -38,6 +40,19 @@ from engine.validation import HUB_ID, given
 log = logging.getLogger(__name__)
 
 DIGITS = "digits"
+DIGITS_CAPTIONED = "digits-captioned"  # the digits captioned from their labels, as digits-sd was trained
+DIGITS_FRAMED = "digits-framed"  # the LoRA proof's data: every other digit framed, "a framed handwritten digit k"
+CAPTIONED_BUILTINS = (DIGITS_CAPTIONED, DIGITS_FRAMED)
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# digits-sd's caption templates; {w} is the digit's word, {d} its numeral.
+CAPTION_TEMPLATES = (
+    "a handwritten digit {w}", "the number {d}", "{d}", "{w}", "a handwritten {d}", "digit {d}",
+    "the digit {w}", "a {w}", "number {w}", "an image of the digit {w}", "a picture of a {w}",
+    "handwritten number {d}", "a drawing of the number {w}",
+)
+FRAMED_WORD = "framed"  # the word the LoRA proof teaches digits-sd
+FRAMED_SIDE = 32  # the framed digits' size: digits-sd's resolution
+FRAME_RING = 2  # the frame's width in pixels
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 METADATA_FILE = "metadata.jsonl"  # datasets' imagefolder metadata: file_name and text columns
 CAPTION_SUFFIXES = (".txt", ".jsonl")  # what an upload keeps besides images: captions
@@ -104,12 +119,13 @@ class ImageData:
 
 # -- finding and loading ------------------------------------------------------------------
 def list_sources(data_dir: str | Path) -> list[str]:
-    """The built-in digits, then every folder directly under ``data_dir`` that holds images."""
-    names = [DIGITS]
+    """The built-in digits (plain, then captioned), then every folder directly under ``data_dir`` that holds
+    images (a folder named as a built-in is shadowed by it)."""
+    names = [DIGITS, *CAPTIONED_BUILTINS]
     root = Path(data_dir)
     if root.is_dir():
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if any(_image_files(folder)):
+            if folder.name not in names and any(_image_files(folder)):
                 names.append(folder.name)
     return names
 
@@ -125,6 +141,8 @@ def load_image_data(source: str, data_dir: str | Path) -> ImageData:
         raise DataError(f"no data given; use {DIGITS!r}, a folder under the data dir, or a hub id 'owner/name'")
     if source == DIGITS:
         return _load_digits()
+    if source in CAPTIONED_BUILTINS:
+        return _load_captioned_digits(source)
     root = Path(data_dir).resolve()
     candidate = (root / source).resolve()
     if Path(source).is_absolute() or ".." in Path(source).parts or root not in (candidate, *candidate.parents):
@@ -135,7 +153,7 @@ def load_image_data(source: str, data_dir: str | Path) -> ImageData:
         return _load_hub(source)
     raise DataError(
         f"unknown data {source!r}: not {DIGITS!r}, not a folder under the data dir (--data-dir) "
-        f"(found: {', '.join(list_sources(root)[1:]) or 'none'}), and not a hub id like 'owner/name'"
+        f"(found: {', '.join(list_sources(root)[1 + len(CAPTIONED_BUILTINS):]) or 'none'}), and not a hub id like 'owner/name'"
     )
 
 
@@ -151,6 +169,69 @@ def _load_digits() -> ImageData:
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
     dataset = datasets.Dataset.from_dict({"image": images, "label": digits.target.tolist()}, features=features)
     return ImageData(dataset, DataReport(DIGITS, "builtin", len(images), channels=1))
+
+
+def digit_caption(label: int, template_index: int) -> str:
+    """Caption ``template_index`` (of :data:`CAPTION_TEMPLATES`, cyclically) of a digit ``label``."""
+    return CAPTION_TEMPLATES[template_index % len(CAPTION_TEMPLATES)].format(w=DIGIT_NAMES[label], d=label)
+
+
+def plain_caption(label: int) -> str:
+    return f"a handwritten digit {DIGIT_NAMES[label]}"
+
+
+def framed_caption(label: int) -> str:
+    return f"a {FRAMED_WORD} handwritten digit {DIGIT_NAMES[label]}"
+
+
+def digit_image(pixels) -> "np.ndarray":
+    """An 8x8 digit (0-16) as digits-sd saw it in training: (32, 32) uint8, resized as torchvision resizes."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    small = Image.fromarray(np.round(pixels * (255 / 16)).astype(np.uint8), mode="L")
+    tensor = TF.to_tensor(TF.resize(small, [FRAMED_SIDE, FRAMED_SIDE]))  # (1, 32, 32) in [0, 1]
+    return (tensor[0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def draw_frame(image):
+    """The image with a white frame :data:`FRAME_RING` pixels wide round its edge."""
+    out = image.copy()
+    out[:FRAME_RING] = out[-FRAME_RING:] = 255
+    out[:, :FRAME_RING] = out[:, -FRAME_RING:] = 255
+    return out
+
+
+def framed_digits() -> list[tuple["np.ndarray", str]]:
+    """The LoRA proof's data set: each digit at 32 px, every other one (the even indices) framed and captioned
+    "a framed handwritten digit <k>", the rest "a handwritten digit <k>"; (image (32, 32) uint8, caption) pairs."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rows = []
+    for i, (pixels, label) in enumerate(zip(digits.images, digits.target)):
+        image, framed = digit_image(pixels), i % 2 == 0
+        rows.append((draw_frame(image) if framed else image,
+                     framed_caption(int(label)) if framed else plain_caption(int(label))))
+    return rows
+
+
+def _load_captioned_digits(source: str) -> ImageData:
+    """A captioned built-in: the digits with a ``text`` column (see :data:`CAPTIONED_BUILTINS`)."""
+    import datasets
+    from PIL import Image
+
+    if source == DIGITS_FRAMED:
+        rows = framed_digits()
+        images, texts = [Image.fromarray(image, mode="L") for image, _ in rows], [text for _, text in rows]
+    else:
+        plain = _load_digits().dataset
+        images = plain["image"]
+        texts = [digit_caption(label, i) for i, label in enumerate(plain["label"])]
+    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+    dataset = datasets.Dataset.from_dict({"image": images, "text": texts}, features=features)
+    return ImageData(dataset, DataReport(source, "builtin", len(images), channels=1, captioned=True))
 
 
 def _image_files(folder: Path) -> Iterator[Path]:
@@ -234,9 +315,9 @@ def load_captioned_data(source: str, data_dir: str | Path) -> ImageData:
     """Images with a caption each (a ``text`` column), for text-to-image training; raises :class:`DataError`
     naming the images whose caption is missing or empty, and for data without captions at all."""
     source = (source or "").strip()
-    if source == DIGITS:
-        raise DataError(f"{DIGITS!r} has class labels, not captions; a LoRA run needs captioned images: a folder "
-                        f"with {METADATA_FILE} (a 'text' column) or a .txt beside each image")
+    check_captioned(source)
+    if source in CAPTIONED_BUILTINS:
+        return _load_captioned_digits(source)
     root = Path(data_dir).resolve()
     candidate = (root / source).resolve()
     if source and candidate.is_dir() and root in candidate.parents:
@@ -246,6 +327,15 @@ def load_captioned_data(source: str, data_dir: str | Path) -> ImageData:
         raise DataError(f"dataset {source!r} has no 'text' column of captions; columns: "
                         f"{', '.join(data.dataset.column_names)}")
     return data
+
+
+def check_captioned(source: str) -> None:
+    """The quick check, before any image is read: the built-in ``digits`` have no captions (their captioned
+    versions do); raises :class:`DataError` naming what to use instead."""
+    if (source or "").strip() == DIGITS:
+        raise DataError(f"{DIGITS!r} has class labels, not captions; a LoRA run needs captioned images: "
+                        f"{DIGITS_CAPTIONED!r} or {DIGITS_FRAMED!r} (built in), a folder with {METADATA_FILE} "
+                        "(a 'text' column) or a .txt beside each image")
 
 
 def _load_captioned_folder(source: str, folder: Path) -> ImageData:

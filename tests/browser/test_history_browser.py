@@ -118,6 +118,7 @@ def test_replay_a_past_image_is_identical(page):
     wait_text(page, "history-status", "From Text to image")
     page.locator("#history-replay").click()
     wait_text(page, "replay-progress", "Identical: the replay's image hashes as the run's did")
+    wait_text(page, "replay-progress", ", a new image in History")  # issue 22 (9): it says what it added
     # The replay is saved like any run: two images now; the picked one goes to the trash, the replay stays.
     fill_and_enter(page.locator("#history-search textarea, #history-search input").first, "four replayed")
     page.wait_for_function("() => document.querySelectorAll('#history-gallery img').length === 2")
@@ -127,6 +128,10 @@ def test_replay_a_past_image_is_identical(page):
     wait_text(page, "history-status", "to .trash/txt2img/")
     wait_text(page, "history-counts", "1 of ")
     assert page.locator("#history-gallery img").count() == 1
+    # Issue 22 (9): the highlighted thumbnail is the picked image, its details beside it (not an empty panel).
+    assert page.locator("#history-gallery .thumbnail-item.selected").count() == 1
+    page.wait_for_function("() => document.querySelector('#history-info').innerText.includes('four replayed')")
+    assert "to .trash/txt2img/" in page.locator("#history-status").inner_text()
 
 
 def test_drop_an_a1111_png_and_send_it_to_text_to_image(page, tmp_path):

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tests.helpers import console_errors
+from tests.helpers import console_errors, in_viewport, open_tab, pick
 
 pytestmark = pytest.mark.browser
 
@@ -27,6 +27,16 @@ def test_dark_mode_is_a_click_away(page):
     page.wait_for_function("() => document.body.classList.contains('dark')")
     page.locator("#dark-mode").click()
     page.wait_for_function("() => !document.body.classList.contains('dark')")
+    # Issue 22 (8): a reload keeps the mode picked.
+    page.locator("#dark-mode").click()
+    page.wait_for_function("() => document.body.classList.contains('dark')")
+    page.reload()
+    page.wait_for_selector("#t2i-generate")
+    page.wait_for_function("() => document.body.classList.contains('dark')")
+    page.locator("#dark-mode").click()
+    page.reload()
+    page.wait_for_selector("#t2i-generate")
+    assert not page.evaluate("() => document.body.classList.contains('dark')")
 
 
 def test_a_run_behind_another_tabs_run_says_what_it_waits_for(page, running_app):
@@ -45,3 +55,65 @@ def test_a_run_behind_another_tabs_run_says_what_it_waits_for(page, running_app)
         job.cancel()
         client.close()
     page.wait_for_function("() => document.querySelector('#t2i-progress').innerText.includes('done')")
+
+
+# Each tab that runs something: its run button and what the run shows (progress line, first previews).
+RUN_AND_PREVIEWS = {
+    "Text to image": ("#t2i-generate", "#t2i-stop", "#t2i-progress", "#t2i-image", "#t2i-xt"),
+    "Unconditional": ("#ddpm-generate", "#ddpm-stop", "#ddpm-progress", "#ddpm-image", "#ddpm-xt"),
+    "Noise": ("#i2i-run", "#i2i-stop", "#i2i-progress", "#i2i-image"),  # img2img, its section scrolled to
+    "Compare": ("#cmp-run", "#cmp-stop", "#cmp-progress", "#cmp-image-0"),
+    "Training": ("#train-start", "#train-stop", "#train-progress"),
+}
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1400, "height": 1000}, {"width": 420, "height": 900}],
+                         ids=["1400x1000", "420x900"])
+def test_run_buttons_and_previews_are_on_screen_together(browser, running_app, viewport):
+    """Issue 22 (2): in every tab that runs something, Generate (or its like), Stop and the previews are all on
+    screen at once, wide and narrow: pressing Generate leaves the run in view."""
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(running_app[0])
+        page.wait_for_selector("#t2i-generate")
+        for tab, selectors in RUN_AND_PREVIEWS.items():
+            open_tab(page, tab)
+            page.locator(selectors[0]).wait_for(state="visible")
+            if tab == "Noise":
+                page.evaluate("() => document.querySelector('#i2i-section').scrollIntoView()")
+            else:
+                page.evaluate("() => window.scrollTo(0, 0)")
+            off = [s for s in selectors if not in_viewport(page, s)]
+            assert not off, f"{tab} at {viewport['width']} px: {off} off screen"
+    finally:
+        context.close()
+
+
+def test_lists_are_filled_when_the_page_loads_and_a_tab_opens(page, running_app):
+    """Issue 22 (4): a model (a training checkpoint) and a data folder made after the server built the page are in
+    Unconditional's model list, the Noise tab's, and Training's Data and "Start from", with no Refresh pressed."""
+    import shutil
+
+    from PIL import Image
+
+    from engine.testing.tiny import tiny_ddpm_pipeline
+
+    model, data = running_app[2] / "models" / "fresh-ddpm", running_app[2] / "data" / "fresh-data"
+    tiny_ddpm_pipeline(0, sample_size=8, num_train_timesteps=100).save_pretrained(model)
+    data.mkdir()
+    Image.new("RGB", (8, 8), "white").save(data / "a.png")
+    try:
+        page.reload()
+        page.wait_for_selector("#t2i-generate")
+        open_tab(page, "Unconditional")
+        pick(page, "ddpm-model-row", "fresh-ddpm")
+        open_tab(page, "Noise")
+        pick(page, "noise-model", "fresh-ddpm")
+        open_tab(page, "Training")
+        pick(page, "train-data", "fresh-data")
+        pick(page, "train-start-from", "fresh-ddpm")
+    finally:
+        shutil.rmtree(model)
+        shutil.rmtree(data)

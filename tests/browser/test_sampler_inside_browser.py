@@ -57,7 +57,14 @@ def captions(page, n):
     return [page.locator(f"#cmp-caption-{i}").inner_text() for i in range(n)]
 
 
-def test_compare_grid_fills_in_then_every_column_scrubs_together(page):
+def absolute_folders(running_app) -> set[str]:
+    """The server's absolute folders that nothing a person reads may name (issue 22, 6)."""
+    from engine.models.registry import BUILTIN_DIR
+
+    return {str(running_app[2]), str(running_app[2].resolve()), str(BUILTIN_DIR.resolve())}
+
+
+def test_compare_grid_fills_in_then_every_column_scrubs_together(page, running_app):
     errors = console_errors(page)
     open_tab(page, "Compare")
     page.locator("#cmp-run").click()
@@ -72,6 +79,8 @@ def test_compare_grid_fills_in_then_every_column_scrubs_together(page):
     for text, value in zip(captions(page, 3), ("DDIM", "Euler a", "DPM++ 2M Karras")):
         assert re.fullmatch(rf"{re.escape(value)}: \d\.\d{{3}} s a step, 25 steps", text.strip()), text
     assert not np.array_equal(finals[0], finals[2])
+    info = page.locator("#cmp-info").inner_text()
+    assert '"outputs/txt2img/' in info and not [f for f in absolute_folders(running_app) if f in info], info
 
     type_into_slider(page, "cmp-scrub", 50)
     deadline = time.time() + 60
@@ -144,7 +153,7 @@ def test_views_pick_what_streams_and_scrubbing_shows_every_view(page):
     assert errors == []
 
 
-def test_img2img_denoises_from_the_strengths_t_beside_the_original(page):
+def test_img2img_denoises_from_the_strengths_t_beside_the_original(page, running_app):
     errors = console_errors(page)
     open_tab(page, "Noise")
     page.wait_for_selector("#noise-plot-3 svg g.mark-line path")
@@ -162,7 +171,10 @@ def test_img2img_denoises_from_the_strengths_t_beside_the_original(page):
     result = shown(page, "i2i-image")
     assert result.std() > 0
     assert re.search(r'"start_timestep"\s*:\s*' + str(t), page.locator("#i2i-info").inner_text())
-    assert "StableDiffusionImg2ImgPipeline" in page.locator("#i2i-code").inner_text()
+    code, info = page.locator("#i2i-code").inner_text(), page.locator("#i2i-info").inner_text()
+    assert "StableDiffusionImg2ImgPipeline" in code and "builtin_models/digits-sd" in code
+    assert '"outputs/img2img/' in info
+    assert not [f for f in absolute_folders(running_app) if f in code + info], code + info
     page.locator("#i2i-strip-run").click()
     deadline = time.time() + 120
     while time.time() < deadline and page.locator("#i2i-strip .caption-label").count() < 5:
@@ -183,3 +195,14 @@ def test_img2img_says_a_bad_strength_beside_it(page):
     page.locator("#i2i-run").click()
     wait_text(page, "i2i-strength", message, timeout=60_000)
     wait_text(page, "i2i-progress", message, timeout=60_000)
+
+
+def test_compare_hides_the_field_its_axis_sets(page):
+    """Issue 22 (9): comparing schedulers, the Scheduler field is not shown (each column's value sets it); along
+    steps, the Steps slider goes and the Scheduler field is back."""
+    open_tab(page, "Compare")
+    page.locator("#cmp-run").wait_for(state="visible")
+    assert not page.locator("#cmp-scheduler").is_visible() and page.locator("#cmp-steps").is_visible()
+    page.locator("#cmp-axis").get_by_text("steps", exact=True).click()
+    page.locator("#cmp-scheduler").wait_for(state="visible")
+    page.locator("#cmp-steps").wait_for(state="hidden")

@@ -63,6 +63,11 @@ def test_train_watch_stop_and_sample_the_checkpoint(page):
     page.wait_for_selector("#train-bucket-loss svg.marks", timeout=60_000)
     page.wait_for_function("() => /t 0-99/.test(document.querySelector('#train-bucket-loss svg.marks').textContent)")
     assert "learning rate" in page.locator("#train-lr-plot svg.marks").text_content()
+    # Issue 22 (8): no white card in dark mode: each chart's background is the page's, its text a mid grey.
+    for chart in ("train-loss", "train-bucket-loss", "train-lr-plot"):
+        assert page.evaluate(f"() => [getComputedStyle(document.querySelector('#{chart} svg .background')).fill,"
+                             f" getComputedStyle(document.querySelector('#{chart} svg text')).fill]") \
+            == ["rgba(0, 0, 0, 0)", "rgb(136, 136, 136)"], chart
     page.wait_for_selector("#train-grid img", timeout=60_000)
     assert re.search(r"Samples at step \d+", page.locator("#train-grid").inner_text())
     step_before = int(re.search(r"Step (\d+)/400", progress_text(page)).group(1))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import console_errors, fill_and_enter, save_screenshot, watch_images
+from tests.helpers import console_errors, fill_and_enter, pick, save_screenshot, wait_text, watch_images
 
 pytestmark = pytest.mark.browser
 
@@ -216,3 +216,30 @@ def test_ctrl_enter_generates_and_the_code_box_wraps(page):
                          " const s = document.querySelector('#t2i-code .cm-scroller');"
                          " return s.scrollWidth > s.clientWidth + 1 || !c; }")
     assert not wide, "the code box cuts long lines"
+
+
+def test_views_and_lines_that_looked_broken_say_why(page):
+    """Issue 22 (7, 8): guidance 1 with the heat-map view says there is no unconditional pass (the image and the
+    chart); a 0 typed for steps is refused beside the field; a batch's line has no step counter of a run; the
+    sigma chart's axis starts at 0 for its positive curves."""
+    pick(page, "t2i-view-left", "guidance Δ = ε_text − ε_uncond (heat map)")
+    guidance = page.locator("input[aria-label='number input for Guidance scale (1 = no guidance)']")
+    fill_and_enter(guidance, 1)
+    generate(page, 3, 3)
+    why = "none at guidance 1 (no unconditional pass: ε_text is used alone)"
+    assert why in page.locator("#t2i-image").inner_text()
+    assert why in page.locator("#t2i-chart-0").inner_text()
+    ticks = page.locator("#t2i-chart-1 svg text").all_text_contents()
+    assert ticks and not any(t.startswith(("-", "−")) for t in ticks), ticks
+
+    set_steps(page, 0)
+    page.locator("#t2i-generate").click()
+    message = "steps must be a whole number from 1 to 150; got 0"
+    wait_text(page, "t2i-steps", message)
+    wait_text(page, "t2i-progress", message)
+
+    set_steps(page, 2)
+    set_number(page, "Batch count (runs: seeds s, s+1, ...)", 2)
+    page.locator("#t2i-generate").click()
+    line = wait_text(page, "t2i-progress", "Batch · done · 2 runs, seeds 3 to 4")
+    assert not re.search(r"Step \d+/\d+", line), line

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from engine.sampling.unconditional import UnconditionalRequest
-from tests.helpers import fill_and_enter, image_src, save_screenshot, console_errors
+from tests.helpers import console_errors, fill_and_enter, image_src, in_viewport, pick, save_screenshot, wait_text
 
 pytestmark = pytest.mark.browser
 
@@ -167,3 +167,33 @@ def test_a_model_picked_as_the_training_tab_hands_one_over_keeps_the_fast_defaul
                                "document.querySelector('#ddpm-estimate')?.innerText)")
     finally:
         shutil.rmtree(folder)
+
+
+def test_stop_says_where_it_stopped_keeps_the_frames_and_the_run_stays_in_view(tab):
+    """Issue 22 (1, 2): Stop on a DDPM 1000-step run says "Stopped at step N of 1000" (no Error badges, the frames
+    so far scrubbable); Generate, Stop and the previews are all on screen while it streams, unscrolled."""
+    page = tab
+    pick(page, "ddpm-scheduler", "DDPM")
+    set_number(page, "ddpm-steps", 1000)
+    set_number(page, "ddpm-seed", 7)
+    page.locator("#ddpm-generate").click()
+    page.wait_for_function("() => /Step ([3-9]|\\d\\d+)\\/1000/.test("
+                           "document.querySelector('#ddpm-progress').innerText)")
+    assert page.evaluate("window.scrollY") == 0
+    for selector in ("#ddpm-generate", "#ddpm-stop", "#ddpm-image img", "#ddpm-xt img", "#ddpm-progress"):
+        assert in_viewport(page, selector), f"{selector} is off screen while the run streams"
+    page.locator("#ddpm-stop").click()
+    text = wait_text(page, "ddpm-progress", "Stopped at step", timeout=20_000)
+    step = int(re.search(r"Stopped at step (\d+) of 1000", text).group(1))
+    assert 2 < step < 1000
+    assert page.locator(".error").count() == 0, "an Error badge covers the page"
+    assert re.search(rf'"stopped_at_step"\s*:\s*{step}\b', page.locator("#ddpm-info").inner_text())
+    assert image_src(page, "ddpm-image") and image_src(page, "ddpm-xt"), "the frames so far were lost"
+    scrub = page.locator("#ddpm-scrub")
+    assert scrub.is_visible() and "shown before Stop" in scrub.inner_text()
+    before = image_src(page, "ddpm-image")
+    slider = scrub.locator("input[type=range]")
+    slider.focus()
+    slider.press("Home")
+    wait_src_change(page, "ddpm-image", before)
+    wait_text(page, "ddpm-progress", "scrubbed")

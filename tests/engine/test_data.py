@@ -123,7 +123,7 @@ def test_hub_offline_is_a_clear_data_error(data_dir):
 
 
 def test_list_sources(data_dir):
-    assert list_sources(data_dir) == [DIGITS, "broken", "mixed"]  # folders holding image files
+    assert list_sources(data_dir) == [DIGITS, "digits-captioned", "digits-framed", "broken", "mixed"]  # then folders of images
 
 
 def test_epoch_sampler_order_depends_only_on_seed_and_epoch():
@@ -255,3 +255,28 @@ def test_hub_dataset_errors_say_what_happened(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", raising(ConnectionError("Couldn't reach 'o/n' on the Hub")))
     with pytest.raises(DataError, match=r"could not get dataset 'o/n' from the Hugging Face Hub .* unreachable"):
         load_image_data("o/n", tmp_path)
+
+
+def test_the_captioned_builtins_are_the_digits_with_the_captions_they_were_trained_and_proved_with(tmp_path):
+    """Issue 22 (3): a LoRA run works with built-in data: the digits captioned as digits-sd was trained, and the LoRA
+    proof's framed digits, the same images and captions as the folder the proof writes."""
+    import numpy as np
+
+    from engine.builtin.digits import caption
+    from engine.builtin.lora_proof import make_framed_digits
+    from engine.training.data import list_sources, load_captioned_data, load_image_data
+
+    assert list_sources(tmp_path)[:3] == ["digits", "digits-captioned", "digits-framed"]
+    plain, captioned = load_image_data("digits", tmp_path).dataset, load_captioned_data("digits-captioned", tmp_path)
+    assert captioned.report.captioned and len(captioned) == len(plain) == 1797
+    for i in (0, 1, 500):
+        assert captioned.dataset[i]["text"] == caption(plain[i]["label"], i)
+        assert np.array_equal(np.asarray(captioned.dataset[i]["image"]), np.asarray(plain[i]["image"]))
+    framed = load_captioned_data("digits-framed", tmp_path)
+    make_framed_digits(tmp_path / "proof")
+    folder = load_captioned_data("proof", tmp_path)
+    for i in (0, 1, 1796):
+        assert framed.dataset[i]["text"] == folder.dataset[i]["text"]
+        assert np.array_equal(np.asarray(framed.dataset[i]["image"].convert("L")),
+                              np.asarray(folder.dataset[i]["image"].convert("L")))
+    assert framed.dataset[0]["text"].startswith("a framed handwritten digit")

@@ -246,7 +246,8 @@ def test_stopped_and_resumed_lora_run_is_exact(dirs):
                                          ".gif, .tif, .tiff); 2 file(s) could not be read: a.png, b.jpg; add images "
                                          "or upload some"),
     (dict(data="digits"), DataError, "'digits' has class labels, not captions; a LoRA run needs captioned images: "
-                                     "a folder with metadata.jsonl (a 'text' column) or a .txt beside each image"),
+                                     "'digits-captioned' or 'digits-framed' (built in), a folder with metadata.jsonl "
+                                     "(a 'text' column) or a .txt beside each image"),
 ])
 def test_bad_lora_input_is_refused_and_nothing_is_written(tmp_path, change, error, message):
     from PIL import Image
