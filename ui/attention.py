@@ -24,8 +24,7 @@ element.addEventListener('click', (event) => {
   if (!chip) return;
   const box = document.querySelector('#t2i-attn-pick textarea, #t2i-attn-pick input');
   box.value = chip.dataset.pick;
-  box.dispatchEvent(new Event('input', {bubbles: true}));
-  box.dispatchEvent(new Event('change', {bubbles: true}));
+  box.dispatchEvent(new Event('input', {bubbles: true}));  // the box's own change event follows its new value
 });
 """
 CHIPS_CSS = """

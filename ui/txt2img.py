@@ -357,7 +357,8 @@ def build(
     # The page's run ends through its own token, so it can say where it stopped (a cancelled event cannot).
     stop.click(stop_page_run, None, progress, queue=False, api_visibility="private")
     gr.on([scrub.release, scrub.input, *(v.input for v in views), *attention_ui.pick_events(pick)], show_step,
-          [scrub, history, *views, pick], [image, xt, progress], api_visibility="private")
+          [scrub, history, *views, pick], [image, xt, progress], api_visibility="private",
+          trigger_mode="always_last")  # a chip picked while a frame is drawn is drawn after it, not dropped
     if iter_attention is not None:
         attention_ui.add_api(iter_attention=iter_attention, make_request=make_request, inputs=inputs[:9], shown=shown)
     refresh.click(lambda: gr.update(choices=list_models()), None, model, api_visibility="private")
