@@ -138,20 +138,23 @@ def fetch_final(output) -> bytes:
 
 
 def page_run(c, args: dict, api: str = "/txt2img") -> dict:
-    """Submit to final image received; the page's own loop time and the steps it streamed."""
+    """Submit to final image received; the page's own loop time, the steps it streamed, the seconds from the
+    submit to the first streamed step (``first``) and the run's info."""
     start = time.perf_counter()
     job = c.submit(**args, api_name=api)
-    steps = []
+    steps, first = [], None
     for update in job:
         m = STEP_TEXT.search(str(update[2]))
         if m and "done" not in str(update[2]):
             steps.append(int(m.group(1)))
+            first = first if first is not None or not steps[-1] else time.perf_counter() - start
     last = job.outputs()[-1]
     png = fetch_final(last[0][-1]["image"] if api == "/compare" else last[0])
     wall = time.perf_counter() - start
     info = last[INFO_AT[api]]
     loop = sum(c["elapsed"] for c in info["columns"]) if api == "/compare" else info["elapsed"]
-    return {"wall": wall, "loop": loop, "steps": steps, "total": info.get("steps"), "png": png}
+    return {"wall": wall, "loop": loop, "steps": steps, "total": info.get("steps"), "png": png, "first": first,
+            "info": info}
 
 
 # -- the engine alone ------------------------------------------------------------------------------
