@@ -382,7 +382,8 @@ def measure_cpu_speed(s: dict, threads: int, tiny: bool) -> None:
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     unet = pipe.unet
 
-    def run() -> tuple[float, np.ndarray]:
+    def run(steps: int = s["speed_steps"], decode: bool = True) -> tuple[float, np.ndarray | None]:
+        """(it/s between the first step's end and the last's, the image as uint8 values or None)."""
         ends = []
         step = pipe.scheduler.step
 
@@ -393,12 +394,13 @@ def measure_cpu_speed(s: dict, threads: int, tiny: bool) -> None:
 
         pipe.scheduler.step = timed_step
         try:
-            image = pipe(PROMPT, num_inference_steps=s["speed_steps"], guidance_scale=s["guidance"], width=s["size"],
+            image = pipe(PROMPT, num_inference_steps=steps, guidance_scale=s["guidance"], width=s["size"],
                          height=s["size"], generator=torch.Generator("cpu").manual_seed(s["seed"]),
-                         output_type="np").images[0]
+                         output_type="np" if decode else "latent").images[0]
         finally:
             pipe.scheduler.step = step
-        return (len(ends) - 1) / (ends[-1] - ends[0]), np.round(image * 255).astype(np.int16)
+        its = (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 else None
+        return its, np.round(image * 255).astype(np.int16) if decode else None
 
     print(f"7. CPU options, SD 1.5 shape ({s['sd']}), {s['size']} px, {s['speed_steps']} DDIM steps, CFG "
           f"{s['guidance']:g}, {threads} torch thread(s); load average {load_average()}", flush=True)
@@ -413,31 +415,45 @@ def measure_cpu_speed(s: dict, threads: int, tiny: bool) -> None:
     results["channels_last (UNet and VAE)"] = run()
     unet.to(memory_format=torch.contiguous_format)
     pipe.vae.to(memory_format=torch.contiguous_format)
-    compile_seconds = None
+    compiled = "not measured in --tiny (compiling takes minutes)"
     if not tiny:
-        from engine.sampling.fast import compile_cache_dir
-
-        compile_cache_dir()
-        pipe.unet = torch.compile(unet, fullgraph=True, dynamic=False)
-        start = time.perf_counter()
-        run()  # compiles (the first call), then its steps
-        compile_seconds = time.perf_counter() - start
-        results["torch.compile (inductor)"] = run()
-        pipe.unet = unet
-    plain_after, _ = run()
+        compiled = compile_figures(pipe, run, results)
+    pipe.unet = unet
+    plain_after, _ = run(decode=False)
     plain = max(plain_before, plain_after)  # the faster of the two: a variant must beat the plain pipeline's best
     figure("7. plain pipeline (diffusers' SDPA attention), it/s", f"{plain_before:.4f} before, {plain_after:.4f} after "
            f"the variants (load average {load_average()})")
     for name, (its, image) in results.items():
         difference = int(np.abs(image - reference).max())
         figure(f"7. {name}: it/s / plain", f"{its / plain:.3f}x ({its:.4f} it/s; images differ by {difference}/255)")
-    if compile_seconds is not None:
-        figure("7. torch.compile (inductor): the first call (compiling, then its steps)", f"{compile_seconds:.0f} s")
-    else:
-        figure("7. torch.compile (inductor): it/s / plain", "not measured in --tiny (compiling takes minutes)")
+    if compiled:
+        figure("7. torch.compile (inductor): it/s / plain", compiled)
     worth = [name for name, (its, image) in results.items()
              if its / plain >= BOUNDS["speedup"] and int(np.abs(image - reference).max()) <= BOUNDS["parity"]]
     figure("7. options >= 1.15x the plain it/s with images within 2/255", ", ".join(worth) or "none")
+
+
+def compile_figures(pipe, run, results: dict) -> str:
+    """torch.compile (inductor) of the UNet, as the engine compiles it (its cache folder, the whole model): its
+    first call's seconds printed, its it/s added to ``results``; "" when it ran, else what went wrong."""
+    import torch
+
+    from engine.sampling.fast import compile_cache_dir
+
+    compile_cache_dir()
+    unet = pipe.unet
+    try:
+        pipe.unet = torch.compile(unet, fullgraph=True, dynamic=False)
+        start = time.perf_counter()
+        run(steps=1, decode=False)  # compiles (both halves of the guided batch go through one call)
+        figure("7. torch.compile (inductor): the first call (compiling, then one step)",
+               f"{time.perf_counter() - start:.0f} s (load average {load_average()})")
+        results["torch.compile (inductor)"] = run()
+    except Exception as exc:  # a C++ compiler missing, an inductor bug: said, the other figures stand
+        return f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+    finally:
+        pipe.unet = unet
+    return ""
 
 
 # -- main -----------------------------------------------------------------------------------------------------------
