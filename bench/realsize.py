@@ -19,9 +19,11 @@ Saves the models as diffusers folders with random weights (engine/testing/shapes
 5. ddpm-cat-256 shape, /ddpm DDIM 10 steps at 256 px: the page's seconds a step / DDIMPipeline alone <= 1.05;
    the "DDPM as trained" estimate (Workbench.estimate_unconditional, as the Unconditional tab shows it before a
    first run: a probe) within 20% of the page's seconds a step x 1000;
-6. the Text to image history: a tiny UNet with an 8x VAE (shape "tiny-vae8": 512 px images, 64x64 latents), 150
-   steps, through the page (the server's and the worker's growth over the run <= 0.3 GiB and 0.5 GiB), and the
-   same run through the engine with every view streamed: the bytes its history keeps <= the cap;
+6. the Text to image history: a tiny UNet with an 8x VAE (shape "tiny-vae8": 512 px images, 64x64 latents), two
+   runs of 150 steps through the page's Generate in headless Chromium (where the scrubber's history is kept), the
+   two extra views streamed and the run scrubbed through: the server's and the worker's growth over them <= 0.3 GiB
+   and 0.5 GiB; and the same run through the engine, every view of every step drawn, its history thinned as the
+   page thins a session's: the bytes it keeps <= the cap;
 7. ``--only cpu-speed`` (separate: compiling SD 1.5's UNet takes many minutes on 2 cores): the SD 1.5 shape's
    it/s on this CPU with the pipeline as it comes (diffusers' SDPA attention), the classic attention instead,
    channels_last, and torch.compile (inductor), each against the plain pipeline, images within 2/255; a
@@ -33,6 +35,7 @@ Exits 1 when a figure misses its bound. --tiny runs every figure on the smallest
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -170,27 +173,36 @@ def alone(args) -> None:
     load = time.perf_counter() - start
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # as the engine's "DDIM" makes it
     pipe.set_progress_bar_config(disable=True)
-    ends = []
-    step = pipe.scheduler.step
-
-    def timed_step(*a, **k):  # the step's end, as the engine's loop times it (after scheduler.step)
-        out = step(*a, **k)
-        ends.append(time.perf_counter())
-        return out
-
-    pipe.scheduler.step = timed_step
     generator = torch.Generator("cpu").manual_seed(args.seed)
     start = time.perf_counter()
-    if args.alone == "sd":
-        image = pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.size,
-                     height=args.size, generator=generator).images[0]
-    else:
-        image = pipe(num_inference_steps=args.steps, generator=generator).images[0]
+    with step_ends(pipe) as ends:
+        if args.alone == "sd":
+            image = pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.size,
+                         height=args.size, generator=generator).images[0]
+        else:
+            image = pipe(num_inference_steps=args.steps, generator=generator).images[0]
     total = time.perf_counter() - start
     image.save(args.out)
     print(json.dumps({"load": load, "first": ends[0] - start, "per_step": (ends[-1] - ends[0]) / (len(ends) - 1),
                       "total": total, "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}),
           flush=True)
+
+
+@contextlib.contextmanager
+def step_ends(pipe):
+    """Inside: the times at which each ``pipe.scheduler.step`` ends, as the engine's loop times its steps."""
+    ends, step = [], pipe.scheduler.step
+
+    def timed_step(*args, **kwargs):
+        out = step(*args, **kwargs)
+        ends.append(time.perf_counter())
+        return out
+
+    pipe.scheduler.step = timed_step
+    try:
+        yield ends
+    finally:
+        pipe.scheduler.step = step
 
 
 def run_alone(kind: str, model: Path, s: dict, threads: int, out: Path) -> dict:
@@ -312,38 +324,98 @@ def estimate_as_trained(root: Path, threads: int):
 
 
 def measure_history(app: App, root: Path, s: dict) -> None:
-    """Figure 6: a long run of a model with SD's latent size, through the page, then through the engine."""
+    """Figure 6: two long runs of a model with SD's latent size through the page's Generate (where the scrubber's
+    history is kept), every view streamed and scrubbed; then the same run through the engine, its history thinned
+    as the page thins it."""
     server, worker = app.process.pid, worker_pid(app.process.pid)
-    c = client(app.url)
-    request = dict(model=MODELS["history"], prompt=PROMPT, negative_prompt="", steps=s["history_steps"],
-                   guidance_scale=s["guidance"], scheduler="DDIM", seed=s["seed"], width=s["history_size"],
-                   height=s["history_size"])
-    page_run(c, dict(request, steps=2), "/txt2img")  # loaded: the growth is the run's, not the model's
-    with Watch({"server": server, "worker": worker}) as watch:
-        page = page_run(c, request, "/txt2img")
-    c.close()
     what = f"{s['history_steps']} steps, {s['history_size']} px, tiny UNet + 8x VAE"
-    figure(f"6. history: the server's RSS growth over a run, {what}", f"{watch.growth('server') / GIB:+.3f} GiB "
-           f"({len(page['steps'])} steps streamed)", f"<= {BOUNDS['history_server_gib']} GiB",
+    with browser_page(app.url) as page:
+        set_up_history_run(page, s)
+        click_and_wait(page, 2)  # loaded, and the page warm: the growth is the runs', not the model's
+        with Watch({"server": server, "worker": worker}) as watch:
+            labels = [scrub_through(page, click_and_wait(page, s["history_steps"])) for _ in range(2)]
+    figure(f"6. history: the server's RSS growth over two runs, {what}", f"{watch.growth('server') / GIB:+.3f} GiB "
+           f"(scrubber: {labels[-1]})", f"<= {BOUNDS['history_server_gib']} GiB",
            watch.growth("server") <= BOUNDS["history_server_gib"] * GIB)
-    figure("6. history: the worker's RSS growth over that run", f"{watch.growth('worker') / GIB:+.3f} GiB",
+    figure("6. history: the worker's RSS growth over those runs", f"{watch.growth('worker') / GIB:+.3f} GiB",
            f"<= {BOUNDS['history_worker_gib']} GiB", watch.growth("worker") <= BOUNDS["history_worker_gib"] * GIB)
+    request = dict(model=MODELS["history"], prompt=PROMPT, steps=s["history_steps"], guidance_scale=s["guidance"],
+                   seed=s["seed"], width=s["history_size"], height=s["history_size"])
     kept, steps, cap = history_kept(root, request)
-    figure("6. history: bytes the run's history keeps (engine, every view streamed)",
-           f"{kept / 2**20:.1f} MiB in {steps} steps", f"cap: {cap / 2**20:.1f} MiB" if cap else "no cap in the engine",
+    figure("6. history: bytes a run's history keeps (engine, every view drawn)",
+           f"{kept / 2**20:.1f} MiB in {steps} steps", f"cap: {cap / 2**20:.1f} MiB" if cap else "no cap",
            cap is not None and kept <= cap)
 
 
-def history_cap():
-    """The Text to image history's cap in bytes, where the engine has one."""
-    from engine.sampling import txt2img
+@contextlib.contextmanager
+def browser_page(url: str):
+    """A headless Chromium page on ``url`` (bench/page.py's flags)."""
+    from playwright.sync_api import sync_playwright
 
-    return getattr(txt2img, "SCRUB_BYTES", None)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page()
+        page.set_default_timeout(600_000)  # a 150-step run's history, on a busy machine
+        page.goto(url)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def set_up_history_run(page, s: dict) -> None:
+    """As a person does: the model typed in, its size shown, then the size, seed and the two extra views picked."""
+    model = page.locator("#t2i-generate").locator("xpath=ancestor::div[contains(@class,'column')][1]") \
+        .get_by_label("Model").first
+    model.fill(MODELS["history"])
+    model.press("Enter")
+    page.wait_for_function("() => document.querySelector('#t2i-width input').value === '512'")  # the model's size
+    for elem_id, value in (("t2i-width", s["history_size"]), ("t2i-height", s["history_size"]), ("t2i-seed", 1)):
+        box = page.locator(f"#{elem_id} input").first
+        box.fill(str(value))
+        box.press("Enter")
+    for side, view in (("left", "eps"), ("right", "guidance")):  # x0 and x_t come with every step anyway
+        from engine.sampling.views import VIEWS
+
+        page.locator(f"#t2i-view-{side} input").click()
+        page.locator(f"#t2i-view-{side}").get_by_role("option", name=VIEWS[view], exact=True).click()
+
+
+def click_and_wait(page, steps: int) -> int:
+    """Set the steps, click Generate, wait for the final image and the history's previews; returns ``steps``."""
+    box = page.locator("input[aria-label='number input for Steps']")
+    box.fill(str(steps))
+    box.press("Enter")
+    page.locator("#t2i-generate").click()
+    page.wait_for_function(f"() => document.querySelector('#t2i-progress').innerText.includes('Step {steps}/{steps}')"
+                           " && document.querySelector('#t2i-progress').innerText.includes('done')")
+    page.wait_for_function("() => { const s = document.querySelector('#t2i-scrub');"
+                           " return s && s.offsetParent !== null && !s.innerText.includes('drawing'); }")
+    return steps
+
+
+def scrub_through(page, steps: int, stops: int = 12) -> str:
+    """Scrub to ``stops`` places over the run (each shows two views of a step, drawn in the server); the
+    scrubber's label, which says which steps it kept."""
+    box = page.locator("#t2i-scrub input[data-testid='number-input']")
+    for k in range(stops):
+        before = page.locator("#t2i-progress").inner_text()
+        box.fill(str(1 + k * (steps - 1) // (stops - 1)))
+        box.press("Enter")
+        try:  # the progress line names the step shown; the same step again changes nothing
+            page.wait_for_function("before => document.querySelector('#t2i-progress').innerText !== before", arg=before,
+                                   timeout=20_000)
+        except Exception:  # noqa: BLE001  (playwright's TimeoutError: the same step as before)
+            pass
+    return page.locator("#t2i-scrub").inner_text().split("\n")[0]
 
 
 def history_kept(root: Path, args: dict) -> tuple[int, int, int | None]:
-    """(bytes of the images a Text to image run's history keeps, the steps it keeps, the cap): the run through the
-    engine (its worker, as the server gets it) with every view streamed, each kept image drawn."""
+    """(bytes a Text to image run's history keeps in the page, the steps it keeps, the cap): the run through the
+    engine's worker (as the server gets it) with every view, each view of each step drawn (as scrubbing draws it),
+    then thinned as the page thins a session's history."""
     from engine.events import Done
     from engine.sampling.txt2img import Txt2ImgRequest
     from engine.sampling.views import VIEWS, view_array
@@ -352,19 +424,22 @@ def history_kept(root: Path, args: dict) -> tuple[int, int, int | None]:
     bench = Workbench(Folders(root / "models", root / "data", root / "engine-outputs"), device="cpu")
     try:
         request = Txt2ImgRequest(model=args["model"], prompt=args["prompt"], num_inference_steps=args["steps"],
-                                 guidance_scale=args["guidance_scale"], scheduler=args["scheduler"], seed=args["seed"],
-                                 width=args["width"], height=args["height"])
+                                 guidance_scale=args["guidance_scale"], seed=args["seed"], width=args["width"],
+                                 height=args["height"])
         done = next(e for e in bench.iter_txt2img(request, views=tuple(VIEWS)) if isinstance(e, Done))
     finally:
         bench.close()
-    seen, kept = set(), 0
     for step in done.steps:
         for name in VIEWS:
-            array = view_array(step, name)
-            if array is not None and id(array) not in seen:
-                seen.add(id(array))
-                kept += array.nbytes
-    return kept, len(done.steps), history_cap()
+            view_array(step, name)
+    try:  # TEMPORARY until i21 is merged
+        from engine.sampling.views import step_bytes, thin_history
+        from ui.common import SCRUB_SESSION_BYTES
+    except ImportError:
+        return sum(view_array(step, name).nbytes for step in done.steps for name in VIEWS
+                   if view_array(step, name) is not None), len(done.steps), None
+    kept, _ = thin_history(done.steps, SCRUB_SESSION_BYTES)
+    return sum(step_bytes(step) for step in kept), len(kept), SCRUB_SESSION_BYTES
 
 
 # -- 7. the CPU's options ------------------------------------------------------------------------------------------
@@ -384,21 +459,10 @@ def measure_cpu_speed(s: dict, threads: int, tiny: bool) -> None:
 
     def run(steps: int = s["speed_steps"], decode: bool = True) -> tuple[float, np.ndarray | None]:
         """(it/s between the first step's end and the last's, the image as uint8 values or None)."""
-        ends = []
-        step = pipe.scheduler.step
-
-        def timed_step(*a, **k):
-            out = step(*a, **k)
-            ends.append(time.perf_counter())
-            return out
-
-        pipe.scheduler.step = timed_step
-        try:
+        with step_ends(pipe) as ends:
             image = pipe(PROMPT, num_inference_steps=steps, guidance_scale=s["guidance"], width=s["size"],
                          height=s["size"], generator=torch.Generator("cpu").manual_seed(s["seed"]),
                          output_type="np" if decode else "latent").images[0]
-        finally:
-            pipe.scheduler.step = step
         its = (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 else None
         return its, np.round(image * 255).astype(np.int16) if decode else None
 

@@ -23,9 +23,10 @@ FIGURES = [
     r"5\. the page's image / the pipeline's, same seed \(max difference\) +\d+/255",
     r"5\. 'DDPM as trained' estimate \(1000 steps, by a 3-step probe\) / the page's s/step x steps .* = [+-][\d.]+% "
     r"\(within 20%\)",
-    r"6\. history: the server's RSS growth over a run, .* [+-][\d.]+ GiB \(\d+ steps streamed\) \(<= 0\.3 GiB\)",
-    r"6\. history: the worker's RSS growth over that run +[+-][\d.]+ GiB \(<= 0\.5 GiB\)",
-    r"6\. history: bytes the run's history keeps \(engine, every view streamed\) +[\d.]+ MiB in \d+ steps",
+    r"6\. history: the server's RSS growth over two runs, .* [+-][\d.]+ GiB \(scrubber: Scrub through the steps.*\) "
+    r"\(<= 0\.3 GiB\)",
+    r"6\. history: the worker's RSS growth over those runs +[+-][\d.]+ GiB \(<= 0\.5 GiB\)",
+    r"6\. history: bytes a run's history keeps \(engine, every view drawn\) +[\d.]+ MiB in \d+ steps",
     r"7\. plain pipeline \(diffusers' SDPA attention\), it/s +[\d.]+ before, [\d.]+ after",
     r"7\. classic attention \(no SDPA\): it/s / plain +[\d.]+x \([\d.]+ it/s; images differ by \d+/255\)",
     r"7\. channels_last \(UNet and VAE\): it/s / plain +[\d.]+x \([\d.]+ it/s; images differ by \d+/255\)",
