@@ -469,19 +469,26 @@ def measure_cpu_speed(s: dict, threads: int, tiny: bool) -> None:
     print(f"7. CPU options, SD 1.5 shape ({s['sd']}), {s['size']} px, {s['speed_steps']} DDIM steps, CFG "
           f"{s['guidance']:g}, {threads} torch thread(s); load average {load_average()}", flush=True)
     plain_before, reference = run()
+    print(f"   plain pipeline: {plain_before:.4f} it/s (load average {load_average()})", flush=True)
     results = {}
-    own = unet.attn_processors
-    unet.set_attn_processor(AttnProcessor())  # the classic attention: what SDPA replaced
-    results["classic attention (no SDPA)"] = run()
-    unet.set_attn_processor(own)
+
+    def measured(name: str, found: tuple) -> None:  # printed at once: a long run cut short keeps what it measured
+        results[name] = found
+        print(f"   {name}: {found[0]:.4f} it/s, {found[0] / plain_before:.3f}x the plain one before it; images differ "
+              f"by {int(np.abs(found[1] - reference).max())}/255 (load average {load_average()})", flush=True)
+
     unet.to(memory_format=torch.channels_last)
     pipe.vae.to(memory_format=torch.channels_last)
-    results["channels_last (UNet and VAE)"] = run()
+    measured("channels_last (UNet and VAE)", run())
     unet.to(memory_format=torch.contiguous_format)
     pipe.vae.to(memory_format=torch.contiguous_format)
+    own = unet.attn_processors
+    unet.set_attn_processor(AttnProcessor())  # the classic attention: what SDPA replaced
+    measured("classic attention (no SDPA)", run())
+    unet.set_attn_processor(own)
     compiled = "not measured in --tiny (compiling takes minutes)"
     if not tiny:
-        compiled = compile_figures(pipe, run, results)
+        compiled = compile_figures(pipe, run, measured)
     pipe.unet = unet
     plain_after, _ = run(decode=False)
     plain = max(plain_before, plain_after)  # the faster of the two: a variant must beat the plain pipeline's best
@@ -497,9 +504,9 @@ def measure_cpu_speed(s: dict, threads: int, tiny: bool) -> None:
     figure("7. options >= 1.15x the plain it/s with images within 2/255", ", ".join(worth) or "none")
 
 
-def compile_figures(pipe, run, results: dict) -> str:
+def compile_figures(pipe, run, measured) -> str:
     """torch.compile (inductor) of the UNet, as the engine compiles it (its cache folder, the whole model): its
-    first call's seconds printed, its it/s added to ``results``; "" when it ran, else what went wrong."""
+    first call's seconds printed, its run given to ``measured``; "" when it ran, else what went wrong."""
     import torch
 
     from engine.sampling.fast import compile_cache_dir
@@ -512,7 +519,7 @@ def compile_figures(pipe, run, results: dict) -> str:
         run(steps=1, decode=False)  # compiles (both halves of the guided batch go through one call)
         figure("7. torch.compile (inductor): the first call (compiling, then one step)",
                f"{time.perf_counter() - start:.0f} s (load average {load_average()})")
-        results["torch.compile (inductor)"] = run()
+        measured("torch.compile (inductor)", run())
     except Exception as exc:  # a C++ compiler missing, an inductor bug: said, the other figures stand
         return f"failed: {type(exc).__name__}: {str(exc)[:200]}"
     finally:
