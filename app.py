@@ -69,9 +69,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the data dir may hold at most this much after an upload (default 8192)")
     p.add_argument("--torch-threads", type=int, default=None, metavar="N",
                    help="torch threads for sampling (default: all cores but one on a CPU, torch's own elsewhere)")
+    p.add_argument("--model-cache-gb", type=float, default=None, metavar="GB",
+                   help="loaded models kept for the next run, in GB; the least recently used go first (default: "
+                        "40%% of the memory the models live in: RAM on a CPU, the GPU's on CUDA)")
     args = p.parse_args(argv)
     if args.auth is not None and ":" not in args.auth:
         p.error("--auth takes user:password")
+    if args.model_cache_gb is not None and not args.model_cache_gb >= 0:
+        p.error(f"--model-cache-gb takes a size in GB, 0 or more; got {args.model_cache_gb}")
     return args
 
 
@@ -86,7 +91,7 @@ def build_app(args: argparse.Namespace):
     from ui.common import cache_images_atomically, name_file_inputs
 
     bench = Workbench(Folders(args.models_dir, args.data_dir, args.outputs_dir), device=args.device,
-                      torch_threads=args.torch_threads,
+                      torch_threads=args.torch_threads, model_cache_gb=args.model_cache_gb,
                       upload_limits=UploadLimits(upload_bytes=args.max_upload_mb * 1024**2,
                                                  data_dir_bytes=args.max_data_mb * 1024**2))
     bench.start()  # the sampling worker imports torch while the page loads

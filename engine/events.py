@@ -113,3 +113,18 @@ class StepsDrawn:
     reaches the page without waiting for the previews of the steps it did not show."""
 
     steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True)
+class Loading:
+    """A model's component is about to load (before the run's ``Started``): which, and how far the load is."""
+
+    model: str  # the model as the request names it
+    component: str  # "unet", as model_index.json names it
+    index: int  # 1-based
+    total: int  # components loaded, unused ones left out
+    elapsed: float = 0.0  # seconds since the load began
+
+    @property
+    def message(self) -> str:
+        return f"Loading model {self.model}: {self.component} ({self.index} of {self.total})"

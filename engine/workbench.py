@@ -65,10 +65,11 @@ class Folders:
 class Workbench:
     def __init__(self, folders: Folders, device: str = "auto", *, worker: bool = True,
                  torch_threads: int | None = None, preview_interval: float = 0.1,
-                 upload_limits: UploadLimits = UploadLimits()):
+                 upload_limits: UploadLimits = UploadLimits(), model_cache_gb: float | None = None):
         """``worker``: sample in a process of its own (the page's way: see :mod:`engine.worker`); False
         samples in this process, on the calling thread. ``torch_threads``: intra-op threads for sampling
-        (None: all cores but one on a CPU). ``preview_interval``: seconds between streamed steps."""
+        (None: all cores but one on a CPU). ``preview_interval``: seconds between streamed steps.
+        ``model_cache_gb``: the loaded models kept, in GB (None: a share of the memory they live in)."""
         self.folders = folders
         self.upload_limits = upload_limits
         self.placement = resolve_device(device)
@@ -78,7 +79,8 @@ class Workbench:
         for folder, pattern in ((folders.outputs_dir, "**/.*.tmp"), (folders.data_dir, ".*.tmp")):
             if removed := remove_partial_writes(folder, pattern):
                 log.warning("removed %d partial write(s) of a killed process from %s", len(removed), folder)
-        self.registry = ModelRegistry(folders.models_dir, self.placement)
+        cache_bytes = None if model_cache_gb is None else int(model_cache_gb * 1e9)
+        self.registry = ModelRegistry(folders.models_dir, self.placement, cache_bytes=cache_bytes)
         self.image_history = ImageHistory(folders.outputs_dir)  # the outputs dir's images, for History
         self.torch_threads = torch_threads or default_torch_threads(self.placement)
         # One sampling run on the device at a time. In this process the run holds the lock in its own thread
@@ -86,7 +88,8 @@ class Workbench:
         self._device = threading.Lock()
         self.worker = DeviceWorker(WorkerConfig(
             models_dir=Path(folders.models_dir), outputs_dir=Path(folders.outputs_dir), device=device,
-            torch_threads=self.torch_threads, min_interval=preview_interval)) if worker else None
+            torch_threads=self.torch_threads, min_interval=preview_interval,
+            model_cache_bytes=cache_bytes)) if worker else None
         # One training job at a time, in the background; each checkpoint drops the run's cached pipeline,
         # so the Unconditional tab samples the new weights. accelerate picks mps itself under "auto".
         self.training = TrainingManager(folders.models_dir, folders.data_dir,
@@ -381,7 +384,7 @@ class Workbench:
             return
         with self._device:
             check(cancel, 0)  # stopped while waiting for the device: nothing to load
-            pipe = self.registry.load(request.model, MODEL_KIND[kind])
+            pipe = yield from self.registry.iter_load(request.model, MODEL_KIND[kind], cancel=cancel)
             if kind == "txt2img":
                 self.registry.use_lora(pipe, request.model, request.lora, request.lora_scale)
             for event in loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.folders.outputs_dir):

@@ -8,7 +8,7 @@ from typing import Callable
 import gradio as gr
 
 from engine.errors import Cancelled, InputError, ModelLoadError
-from engine.events import BatchDone, Done, Started, Step, StepsDrawn
+from engine.events import BatchDone, Done, Loading, Started, Step, StepsDrawn
 from engine.models.loras import MAX_LORA_SCALE
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, PREVIEWS, Txt2ImgRequest
 from engine.sampling.views import DEFAULT_VIEWS, VIEWS, step_measures, view_array
@@ -135,6 +135,10 @@ def build(
         """The seven outputs for one event; ``run`` (the page's) keeps what Stop will show."""
         run = run if run is not None else {"steps": [], "note": ""}
         left, right = run.get("views", DEFAULT_VIEWS)
+        if isinstance(event, Loading):  # the model's first run: what is loading, not "Step 0/1 · idle"
+            return (gr.skip(), gr.skip(), progress_html(event.index - 1, event.total, elapsed=event.elapsed,
+                                                        note=event.message, unit="Component"),
+                    gr.skip(), gr.skip(), gr.skip(), gr.skip())
         if isinstance(event, Started):
             run.update(started=event, steps=[], final=None)  # a batch's next run starts afresh
             run["note"] = " · ".join(filter(None, [batch_note(event.info), _run_note(event, run.get("warning", ""))]))

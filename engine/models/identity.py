@@ -5,7 +5,8 @@ A folder (a built-in, a diffusers folder under the models dir) is its ``model_in
 of the components it names (weights, configs, tokenizer files), each with its SHA-256; a single
 ``.safetensors`` file is its own hash and the configs of the folder it is read with; a hub id is the id
 and the revision (the snapshot's commit) cached here. Hashes are kept per (file, size, modification
-time), so a model is read once per change, not once per run.
+time), so a model is read once per change, not once per run. A loaded model's identity is hashed in the
+background (:func:`identity_later`): a 4 GB model's first run does not wait for it, only its record does.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 CHUNK = 1 << 20  # bytes read at a time while hashing
 _hashes: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256
 _lock = threading.Lock()
+_background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-identity")  # one disk read at a time
 
 
 def file_sha256(path: str | Path) -> str:
@@ -63,10 +66,11 @@ def combined(files: dict[str, str]) -> str:
     return digest.hexdigest()
 
 
-def model_identity(ref, config_folder: str | Path | None = None) -> dict:
+def model_identity(ref, config_folder: str | Path | None = None, variant: str | None = None) -> dict:
     """The identity of the model ``ref`` (a registry ``ModelRef``) points at: ``{"name", "source", "sha256", "files"}`` for local
-    models (``files``: relative path -> SHA-256), ``{"name", "source", "id", "revision"}`` for a hub id.
-    ``config_folder``: the folder a single file's configs come from."""
+    models (``files``: relative path -> SHA-256 of each file a load reads), ``{"name", "source", "id", "revision"}``
+    for a hub id. ``config_folder``: the folder a single file's configs come from; ``variant``: the weights
+    variant a load reads ("fp16" on CUDA)."""
     if ref.source == "hub":
         return {"name": ref.name, "source": "hub", "id": ref.location, "revision": hub_revision(ref.location)}
     if ref.source == "single_file":
@@ -77,9 +81,26 @@ def model_identity(ref, config_folder: str | Path | None = None) -> dict:
             files.update({f"config/{p.relative_to(folder).as_posix()}": file_sha256(p)
                           for p in folder_files(folder, configs_only=True)})
     else:
+        from engine.models.loading import plan
+
         folder = Path(ref.location)
-        files = {p.relative_to(folder).as_posix(): file_sha256(p) for p in folder_files(folder)}
+        load_plan = plan(folder, variant=variant)
+        files = {p.relative_to(folder).as_posix(): file_sha256(p) for p in load_plan.files}
+        skipped = list(load_plan.skipped) + [f"{u}/" for u in load_plan.unused]
+        if skipped:  # what a hub-layout folder holds that the load never opened
+            return {"name": ref.name, "source": ref.source, "sha256": combined(files), "files": files,
+                    "skipped": skipped}
     return {"name": ref.name, "source": ref.source, "sha256": combined(files), "files": files}
+
+
+def identity_later(ref, config_folder: str | Path | None = None, variant: str | None = None) -> Future:
+    """:func:`model_identity` computed in a background thread; ``resolved`` waits for it where it is needed."""
+    return _background.submit(model_identity, ref, config_folder, variant)
+
+
+def resolved(identity: dict | Future | None) -> dict | None:
+    """A model identity, waiting for it where it is still being hashed (see :func:`identity_later`)."""
+    return identity.result() if isinstance(identity, Future) else identity
 
 
 def hub_revision(repo_id: str) -> str | None:

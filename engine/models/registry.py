@@ -5,7 +5,9 @@ A model string is, in the order tried:
 2. a diffusers-format folder under ``models_dir`` (``model_index.json`` inside);
 3. a single-file ``.safetensors`` checkpoint under ``models_dir``;
 4. a hub id (``owner/name``), downloaded where the hub is reachable.
-Paths outside ``models_dir`` and pickle checkpoints are refused.
+Paths outside ``models_dir`` are refused. A folder loads component by component (:mod:`engine.models.loading`):
+safetensors where there are any, pickles (``.bin``, ``.ckpt``) only where a component has nothing else, and
+then only through torch's weights-only unpickler. Loaded pipelines are kept while they fit a byte budget.
 """
 
 from __future__ import annotations
@@ -17,11 +19,16 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from engine.models.devices import Placement
-from engine.models.identity import model_identity
-from engine.errors import ModelLoadError
+import torch
+
+from engine.cancel import CancelToken, check
+from engine.events import Loading
+from engine.models.devices import Placement, default_cache_bytes, free_memory, pipeline_bytes
+from engine.models.identity import identity_later, model_identity
+from engine.models.loading import UNUSED_COMPONENTS, VARIANT, iter_load, plan, tensor_bytes
+from engine.errors import Cancelled, ModelLoadError
 from engine.files import shown_paths
 from engine.validation import HUB_ID, given
 
@@ -30,7 +37,7 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]  # engine/models/registry.py -> the repository
 BUILTIN_DIR = REPO_ROOT / "builtin_models"  # shipped (or built on first use), never the user's models dir
 MAX_NAME_CHARS = 1024  # a model string: a path under the models dir or a hub id, never longer
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")  # pickles: read weights-only
 # The pipeline classes each loop runs: a UNet2DConditionModel + VAE + CLIP text encoder for text to image;
 # a UNet2DModel with a DDPM-family scheduler for unconditional sampling. Anything else is refused by name.
 TXT2IMG_CLASSES = ("StableDiffusionPipeline",)
@@ -70,11 +77,14 @@ class ModelRef:
 class ModelRegistry:
     """Resolves model strings and keeps the last few loaded pipelines on the device."""
 
-    def __init__(self, models_dir: str | Path, placement: Placement, *, cache_size: int = 2):
+    def __init__(self, models_dir: str | Path, placement: Placement, *, cache_bytes: int | None = None):
         self.models_dir = Path(models_dir).resolve()
         self.placement = placement
-        self.cache_size = cache_size  # two pipelines: switching tabs does not reload
+        # Pipelines are kept, least recently used dropped first, while their bytes fit this budget: switching
+        # tabs does not reload, and two SD-size models in turn never push the machine into swap.
+        self.cache_bytes = default_cache_bytes(placement) if cache_bytes is None else cache_bytes
         self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._sizes: dict[str, int] = {}  # cache key -> the pipeline's bytes
         self._loading: dict[str, _PendingLoad] = {}  # loads under way, by cache key
         self._lock = threading.Lock()  # guards the two dicts; never held through a load
 
@@ -129,11 +139,6 @@ class ModelRegistry:
                 raise ModelLoadError(f"built-in model {name!r} is missing from {b.folder.relative_to(REPO_ROOT)}; "
                                      f"retrain it with `python -m engine.builtin train {name}`")
             return ModelRef(name, "builtin", str(b.folder), _pipeline_class(b.folder))
-        if name.lower().endswith(PICKLE_SUFFIXES):
-            raise ModelLoadError(
-                f"{name!r} is a pickle checkpoint, which can run code when loaded; safetensors only: "
-                "convert it to .safetensors first"
-            )
         candidate = (self.models_dir / name).resolve()
         inside = candidate == self.models_dir or self.models_dir in candidate.parents
         if Path(name).is_absolute() or ".." in Path(name).parts or not inside:
@@ -146,21 +151,14 @@ class ModelRegistry:
                     f"folder {name!r} has no model_index.json; a diffusers-format folder holds "
                     "model_index.json plus unet/, scheduler/ (and vae/, text_encoder/, tokenizer/ for text to image)"
                 )
-            pickles = sorted(p.relative_to(candidate).as_posix() for p in candidate.rglob("*")
-                             if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file())
-            if pickles:
-                raise ModelLoadError(
-                    f"folder {name!r} holds pickle weights ({', '.join(pickles[:3])}"
-                    f"{' ...' if len(pickles) > 3 else ''}), which can run code when loaded; safetensors only: "
-                    "save it with safe_serialization=True (the default) or convert the files"
-                )
             return ModelRef(name, "folder", str(candidate), _pipeline_class(candidate))
         if candidate.is_file():
             if self._lora_or_run_file(candidate):
                 raise ModelLoadError(f"{name!r} is a LoRA or a training run's file, not a model; a LoRA is picked "
                                      "in the LoRA box beside a model")
-            if candidate.suffix != ".safetensors":
-                raise ModelLoadError(f"{name!r} is not a .safetensors file; safetensors only")
+            if candidate.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+                raise ModelLoadError(f"{name!r} is not a checkpoint file; a single-file model ends in "
+                                     f"{', '.join(SINGLE_FILE_SUFFIXES)}")
             return ModelRef(name, "single_file", str(candidate), "StableDiffusionPipeline")
         if HUB_ID.match(name):
             return ModelRef(name, "hub", name)
@@ -214,7 +212,18 @@ class ModelRegistry:
         return Path(ref.location) if ref.source in ("builtin", "folder") else None
 
     def load(self, name: str, kind: str):
-        """The pipeline for ``name`` on the device, from the cache when it is there.
+        """The pipeline for ``name`` on the device, from the cache when it is there (see :meth:`iter_load`)."""
+        events = self.iter_load(name, kind)
+        while True:
+            try:
+                next(events)
+            except StopIteration as stop:
+                return stop.value
+
+    def iter_load(self, name: str, kind: str, *, cancel: CancelToken | None = None) -> Iterator[Loading]:
+        """Load ``name`` for the ``kind`` loop, yielding a ``Loading`` before each component (none from the
+        cache); returns the pipeline (``pipe = yield from registry.iter_load(...)``). ``cancel`` is checked
+        between components.
 
         The registry's lock guards only the cache's bookkeeping: a load (a hub download included)
         runs outside it, so :meth:`forget` and loads of other models never wait behind one.
@@ -233,10 +242,12 @@ class ModelRegistry:
                 if owner:
                     pending = self._loading[key] = _PendingLoad(ref.location)
             if not owner:
-                pending.done.wait()  # then look again: the cache has it, or it failed and we try ourselves
+                while not pending.done.wait(0.1):  # then look again: the cache has it, or it failed: we try
+                    check(cancel)
                 continue
             try:
-                pipe = self._load(ref, kind)
+                self._make_room(self._estimate(ref))
+                pipe = yield from self._iter_load(ref, kind, cancel)
             finally:
                 with self._lock:
                     del self._loading[key]
@@ -244,9 +255,54 @@ class ModelRegistry:
             with self._lock:
                 if not pending.forgotten:  # a checkpoint rewritten during the load is read afresh next time
                     self._cache[key] = pipe
-                    while len(self._cache) > self.cache_size:
-                        self._cache.popitem(last=False)
+                    self._sizes[key] = pipeline_bytes(pipe)
+            self._make_room(0)
             return pipe
+
+    # -- the cache's budget ----------------------------------------------------------------
+    def cached_bytes(self) -> int:
+        """Bytes of the pipelines kept (their parameters and buffers)."""
+        with self._lock:
+            return sum(self._sizes.get(k, 0) for k in self._cache)
+
+    def cached(self) -> list[str]:
+        """The cache's keys, least recently used first."""
+        with self._lock:
+            return list(self._cache)
+
+    def _make_room(self, incoming: int) -> None:
+        """Drop the least recently used pipelines until they and ``incoming`` bytes fit the budget (the newest
+        stays, however large: it is the one in use), then free them for real."""
+        dropped = []
+        with self._lock:
+            while len(self._cache) > (0 if incoming else 1) and \
+                    sum(self._sizes.get(k, 0) for k in self._cache) + incoming > self.cache_bytes:
+                key, pipe = self._cache.popitem(last=False)
+                dropped.append((key, self._sizes.pop(key, 0)))
+                del pipe
+        if dropped:
+            for key, size in dropped:
+                log.info("model cache: dropped %s (%.2f GB) to stay within %.2f GB", key, size / 1e9,
+                         self.cache_bytes / 1e9)
+            free_memory()
+
+    def _estimate(self, ref: ModelRef) -> int:
+        """Bytes ``ref`` will take loaded, from its weight files' sizes (0 where unknown: a hub id not here)."""
+        try:
+            if ref.source == "single_file":
+                return tensor_bytes(Path(ref.location))
+            if ref.source in ("builtin", "folder"):
+                load_plan = plan(ref.location, variant=self._variant())
+                size = sum(tensor_bytes(load_plan.folder / w) for c in load_plan.components for w in c.weights)
+                half = any(c.variant for c in load_plan.components) and self.placement.dtype == torch.float32
+                return size * (2 if half else 1)
+        except (OSError, ModelLoadError):
+            pass
+        return 0
+
+    def _variant(self) -> str | None:
+        """The hub's fp16 weights on CUDA, where the pipeline runs in fp16; the full-precision ones elsewhere."""
+        return VARIANT if self.placement.device.type == "cuda" else None
 
     def forget(self, name: str) -> None:
         """Drop cached pipelines whose location is ``name``'s (after a checkpoint is rewritten)."""
@@ -254,11 +310,13 @@ class ModelRegistry:
         with self._lock:
             for key in [k for k in self._cache if k.endswith(":" + location)]:
                 del self._cache[key]
+                self._sizes.pop(key, None)
             for pending in self._loading.values():
                 if pending.location == location:
                     pending.forgotten = True
 
-    def _load(self, ref: ModelRef, kind: str):
+    def _iter_load(self, ref: ModelRef, kind: str, cancel: CancelToken | None = None) -> Iterator[Loading]:
+        """Load ``ref`` (no cache), yielding each component's ``Loading``; returns the pipeline on the device."""
         import diffusers
 
         dtype = self.placement.dtype
@@ -266,18 +324,20 @@ class ModelRegistry:
         cls = getattr(diffusers, cls_name, None)
         if cls is None:
             raise ModelLoadError(f"{ref.name!r} names pipeline class {cls_name!r}, which diffusers does not have")
-        extra = {"safety_checker": None, "requires_safety_checker": False} if kind == "txt2img" else {}
+        extra = {"requires_safety_checker": False} if kind == "txt2img" else {}
         try:
             if ref.source == "single_file":
                 from engine.models.single_file import load_single_file
 
+                yield Loading(model=ref.name, component=Path(ref.location).name, index=1, total=1)
                 pipe = load_single_file(ref.location, self._single_file_config(ref), torch_dtype=dtype)
-            elif ref.source == "hub":
-                pipe = self._load_hub(ref, cls, dtype, extra)
             else:
-                pipe = cls.from_pretrained(ref.location, dtype=dtype, local_files_only=True, use_safetensors=True,
-                                           **extra)
-        except ModelLoadError as exc:  # the single-file loader's, naming its file and config folder
+                folder = self._download(ref, cls) if ref.source == "hub" else ref.location
+                pipe = yield from iter_load(ref.name, folder, cls, dtype, variant=self._variant(), extra=extra,
+                                            cancel=cancel)
+        except Cancelled:  # Stop during the load, between two components
+            raise
+        except ModelLoadError as exc:  # ours, naming the file (and a single file's config folder)
             raise ModelLoadError(self.shown(str(exc))) from exc
         except Exception as exc:  # diffusers raises many kinds; all mean "could not load"
             log.warning("loading %r from %s failed", ref.name, ref.location, exc_info=True)  # ours or theirs
@@ -287,26 +347,35 @@ class ModelRegistry:
         if type(unet).__name__ != UNET_CLASSES[kind]:
             raise ModelLoadError(f"{ref.name!r} has a {type(unet).__name__} where the {KIND_LABELS[kind]} loop "
                                  f"needs a {UNET_CLASSES[kind]}")
+        skipped = getattr(pipe, "workbench_skipped", ())
+        if skipped:
+            log.info("%r loaded from %s; not read: %s", ref.name, self.shown(ref.location), ", ".join(skipped))
         pipe.set_progress_bar_config(disable=True)
         pipe.to(self.placement.device)
         pipe.workbench_ref = ref  # where it came from, for the code snippet and metadata
-        pipe.workbench_identity = self.identity(ref)  # what it is, for a run's record (hashed once per change)
+        # What it is, for a run's record: hashed in the background (a 4 GB model takes seconds), once per change.
+        pipe.workbench_identity = identity_later(ref, self._identity_config(ref), self._variant())
         return pipe
+
+    def _download(self, ref: ModelRef, cls) -> str:
+        """A hub id's snapshot folder, fetching only what the load reads: the safetensors (else the pickles) of the
+        components the loops use, fp16 ones on CUDA."""
+        import huggingface_hub
+
+        try:
+            return cls.download(ref.location, use_safetensors=None, variant=self._variant(),
+                                **{u: None for u in UNUSED_COMPONENTS})
+        except (OSError, huggingface_hub.errors.HfHubHTTPError, ValueError) as exc:
+            raise ModelLoadError(_hub_unreachable(ref.name, type(exc).__name__)) from exc
+
+    def _identity_config(self, ref: ModelRef) -> Path | None:
+        return self._single_file_config(ref) if ref.source == "single_file" else None
 
     def identity(self, ref: ModelRef | str) -> dict:
         """The identity of the model ``ref`` (or a model string) points at, as a run's record keeps it
         (see :mod:`engine.models.identity`)."""
         ref = self.resolve(ref) if isinstance(ref, str) else ref
-        config = self._single_file_config(ref) if ref.source == "single_file" else None
-        return model_identity(ref, config)
-
-    def _load_hub(self, ref: ModelRef, cls, dtype, extra):
-        import huggingface_hub
-
-        try:
-            return cls.from_pretrained(ref.location, dtype=dtype, use_safetensors=True, **extra)
-        except (OSError, huggingface_hub.errors.HfHubHTTPError, ValueError) as exc:
-            raise ModelLoadError(_hub_unreachable(ref.name, type(exc).__name__)) from exc
+        return model_identity(ref, self._identity_config(ref), self._variant())
 
     def check_available(self, name: str, kind: str) -> ModelRef:
         """Resolve ``name`` and refuse at once what its load would refuse without reading weights: a pipeline

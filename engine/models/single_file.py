@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".safetensors"  # exact and lower case: diffusers picks torch.load (pickle) for any other ending
+SUFFIX = ".safetensors"  # exact and lower case: diffusers picks torch.load for any other ending
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # read through torch.load(weights_only=True), never unpickled
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_ENCODER_PREFIX = "cond_stage_model.transformer.text_model."
@@ -83,10 +84,10 @@ def load_single_file(
 
 
 def _check_inputs(path: Path, config_dir: Path, torch_dtype) -> None:
-    if path.suffix != SUFFIX:
+    if path.suffix != SUFFIX and path.suffix.lower() not in PICKLE_SUFFIXES:
         raise ModelLoadError(
-            f"{str(path)!r} is not a {SUFFIX} file; safetensors only (pickle checkpoints such as "
-            ".ckpt, .pt and .bin can run code when loaded: convert them to .safetensors first)"
+            f"{str(path)!r} is not a checkpoint file: a single-file model ends in {SUFFIX} "
+            f"(or {', '.join(PICKLE_SUFFIXES)}, read weights-only)"
         )
     if not path.is_file():
         raise ModelLoadError(f"single-file checkpoint {str(path)!r} does not exist or is not a file")
@@ -100,17 +101,12 @@ def _check_inputs(path: Path, config_dir: Path, torch_dtype) -> None:
 
 
 def _check_checkpoint_keys(path: Path, config_dir: Path) -> None:
-    """Read the header only (no tensors) and name the parts a whole SD checkpoint lacks."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-    except Exception as exc:  # SafetensorError for garbage, OSError for unreadable files
-        raise ModelLoadError(
-            f"could not read single-file checkpoint {str(path)!r} (with configs {str(config_dir)!r}): "
-            f"not a valid safetensors file ({type(exc).__name__}: {exc})"
-        ) from exc
+    """Read the keys only (a safetensors header; a pickle weights-only, memory-mapped) and name the parts a whole
+    SD checkpoint lacks. A pickle the weights-only loader refuses is named, and nothing in it runs."""
+    if path.suffix == SUFFIX:
+        keys = _safetensors_keys(path, config_dir)
+    else:
+        keys = _pickle_keys(path, config_dir)
     missing = [part for part, prefixes in REQUIRED_PARTS.items() if not any(k.startswith(prefixes) for k in keys)]
     if missing:
         looked_for = ", ".join(f"{p}*" for m in missing for p in REQUIRED_PARTS[m])
@@ -119,6 +115,39 @@ def _check_checkpoint_keys(path: Path, config_dir: Path) -> None:
             f"it has no {' and no '.join(missing)} weights ({looked_for}). "
             "A VAE-only, LoRA or diffusers-layout file cannot be loaded as a model"
         )
+
+
+def _safetensors_keys(path: Path, config_dir: Path) -> list[str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except Exception as exc:  # SafetensorError for garbage, OSError for unreadable files
+        raise ModelLoadError(
+            f"could not read single-file checkpoint {str(path)!r} (with configs {str(config_dir)!r}): "
+            f"not a valid safetensors file ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _pickle_keys(path: Path, config_dir: Path) -> list[str]:
+    """The keys of a pickle checkpoint, read through torch's weights-only unpickler (A1111's ``state_dict`` nesting
+    looked into), memory-mapped where the file allows it, so the tensors are not read twice."""
+    import pickle
+    import zipfile
+
+    from engine.models.loading import not_plain_weights
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        raise not_plain_weights(repr(str(path)), path.name, exc) from None
+    except Exception as exc:  # a truncated or foreign file
+        raise ModelLoadError(f"could not read single-file checkpoint {str(path)!r} (with configs "
+                             f"{str(config_dir)!r}): {type(exc).__name__}: {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    return [k for k in state if isinstance(k, str)] if isinstance(state, dict) else []
 
 
 def _check_all_weights_loaded(pipe, path: Path, config_dir: Path) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.models.identity import file_sha256
+from engine.models.identity import file_sha256, resolved
 
 FORMAT = "diffusion-workbench-run"
 VERSION = 1  # bumped when a field changes meaning; a replay refuses newer bundles
@@ -67,9 +67,9 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
 
 def run_record(kind: str, request, pipe, noise_sha256: str, images: Sequence[Image.Image]) -> dict:
     """The record of a finished run of ``kind`` ("txt2img" or "unconditional"): ``request`` resolved,
-    the model's identity (set on ``pipe`` by the registry), environment, the initial noise's hash
+    the model's identity (set on ``pipe`` by the registry; waited for here if still hashing), environment, the initial noise's hash
     (:func:`tensor_sha256`) and the images hashed."""
-    model = getattr(pipe, "workbench_identity", None) or {"name": request.model, "source": "unknown"}
+    model = resolved(getattr(pipe, "workbench_identity", None)) or {"name": request.model, "source": "unknown"}
     record = {
         "format": FORMAT,
         "version": VERSION,

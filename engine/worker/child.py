@@ -36,6 +36,7 @@ class WorkerConfig:
     device: str  # as --device takes it
     torch_threads: int | None  # intra-op threads; None leaves torch's default
     min_interval: float  # seconds between step events sent to the server
+    model_cache_bytes: int | None = None  # the model cache's budget (--model-cache-gb); None: from the memory
 
 
 # A run's kind -> the kind of model it loads. "probe": a few unconditional steps, saved nowhere, that time a step;
@@ -222,7 +223,8 @@ class Runner:
         self.config = config
         self.conn = conn
         self.send_lock = threading.Lock()
-        self.registry = ModelRegistry(config.models_dir, resolve_device(config.device))
+        self.registry = ModelRegistry(config.models_dir, resolve_device(config.device),
+                                      cache_bytes=config.model_cache_bytes)
         self.runs: queue.Queue = queue.Queue()
         self.cancelled: set[int] = set()  # runs stopped before they began
         self.current: tuple[int, CancelToken] | None = None
@@ -234,7 +236,7 @@ class Runner:
 
     def events(self, kind: str, request, cancel: CancelToken):
         check(cancel, 0)
-        pipe = self.registry.load(request.model, MODEL_KIND[kind])
+        pipe = yield from self.registry.iter_load(request.model, MODEL_KIND[kind], cancel=cancel)  # Loading events
         if kind == "txt2img":
             self.registry.use_lora(pipe, request.model, request.lora, request.lora_scale)
         yield from loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.config.outputs_dir)

@@ -20,14 +20,14 @@ def test_forget_does_not_wait_behind_a_load(tmp_path, monkeypatch):
     """The training thread's forget at every checkpoint used to wait for a whole model load (a hub download)."""
     registry = ModelRegistry(tmp_path, CPU)
     entered, release = threading.Event(), threading.Event()
-    real_load = registry._load
+    real_load = registry._iter_load
 
-    def slow_load(ref, kind):  # stands in for a long download
+    def slow_load(ref, kind, cancel=None):  # stands in for a long download
         entered.set()
         release.wait(10)
-        return real_load(ref, kind)
+        return (yield from real_load(ref, kind, cancel))
 
-    monkeypatch.setattr(registry, "_load", slow_load)
+    monkeypatch.setattr(registry, "_iter_load", slow_load)
     loader = threading.Thread(target=registry.load, args=("digits-ddpm", "unconditional"))
     loader.start()
     try:
@@ -43,14 +43,14 @@ def test_forget_does_not_wait_behind_a_load(tmp_path, monkeypatch):
 def test_same_model_is_loaded_once_and_a_forgotten_load_is_not_cached(tmp_path, monkeypatch):
     registry = ModelRegistry(tmp_path, CPU)
     calls, release = [], threading.Event()
-    real_load = registry._load
+    real_load = registry._iter_load
 
-    def counted(ref, kind):
+    def counted(ref, kind, cancel=None):
         calls.append(ref.name)
         release.wait(10)
-        return real_load(ref, kind)
+        return (yield from real_load(ref, kind, cancel))
 
-    monkeypatch.setattr(registry, "_load", counted)
+    monkeypatch.setattr(registry, "_iter_load", counted)
     results = []
     threads = [threading.Thread(target=lambda: results.append(registry.load("digits-ddpm", "unconditional")))
                for _ in range(3)]

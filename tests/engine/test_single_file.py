@@ -105,12 +105,29 @@ def test_round_trip_from_an_empty_cache(exported, tmp_path, monkeypatch, no_netw
     assert not any(empty.iterdir())
 
 
-@pytest.mark.parametrize("name", ["tiny.ckpt", "tiny.pt", "tiny.bin", "tiny.SAFETENSORS"])
-def test_pickle_and_other_suffixes_are_refused(exported, tmp_path, name):
+@pytest.mark.parametrize("name", ["tiny.SAFETENSORS", "tiny.pkl", "tiny.txt"])
+def test_other_suffixes_are_refused(exported, tmp_path, name):
     path = tmp_path / name
     path.write_bytes(exported[2].read_bytes())  # a valid safetensors file under another name
-    with pytest.raises(ModelLoadError, match="safetensors only"):
+    with pytest.raises(ModelLoadError, match=r"is not a checkpoint file: a single-file model ends in \.safetensors "
+                                             r"\(or \.ckpt, \.pt, \.pth, \.bin, read weights-only\)$"):
         load_single_file(path, exported[1])
+
+
+@pytest.mark.parametrize("name", ["tiny.ckpt", "tiny.pt", "tiny.bin"])
+def test_a_pickle_checkpoint_loads_through_the_weights_only_loader(exported, tmp_path, name, monkeypatch):
+    """A1111's .ckpt layout ({"state_dict": ...}) as a torch pickle: it used to be refused ("safetensors only")."""
+    from safetensors.torch import load_file
+
+    path = tmp_path / name
+    torch.save({"state_dict": load_file(exported[2])}, path)
+    calls, real = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw.get("weights_only")) or real(*a, **kw))
+    pipe = load_single_file(path, exported[1])
+    assert calls and all(w is True for w in calls)
+    for component in COMPONENTS:
+        original, restored = getattr(exported[0], component).state_dict(), getattr(pipe, component).state_dict()
+        assert all(torch.equal(restored[k], t) for k, t in original.items()), component
 
 
 def test_garbage_file_is_a_model_load_error(exported, tmp_path, no_network):
