@@ -49,7 +49,7 @@ from engine.training.data import UploadLimits, list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
 from engine.training.request import RUN_NAME, TrainRequest, resume_request
 from engine.validation import check_batch_count, check_choice, check_int, given
-from engine.worker.child import MODEL_KIND, WorkerConfig, loop_of
+from engine.worker.child import MODEL_KIND, WorkerConfig, run_events
 from engine.worker.process import DeviceWorker, RunRecord
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class Workbench:
 
     def recent_runs(self) -> list[RunRecord]:
         """The worker's latest sampling runs, oldest first: when each was queued, began and ended, and how."""
-        return list(self.worker.history) if self.worker is not None else []
+        return self.worker.recent() if self.worker is not None else []
 
     def _forget(self, name: str) -> None:
         self.registry.forget(name)
@@ -384,10 +384,8 @@ class Workbench:
             return
         with self._device:
             check(cancel, 0)  # stopped while waiting for the device: nothing to load
-            pipe = yield from self.registry.iter_load(request.model, MODEL_KIND[kind], cancel=cancel)
-            if kind == "txt2img":
-                self.registry.use_lora(pipe, request.model, request.lora, request.lora_scale)
-            for event in loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.folders.outputs_dir):
+            for event in run_events(self.registry, kind, request, cancel=cancel,
+                                    outputs_dir=self.folders.outputs_dir):
                 yield event
                 if isinstance(event, Done) and history == "after":  # here every preview is drawn on first look
                     yield StepsDrawn(event.steps)

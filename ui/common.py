@@ -22,6 +22,7 @@ import gradio as gr
 
 from engine.cancel import CancelToken
 from engine.errors import InputError, ModelLoadError, WorkbenchError
+from engine.files import atomic_write
 from engine.streaming import stream_latest
 from engine.validation import given
 
@@ -339,13 +340,32 @@ def settings_updates(targets: dict[str, dict], kind: str, settings: dict, *, see
     return {widget: values[name] for name, widget in fields.items() if name in values}
 
 
+RUN_FILES_KEPT = 200  # run files (Export run) kept in the temp folder: a page's link lives far shorter
+RUN_FILE_AGE = 24 * 3600.0  # seconds a run file stays at most
+
+
 def write_run_file(bundle: dict, image: str) -> str:
-    """A run's bundle as a small JSON file for the page to download, named after its image."""
+    """A run's bundle as a small JSON file for the page to download, named after its image: written beside and
+    renamed into place (a download of the same run under way keeps reading the whole file it opened), the
+    oldest removed past :data:`RUN_FILES_KEPT` files or :data:`RUN_FILE_AGE` seconds."""
     folder = Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir()) / "runs"
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{'-'.join(Path(image).with_suffix('').parts[-3:])}-run.json"
-    path.write_text(json.dumps(bundle, indent=1))
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(bundle, indent=1))
+    _prune_run_files(folder, keep=path)
     return str(path)
+
+
+def _prune_run_files(folder: Path, keep: Path) -> None:
+    files = []
+    for path in folder.glob("*-run.json"):
+        with contextlib.suppress(FileNotFoundError):  # another request pruned it meanwhile
+            files.append((path.stat().st_mtime, path))
+    files.sort(reverse=True)  # newest first
+    now = time.time()
+    for i, (mtime, path) in enumerate(files):
+        if path != keep and (i >= RUN_FILES_KEPT or now - mtime > RUN_FILE_AGE):
+            path.unlink(missing_ok=True)
 
 
 def seed_buttons(prefix: str) -> tuple[gr.Button, gr.Button]:

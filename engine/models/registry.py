@@ -308,12 +308,14 @@ class ModelRegistry:
         """Drop cached pipelines whose location is ``name``'s (after a checkpoint is rewritten)."""
         location = str((self.models_dir / name).resolve())
         with self._lock:
-            for key in [k for k in self._cache if k.endswith(":" + location)]:
-                del self._cache[key]
+            keys = [k for k in self._cache if k.endswith(":" + location)]
+            dropped = [self._cache.pop(k) for k in keys]
+            for key in keys:
                 self._sizes.pop(key, None)
             for pending in self._loading.values():
                 if pending.location == location:
                     pending.forgotten = True
+        _release(dropped)
 
     def _iter_load(self, ref: ModelRef, kind: str, cancel: CancelToken | None = None) -> Iterator[Loading]:
         """Load ``ref`` (no cache), yielding each component's ``Loading``; returns the pipeline on the device."""
@@ -433,6 +435,23 @@ class _PendingLoad:
     location: str
     done: threading.Event = field(default_factory=threading.Event)
     forgotten: bool = False  # set by forget() while loading: do not cache the result
+
+
+def _release(pipes: list) -> None:
+    """Free the memory of pipelines that left the cache now. A compiled UNet holds itself in a reference cycle (its
+    compiled module, kept with it, wraps it: ``engine.sampling.fast``), which reference counting never frees: only a
+    collection does, and in a worker that may come late or never while it holds the model's memory (GPU memory
+    on a GPU). A run still using one keeps it until it ends."""
+    if not pipes:
+        return
+    import gc
+
+    import torch
+
+    pipes.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def check_kind(name: str, pipeline_class: str | None, kind: str) -> None:

@@ -219,6 +219,7 @@ class _State:
     fused: bool = False  # fused QKV projections made (UNet2DConditionModel): fused_qkv() may switch them on
     compiled_unet: torch.nn.Module | None = None
     ready: collections.OrderedDict = field(default_factory=collections.OrderedDict)  # signature -> callable
+    processors: dict | None = None  # the attention processors every run starts with (reset)
 
     def compiled(self, unet) -> torch.nn.Module:
         if self.compiled_unet is None:
@@ -237,6 +238,29 @@ def _state(unet) -> _State:
     if state is None:
         state = unet.__dict__["_workbench_speed"] = _State()  # a plain attribute: not a submodule, not saved
     return state
+
+
+def reset(pipe) -> None:
+    """Before a run: ``pipe``'s attention processors as every run of it has them, whatever the run before left: the
+    model's own (on the GPU path, as :func:`prepare` made them, prepared before any run of any kind)."""
+    if pipe.device.type in FAST_DEVICES:
+        prepare(pipe)
+    unet = pipe.unet
+    state = _state(unet)
+    now = unet.attn_processors
+    if state.processors is None:
+        state.processors = now
+    elif now.keys() != state.processors.keys() or any(now[k] is not p for k, p in state.processors.items()):
+        unet.set_attn_processor(dict(state.processors))
+
+
+def run_state(pipe, *, compile: bool = False) -> dict:
+    """What a run of ``pipe`` depended on besides its request's numbers, as it was set (see
+    :func:`engine.worker.child.run_events`): the LoRA and scale, the attention processors, compiled or not."""
+    name, scale, _ = getattr(pipe, "workbench_lora", ("", 1.0, None))
+    return {"lora": name or None, "lora_scale": float(scale) if name else None,
+            "attention": sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()}),
+            "compiled": bool(compile)}
 
 
 def release(unet) -> None:

@@ -38,6 +38,7 @@ from engine.cancel import CancelToken, check
 from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
 from engine.images import fit, open_rgb
+from engine.sampling.fast import run_state
 from engine.sampling.outputs import save_png
 from engine.sampling.preview import LatentRGBPreviewer, PixelPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
@@ -154,6 +155,7 @@ def iter_img2img(
         latents = scheduler.add_noise(latents, noise, timesteps[:1])
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
         info = _info(request, scheduler, width, height, visited)
+        info["state"] = run_state(pipe)  # what this run set (run_events): no LoRA, never compiled
 
         def step() -> None:  # one UNet evaluation as the loop makes it: counted only where it decides
             model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if do_cfg else latents, timesteps[0])
@@ -230,6 +232,7 @@ def iter_sdedit(
         noise = randn_tensor(x0.shape, generator=generator, device=device, dtype=unet.dtype)
         image = scheduler.add_noise(x0, noise, timesteps[:1])
         info = _info(request, scheduler, x0.shape[-1], x0.shape[-2], visited)
+        info["state"] = run_state(pipe)  # what this run set (run_events): never compiled
         info.pop("prompt"), info.pop("negative_prompt"), info.pop("guidance_scale")  # an unconditional model takes none
         code = sdedit_code(pipe, request)
         yield Started(total=len(visited), timesteps=visited, info=info, code=code)

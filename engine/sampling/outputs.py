@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import json
+import os
 import re
 import threading
 from datetime import date
@@ -14,6 +14,7 @@ from PIL import Image, PngImagePlugin
 from engine.files import atomic_write
 
 _lock = threading.Lock()
+NUMBERED = re.compile(r"^\.?(\d+)[-.]")  # an image "00012-seed...png" or a claim ".00012.claim"
 RECORD_CHUNK = "workbench"  # the PNG text chunk holding a run's record as JSON (engine.sampling.runrecord)
 
 
@@ -42,23 +43,42 @@ def save_png(image: Image.Image, info: dict, outputs_dir: str | Path, kind: str,
              record: dict | None = None) -> Path:
     """Save under ``outputs_dir/kind/YYYY-MM-DD/NNNNN-seed<suffix>.png`` (the next number), written atomically,
     with A1111's ``parameters`` text and, where given, the run's ``record`` as JSON in the ``workbench`` chunk
-    (see :mod:`engine.sampling.runrecord`)."""
+    (see :mod:`engine.sampling.runrecord`). The number is claimed exclusively (:func:`_claim_number`): the server
+    (grids) and the device worker (images) save into the same folders, and each number goes to one image."""
     folder = Path(outputs_dir) / kind / date.today().isoformat()
     folder.mkdir(parents=True, exist_ok=True)
     meta = PngImagePlugin.PngInfo()
     meta.add_text("parameters", a1111_parameters(info))
     if record:
         meta.add_text(RECORD_CHUNK, json.dumps(record, separators=(",", ":")))
-    with _lock:
-        numbers = [int(m.group(1)) for p in folder.iterdir() if (m := re.match(r"(\d+)-", p.name))]
-        start = max(numbers, default=0) + 1
-        for n in itertools.count(start):
+    with _lock:  # this process's writers in turn; other processes are kept apart by the claim
+        n, claim = _claim_number(folder)
+        try:
             path = folder / f"{n:05d}-{info.get('seed', 0)}{suffix}.png"
-            if not path.exists():
-                break
-        with atomic_write(path) as tmp:
-            image.save(tmp, format="PNG", pnginfo=meta)
+            with atomic_write(path) as tmp:
+                image.save(tmp, format="PNG", pnginfo=meta)
+        finally:
+            claim.unlink(missing_ok=True)
     return path
+
+
+def _claim_number(folder: Path) -> tuple[int, Path]:
+    """(the next free number in ``folder``, its claim): a hidden file ``.NNNNN.claim`` created exclusively
+    (``O_EXCL``: of two processes creating it, one succeeds), held while the image is written and removed after.
+    A number is free when no image and no claim has it; a claim made just after another writer wrote that number's
+    image and removed its claim finds the image and moves on."""
+    while True:
+        numbers = [int(m.group(1)) for p in folder.iterdir() if (m := NUMBERED.match(p.name))]
+        n = max(numbers, default=0) + 1
+        claim = folder / f".{n:05d}.claim"
+        try:
+            os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:  # another writer holds it: look again
+            continue
+        if any(p.name.startswith(f"{n:05d}-") for p in folder.iterdir()):
+            claim.unlink(missing_ok=True)  # written meanwhile by a writer whose claim is gone
+            continue
+        return n, claim
 
 
 def read_parameters(path: str | Path) -> str | None:

@@ -10,6 +10,7 @@ bundle, see :mod:`engine.sampling.replay`)::
      "environment": {"torch": "2.14.1", "diffusers": "0.42.1", "transformers": "5.24.0", "gradio": "6.31.0",
                      "device": "cpu", "device_name": "cpu", "dtype": "float32"},
      "noise_sha256": "...", "images_sha256": ["..."],
+     "state": {"lora": null, "lora_scale": null, "attention": ["AttnProcessor2_0"], "compiled": false},
      "lora": {"name": "...", "sha256": "..."}}     # only where the request switched a LoRA on
 """
 
@@ -25,6 +26,7 @@ import torch
 from PIL import Image
 
 from engine.models.identity import file_sha256, resolved
+from engine.sampling.fast import run_state
 
 FORMAT = "diffusion-workbench-run"
 VERSION = 1  # bumped when a field changes meaning; a replay refuses newer bundles
@@ -79,6 +81,7 @@ def run_record(kind: str, request, pipe, noise_sha256: str, images: Sequence[Ima
         "environment": environment(pipe.device, pipe.unet.dtype),
         "noise_sha256": noise_sha256,
         "images_sha256": [image_sha256(im) for im in images],
+        "state": run_state(pipe, compile=getattr(request, "compile", False)),  # set by the run (run_events)
     }
     if getattr(request, "lora", ""):  # the LoRA switched on changes the image as the model's weights do
         _, _, path = getattr(pipe, "workbench_lora", ("", 1.0, None))

@@ -157,6 +157,7 @@ def iter_txt2img(
         latents = latents * scheduler.init_noise_sigma
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
         info = _info(request, scheduler)
+        info["state"] = fast.run_state(pipe, compile=request.compile)  # what this run set (run_events)
 
         def step() -> None:  # one UNet evaluation as the loop makes it: counted only where it decides
             model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if do_cfg else latents, timesteps[0])

@@ -138,6 +138,7 @@ def iter_unconditional(
         unet_timesteps = speed.unet_timesteps(timesteps)  # the same values on the UNet's device
         visited = tuple(int(t) for t in timesteps.tolist())
         info = _info(request, scheduler, shape)
+        info["state"] = fast.run_state(pipe, compile=request.compile)  # what this run set (run_events)
         code = diffusers_code(pipe, request)
         denoise = speed.denoiser(image, unet_timesteps[0])
         yield Started(total=len(visited), timesteps=visited, code=code,

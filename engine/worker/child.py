@@ -55,6 +55,22 @@ def loop_of(kind: str):
             "img2img": iter_img2img, "sdedit": iter_sdedit}[kind]
 
 
+def run_events(registry, kind: str, request, *, cancel: CancelToken | None, outputs_dir):
+    """The events of a run of ``kind``: its model from ``registry``, the whole state the run depends on set, then its
+    loop. Every run shares the cached pipeline with the runs before it, so each sets what it depends on, never
+    inheriting it: the LoRA and its scale (the request's; none for a request without one, img2img's included)
+    and the attention processors (the model's own: :func:`engine.sampling.fast.reset`). Compiling is the request's
+    (a compiled UNet is a wrapper beside the model, never the model), and each loop builds its scheduler afresh
+    from the model's config. The loops write what was set into the run's info and record (``state``)."""
+    from engine.sampling import fast
+
+    pipe = yield from registry.iter_load(request.model, MODEL_KIND[kind], cancel=cancel)  # Loading events
+    if MODEL_KIND[kind] == "txt2img":
+        registry.use_lora(pipe, request.model, getattr(request, "lora", ""), getattr(request, "lora_scale", 1.0))
+    fast.reset(pipe)
+    yield from loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=outputs_dir)
+
+
 def already_drawn(array: np.ndarray) -> np.ndarray:
     """The previewer of a preview drawn in the worker (a VAE decode needs the model there)."""
     return array
@@ -236,10 +252,7 @@ class Runner:
 
     def events(self, kind: str, request, cancel: CancelToken):
         check(cancel, 0)
-        pipe = yield from self.registry.iter_load(request.model, MODEL_KIND[kind], cancel=cancel)  # Loading events
-        if kind == "txt2img":
-            self.registry.use_lora(pipe, request.model, request.lora, request.lora_scale)
-        yield from loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=self.config.outputs_dir)
+        yield from run_events(self.registry, kind, request, cancel=cancel, outputs_dir=self.config.outputs_dir)
 
     def run(self, run_id: int, kind: str, request, history: str = "drawn", views=None) -> None:
         cancel = CancelToken()

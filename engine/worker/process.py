@@ -55,7 +55,11 @@ class DeviceWorker:
         self._ready = threading.Event()
         self._runs: dict[int, queue.Queue] = {}
         self._ids = itertools.count(1)
-        self.history: deque[RunRecord] = deque(maxlen=HISTORY)  # the latest runs, oldest first
+        self.history: deque[RunRecord] = deque(maxlen=HISTORY)  # the latest runs, oldest first (see recent())
+        # Runs, cancels and forgets send from their own threads, and a run's image pickles to more than a pipe's
+        # buffer, so one message may go out in several writes: one sender at a time, or two messages interleave.
+        self._send_lock = threading.Lock()
+        self._history_lock = threading.Lock()  # runs append records while the reader thread stamps them
 
     # -- life --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -80,7 +84,8 @@ class DeviceWorker:
         if process is None:
             return
         try:
-            conn.send(("stop",))
+            with self._send_lock:
+                conn.send(("stop",))
         except OSError:
             pass
         process.join(timeout=10)
@@ -90,6 +95,11 @@ class DeviceWorker:
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
+
+    def recent(self) -> list[RunRecord]:
+        """A copy of :attr:`history`, oldest first, taken while no run adds to it."""
+        with self._history_lock:
+            return list(self.history)
 
     def forget(self, name: str) -> None:
         """Drop the worker's cached pipelines of ``name`` (a training checkpoint was rewritten)."""
@@ -106,7 +116,8 @@ class DeviceWorker:
         inbox: queue.Queue = queue.Queue()
         self._runs[run_id] = inbox
         record = RunRecord(run_id, kind, queued=time.monotonic())
-        self.history.append(record)
+        with self._history_lock:
+            self.history.append(record)
         ended = False
         try:
             self.start()
@@ -145,7 +156,8 @@ class DeviceWorker:
                 return
             raise WorkerError("the device worker is not running")
         try:
-            conn.send(message)
+            with self._send_lock:
+                conn.send(message)
         except (OSError, ValueError) as exc:
             if start:
                 raise WorkerError(f"the device worker cannot be reached ({exc}); the next run restarts it") from exc
@@ -154,13 +166,14 @@ class DeviceWorker:
         """Stamp a run's start and end as they arrive, whether or not anyone still reads its events."""
         if kind not in ("started", "end"):
             return
-        for record in reversed(self.history):
-            if record.run_id == run_id:
-                if kind == "started":
-                    record.started = time.monotonic()
-                else:
-                    record.ended, record.outcome = time.monotonic(), _outcome(payload)
+        with self._history_lock:
+            record = next((r for r in reversed(self.history) if r.run_id == run_id), None)
+            if record is None:
                 return
+            if kind == "started":
+                record.started = time.monotonic()
+            else:
+                record.ended, record.outcome = time.monotonic(), _outcome(payload)
 
     def _read(self, conn, process, ready: threading.Event) -> None:
         """The reader thread: hand each message to its run's inbox until the worker goes away."""
@@ -176,6 +189,9 @@ class DeviceWorker:
                     inbox.put((kind, payload))
         except (EOFError, OSError):
             pass
+        except Exception:  # a message that cannot be read (a bug): end the worker, so its runs fail, never hang
+            log.exception("the device worker's messages cannot be read; stopping it")
+            process.kill()
         process.join(timeout=1)
         code = process.exitcode
         with self._lock:
@@ -187,9 +203,10 @@ class DeviceWorker:
                             "the next run starts a new one")
         for inbox in list(self._runs.values()):
             inbox.put(("end", error))
-        for record in self.history:
-            if record.started is not None and record.ended is None:
-                record.ended, record.outcome = time.monotonic(), "failed: the worker stopped"
+        with self._history_lock:
+            for record in self.history:
+                if record.started is not None and record.ended is None:
+                    record.ended, record.outcome = time.monotonic(), "failed: the worker stopped"
 
 
 def _outcome(error: BaseException | None) -> str:

@@ -126,3 +126,33 @@ def test_a_failing_load_is_a_model_error_with_its_traceback_in_the_log(tmp_path,
         registry.load("digits-ddpm", "unconditional")
     logged = [r for r in caplog.records if r.name == "engine.models.registry" and r.exc_info]
     assert logged and logged[0].exc_info[0] is TypeError
+
+
+@pytest.mark.parametrize("how", ["evicted", "forgotten"])
+def test_a_compiled_model_that_leaves_the_cache_is_freed(tmp_path, how):
+    """A compiled UNet is held in a reference cycle by its compiled module (engine.sampling.fast): leaving the cache
+    must free it. Automatic collections are off here, so the outcome does not hang on when one happens to run."""
+    import gc
+    import weakref
+
+    from engine.sampling import fast
+    from engine.testing.tiny import tiny_ddpm_pipeline
+
+    for name in ("a", "b"):
+        tiny_ddpm_pipeline(0).save_pretrained(tmp_path / name)
+    registry = ModelRegistry(tmp_path, CPU, cache_bytes=1)  # only the newest fits
+    unet = registry.load("a", "unconditional").unet
+    fast._state(unet).compiled(unet)  # what a run with compile=True builds and keeps with the model
+    gone = weakref.ref(unet)
+    del unet
+    gc.collect()
+    gc.disable()
+    try:
+        assert gone() is not None  # the cache holds it
+        if how == "evicted":
+            registry.load("b", "unconditional")
+        else:
+            registry.forget("a")
+        assert gone() is None
+    finally:
+        gc.enable()
