@@ -145,6 +145,7 @@ def build_app(args: argparse.Namespace):
                 iter_img2img=bench.iter_img2img,
                 iter_strength_strip=bench.iter_strength_strip,
                 check_img2img=bench.check_img2img,
+                img2img_size=bench.img2img_size,
                 img2img_start=bench.img2img_start,
                 model_kind=bench.model_kind,
                 sample_image=bench.sample_image,

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from engine.errors import InputError
+from engine.validation import check_choice
 
 WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit (and 32-bit integer) greyscale
 FLOAT_MODE = "F"
@@ -61,9 +62,51 @@ def open_rgb(source: str | Path | Image.Image | np.ndarray) -> Image.Image:
                          field="image") from None
 
 
-def fit(image: Image.Image, width: int, height: int) -> Image.Image:
-    """``image`` cropped about its centre to the aspect of ``width`` x ``height``, then resized to it (bicubic)."""
-    scale = max(width / image.width, height / image.height)
-    crop_w, crop_h = round(width / scale), round(height / scale)
-    left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
-    return image.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), Image.BICUBIC)
+# AUTOMATIC1111's img2img resize modes, by its names (``modules/images.py::resize_image``; resampled with Lanczos as
+# it does with no upscaler set). Each function needs only PIL's ``Image``: the code box shows its source as it is.
+# An image already at width x height comes back unchanged in every mode.
+def just_resize(image: Image.Image, width: int, height: int) -> Image.Image:
+    """``image`` stretched to ``width`` x ``height``, its aspect not kept (A1111's "Just resize")."""
+    return image.resize((width, height), Image.LANCZOS)
+
+
+def crop_and_resize(image: Image.Image, width: int, height: int) -> Image.Image:
+    """``image`` scaled to cover ``width`` x ``height``, its aspect kept, what overflows cropped about the centre
+    (A1111's "Crop and resize")."""
+    if width * image.height > image.width * height:  # the frame is wider: the width fits, the height overflows
+        size = (width, image.height * width // image.width)
+    else:
+        size = (image.width * height // image.height, height)
+    left, top = size[0] // 2 - width // 2, size[1] // 2 - height // 2
+    return image.resize(size, Image.LANCZOS).crop((left, top, left + width, top + height))
+
+
+def resize_and_fill(image: Image.Image, width: int, height: int) -> Image.Image:
+    """``image`` scaled to fit inside ``width`` x ``height``, its aspect kept, centred; the bands left over are
+    filled by drawing its edge rows (or columns) out across them (A1111's "Resize and fill")."""
+    wide = width * image.height < image.width * height  # the image is wider: bands above and below it
+    size = (width, image.height * width // image.width) if wide else (image.width * height // image.height, height)
+    fitted = image.resize(size, Image.LANCZOS)
+    left, top = width // 2 - size[0] // 2, height // 2 - size[1] // 2
+    out = Image.new("RGB", (width, height))
+    out.paste(fitted, (left, top))
+    # Each band: a box of no thickness on the fitted image's edge, resized to the band (bicubic), as A1111 draws it.
+    w, h = size
+    if wide:
+        bands = [((0, 0, w, 0), (0, 0), top), ((0, h, w, h), (0, top + h), height - top - h)]
+    else:
+        bands = [((0, 0, 0, h), (0, 0), left), ((w, 0, w, h), (left + w, 0), width - left - w)]
+    for box, at, thickness in bands:
+        if thickness > 0:
+            band = (width, thickness) if wide else (thickness, height)
+            out.paste(fitted.resize(band, Image.BICUBIC, box=box), at)
+    return out
+
+
+RESIZE_MODES = {"Just resize": just_resize, "Crop and resize": crop_and_resize, "Resize and fill": resize_and_fill}
+
+
+def resize_image(image: Image.Image, width: int, height: int, mode: str = "Just resize") -> Image.Image:
+    """``image`` brought to ``width`` x ``height`` as resize ``mode`` (a key of ``RESIZE_MODES``) says."""
+    check_choice("resize mode", mode, RESIZE_MODES)
+    return RESIZE_MODES[mode](image, width, height)

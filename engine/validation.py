@@ -46,6 +46,7 @@ def check_bool(name: str, value) -> None:
 
 
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
+MAX_SIDE = 2048  # of an image made, in pixels: past it a CPU run takes hours and a GPU's memory runs out
 MAX_BATCH_COUNT = 100  # runs one click makes; each is saved, so a larger batch fills the outputs dir quickly
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # 'owner/name' on the Hugging Face Hub
 
@@ -53,6 +54,13 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # 'owner/name' on the Hugg
 def check_seed(value, *, allow_random: bool = True) -> None:
     """A seed for ``torch.Generator.manual_seed``; -1 (draw one) where ``allow_random``."""
     check_int("seed", value, -1 if allow_random else 0, MAX_SEED)
+
+
+def check_side(name: str, value) -> None:
+    """An image side in pixels: a whole multiple of 8 (a VAE's latent is 1/8 of it) from 8 to ``MAX_SIDE``."""
+    check_int(name, value, 8, MAX_SIDE)
+    if int(value) % 8:
+        raise InputError(f"{name} must be a multiple of 8 (8 to {MAX_SIDE}); got {int(value)}", field=name)
 
 
 def check_choice(name: str, value, allowed) -> None:

@@ -32,7 +32,8 @@ from engine.sampling.outputs import save_png
 from engine.sampling.pnginfo import PngInfo, png_info
 from engine.sampling.replay import ReplayReport, cannot, export_bundle, read_bundle, verdict
 from engine.sampling.compare import Column, ColumnResult, CompareDone, CompareRequest, CompareStarted, sigmas_at
-from engine.sampling.img2img import STRIP_STRENGTHS, Img2ImgRequest, StripFrame, similarity, start_timestep
+from engine.sampling.img2img import (FIXED_SIZE, STRIP_STRENGTHS, Img2ImgRequest, StripFrame, output_size, sdedit_size,
+                                    similarity, size_from, start_timestep)
 from engine.sampling.schedulers import SCHEDULERS, scheduler_spec
 from engine.sampling.txt2img import Txt2ImgRequest
 from engine.sampling.views import DEFAULT_VIEWS
@@ -192,11 +193,35 @@ class Workbench:
         if kind == "txt2img":
             return "img2img"
         scheduler_spec(request.scheduler, UNCONDITIONAL_SCHEDULERS)
+        self.img2img_size(request)  # a width or height SDEdit does not take
         train_steps = self.default_steps(model, "DDPM")
         if train_steps is not None:
             check_int(f"steps for this model (trained with {train_steps} timesteps)", request.num_inference_steps, 1,
                       train_steps)
         return "sdedit"
+
+    def img2img_size(self, request: Img2ImgRequest) -> dict | None:
+        """The size a run of ``request`` makes, read from its model's configs before it runs: ``{"width", "height",
+        "size_from"}`` (in words, as the run's parameters say it); None where that needs the model downloaded.
+        Raises the :class:`InputError` of a width or height an unconditional model (SDEdit) does not take."""
+        model = request.model or self.default_model("txt2img")
+        try:
+            folder = self.registry.config_folder(model)
+        except ModelLoadError:
+            return None
+        if folder is None:
+            return None
+        if self.model_kind(model) == "txt2img":
+            model_size = native_size(folder)
+            if model_size is None:
+                return None
+            width, height = output_size(request.image.size, model_size, request.width, request.height)
+            return {"width": width, "height": height, "size_from": size_from(request, model_size)}
+        side = unet_side(folder)
+        if side is None:
+            return None
+        width, height = sdedit_size(request, (side, side))
+        return {"width": width, "height": height, "size_from": FIXED_SIZE}
 
     def img2img_start(self, model: str, scheduler: str, num_inference_steps: int, strength: float) -> dict:
         """Where a run of ``strength`` starts on ``model``'s schedule, before it runs: ``{"timestep", "steps_run",
@@ -220,7 +245,8 @@ class Workbench:
                     done = event
             image = done.images[0]
             yield StripFrame(strength=strength, start_timestep=done.info["start_timestep"], image=image,
-                             survives=similarity(request.image, image), path=done.paths[0] if done.paths else "")
+                             survives=similarity(request.image, image, request.resize_mode),
+                             path=done.paths[0] if done.paths else "")
 
     @staticmethod
     def sample_image(name: str) -> Image.Image:

@@ -11,6 +11,7 @@ import gradio as gr
 
 from engine.errors import InputError, ModelLoadError, WorkbenchError
 from engine.events import Done, Started, Step
+from engine.images import RESIZE_MODES
 from engine.sampling.img2img import STRIP_STRENGTHS, Img2ImgRequest
 from engine.sampling.txt2img import MAX_GUIDANCE
 from ui.common import (DEVICE_QUEUE, field_messages, friendly_errors, message_html, model_dropdown, page_error,
@@ -19,9 +20,13 @@ from ui.noise import CUSTOM, NoiseTab
 
 # The engine's field names (as its messages say them) -> the position of their input below.
 FIELDS = {"model": 0, "image": 1, "prompt": 2, "negative prompt": 3, "strength": 4, "steps": 5, "guidance scale": 6,
-          "scheduler": 7, "seed": 8}
+          "scheduler": 7, "seed": 8, "width": 9, "height": 10, "resize mode": 11}
 DEFAULT_PROMPT = "a handwritten digit seven"  # the text-to-image built-in knows digits
 DEFAULT_SCHEDULER = {"txt2img": "DPM++ 2M Karras", "unconditional": "DDIM"}  # each tab's own default
+# What each resize mode does to an image of another aspect, as the size line says it.
+AUTO = 0  # a width or height of 0: the engine's default size (None in the request)
+RESIZE_WORDS = {"Just resize": "stretched to it", "Crop and resize": "scaled to cover it, the overflow cropped",
+                "Resize and fill": "scaled to fit inside it, its edges drawn out over the rest"}
 
 
 def build(
@@ -30,6 +35,7 @@ def build(
     iter_img2img: Callable,  # (Img2ImgRequest, cancel=, history=) -> events
     iter_strength_strip: Callable,  # (Img2ImgRequest, cancel=) -> StripFrame per strength
     check_img2img: Callable,  # Img2ImgRequest -> the run's kind, or the error it would end with
+    img2img_size: Callable,  # Img2ImgRequest -> {"width", "height", "size_from"} before it runs, or None
     img2img_start: Callable,  # (model, scheduler, steps, strength) -> {"timestep", "steps_run", ...}
     model_kind: Callable[[str], str],
     sample_image: Callable,  # name -> a PIL image
@@ -65,6 +71,13 @@ def build(
                     scheduler = gr.Dropdown(list(schedulers("txt2img")), value=defaults.scheduler, label="Scheduler",
                                             elem_id="i2i-scheduler")
                     seed = gr.Number(value=-1, label="Seed (-1 = random)", elem_id="i2i-seed")
+                with gr.Row():  # 0 (the page's empty box sends 0): the image's aspect at about the model's pixel count
+                    width = gr.Number(value=AUTO, label="Width (multiple of 8; 0 = auto)", elem_id="i2i-width")
+                    height = gr.Number(value=AUTO, label="Height (multiple of 8; 0 = auto)", elem_id="i2i-height")
+                resize_mode = gr.Radio(list(RESIZE_MODES), value=defaults.resize_mode, label="Resize mode",
+                                       elem_id="i2i-resize-mode")
+                size_line = gr.Markdown(_size_text(img2img_size, Img2ImgRequest(
+                    image=sample_image(noise.sample_image.value), model=default_model)), elem_id="i2i-size")
                 with gr.Row():
                     run = gr.Button("Denoise from t", variant="primary", elem_id="i2i-run")
                     stop = gr.Button("Stop", variant="stop", elem_id="i2i-stop")
@@ -88,16 +101,17 @@ def build(
                 info = gr.JSON(label="Parameters used", elem_id="i2i-info")
                 code = gr.Code(label="diffusers code", language="python", wrap_lines=True, elem_id="i2i-code")
     history = gr.State(None)  # {"steps": the run's Step events, "final": its PNG}
-    inputs = [model, noise.image, prompt, negative_prompt, strength, steps, guidance_scale, scheduler, seed]
+    inputs = [model, noise.image, prompt, negative_prompt, strength, steps, guidance_scale, scheduler, seed, width,
+              height, resize_mode]
     outputs = [image, xt, progress, info, code]
 
-    def make_request(model, image, prompt, negative_prompt, strength, steps, guidance_scale, scheduler,
-                     seed) -> Img2ImgRequest:
-        """The values, by keyword, as the engine's request."""
+    def make_request(model, image, prompt, negative_prompt, strength, steps, guidance_scale, scheduler, seed,
+                     width=AUTO, height=AUTO, resize_mode="Just resize") -> Img2ImgRequest:
+        """The values, by keyword, as the engine's request (a size of 0 or none: the engine's default)."""
         return Img2ImgRequest(model=model or "", image=image, prompt=prompt or "",
                               negative_prompt=negative_prompt or "", strength=strength,
                               num_inference_steps=whole(steps), guidance_scale=guidance_scale, scheduler=scheduler,
-                              seed=whole(seed))
+                              seed=whole(seed), width=_size(width), height=_size(height), resize_mode=resize_mode)
 
     def page_request(*values, sample_name) -> Img2ImgRequest:
         """The page's request: with no image uploaded, the tab's sample image."""
@@ -110,7 +124,8 @@ def build(
         """The five outputs (result, x_t, progress, info, code) for one event."""
         if isinstance(event, Started):
             run["total"] = event.total
-            note = (f"seed {event.info['seed']} · from t = {event.info['start_timestep']}, "
+            note = (f"seed {event.info['seed']} · {event.info['width']}x{event.info['height']} · "
+                    f"from t = {event.info['start_timestep']}, "
                     f"{event.info['steps_run']} of {event.info['steps']} steps")
             return (gr.skip(), gr.skip(), progress_html(0, event.total, note=note), event.info, event.code)
         if isinstance(event, Step):
@@ -124,14 +139,16 @@ def build(
             info_out = {**event.info, "file": event.paths[0] if event.paths else None}
             n = len(event.steps)
             return (final, event.steps[-1].preview_xt.array() if n else None,
-                    progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note="done"), info_out, event.code)
+                    progress_html(n, n, elapsed=event.info.get("elapsed", 0.0),
+                                  note=f"done · {event.info['width']}x{event.info['height']}"), info_out, event.code)
         return None
 
     @friendly_errors
-    async def img2img(model, image, prompt, negative_prompt, strength, steps, guidance_scale, scheduler, seed):
+    async def img2img(model, image, prompt, negative_prompt, strength, steps, guidance_scale, scheduler, seed,
+                      width=AUTO, height=AUTO, resize_mode="Just resize"):
         """The API: previews streamed, then the final PNG with its parameters; errors are raised."""
         request = make_request(model, image, prompt, negative_prompt, strength, steps, guidance_scale, scheduler,
-                               seed)
+                               seed, width, height, resize_mode)
         run = {"steps": []}
         async for update in stream_updates(lambda cancel: iter_img2img(request, cancel=cancel, history="streamed"),
                                            lambda event: render(event, run)):
@@ -214,15 +231,27 @@ def build(
         return _start_line(start, strength_value, whole(steps_value)), gr.update(value=start["timestep"])
 
     def on_model(model_name):
-        """A model's kind decides the schedulers and whether a prompt counts; its schedule fills the tab's plots."""
+        """A model's kind decides the schedulers and whether a prompt and a size count; its schedule fills the tab's
+        plots."""
         try:
             kind = model_kind(model_name)
         except WorkbenchError:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return (gr.skip(),) * 6
         choices = list(schedulers(kind))
         shown = model_name if model_name in schedule_models() else CUSTOM
+        takes = kind == "txt2img"
+        size = gr.update(interactive=True) if takes else gr.update(value=AUTO, interactive=False)  # SDEdit: fixed
         return (gr.update(choices=choices, value=DEFAULT_SCHEDULER[kind]),
-                gr.update(interactive=kind == "txt2img"), gr.update(interactive=kind == "txt2img"), shown)
+                gr.update(interactive=takes), gr.update(interactive=takes), shown, size, size)
+
+    def show_size(*values):
+        """The size the run will make, and where it comes from; the error of a size it will not take."""
+        *values, sample_name = values
+        try:
+            request = page_request(*values, sample_name=sample_name)
+        except InputError as exc:
+            return f"*{html.escape(str(exc))}*"
+        return _size_text(img2img_size, request)
 
     page_inputs = inputs + [noise.sample_image]
     page_outputs = outputs + [original, scrub, history]
@@ -240,10 +269,39 @@ def build(
     start_inputs = [model, scheduler, steps, strength]
     noise.move(gr.on([strength.release, steps.submit, scheduler.input], where_it_starts, start_inputs,
                      [start_line, noise.t], api_visibility="private"))
-    chosen = model.input(on_model, model, [scheduler, prompt, negative_prompt, noise.schedule_model],
+    chosen = model.input(on_model, model, [scheduler, prompt, negative_prompt, noise.schedule_model, width, height],
                          api_visibility="private")
+    chosen.then(show_size, page_inputs, size_line, queue=False, api_visibility="private")
+    gr.on([noise.image.change, noise.sample_image.change, width.submit, width.blur, height.submit, height.blur,
+           resize_mode.input], show_size, page_inputs, size_line, queue=False, api_visibility="private")
     noise.move(noise.redraw(chosen).success(where_it_starts, start_inputs, [start_line, noise.t],
                                             api_visibility="private"))
+
+
+def _size(value):
+    """A width or height from the page: 0 or empty is the engine's default (None); anything else is checked there."""
+    value = whole(value)
+    return None if value in (None, AUTO) else value
+
+
+def _size_text(img2img_size: Callable, request: Img2ImgRequest) -> str:
+    """The line under the size fields: the size a run of ``request`` makes, where it comes from, and what the
+    resize mode does to the image there."""
+    try:
+        size = img2img_size(request)
+    except WorkbenchError as exc:
+        return f"*{html.escape(str(exc))}*"
+    if size is None:
+        return "The size follows the model's configs, read once it is downloaded."
+    w, h = size["width"], size["height"]
+    image_w, image_h = request.image.size
+    if (image_w, image_h) == (w, h):
+        what = "the image is at that size already, so it goes in untouched"
+    elif image_w * h == image_h * w:
+        what = f"the {image_w}x{image_h} image is scaled to it"
+    else:
+        what = f"the {image_w}x{image_h} image is {RESIZE_WORDS[request.resize_mode]}"
+    return f"Runs at **{w}x{h}**: {html.escape(size['size_from'])}; {what}."
 
 
 def _scrubber(frames: int):

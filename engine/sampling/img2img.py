@@ -14,8 +14,10 @@ Two loops, one per kind of model:
 - :func:`iter_sdedit`, unconditional models: the /ddpm loop started from ``scheduler.add_noise`` at that t,
   equal to the plain-diffusers loop of its code snippet.
 
-Before either, the image is cropped about its centre to the model's aspect and resized to the model's own size
-(:func:`engine.images.fit`): a model sees images of the size it was trained at.
+Before either, the image is brought to the run's size by one of AUTOMATIC1111's resize modes
+(:data:`engine.images.RESIZE_MODES`). A text-to-image run's size is the request's width and height, by default the
+image's aspect at about the model's pixel count (:func:`output_size`), as ``StableDiffusionImg2ImgPipeline`` takes
+an image of any size; an unconditional model's UNet has one fixed size, so SDEdit runs at that.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from PIL import Image
 from engine.cancel import CancelToken, check
 from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
-from engine.images import fit, open_rgb
+from engine.images import RESIZE_MODES, open_rgb, resize_image
 from engine.sampling.fast import run_state
 from engine.sampling.outputs import save_png
 from engine.sampling.preview import LatentRGBPreviewer, PixelPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
@@ -45,8 +47,8 @@ from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_PROMPT_CHARS, Txt2ImgRequest, encode_prompt
 from engine.sampling.txt2img import MAX_STEPS as MAX_TXT2IMG_STEPS
 from engine.sampling.txt2img import _model_dir, _vae_preview_every  # the x0 preview chosen as Text to image does
-from engine.sampling.unconditional import UNCONDITIONAL_SCHEDULERS
-from engine.validation import check_float, check_int, check_seed
+from engine.sampling.unconditional import UNCONDITIONAL_SCHEDULERS, sample_shape
+from engine.validation import MAX_SIDE, check_choice, check_float, check_int, check_seed, check_side
 
 if TYPE_CHECKING:
     from diffusers import DDPMPipeline, SchedulerMixin, StableDiffusionPipeline
@@ -58,7 +60,7 @@ AUTO_PREVIEW = Txt2ImgRequest(prompt="")  # the x0 preview is chosen as Text to 
 
 @dataclass(frozen=True)
 class Img2ImgRequest:
-    image: Any  # a path, PIL image or uint8 array; kept as an RGB PIL image (fitted to the model when it runs)
+    image: Any  # a path, PIL image or uint8 array; kept as an RGB PIL image (resized to the run's size when it runs)
     prompt: str = ""  # text-to-image models only; unconditional ones take none
     negative_prompt: str = ""
     strength: float = 0.6  # how far forward, in (0, 1]: 0.6 keeps the layout and redraws the details
@@ -67,6 +69,11 @@ class Img2ImgRequest:
     scheduler: str = "DPM++ 2M Karras"  # the text-to-image default; unconditional models take their tab's list
     seed: int = -1  # -1 draws a random seed; the one used is reported back
     model: str = ""  # the model string: which loop runs follows its kind
+    width: int | None = None  # None: the image's aspect at about the model's pixel count (output_size); SDEdit: fixed
+    height: int | None = None  # one side given, the other follows the image's aspect
+    # A1111's default. The default size keeps the image's aspect, so it only scales; an image already at the
+    # run's size is passed on untouched in every mode.
+    resize_mode: str = "Just resize"
 
     def __post_init__(self):
         if self.image is None:
@@ -85,12 +92,61 @@ class Img2ImgRequest:
                              field="guidance scale")
         scheduler_spec(self.scheduler)
         check_seed(self.seed)
+        for side in ("width", "height"):
+            if getattr(self, side) is not None:
+                check_side(side, getattr(self, side))
+        check_choice("resize mode", self.resize_mode, RESIZE_MODES)
         steps_run(self.num_inference_steps, self.strength)  # at least one step
 
     def resolved(self) -> "Img2ImgRequest":
         """A copy with the seed drawn where -1."""
         return replace(self, seed=self.seed if self.seed >= 0 else secrets.randbelow(2**32),
                        num_inference_steps=int(self.num_inference_steps))
+
+
+def output_size(image_size: tuple[int, int], model_size: tuple[int, int], width: int | None = None,
+                height: int | None = None) -> tuple[int, int]:
+    """(width, height) of a text-to-image model's img2img run: as given; a side not given follows the image's
+    aspect from the other; neither given, the image's aspect at about the model's pixel count (``model_size``,
+    its ``sample_size * vae_scale_factor`` squared). Sides are rounded to multiples of 8, from 8 to ``MAX_SIDE``."""
+    image_w, image_h = image_size
+    if width is None and height is None:
+        scale = math.sqrt(model_size[0] * model_size[1] / (image_w * image_h))
+        scale = min(scale, MAX_SIDE / image_w, MAX_SIDE / image_h)  # a long strip: its long side at most MAX_SIDE
+        return _side(image_w * scale), _side(image_h * scale)
+    return (int(width) if width is not None else _side(int(height) * image_w / image_h),
+            int(height) if height is not None else _side(int(width) * image_h / image_w))
+
+
+def _side(pixels: float) -> int:
+    return min(max(8 * round(pixels / 8), 8), MAX_SIDE)
+
+
+def size_from(request: Img2ImgRequest, model_size: tuple[int, int]) -> str:
+    """Where a text-to-image run's size comes from, in words (the parameters shown say it)."""
+    if request.width is not None and request.height is not None:
+        return "width and height as given"
+    if request.width is None and request.height is None:
+        return (f"the image's {request.image.width}x{request.image.height} aspect at about the model's "
+                f"{model_size[0]}x{model_size[1]} pixels")
+    given = "width" if request.width is not None else "height"
+    return f"the {given} given, the other side at the image's {request.image.width}x{request.image.height} aspect"
+
+
+def sdedit_size(request: Img2ImgRequest, model_size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of an SDEdit run: the unconditional model's fixed ``model_size`` (its UNet's
+    ``sample_size``); a width or height given that differs is refused."""
+    width, height = model_size
+    if request.width not in (None, width) or request.height not in (None, height):
+        given = ", ".join(f"{side} {getattr(request, side)}" for side in ("width", "height")
+                          if getattr(request, side) is not None)
+        raise InputError(f"SDEdit runs an unconditional model at its fixed size, {width}x{height} here; width and "
+                         f"height are for text-to-image models: leave them out; got {given}",
+                         field="width" if request.width not in (None, width) else "height")
+    return width, height
+
+
+FIXED_SIZE = "the unconditional model's fixed size (SDEdit takes no other)"
 
 
 def steps_run(num_inference_steps: int, strength: float) -> int:
@@ -129,11 +185,12 @@ def iter_img2img(
     outputs_dir: str | Path | None = None,
 ) -> Iterator[Started | Step | Done]:
     """Noise the image to its strength's t, then denoise with the prompt, as ``StableDiffusionImg2ImgPipeline``."""
-    # 1. Resolve the seed, fit the image to the model's size, build a fresh scheduler from the model's config.
+    # 1. Resolve the seed, bring the image to the run's size, build a fresh scheduler from the model's config.
     request = request.resolved()
     check_int("steps", request.num_inference_steps, 1, MAX_TXT2IMG_STEPS)
-    width = height = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    image = fit(request.image, width, height)
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    width, height = output_size(request.image.size, (side, side), request.width, request.height)
+    image = resize_image(request.image, width, height, request.resize_mode)
     scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
     device, unet, vae = pipe.device, pipe.unet, pipe.vae
     generator = torch.Generator("cpu").manual_seed(request.seed)
@@ -154,7 +211,7 @@ def iter_img2img(
         noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=embeds.dtype)
         latents = scheduler.add_noise(latents, noise, timesteps[:1])
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-        info = _info(request, scheduler, width, height, visited)
+        info = _info(request, scheduler, width, height, visited, size_from(request, (side, side)))
         info["state"] = run_state(pipe)  # what this run set (run_events): no LoRA, never compiled
 
         def step() -> None:  # one UNet evaluation as the loop makes it: counted only where it decides
@@ -206,9 +263,12 @@ def iter_sdedit(
     outputs_dir: str | Path | None = None,
 ) -> Iterator[Started | Step | Done]:
     """Noise the image to its strength's t, then run the /ddpm loop from there (SDEdit on an unconditional model)."""
-    # 1. Resolve the seed, check the scheduler and steps against the model, fit the image to its size and channels.
+    # 1. Resolve the seed, check the scheduler, steps and size against the model, bring the image to its size and
+    #    channels.
     request = request.resolved()
     scheduler_spec(request.scheduler, UNCONDITIONAL_SCHEDULERS)
+    height, width = sample_shape(pipe.unet.config, 1)[-2:]
+    sdedit_size(request, (width, height))
     train_steps = pipe.scheduler.config.num_train_timesteps
     check_int(f"steps for this model (trained with {train_steps} timesteps)", request.num_inference_steps, 1,
               train_steps)
@@ -216,7 +276,8 @@ def iter_sdedit(
     device, unet = pipe.device, pipe.unet
     generator = torch.Generator("cpu").manual_seed(request.seed)
     step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-    x0 = pixel_tensor(request.image, unet.config).to(device=device, dtype=unet.dtype)  # (1, C, H, W) in [-1, 1]
+    picture = resize_image(request.image, width, height, request.resize_mode)
+    x0 = pixel_tensor(picture, unet.config.in_channels).to(device=device, dtype=unet.dtype)  # (1, C, H, W) in [-1, 1]
 
     with torch.no_grad():
         # 2. The timesteps from the strength's start, read to the host once.
@@ -231,10 +292,10 @@ def iter_sdedit(
         # 3. Forward: the image noised to the first timestep with diffusers' add_noise.
         noise = randn_tensor(x0.shape, generator=generator, device=device, dtype=unet.dtype)
         image = scheduler.add_noise(x0, noise, timesteps[:1])
-        info = _info(request, scheduler, x0.shape[-1], x0.shape[-2], visited)
+        info = _info(request, scheduler, width, height, visited, FIXED_SIZE)
         info["state"] = run_state(pipe)  # what this run set (run_events): never compiled
         info.pop("prompt"), info.pop("negative_prompt"), info.pop("guidance_scale")  # an unconditional model takes none
-        code = sdedit_code(pipe, request)
+        code = sdedit_code(pipe, request, width, height)
         yield Started(total=len(visited), timesteps=visited, info=info, code=code)
 
         # 4. Back: the /ddpm loop from there.
@@ -281,43 +342,40 @@ class StripFrame:
         return f"{self.strength:g} · t {self.start_timestep} · {self.survives:.2f}"
 
 
-def pixel_tensor(image: Image.Image, unet_config) -> torch.Tensor:
-    """``image`` fitted to an unconditional model's size (greyscale for one channel), as (1, C, H, W) in [-1, 1]."""
-    size = unet_config.sample_size
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    fitted = fit(image, width, height).convert("L" if unet_config.in_channels == 1 else "RGB")
-    array = np.asarray(fitted, dtype=np.float32) / 127.5 - 1.0  # (H, W) or (H, W, 3)
+def pixel_tensor(image: Image.Image, channels: int) -> torch.Tensor:
+    """``image`` (greyscale for a one-channel model) as (1, C, H, W) in [-1, 1]."""
+    array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 127.5 - 1.0  # (H, W[, 3])
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))[None]
 
 
-def similarity(original: Image.Image, result: Image.Image) -> float:
+def similarity(original: Image.Image, result: Image.Image, resize_mode: str = "Just resize") -> float:
     """How much of ``original`` survives in ``result``: the correlation of their grey levels (1: the same
-    picture, 0: nothing in common), the original fitted to the result's size first."""
-    a = np.asarray(fit(original, *result.size).convert("L"), dtype=np.float64).ravel()
+    picture, 0: nothing in common), the original resized to the result's size first as the run resized it."""
+    a = np.asarray(resize_image(original, *result.size, resize_mode).convert("L"), dtype=np.float64).ravel()
     b = np.asarray(result.convert("L"), dtype=np.float64).ravel()
     if a.std() == 0 or b.std() == 0:
         return 0.0
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def _info(request: Img2ImgRequest, scheduler: SchedulerMixin, width: int, height: int, visited) -> dict:
+def _info(request: Img2ImgRequest, scheduler: SchedulerMixin, width: int, height: int, visited, size: str) -> dict:
     info = {f.name: getattr(request, f.name) for f in fields(request) if f.name != "image"}
     info["steps"] = info.pop("num_inference_steps")
     info["scheduler_class"] = type(scheduler).__name__
-    info["width"], info["height"] = int(width), int(height)
+    info["width"], info["height"], info["size_from"] = int(width), int(height), size
     info["start_timestep"] = int(round(visited[0]))
     info["steps_run"] = len(visited)
     return info
 
 
-FIT_CODE = (
-    "def fit(image, width, height):  # cropped about the centre to the model's aspect, resized to its size\n"
-    "    scale = max(width / image.width, height / image.height)\n"
-    "    crop_w, crop_h = round(width / scale), round(height / scale)\n"
-    "    left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2\n"
-    "    return image.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), Image.BICUBIC)\n\n"
-)
+def resize_code(mode: str, width: int, height: int, convert: str = "") -> str:
+    """The snippet's lines that open 'original.png' and bring it to ``width`` x ``height`` as ``mode`` does: the
+    mode's own function from :mod:`engine.images`, its source as the run used it."""
+    function = RESIZE_MODES[mode]
+    return (inspect.getsource(function) + "\n\n"
+            f"image = {function.__name__}(Image.open('original.png').convert('RGB'), {width}, {height}){convert}"
+            f"  # {mode}\n")
 
 
 def img2img_code(pipe: StableDiffusionPipeline, request: Img2ImgRequest, width: int, height: int) -> str:
@@ -330,11 +388,10 @@ def img2img_code(pipe: StableDiffusionPipeline, request: Img2ImgRequest, width: 
         "import torch\n"
         "from PIL import Image\n"
         f"from diffusers import StableDiffusionImg2ImgPipeline, {cls_name}\n\n"
-        + FIT_CODE +
         f"pipe = StableDiffusionImg2ImgPipeline.from_pretrained({location!r}{dtype},\n"
         f"    safety_checker=None, requires_safety_checker=False).to({pipe.device.type!r})\n"
-        f"pipe.scheduler = {build}\n"
-        f"image = fit(Image.open('original.png').convert('RGB'), {width}, {height})\n"
+        f"pipe.scheduler = {build}\n\n"
+        + resize_code(request.resize_mode, width, height) +
         "image = pipe(\n"
         f"    {request.prompt!r},\n"
         "    image=image,\n"
@@ -348,7 +405,7 @@ def img2img_code(pipe: StableDiffusionPipeline, request: Img2ImgRequest, width: 
     )
 
 
-def sdedit_code(pipe: DDPMPipeline, request: Img2ImgRequest) -> str:
+def sdedit_code(pipe: DDPMPipeline, request: Img2ImgRequest, width: int, height: int) -> str:
     """A plain-diffusers snippet that reproduces ``request``'s image: the /ddpm loop started from
     ``scheduler.add_noise`` at the strength's first timestep."""
     ref = getattr(pipe, "workbench_ref", None)
@@ -358,8 +415,6 @@ def sdedit_code(pipe: DDPMPipeline, request: Img2ImgRequest) -> str:
     generator_arg = ", generator=generator" if takes_generator else ""
     imports = sorted({"DDPMScheduler", "UNet2DModel", cls_name})
     dtype = ", dtype=torch.float16" if pipe.unet.dtype == torch.float16 else ""
-    size = pipe.unet.config.sample_size
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
     mode = "L" if pipe.unet.config.in_channels == 1 else "RGB"
     to_chw = "x0[None]" if mode == "L" else "x0.permute(2, 0, 1)"
     steps = request.num_inference_steps
@@ -369,13 +424,12 @@ def sdedit_code(pipe: DDPMPipeline, request: Img2ImgRequest) -> str:
         "from PIL import Image\n"
         f"from diffusers import {', '.join(imports)}\n"
         "from diffusers.utils.torch_utils import randn_tensor\n\n"
-        + FIT_CODE +
         f"path = {location!r}\n"
         f"unet = UNet2DModel.from_pretrained(path, subfolder='unet'{dtype}).to({pipe.device.type!r})\n"
         "config = DDPMScheduler.load_config(path, subfolder='scheduler')\n"
         f"scheduler = {build}\n"
-        f"generator = torch.Generator('cpu').manual_seed({request.seed})\n"
-        f"image = fit(Image.open('original.png').convert('RGB'), {width}, {height}).convert({mode!r})\n"
+        f"generator = torch.Generator('cpu').manual_seed({request.seed})\n\n"
+        + resize_code(request.resize_mode, width, height, f".convert({mode!r})") +
         "x0 = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1)\n"
         f"x0 = {to_chw}[None].to(unet.device, unet.dtype)  # (1, C, H, W) in [-1, 1]\n"
         f"scheduler.set_timesteps({steps}, device=unet.device)\n"

@@ -32,6 +32,7 @@ def a1111_parameters(info: dict) -> str:
         ("Model", info.get("model")),
         ("LoRA", f"{info['lora']}:{info.get('lora_scale', 1.0):g}" if info.get("lora") else None),
         ("Denoising strength", info.get("strength")),
+        ("Resize mode", info.get("resize_mode")),
         ("Batch size", info.get("batch_size")),
         ("Batch count", info.get("batch_count")),
     ]

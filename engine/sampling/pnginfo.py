@@ -38,7 +38,8 @@ from PIL import Image, UnidentifiedImageError
 from engine.errors import InputError
 from engine.sampling.outputs import RECORD_CHUNK
 from engine.sampling.schedulers import SCHEDULERS
-from engine.sampling.txt2img import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS
+from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS
+from engine.validation import MAX_SIDE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")

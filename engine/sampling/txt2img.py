@@ -31,7 +31,7 @@ from engine.sampling.runrecord import run_record, tensor_sha256
 from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
 from engine.models.loras import MAX_LORA_SCALE, check_active, check_lora_name
 from engine.sampling.views import step_views
-from engine.validation import check_bool, check_choice, check_float, check_int, check_seed, given
+from engine.validation import check_bool, check_choice, check_float, check_int, check_seed, check_side, given
 
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin, StableDiffusionPipeline
@@ -46,7 +46,6 @@ VAE_PREVIEW_CPU_FLOPS = 0.5e9
 # on a GPU, where a decode shares the device with the loop, up to this share of a denoising step's work.
 VAE_PREVIEW_SHARE = 0.2
 MAX_GUIDANCE = 20.0
-MAX_SIDE = 2048
 
 
 @dataclass(frozen=True)
@@ -81,12 +80,8 @@ class Txt2ImgRequest:
         scheduler_spec(self.scheduler)
         check_seed(self.seed)
         for side in ("width", "height"):
-            value = getattr(self, side)
-            if value is None:
-                continue
-            check_int(side, value, 8, MAX_SIDE)
-            if value % 8:
-                raise InputError(f"{side} must be a multiple of 8 (8 to {MAX_SIDE}); got {value}", field=side)
+            if getattr(self, side) is not None:
+                check_side(side, getattr(self, side))
         check_int("VAE preview interval", self.vae_preview_every, 0, MAX_STEPS)
         check_choice("preview", self.preview, PREVIEWS)
         check_lora_name(self.lora)

@@ -14,18 +14,25 @@ from PIL import Image
 from engine.cancel import CancelToken
 from engine.errors import Cancelled, InputError
 from engine.events import Done, Started, Step
-from engine.images import fit
-from engine.sampling.img2img import Img2ImgRequest, iter_img2img, iter_sdedit, similarity, start_timestep
-from engine.sampling.outputs import read_parameters
+from engine.images import RESIZE_MODES, resize_image
+from engine.sampling.img2img import (FIXED_SIZE, Img2ImgRequest, iter_img2img, iter_sdedit, output_size, similarity,
+                                     start_timestep)
+from engine.sampling.outputs import a1111_parameters, read_parameters
 from engine.sampling.schedulers import make_scheduler
 
 
 @pytest.fixture(scope="module")
 def photo() -> Image.Image:
-    """A real photograph (scikit-learn ships it), not square: the crop to the model's aspect matters."""
+    """A real photograph (scikit-learn ships it), 640x427, not square: the resize to the run's size matters."""
     from sklearn.datasets import load_sample_image
 
     return Image.fromarray(load_sample_image("flower.jpg"))
+
+
+@pytest.fixture(scope="module")
+def small_photo(photo) -> Image.Image:
+    """64x48: the photo's middle, scaled down (an image passed to the tiny model at its own size)."""
+    return photo.crop((80, 0, 560, 360)).resize((64, 48), Image.LANCZOS)
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +60,11 @@ def pixels(image) -> np.ndarray:
 
 def pipeline_image(pipe, image, scheduler, *, prompt, negative_prompt, strength, num_inference_steps,
                    guidance_scale, seed) -> np.ndarray:
-    """StableDiffusionImg2ImgPipeline on the same components, with the same image, fitted as the page fits it."""
+    """StableDiffusionImg2ImgPipeline on the same components, given ``image`` as it is."""
     img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
     img2img.set_progress_bar_config(disable=True)
     img2img.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    out = img2img(prompt, image=fit(image, size, size), strength=strength, negative_prompt=negative_prompt,
+    out = img2img(prompt, image=image, strength=strength, negative_prompt=negative_prompt,
                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                   generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images[0]
     return (out * 255).round().astype(int)
@@ -67,23 +73,133 @@ def pipeline_image(pipe, image, scheduler, *, prompt, negative_prompt, strength,
 @pytest.mark.parametrize("scheduler", ["DDIM", "DPM++ 2M Karras", "Euler a"])
 @pytest.mark.parametrize("strength", [0.3, 0.8])
 def test_img2img_matches_the_img2img_pipeline(tiny_sd, photo, scheduler, strength):
+    """The default size: the photo's 640x427 aspect at about the tiny model's 64x64 pixels (78.4 x 52.3 ->
+    80x56), stretched there ("Just resize"), then the pipeline given that image."""
     kw = dict(prompt="a handwritten digit seven", negative_prompt="blurry", strength=strength,
               num_inference_steps=10, guidance_scale=6.0, seed=1234)
     events = list(iter_img2img(Img2ImgRequest(photo, scheduler=scheduler, **kw), pipe=tiny_sd))
     ours = pixels(events[-1].images[0])
-    theirs = pipeline_image(tiny_sd, photo, scheduler, **kw)
-    assert ours.shape == theirs.shape == (64, 64, 3)
+    theirs = pipeline_image(tiny_sd, photo.resize((80, 56), Image.LANCZOS), scheduler, **kw)
+    assert ours.shape == theirs.shape == (56, 80, 3)
     assert np.abs(ours - theirs).max() <= 2
     # The comparison can fail: another seed, or another strength, gives a visibly different image.
-    assert np.abs(pipeline_image(tiny_sd, photo, scheduler, **{**kw, "seed": 99}) - theirs).max() > 10
+    resized = photo.resize((80, 56), Image.LANCZOS)
+    assert np.abs(pipeline_image(tiny_sd, resized, scheduler, **{**kw, "seed": 99}) - theirs).max() > 10
     other = 0.5 if strength != 0.5 else 0.9
-    assert np.abs(pipeline_image(tiny_sd, photo, scheduler, **{**kw, "strength": other}) - theirs).max() > 10
+    assert np.abs(pipeline_image(tiny_sd, resized, scheduler, **{**kw, "strength": other}) - theirs).max() > 10
 
 
 def test_img2img_without_guidance_matches_the_pipeline(tiny_sd, photo):
     kw = dict(prompt="seven", negative_prompt="", strength=0.6, num_inference_steps=5, guidance_scale=1.0, seed=5)
     ours = pixels(list(iter_img2img(Img2ImgRequest(photo, scheduler="Euler", **kw), pipe=tiny_sd))[-1].images[0])
-    assert np.abs(ours - pipeline_image(tiny_sd, photo, "Euler", **kw)).max() <= 2
+    assert np.abs(ours - pipeline_image(tiny_sd, photo.resize((80, 56), Image.LANCZOS), "Euler", **kw)).max() <= 2
+
+
+@pytest.mark.parametrize("resize_mode", list(RESIZE_MODES))
+@pytest.mark.parametrize("scheduler", ["DDIM", "DPM++ 2M Karras"])
+def test_an_image_at_its_own_size_matches_the_pipeline_given_it_as_it_is(tiny_sd, small_photo, scheduler,
+                                                                         resize_mode):
+    """64x48 on a model whose own size is 64x64 (sample_size 32): a 64x48 image, as StableDiffusionImg2ImgPipeline
+    makes it from the image untouched, in every resize mode (an image at the run's size is not resized)."""
+    kw = dict(prompt="a handwritten digit seven", negative_prompt="", strength=0.7, num_inference_steps=10,
+              guidance_scale=6.0, seed=21)
+    request = Img2ImgRequest(small_photo, scheduler=scheduler, width=64, height=48, resize_mode=resize_mode, **kw)
+    events = list(iter_img2img(request, pipe=tiny_sd))
+    ours = pixels(events[-1].images[0])
+    theirs = pipeline_image(tiny_sd, small_photo, scheduler, **kw)
+    assert ours.shape == theirs.shape == (48, 64, 3)
+    assert np.abs(ours - theirs).max() <= 2
+    assert events[0].info["width"] == 64 and events[0].info["height"] == 48
+    assert np.abs(pipeline_image(tiny_sd, small_photo, scheduler, **{**kw, "seed": 22}) - theirs).max() > 10
+
+
+@pytest.mark.parametrize("resize_mode", ["Crop and resize", "Resize and fill"])
+def test_a_resize_mode_is_the_image_the_pipeline_is_given(tiny_sd, photo, resize_mode):
+    """A size given with another aspect (48x64 from the 640x427 photo): the photo brought there by the mode,
+    then the pipeline given that image."""
+    kw = dict(prompt="seven", negative_prompt="", strength=0.6, num_inference_steps=8, guidance_scale=7.5, seed=3)
+    request = Img2ImgRequest(photo, scheduler="DDIM", width=48, height=64, resize_mode=resize_mode, **kw)
+    ours = pixels(list(iter_img2img(request, pipe=tiny_sd))[-1].images[0])
+    theirs = pipeline_image(tiny_sd, resize_image(photo, 48, 64, resize_mode), "DDIM", **kw)
+    assert ours.shape == theirs.shape == (64, 48, 3)
+    assert np.abs(ours - theirs).max() <= 2
+    stretched = pipeline_image(tiny_sd, photo.resize((48, 64), Image.LANCZOS), "DDIM", **kw)
+    assert np.abs(stretched - theirs).max() > 10  # the mode made a difference
+
+
+@pytest.mark.parametrize(
+    "image_size, model_side, given, expected",
+    [
+        ((640, 427), 64, (None, None), (80, 56)),  # sqrt(4096 x 640/427) = 78.4, 4096 / 78.4 = 52.3
+        ((768, 512), 512, (None, None), (624, 416)),  # an SD 1.5 user's 3:2 photo: 627.0 x 418.0
+        ((300, 300), 512, (None, None), (512, 512)),  # a square image: the model's own size
+        ((64, 48), 64, (None, None), (72, 56)),  # 73.9 x 55.4
+        ((640, 427), 64, (96, None), (96, 64)),  # 96 x 427/640 = 64.05
+        ((640, 427), 64, (None, 40), (56, 40)),  # 40 x 640/427 = 59.95, nearer 56 than 64
+        ((640, 427), 64, (64, 48), (64, 48)),  # both given: as given
+        ((5000, 10), 512, (None, None), (2048, 8)),  # a strip: 11449 x 22.9 scaled to a 2048 long side, 4.1 -> 8
+    ],
+)
+def test_the_default_size_is_the_images_aspect_at_about_the_models_pixels(image_size, model_side, given, expected):
+    assert output_size(image_size, (model_side, model_side), *given) == expected
+
+
+def grid(width, height, seed=0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("resize_mode", list(RESIZE_MODES))
+def test_every_resize_mode_leaves_an_image_at_its_size_untouched(resize_mode):
+    image = grid(64, 48)
+    assert np.array_equal(np.asarray(resize_image(image, 64, 48, resize_mode)), np.asarray(image))
+
+
+def test_just_resize_stretches_the_whole_image():
+    image = Image.new("RGB", (80, 40), (255, 0, 0))
+    image.paste((0, 0, 255), (40, 0, 80, 40))  # left half red, right half blue
+    out = np.asarray(resize_image(image, 40, 40, "Just resize")).astype(int)
+    assert out.shape == (40, 40, 3)
+    # both halves, squeezed into 20 columns each (Lanczos rings a level or two beside the border)
+    assert np.abs(out[:, :19] - (255, 0, 0)).max() <= 2 and np.abs(out[:, 21:] - (0, 0, 255)).max() <= 2
+
+
+@pytest.mark.parametrize("size, crop", [((80, 40), (20, 0, 60, 40)), ((40, 80), (0, 20, 40, 60))])
+def test_crop_and_resize_keeps_the_middle(size, crop):
+    """Scaled to cover 40x40 (here already covering it), what overflows cut equally from both sides."""
+    image = grid(*size)
+    assert np.array_equal(np.asarray(resize_image(image, 40, 40, "Crop and resize")), np.asarray(image.crop(crop)))
+
+
+def test_crop_and_resize_scales_to_cover():
+    image = grid(160, 80)  # to 40x40: scaled to 80x40, then its middle 40 columns
+    expected = image.resize((80, 40), Image.LANCZOS).crop((20, 0, 60, 40))
+    assert np.array_equal(np.asarray(resize_image(image, 40, 40, "Crop and resize")), np.asarray(expected))
+
+
+def test_resize_and_fill_fits_the_image_and_stretches_its_edges_over_the_rest():
+    """A 160x80 image into 40x40: scaled to fit (40x20), centred (rows 10 to 29), the 10 rows above and below
+    drawn from its top and bottom rows."""
+    image = grid(160, 80)
+    out = np.asarray(resize_image(image, 40, 40, "Resize and fill")).astype(int)
+    fitted = np.asarray(image.resize((40, 20), Image.LANCZOS)).astype(int)
+    assert out.shape == (40, 40, 3)
+    assert np.array_equal(out[10:30], fitted)
+    assert (out[:10] == out[0]).all() and (out[30:] == out[39]).all()  # one line drawn out across each band
+    assert np.abs(out[0] - fitted[0]).mean() < np.abs(out[0] - fitted[10]).mean()  # from the edge, not the middle
+    assert np.abs(out[39] - fitted[19]).mean() < np.abs(out[39] - fitted[10]).mean()
+
+
+@pytest.mark.parametrize("size, band", [((160, 80), (slice(0, 10), slice(None))), ((80, 160), (slice(None), slice(0, 10)))])
+def test_resize_and_fill_on_an_image_constant_across_its_edge_fills_with_that_edge(size, band):
+    """Where the image does not change across its edge (stripes running into the band), the band is the edge
+    line exactly: stretched, not black, not mirrored."""
+    wide = size[0] > size[1]
+    line = np.random.default_rng(1).integers(0, 256, (size[0] if wide else size[1], 3), dtype=np.uint8)
+    stripes = np.broadcast_to(line[None] if wide else line[:, None], (size[1], size[0], 3)).copy()
+    out = np.asarray(resize_image(Image.fromarray(stripes), 40, 40, "Resize and fill")).astype(int)
+    fitted = np.asarray(Image.fromarray(stripes).resize((40, 20) if wide else (20, 40), Image.LANCZOS)).astype(int)
+    edge = fitted[:1] if wide else fitted[:, :1]
+    assert np.array_equal(out[band], np.broadcast_to(edge, out[band].shape))
 
 
 def plain_sdedit(pipe, image, scheduler_name, *, strength, num_inference_steps, seed) -> np.ndarray:
@@ -93,7 +209,7 @@ def plain_sdedit(pipe, image, scheduler_name, *, strength, num_inference_steps, 
     scheduler = make_scheduler(scheduler_name, pipe.scheduler.config)
     generator = torch.Generator("cpu").manual_seed(seed)
     size = unet.config.sample_size
-    picture = fit(image, size, size).convert("L" if unet.config.in_channels == 1 else "RGB")
+    picture = image.resize((size, size), Image.LANCZOS).convert("L" if unet.config.in_channels == 1 else "RGB")
     x0 = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 127.5 - 1)
     x0 = (x0[None] if x0.ndim == 2 else x0.permute(2, 0, 1))[None]  # (1, C, H, W)
     scheduler.set_timesteps(num_inference_steps)
@@ -155,15 +271,17 @@ def test_start_timestep_is_the_pipelines_first(tiny_sd, scheduler):
     assert steps == 15
 
 
-def test_events_png_and_snippet(tiny_sd, photo, tmp_path):
-    """Started, a Step per timestep run, Done; the PNG says the strength; the page's snippet gives the image."""
+@pytest.mark.parametrize("resize_mode", list(RESIZE_MODES))
+def test_events_png_and_snippet(tiny_sd, photo, tmp_path, resize_mode):
+    """Started, a Step per timestep run, Done; the PNG says the strength, the size and the resize mode; the page's
+    snippet (the mode's resize, then the pipeline) gives the image."""
     from engine.models.devices import resolve_device
     from engine.models.registry import ModelRegistry
 
     tiny_sd.save_pretrained(tmp_path / "m")
     pipe = ModelRegistry(tmp_path, resolve_device("cpu")).load("m", "txt2img")
     request = Img2ImgRequest(photo, prompt="a seven", strength=0.5, num_inference_steps=8, scheduler="Euler a",
-                             seed=4, model="m")
+                             seed=4, model="m", width=48, height=64, resize_mode=resize_mode)
     events = list(iter_img2img(request, pipe=pipe, outputs_dir=tmp_path / "out"))
     started, steps, done = events[0], events[1:-1], events[-1]
     assert isinstance(started, Started) and isinstance(done, Done) and all(isinstance(s, Step) for s in steps)
@@ -171,7 +289,10 @@ def test_events_png_and_snippet(tiny_sd, photo, tmp_path):
     assert started.info["steps_run"] == 4 and started.info["start_timestep"] == started.timesteps[0]
     text = read_parameters(done.paths[0])
     assert text.splitlines()[0] == "a seven"
-    assert "Steps: 8, Sampler: Euler a, CFG scale: 7.5, Seed: 4, Size: 64x64, Model: m, Denoising strength: 0.5" in text
+    assert text.splitlines()[1] == ("Steps: 8, Sampler: Euler a, CFG scale: 7.5, Seed: 4, Size: 48x64, Model: m, "
+                                    f"Denoising strength: 0.5, Resize mode: {resize_mode}")
+    assert done.images[0].size == (48, 64)
+    assert done.info["resize_mode"] == resize_mode and done.info["size_from"] == "width and height as given"
     photo.save(tmp_path / "original.png")
     namespace = {}
     cwd = os.getcwd()
@@ -183,16 +304,20 @@ def test_events_png_and_snippet(tiny_sd, photo, tmp_path):
     assert np.abs(pixels(namespace["image"]) - pixels(done.images[0])).max() <= 2
 
 
-@pytest.mark.parametrize("scheduler", ["DDIM", "DDPM"])
-def test_sdedit_snippet_gives_the_image(tiny_ddpm, photo, tmp_path, scheduler):
-    """The page's "diffusers code" for an unconditional model: the plain loop from add_noise, executed."""
+@pytest.mark.parametrize("scheduler, resize_mode", [("DDIM", "Crop and resize"), ("DDPM", "Resize and fill"),
+                                                   ("DDIM", "Just resize")])
+def test_sdedit_snippet_gives_the_image(tiny_ddpm, photo, tmp_path, scheduler, resize_mode):
+    """The page's "diffusers code" for an unconditional model: the mode's resize to the model's 16x16, then the
+    plain loop from add_noise, executed."""
     from engine.models.devices import resolve_device
     from engine.models.registry import ModelRegistry
 
     tiny_ddpm.save_pretrained(tmp_path / "m")
     pipe = ModelRegistry(tmp_path, resolve_device("cpu")).load("m", "unconditional")
     done = list(iter_sdedit(Img2ImgRequest(photo, scheduler=scheduler, strength=0.7, num_inference_steps=12, seed=6,
-                                           model="m"), pipe=pipe))[-1]
+                                           model="m", resize_mode=resize_mode), pipe=pipe))[-1]
+    assert done.images[0].size == (16, 16) and done.info["size_from"] == FIXED_SIZE
+    assert f"Resize mode: {resize_mode}" in a1111_parameters(done.info)
     assert "scheduler.add_noise(x0, noise, timesteps[:1])" in done.code
     photo.save(tmp_path / "original.png")
     namespace = {}
@@ -203,6 +328,26 @@ def test_sdedit_snippet_gives_the_image(tiny_ddpm, photo, tmp_path, scheduler):
     finally:
         os.chdir(cwd)
     assert np.abs(namespace["image"][0].astype(int) - pixels(done.images[0])).max() <= 2
+
+
+def test_sdedit_keeps_the_models_size_and_refuses_another(tiny_ddpm, small_photo):
+    """A 64x48 image on a 16x16 unconditional model runs at 16x16; a width or height other than that is refused
+    with what SDEdit takes; the model's own size given is accepted."""
+    kw = dict(scheduler="DDIM", strength=0.5, num_inference_steps=10, seed=1)
+    done = list(iter_sdedit(Img2ImgRequest(small_photo, **kw), pipe=tiny_ddpm))[-1]
+    assert done.images[0].size == (16, 16)
+    assert (done.info["width"], done.info["height"], done.info["size_from"]) == (16, 16, FIXED_SIZE)
+    given = list(iter_sdedit(Img2ImgRequest(small_photo, width=16, height=16, **kw), pipe=tiny_ddpm))[-1]
+    assert np.array_equal(pixels(given.images[0]), pixels(done.images[0]))
+    for size, said, field in (((64, 48), "width 64, height 48", "width"), ((None, 24), "height 24", "height")):
+        request = Img2ImgRequest(small_photo, width=size[0], height=size[1], **kw)
+        with pytest.raises(InputError, match=f"^{re.escape(NOT_FIXED.format(said))}$") as caught:
+            list(iter_sdedit(request, pipe=tiny_ddpm))
+        assert caught.value.field == field
+
+
+NOT_FIXED = ("SDEdit runs an unconditional model at its fixed size, 16x16 here; width and height are for "
+             "text-to-image models: leave them out; got {}")
 
 
 def test_cancel_stops_at_step(tiny_ddpm, photo):
@@ -228,6 +373,12 @@ def test_cancel_stops_at_step(tiny_ddpm, photo):
         (dict(num_inference_steps=0), "steps must be a whole number from 1 to 1000; got 0"),
         (dict(guidance_scale=30), "guidance scale must be a number from 1 (no guidance) to 20; got 30"),
         (dict(image=None), "no image given; upload one (PNG, JPEG, WebP, ...)"),
+        (dict(width=60), "width must be a multiple of 8 (8 to 2048); got 60"),
+        (dict(height=4), "height must be a whole number from 8 to 2048; got 4"),
+        (dict(height=2056), "height must be a whole number from 8 to 2048; got 2056"),
+        (dict(width=64.5), "width must be a whole number from 8 to 2048; got 64.5"),
+        (dict(resize_mode="Stretch"), "unknown resize mode 'Stretch'; allowed: Just resize, Crop and resize, "
+                                      "Resize and fill"),
         (dict(image=3), "image must be an image file, a PIL image or a uint8 array; got int"),
     ],
 )

@@ -11,7 +11,7 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from gradio_client import handle_file
 from PIL import Image
 
-from engine.images import fit
+from engine.images import crop_and_resize
 from engine.sampling.schedulers import SCHEDULERS, make_scheduler
 
 COMPARE = dict(model="digits-sd", prompt="a handwritten digit seven", negative_prompt="", seed=9, axis="scheduler",
@@ -96,7 +96,20 @@ def img2img_args(photo, **change):
                      seed=12), **change)
 
 
+def img2img_pipeline(running_app, image, **kw) -> np.ndarray:
+    """diffusers' own pipeline on the built-in digits-sd's components, given ``image`` as it is."""
+    model = running_app[1].registry.load("digits-sd", "txt2img")
+    pipe = StableDiffusionImg2ImgPipeline(**model.components)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = make_scheduler(kw.pop("scheduler", "DPM++ 2M Karras"), model.scheduler.config)
+    out = pipe("a handwritten digit three", image=image, strength=0.6, num_inference_steps=kw.pop("steps", 20),
+               guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(12), output_type="np").images[0]
+    return (out * 255).round().astype(int)
+
+
 def test_img2img_streams_then_the_png_equal_to_the_img2img_pipeline(client, running_app, photo):
+    """No size given: the photo's 640x427 aspect at about digits-sd's 32x32 pixels (39.2 x 26.1 -> 40x24),
+    stretched there (A1111's default "Just resize")."""
     job = client.submit(**img2img_args(photo), api_name="/img2img")
     updates = list(job)
     assert any(u[0] for u in updates[:-1]), "no x0 preview was streamed before the result"
@@ -105,22 +118,29 @@ def test_img2img_streams_then_the_png_equal_to_the_img2img_pipeline(client, runn
     start = running_app[1].img2img_start("digits-sd", "DPM++ 2M Karras", 20, 0.6)
     assert info["start_timestep"] == start["timestep"] and info["steps_run"] == start["steps_run"] == 12
     with Image.open(final[0]) as im:
-        assert im.format == "PNG" and im.size == (32, 32)
+        assert im.format == "PNG" and im.size == (40, 24)
         params = im.text["parameters"]
     assert params.startswith("a handwritten digit three\n")
-    assert ("Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 12, Size: 32x32, Model: digits-sd, "
-            "Denoising strength: 0.6") in params
-    # diffusers' own pipeline on the built-in's components, the same image fitted to its size, within 2/255
-    model = running_app[1].registry.load("digits-sd", "txt2img")
-    pipe = StableDiffusionImg2ImgPipeline(**model.components)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = make_scheduler("DPM++ 2M Karras", model.scheduler.config)
+    assert params.splitlines()[1] == ("Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 12, Size: 40x24, "
+                                      "Model: digits-sd, Denoising strength: 0.6, Resize mode: Just resize")
+    assert info["size_from"] == "the image's 640x427 aspect at about the model's 32x32 pixels"
+    # diffusers' own pipeline on the built-in's components, given the image stretched to that size, within 2/255
     with Image.open(photo) as original:
-        out = pipe("a handwritten digit three", image=fit(original.convert("RGB"), 32, 32), strength=0.6,
-                   num_inference_steps=20, guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(12),
-                   output_type="np").images[0]
-    assert np.abs(pixels(final[0]) - (out * 255).round().astype(int)).max() <= 2
+        theirs = img2img_pipeline(running_app, original.convert("RGB").resize((40, 24), Image.LANCZOS))
+    assert np.abs(pixels(final[0]) - theirs).max() <= 2
     assert "StableDiffusionImg2ImgPipeline" in final[4]
+
+
+def test_img2img_takes_a_size_and_a_resize_mode(client, running_app, photo):
+    final = client.predict(**img2img_args(photo, width=24, height=40, resize_mode="Crop and resize", steps=10),
+                           api_name="/img2img")
+    info = as_dict(final[3])
+    assert (info["width"], info["height"], info["resize_mode"]) == (24, 40, "Crop and resize")
+    with Image.open(photo) as original:
+        theirs = img2img_pipeline(running_app, crop_and_resize(original.convert("RGB"), 24, 40), steps=10)
+    assert pixels(final[0]).shape == (40, 24, 3)
+    assert np.abs(pixels(final[0]) - theirs).max() <= 2
+    assert "def crop_and_resize(" in final[4] and "crop_and_resize(Image.open('original.png')" in final[4]
 
 
 def test_img2img_on_an_unconditional_model_is_sdedit(client, photo):
@@ -128,9 +148,10 @@ def test_img2img_on_an_unconditional_model_is_sdedit(client, photo):
                            api_name="/img2img")
     info = as_dict(final[3])
     assert info["steps_run"] == 8 and info["start_timestep"] < 500 and "prompt" not in info
+    assert info["size_from"] == "the unconditional model's fixed size (SDEdit takes no other)"
     assert "scheduler.add_noise(x0, noise, timesteps[:1])" in final[4]
-    with Image.open(final[0]) as im:
-        assert im.size == (32, 32) and "Denoising strength: 0.4" in im.text["parameters"]
+    with Image.open(final[0]) as im:  # the non-square photo, at the model's own 32x32
+        assert im.size == (32, 32) and "Denoising strength: 0.4, Resize mode: Just resize" in im.text["parameters"]
 
 
 def test_img2img_refuses_bad_input_and_keeps_serving(client, running_app, photo, tmp_path):
@@ -153,6 +174,11 @@ def test_img2img_refuses_bad_input_and_keeps_serving(client, running_app, photo,
                                                  "DDIMPipeline, PNDMPipeline")),
             (dict(model="digits-ddpm", scheduler="Heun"),
              exactly("unknown scheduler 'Heun'; allowed: DDIM, DDPM, DPM++ 2M, UniPC, PNDM, Euler")),
+            (dict(width=60, height=40), exactly("width must be a multiple of 8 (8 to 2048); got 60")),
+            (dict(height=4), exactly("height must be a whole number from 8 to 2048; got 4")),
+            (dict(model="digits-ddpm", scheduler="DDIM", width=64, height=48),
+             exactly("SDEdit runs an unconditional model at its fixed size, 32x32 here; width and height are for "
+                     "text-to-image models: leave them out; got width 64, height 48")),
         ]
         for change, pattern in cases:
             with pytest.raises(Exception, match=pattern):
