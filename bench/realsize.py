@@ -580,8 +580,6 @@ def run_page_groups(root: Path, s: dict, threads: int, wanted: set, tiny: bool) 
     start = time.perf_counter()
     sd_bytes = weight_bytes(s["sd"])
     extra = (BUDGET_FLAG, f"{1.5 * sd_bytes / 1e9:.3f}")  # one SD model fits, two do not
-    if BUDGET_FLAG not in (ROOT / "app.py").read_text():  # TEMPORARY until i20load is merged
-        extra = ()
     launched: dict = {}  # the app starts while the models are saved (it lists the models dir when asked)
     launcher = threading.Thread(target=lambda: launched.update(app=App(root, extra)), daemon=True)
     launcher.start()
