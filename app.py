@@ -269,11 +269,14 @@ def bounded_cache(demo, keep: int):
 def launch(demo, args: argparse.Namespace, **kwargs):
     from starlette.middleware import Middleware
 
+    from ui.cancels import EarlyCancels
+
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     return demo.launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=auth,
         css=CSS, js=JS, footer_links=["api"], show_error=True,
-        app_kwargs={"middleware": [Middleware(RequireLogin)], "lifespan": bounded_cache(demo, args.cache_files)},
+        app_kwargs={"middleware": [Middleware(RequireLogin), Middleware(EarlyCancels)],
+                    "lifespan": bounded_cache(demo, args.cache_files)},
         **kwargs,
     )
 

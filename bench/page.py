@@ -76,7 +76,7 @@ def p99(values: list[float]) -> float:
 
 # -- the app under test ------------------------------------------------------------------------------
 class App:
-    def __init__(self, root: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(self, root: Path, extra_args: tuple[str, ...] = (), launcher: tuple[str, ...] = ("app.py",)):
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -84,7 +84,7 @@ class App:
         env = dict(os.environ, GRADIO_TEMP_DIR=str(root / "gradio"), GRADIO_ANALYTICS_ENABLED="False",
                    HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
-            [sys.executable, "app.py", "--port", str(self.port), "--models-dir", str(root / "models"),
+            [sys.executable, *launcher, "--port", str(self.port), "--models-dir", str(root / "models"),
              "--data-dir", str(root / "data"), "--outputs-dir", str(root / "outputs"), "--device", "cpu", *extra_args],
             cwd=ROOT, env=env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT)
         import httpx

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import html
 import inspect
+import itertools
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import gradio as gr
 from engine.cancel import CancelToken
 from engine.errors import InputError, ModelLoadError, WorkbenchError
 from engine.files import atomic_write
+from engine.sampling.views import step_bytes, thin_history
 from engine.streaming import stream_latest
 from engine.validation import given
 
@@ -147,17 +149,28 @@ def field_messages(exc: InputError | ModelLoadError, fields: dict[str, int], cou
     return [gr.validate(i != where, str(exc) if i == where else "") for i in range(count)]
 
 
-class SessionRuns:
-    """The latest run of each page session, as far as it got: what Stop shows after cancelling it."""
+SCRUB_SESSION_BYTES = 64 * 2**20  # a page session's scrub history at most: a 512 px run keeps 80 or so drawn frames
+SCRUB_TOTAL_BYTES = 256 * 2**20  # every session's together: the sessions that ran longest ago give theirs up first
 
-    def __init__(self, keep: int = 64):
+
+class SessionRuns:
+    """The latest run of each page session, as far as it got: what Stop shows after cancelling it, and the steps its
+    scrubber goes through (:meth:`keep_history`). A session's new run replaces its last one, history and all; a
+    history holds at most ``session_bytes`` (every k-th step kept), all of them together ``total_bytes``."""
+
+    def __init__(self, keep: int = 64, session_bytes: int = SCRUB_SESSION_BYTES,
+                 total_bytes: int = SCRUB_TOTAL_BYTES):
         self.keep = keep  # sessions remembered; the oldest is forgotten first
+        self.session_bytes = session_bytes
+        self.total_bytes = total_bytes
         self._runs: OrderedDict[str, dict] = OrderedDict()
         self._lock = threading.Lock()
+        self._numbers = itertools.count(1)
 
     def begin(self, session: str) -> dict:
         """A new run for ``session``; its handler calls :meth:`end` with it when it returns, however it returns."""
-        run = {"started": None, "steps": [], "cancel": CancelToken(), "note": "", "done": threading.Event()}
+        run = {"started": None, "steps": [], "cancel": CancelToken(), "note": "", "done": threading.Event(),
+               "session": session}
         with self._lock:
             self._runs[session] = run
             self._runs.move_to_end(session)
@@ -168,6 +181,33 @@ class SessionRuns:
     def get(self, session: str) -> dict | None:
         with self._lock:
             return self._runs.get(session)
+
+    def keep_history(self, run: dict, steps, final) -> dict | None:
+        """Keep ``steps`` (every k-th, to fit the session's bytes) and the ``final`` image as ``run``'s history, in
+        place of the steps streamed so far; free the histories of the sessions that ran longest ago past the total.
+        What the page's state holds instead of the steps: ``{"run", "kept", "of", "every", "first", "last"}`` (the
+        step numbers of the first and last kept); None for a run of no page session: an API call keeps nothing."""
+        if run.get("session") is None:
+            return None
+        kept, every = thin_history(steps, self.session_bytes)
+        history = {"run": next(self._numbers), "steps": kept, "final": final, "of": len(steps), "every": every,
+                   "bytes": sum(step_bytes(s) for s in kept)}
+        with self._lock:
+            run["scrub"], run["steps"] = history, []
+            total = sum(r["scrub"]["bytes"] for r in self._runs.values() if r.get("scrub"))
+            for other in list(self._runs.values()):  # the session that ran longest ago first
+                if total <= self.total_bytes:
+                    break
+                if other is not run and other.get("scrub"):
+                    total -= other.pop("scrub")["bytes"]
+        return {"run": history["run"], "kept": len(kept), "of": len(steps), "every": every,
+                "first": kept[0].step if kept else 0, "last": kept[-1].step if kept else 0}
+
+    def history(self, session: str, marker: dict | None) -> dict | None:
+        """The history the page's state ``marker`` names, while the session's latest run still keeps it."""
+        run = self.get(session)
+        found = run.get("scrub") if run is not None else None
+        return found if found is not None and marker is not None and found["run"] == marker.get("run") else None
 
     @staticmethod
     def end(run: dict) -> None:

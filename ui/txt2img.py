@@ -25,6 +25,8 @@ FIELDS = {"model": 0, "prompt": 1, "steps": 3, "guidance scale": 4, "scheduler":
           "compile": 14}
 NO_LORA = ("none", "")  # the LoRA box's first choice: (label, value)
 SCRUB_LABEL = "Scrub through the steps (the last is the final image)"
+SCRUB_FREED = ("this run's steps were let go to bound the server's memory (newer runs in other tabs); run it again to "
+               "scrub")
 SCRUB_DRAWING = "· drawing the previews of the steps the stream skipped…"
 FAR_FROM_NATIVE = 2.0  # a size this many times larger or smaller than the model's own gets a warning
 
@@ -110,7 +112,7 @@ def build(
             info = gr.JSON(label="Parameters used", elem_id="t2i-info")
             export = gr.DownloadButton("Export run (replay file)", visible=False, size="sm", elem_id="t2i-export")
             code = gr.Code(label="diffusers code", language="python", wrap_lines=True, elem_id="t2i-code")
-    history = gr.State(None)  # {"steps": the run's Step events, "final": its PNG or None}
+    history = gr.State(None)  # which run the scrubber goes through: SessionRuns.keep_history's answer (no steps)
     exports = [export] if export_run is not None else []  # the page run's last output: the Export button
     no_export = (gr.skip(),) * len(exports)
     hide_export = (gr.update(visible=False, value=None),) * len(exports)
@@ -141,6 +143,7 @@ def build(
                     gr.skip(), gr.skip(), gr.skip(), gr.skip())
         if isinstance(event, Started):
             run.update(started=event, steps=[], final=None)  # a batch's next run starts afresh
+            run.pop("scrub", None)  # and the last run's history is let go
             run["note"] = " · ".join(filter(None, [batch_note(event.info), _run_note(event, run.get("warning", ""))]))
             how = event.info.get("preview", "").split(":")[0]
             return (gr.update(label=_view_label(left, how)), gr.update(label=_view_label(right, how)),
@@ -161,14 +164,15 @@ def build(
             run["shown"] = info_out
             n = len(event.steps)
             run["final"] = final
-            return (final if left == "x0" or not n else view_array(event.steps[-1], left),
-                    view_array(event.steps[-1], right) if n else None,
+            shown_left = final if left == "x0" or not n else view_array(event.steps[-1], left)
+            shown_right = view_array(event.steps[-1], right) if n else None
+            kept = runs.keep_history(run, event.steps, final)
+            return (shown_left, shown_right,
                     progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note=done_note(event.info)),
-                    info_out, shown(event.code), _scrubber(n, drawing=run.get("history") == "after"),
-                    {"steps": event.steps, "final": final})
+                    info_out, shown(event.code), _scrubber(kept, drawing=run.get("history") == "after"), kept)
         if isinstance(event, StepsDrawn):  # the frames the stream skipped, drawn after the final image went out
-            return ((gr.skip(),) * 5 + (gr.update(label=SCRUB_LABEL),)
-                    + ({"steps": event.steps, "final": run.get("final")},))
+            kept = runs.keep_history(run, event.steps, run.get("final"))
+            return (gr.skip(),) * 5 + (_scrubber(kept), kept)
         if isinstance(event, BatchDone):  # the batch's grid, its runs' files listed
             run["shown"] = {**event.info, "files": [shown(p) for p in event.paths],
                             "grid": shown(event.grid) if event.grid else None}
@@ -256,17 +260,20 @@ def build(
         busy = activity()
         return message_html(f"waiting for {busy} to finish", "waiting") if busy else gr.skip()
 
-    def stopped(run: dict) -> tuple:
-        """After Stop: where the run stopped; its frames so far, its parameters and its code stay."""
-        started, frames = run["started"], run["steps"]
+    def stopped(run: dict, keep: bool = True) -> tuple:
+        """After Stop: where the run stopped; its frames so far (kept for the scrubber where ``keep``), its parameters
+        and its code stay."""
+        started = run["started"]
+        frames = run["steps"] or (run.get("scrub") or {}).get("steps", ())
         if started is None:
             return (gr.skip(), gr.skip(), message_html("Stopped before the first step", "stopped"), gr.skip(),
                     gr.skip(), gr.skip(), gr.skip())
         at = frames[-1].step if frames else 0
         info_out = {**started.info, "stopped_at_step": at}
         batch = f" ({batch_note(started.info)})" if batch_note(started.info) else ""
+        kept = runs.keep_history(run, frames, None) if keep else None
         return (gr.skip(), gr.skip(), message_html(f"Stopped at step {at} of {started.total}{batch}", "stopped"),
-                info_out, shown(started.code), _scrubber(len(frames)), {"steps": tuple(frames), "final": None})
+                info_out, shown(started.code), _scrubber(kept), kept)
 
     def stop_page_run(session: gr.Request):
         """Stop's own answer in the progress line. Once the run has stopped it says what the run's last update
@@ -275,16 +282,18 @@ def build(
         run = runs.stop(session.session_hash, wait=STOP_WAIT)
         if run is None or run.get("final") is not None:  # no run, or it had ended with its final image
             return gr.skip()
-        return stopped(run)[2] if run.get("ended") else message_html("Stopping at the end of this step", "stopped")
+        return stopped(run, keep=False)[2] if run.get("ended") else message_html("Stopping at the end of this step",
+                                                                                  "stopped")
 
-    def show_step(index, steps, left=DEFAULT_VIEWS[0], right=DEFAULT_VIEWS[1]):
-        """A step's two chosen views (any view of any step: the history keeps them all)."""
+    def show_step(index, kept, left=DEFAULT_VIEWS[0], right=DEFAULT_VIEWS[1], session: gr.Request = None):
+        """A kept step's two chosen views (any view of a kept step: the history keeps them all)."""
         labels = gr.update(label=_view_label(left)), gr.update(label=_view_label(right))
+        steps = runs.history(session.session_hash, kept) if session is not None else None
         if not steps or not steps["steps"]:
-            return (*labels, gr.skip())
+            return (*labels, message_html(SCRUB_FREED, "stopped") if kept else gr.skip())
         frames = steps["steps"]
-        s = frames[min(max(int(index), 1), len(frames)) - 1]
-        if int(index) >= len(frames) and steps["final"] is not None:
+        s = min(frames, key=lambda f: abs(f.step - int(index)))
+        if s is frames[-1] and steps["final"] is not None:
             return (gr.update(value=steps["final"] if left == "x0" else view_array(s, left), label=labels[0]["label"]),
                     gr.update(value=view_array(s, right), label=labels[1]["label"]),
                     progress_html(s.step, s.total, elapsed=s.elapsed, note="final image"))
@@ -389,10 +398,16 @@ def _or_skip(array):
     return gr.skip() if array is None else array
 
 
-def _scrubber(frames: int, drawing: bool = False):
-    """The scrub slider over ``frames`` steps; ``drawing``: the previews the stream skipped are still coming."""
-    return gr.update(visible=frames > 1, minimum=1, maximum=max(frames, 2), value=max(frames, 1),
-                     label=SCRUB_LABEL + (f" {SCRUB_DRAWING}" if drawing else ""))
+def _scrubber(kept: dict | None, drawing: bool = False):
+    """The scrub slider over the steps a run's history kept (``SessionRuns.keep_history``'s answer: every k-th,
+    the last always), saying which; ``drawing``: the previews the stream skipped are still coming."""
+    if not kept or kept["kept"] < 2:
+        return gr.update(visible=False)
+    every = kept["every"]
+    label = SCRUB_LABEL if every == 1 else (f"Scrub through the steps ({kept['kept']} of {kept['of']} kept, one in "
+                                            f"{every}, to bound the server's memory; the last is the final image)")
+    return gr.update(visible=True, minimum=kept["first"], maximum=kept["last"], step=every, value=kept["last"],
+                     label=label + (f" {SCRUB_DRAWING}" if drawing else ""))
 
 
 def _run_note(started: Started, warning: str = "") -> str:

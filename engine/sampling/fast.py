@@ -245,13 +245,24 @@ def reset(pipe) -> None:
     model's own (on the GPU path, as :func:`prepare` made them, prepared before any run of any kind)."""
     if pipe.device.type in FAST_DEVICES:
         prepare(pipe)
-    unet = pipe.unet
-    state = _state(unet)
-    now = unet.attn_processors
+    state = _state(pipe.unet)
     if state.processors is None:
-        state.processors = now
-    elif now.keys() != state.processors.keys() or any(now[k] is not p for k, p in state.processors.items()):
-        unet.set_attn_processor(dict(state.processors))
+        state.processors = _processors(pipe.unet)
+        return
+    for name, module in _attention(pipe.unet):
+        if module.processor is not state.processors[name]:
+            module.set_processor(state.processors[name])
+
+
+def _attention(unet):
+    """(name, module) of each attention module of ``unet`` (a UNet2DModel has no ``attn_processors``)."""
+    from diffusers.models.attention_processor import Attention
+
+    return [(name, module) for name, module in unet.named_modules() if isinstance(module, Attention)]
+
+
+def _processors(unet) -> dict:
+    return {name: module.processor for name, module in _attention(unet)}
 
 
 def run_state(pipe, *, compile: bool = False) -> dict:
@@ -259,7 +270,7 @@ def run_state(pipe, *, compile: bool = False) -> dict:
     :func:`engine.worker.child.run_events`): the LoRA and scale, the attention processors, compiled or not."""
     name, scale, _ = getattr(pipe, "workbench_lora", ("", 1.0, None))
     return {"lora": name or None, "lora_scale": float(scale) if name else None,
-            "attention": sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()}),
+            "attention": sorted({type(p).__name__ for p in _processors(pipe.unet).values()}),
             "compiled": bool(compile)}
 
 

@@ -54,6 +54,31 @@ def view_array(step: Step, name: str) -> np.ndarray | None:
     return preview.array() if preview is not None else None
 
 
+def step_bytes(step: Step) -> int:
+    """The memory a kept step holds: its previews' tensors (numpy as the worker sends them, or torch) and the images
+    drawn from them so far."""
+    previews = [step.preview_x0, step.preview_xt, *step.views.values()]
+    total = 0
+    for preview in filter(None, previews):
+        tensors = preview.tensor if isinstance(preview.tensor, tuple) else (preview.tensor,)
+        total += sum(int(getattr(t, "nbytes", 0)) for t in tensors)
+        total += int(getattr(preview.__dict__.get("_array"), "nbytes", 0))  # drawn (Preview caches it)
+    return total
+
+
+def thin_history(steps, max_bytes: int) -> tuple[tuple[Step, ...], int]:
+    """(the steps kept, k): every k-th step counted back from the last (the last always), with the smallest k whose
+    kept steps hold at most about ``max_bytes`` (two steps at least: the scrubber's ends), as Unconditional's
+    loop keeps its history (``engine.sampling.unconditional.scrub_every``)."""
+    steps = tuple(steps)
+    if not steps:
+        return steps, 1
+    per_step = max(max(step_bytes(s) for s in steps[-2:]), 1)  # the steps are alike; the last may be drawn
+    frames = max(2, max_bytes // per_step)
+    every = max(1, math.ceil(len(steps) / frames))
+    return tuple(s for i, s in enumerate(steps) if (len(steps) - 1 - i) % every == 0), every
+
+
 def step_measures(step: Step) -> dict[str, float] | None:
     """``{"step", "t", "sigma", "latent std", "guidance rms"}`` of a step (guidance rms is NaN without guidance);
     None where the step carries no measures."""
