@@ -36,8 +36,12 @@ def native_size(folder: str | Path) -> tuple[int, int] | None:
 def unet_side(folder: str | Path) -> int | None:
     """The side an unconditional model in diffusers layout was trained at: its UNet's square ``sample_size``;
     None where the config is not readable or not square."""
+    folder = Path(folder)
+    config = folder / "unet" / "config.json"
+    if not config.is_file():  # google/ddpm-cat-256's early layout: the UNet's config in the folder itself
+        config = folder / "config.json"
     try:
-        size = json.loads((Path(folder) / "unet" / "config.json").read_text())["sample_size"]
+        size = json.loads(config.read_text())["sample_size"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if isinstance(size, list) and len(set(size)) == 1:

@@ -36,6 +36,11 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")  # torch.load formats
 WEIGHT_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
 LIBRARIES = ("diffusers", "transformers")  # where a component's class may come from; no custom code
 VARIANT = "fp16"  # the hub's half-precision copies, used on CUDA only (the CPU computes in fp32)
+# The files diffusers and transformers read for a component: ``diffusion_pytorch_model`` (diffusers), ``model`` /
+# ``pytorch_model`` (transformers), an optional variant, shards and their index. Other weights beside them (SD 1.5's
+# ``diffusion_pytorch_model.non_ema.safetensors``) are never read.
+WEIGHTS_FILE = re.compile(r"^(diffusion_pytorch_model|model|pytorch_model)(?P<variant>\.fp16)?"
+                          r"(-\d{5}-of-\d{5})?(?P<shard_variant>\.fp16)?\.(?P<ext>safetensors|bin)(\.index\.json)?$")
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class ComponentPlan:
     weights: tuple[str, ...] = ()  # the weight files read, relative to the folder; () for tokenizers, schedulers
     use_safetensors: bool = True
     variant: str | None = None
+    flat: bool = False  # read from the folder itself, as google/ddpm-cat-256 lays out its UNet and scheduler
 
 
 @dataclass(frozen=True)
@@ -62,15 +68,17 @@ class LoadPlan:
     @property
     def files(self) -> list[Path]:
         """``model_index.json`` and every file the load reads (configs, tokenizer files, the chosen weights)."""
-        out = [self.folder / "model_index.json"]
+        out = {self.folder / "model_index.json"}
         skipped = set(self.skipped)
         for component in self.components:
-            for path in sorted((self.folder / component.name).rglob("*")):
+            found = self.folder.glob("*") if component.flat else (self.folder / component.name).rglob("*")
+            for path in found:
                 rel = path.relative_to(self.folder).as_posix()
                 hidden = any(part.startswith(".") for part in path.relative_to(self.folder).parts)
-                if path.is_file() and not hidden and rel not in skipped:
-                    out.append(path)
-        return out
+                if path.is_file() and not hidden and rel not in skipped and (not component.flat or not rel.endswith(
+                        (".md", ".gitattributes"))):
+                    out.add(path)
+        return sorted(out)
 
 
 def plan(folder: str | Path, *, variant: str | None = None) -> LoadPlan:
@@ -102,24 +110,21 @@ def plan(folder: str | Path, *, variant: str | None = None) -> LoadPlan:
 def _component_plan(folder: Path, name: str, library: str, class_name: str, variant: str | None) -> ComponentPlan:
     """The weight files of component ``name`` to read: the wanted variant's safetensors, the plain safetensors,
     the variant's when there is no plain copy, then the same order for pickles."""
-    files = sorted(p for p in (folder / name).glob("*") if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
-    if not files:
-        return ComponentPlan(name, library, class_name)
+    flat = not (folder / name).is_dir()  # an early diffusers layout: the component's files in the folder itself
+    found = [(p, m) for p in sorted((folder if flat else folder / name).glob("*"))
+             if p.is_file() and (m := WEIGHTS_FILE.match(p.name))]
 
     def of(safe: bool, with_variant: bool) -> list[Path]:
-        return [p for p in files if (p.suffix == ".safetensors") == safe
-                and (f".{VARIANT}" in p.name) == with_variant]
+        return [p for p, m in found if (m["ext"] == "safetensors") == safe
+                and bool(m["variant"] or m["shard_variant"]) == with_variant]
 
     order = [(safe, v) for safe in (True, False) for v in ((True, False) if variant else (False, True))]
     for safe, with_variant in order:
-        chosen = of(safe, with_variant)
-        if chosen:
-            index_files = [p for p in (folder / name).glob("*.index*.json")
-                           if (f".{VARIANT}" in p.name) == with_variant]
+        if chosen := of(safe, with_variant):
             return ComponentPlan(name, library, class_name,
-                                 weights=tuple(p.relative_to(folder).as_posix() for p in chosen + index_files),
-                                 use_safetensors=safe, variant=VARIANT if with_variant else None)
-    return ComponentPlan(name, library, class_name)
+                                 weights=tuple(p.relative_to(folder).as_posix() for p in chosen),
+                                 use_safetensors=safe, variant=VARIANT if with_variant else None, flat=flat)
+    return ComponentPlan(name, library, class_name, flat=flat)
 
 
 def tensor_bytes(path: Path) -> int:
@@ -139,9 +144,6 @@ def iter_load(name: str, folder: str | Path, pipeline_cls, dtype, *, variant: st
     """Load the folder as ``pipeline_cls`` with components in ``dtype``, yielding a ``Loading`` before each
     component; returns the pipeline. ``name``: the model as the user gave it, for messages and events."""
     load_plan = plan(folder, variant=variant)
-    if load_plan.skipped or load_plan.unused:
-        log.info("loading %r: skipped, never opened: %s; unused components not loaded: %s", name,
-                 ", ".join(load_plan.skipped) or "none", ", ".join(load_plan.unused) or "none")
     start = time.monotonic()
     loaded = {}
     total = len(load_plan.components)
@@ -171,7 +173,7 @@ def _load_component(name: str, folder: Path, component: ComponentPlan, dtype):
         kwargs = {"use_safetensors": component.use_safetensors, "variant": component.variant,
                   "local_files_only": True, ("dtype" if component.library == "transformers" else "torch_dtype"): dtype}
     try:
-        return cls.from_pretrained(str(folder), subfolder=component.name, **kwargs)
+        return cls.from_pretrained(str(folder), **({} if component.flat else {"subfolder": component.name}), **kwargs)
     except Exception as exc:  # the registry turns any other into "could not load", its traceback logged
         refusal = _weights_only_refusal(exc)
         if refusal is not None:

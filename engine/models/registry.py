@@ -3,7 +3,7 @@
 A model string is, in the order tried:
 1. a built-in name (see :data:`BUILTIN_TXT2IMG` / :data:`BUILTIN_UNCONDITIONAL`);
 2. a diffusers-format folder under ``models_dir`` (``model_index.json`` inside);
-3. a single-file ``.safetensors`` checkpoint under ``models_dir``;
+3. a single-file checkpoint under ``models_dir`` (``.safetensors``; ``.ckpt``/``.pt``/``.pth``/``.bin`` weights-only);
 4. a hub id (``owner/name``), downloaded where the hub is reachable.
 Paths outside ``models_dir`` are refused. A folder loads component by component (:mod:`engine.models.loading`):
 safetensors where there are any, pickles (``.bin``, ``.ckpt``) only where a component has nothing else, and
@@ -75,7 +75,7 @@ class ModelRef:
 
 
 class ModelRegistry:
-    """Resolves model strings and keeps the last few loaded pipelines on the device."""
+    """Resolves model strings and keeps loaded pipelines on the device while they fit a byte budget."""
 
     def __init__(self, models_dir: str | Path, placement: Placement, *, cache_bytes: int | None = None):
         self.models_dir = Path(models_dir).resolve()

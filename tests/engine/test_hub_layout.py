@@ -45,7 +45,8 @@ def test_hub_layout_loads_from_the_safetensors_alone(hub_folder, caplog):
     skipped = pipe.workbench_identity.result()["skipped"]
     assert skipped == ["safety_checker/pytorch_model.bin", "text_encoder/model.fp16.safetensors",
                        "text_encoder/pytorch_model.bin", "unet/diffusion_pytorch_model.bin",
-                       "unet/diffusion_pytorch_model.fp16.safetensors", "v1-5-pruned-emaonly.ckpt",
+                       "unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.non_ema.bin",
+                       "unet/diffusion_pytorch_model.non_ema.safetensors", "v1-5-pruned-emaonly.ckpt",
                        "vae/diffusion_pytorch_model.bin", "vae/diffusion_pytorch_model.fp16.safetensors",
                        "feature_extractor/", "safety_checker/"]
     said = [r.getMessage() for r in caplog.records if r.name == "engine.models.registry" and "not read" in r.getMessage()]
@@ -91,3 +92,52 @@ def test_a_component_from_another_library_is_refused_by_name(tmp_path):
     with pytest.raises(ModelLoadError, match=r"^component 'unet' of custom comes from 'my_package'; only components "
                                              r"of diffusers and transformers are loaded \(no custom code\)$"):
         ModelRegistry(tmp_path, CPU).load("custom", "txt2img")
+
+
+def test_the_early_flat_layout_of_ddpm_cat_256_loads_from_its_safetensors(tmp_path):
+    """google/ddpm-cat-256 keeps its UNet's config and weights (.bin and .safetensors) and the scheduler's config
+    beside model_index.json, with no unet/ or scheduler/ folder."""
+    import json
+    import shutil
+
+    from engine.models.configs import unet_side
+    from engine.testing.tiny import tiny_ddpm_pipeline
+    from tests.helpers_models import booby_trap
+
+    folder, marker = tmp_path / "ddpm-cat-256", tmp_path / "the-pickle-ran"
+    tiny_ddpm_pipeline(0).save_pretrained(folder)
+    for name in ("unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"):
+        shutil.move(folder / name, folder / name.split("/")[1])
+    shutil.rmtree(folder / "unet"), shutil.rmtree(folder / "scheduler")
+    booby_trap(folder / "diffusion_pytorch_model.bin", marker)
+    (folder / "README.md").write_text("a model card")
+    assert json.loads((folder / "model_index.json").read_text())["unet"] == ["diffusers", "UNet2DModel"]
+
+    pipe = ModelRegistry(tmp_path, CPU).load("ddpm-cat-256", "unconditional")
+    assert same_weights(pipe.unet, tiny_ddpm_pipeline(0).unet) and not marker.exists()
+    assert unet_side(folder) == 16
+    record = pipe.workbench_identity.result()
+    assert record["skipped"] == ["diffusion_pytorch_model.bin"]
+    assert sorted(record["files"]) == ["config.json", "diffusion_pytorch_model.safetensors", "model_index.json",
+                                       "scheduler_config.json"]
+
+
+def test_a_hub_id_in_the_cache_loads_as_its_folder_does(hub_folder, tmp_path, monkeypatch):
+    """The hub id's snapshot, laid out as the SD 1.5 repo is, offline: the same skipping as a folder."""
+    import shutil
+
+    import huggingface_hub.constants as hf_constants
+
+    models, marker = hub_folder
+    repo = tmp_path / "hub" / "models--owner--tiny-sd15"
+    shutil.copytree(models / "sd15", repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    registry = ModelRegistry(tmp_path / "models", CPU)
+    registry.check_available("owner/tiny-sd15", "txt2img")
+    pipe = registry.load("owner/tiny-sd15", "txt2img")
+    assert pipe.safety_checker is None and not marker.exists()
+    assert "v1-5-pruned-emaonly.ckpt" in pipe.workbench_skipped and "safety_checker/" in pipe.workbench_skipped
+    assert pipe.workbench_identity.result() == {"name": "owner/tiny-sd15", "source": "hub", "id": "owner/tiny-sd15",
+                                                "revision": "0" * 40}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from engine.errors import Cancelled
-from engine.events import Done, Started, Step
+from engine.events import Done, Loading, Started, Step
 from engine.sampling.unconditional import UnconditionalRequest
 from engine.worker.process import WorkerError
 from engine.workbench import Folders, Workbench
@@ -31,9 +31,23 @@ def benches(tmp_path_factory):
 
 
 def run(bench, request, **kw):
-    events = list(bench.iter_unconditional(request, **kw))
+    """A run's events after its model's load (a first run's ``Loading`` events come before ``Started``)."""
+    events = [e for e in bench.iter_unconditional(request, **kw) if not isinstance(e, Loading)]
     assert isinstance(events[0], Started) and isinstance(events[-1], Done)
     return events
+
+
+def test_the_workers_first_run_of_a_model_says_what_is_loading(benches):
+    from engine.testing.tiny import tiny_ddpm_pipeline
+
+    worker, _ = benches
+    tiny_ddpm_pipeline(1).save_pretrained(worker.folders.models_dir / "fresh-ddpm")
+    request = UnconditionalRequest(model="fresh-ddpm", scheduler="DDIM", num_inference_steps=2, seed=1)
+    events = list(worker.iter_unconditional(request))
+    assert [e.message for e in events[:2]] == ["Loading model fresh-ddpm: scheduler (1 of 2)",
+                                               "Loading model fresh-ddpm: unet (2 of 2)"]
+    assert isinstance(events[2], Started) and isinstance(events[-1], Done)
+    assert not any(isinstance(e, Loading) for e in worker.iter_unconditional(request))  # kept: nothing loads
 
 
 def test_worker_gives_the_same_images_and_previews_as_this_process(benches):
