@@ -1,4 +1,5 @@
-"""Turning any image PIL opens into 8-bit pixels, the one way every wing does it."""
+"""Turning any image PIL opens into 8-bit pixels, the one way every wing does it; and bringing an image to a size
+by AUTOMATIC1111's resize modes."""
 
 from __future__ import annotations
 

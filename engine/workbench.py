@@ -150,11 +150,15 @@ class Workbench:
     def default_size(self, model: str) -> tuple[int, int] | None:
         """(width, height) a text-to-image model was trained at, read from its configs only; None where
         that needs a download (hub ids) or the configs are unreadable."""
+        folder = self._config_folder(model or self.default_model("txt2img"))
+        return native_size(folder) if folder is not None else None
+
+    def _config_folder(self, model: str) -> Path | None:
+        """The local folder of ``model``'s configs; None for a hub id not downloaded, or a model not found."""
         try:
-            folder = self.registry.config_folder(model or self.default_model("txt2img"))
+            return self.registry.config_folder(model)
         except ModelLoadError:
             return None
-        return native_size(folder) if folder is not None else None
 
     # -- text to image ---------------------------------------------------------------
     def iter_txt2img(self, request: Txt2ImgRequest, *, cancel: CancelToken | None = None, history: str = "drawn",
@@ -205,19 +209,14 @@ class Workbench:
         "size_from"}`` (in words, as the run's parameters say it); None where that needs the model downloaded.
         Raises the :class:`InputError` of a width or height an unconditional model (SDEdit) does not take."""
         model = request.model or self.default_model("txt2img")
-        try:
-            folder = self.registry.config_folder(model)
-        except ModelLoadError:
-            return None
-        if folder is None:
-            return None
         if self.model_kind(model) == "txt2img":
-            model_size = native_size(folder)
+            model_size = self.default_size(model)
             if model_size is None:
                 return None
             width, height = output_size(request.image.size, model_size, request.width, request.height)
             return {"width": width, "height": height, "size_from": size_from(request, model_size)}
-        side = unet_side(folder)
+        folder = self._config_folder(model)
+        side = unet_side(folder) if folder is not None else None
         if side is None:
             return None
         width, height = sdedit_size(request, (side, side))

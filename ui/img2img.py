@@ -23,8 +23,8 @@ FIELDS = {"model": 0, "image": 1, "prompt": 2, "negative prompt": 3, "strength":
           "scheduler": 7, "seed": 8, "width": 9, "height": 10, "resize mode": 11}
 DEFAULT_PROMPT = "a handwritten digit seven"  # the text-to-image built-in knows digits
 DEFAULT_SCHEDULER = {"txt2img": "DPM++ 2M Karras", "unconditional": "DDIM"}  # each tab's own default
-# What each resize mode does to an image of another aspect, as the size line says it.
 AUTO = 0  # a width or height of 0: the engine's default size (None in the request)
+# What each resize mode does to an image of another aspect, as the size line says it.
 RESIZE_WORDS = {"Just resize": "stretched to it", "Crop and resize": "scaled to cover it, the overflow cropped",
                 "Resize and fill": "scaled to fit inside it, its edges drawn out over the rest"}
 
@@ -53,7 +53,7 @@ def build(
                     "(SDEdit).")
         with gr.Row():
             with gr.Column(scale=2):
-                with gr.Row():
+                with gr.Row(elem_id="i2i-model-row"):
                     model = model_dropdown(list_models(), default_model)
                     refresh = gr.Button("↻ Refresh", scale=1, min_width=60)
                 prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt (text-to-image models)", lines=2,

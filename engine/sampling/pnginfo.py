@@ -238,6 +238,7 @@ def _a1111_unused(key: str, value: str) -> str:
         "VAE": "the model's own VAE is used", "VAE hash": "the model's own VAE is used",
         "Clip skip": "the text encoder's last layer is always used",
         "Denoising strength": "there is no image-to-image or hires fix here",
+        "Resize mode": "there is no image-to-image or hires fix here",
         "Hires upscale": "there is no hires fix here", "Hires steps": "there is no hires fix here",
         "Hires upscaler": "there is no hires fix here",
         "Lora hashes": "LoRAs are not supported here",

@@ -74,3 +74,15 @@ def test_a_width_not_a_multiple_of_8_is_said_beside_it(page):
     page.locator("#i2i-run").click()
     wait_text(page, "i2i-progress", "done · 64x")
     page.wait_for_function(f"() => !document.querySelector('#i2i-width').innerText.includes({message!r})")
+
+
+def test_an_unconditional_model_says_it_runs_at_its_own_size(page):
+    """SDEdit on digits-ddpm: the size fields are greyed out and the line says the model's fixed size."""
+    open_noise_tab(page)
+    fill_and_enter(page.locator("#i2i-width input"), 64)
+    page.locator("#i2i-model-row input").click()
+    page.get_by_role("option", name="digits-ddpm", exact=True).click()
+    wait_text(page, "i2i-size", "Runs at 32x32: the unconditional model's fixed size (SDEdit takes no other); "
+                                "the 640x427 image is stretched to it.")
+    assert page.locator("#i2i-width input").is_disabled() and page.locator("#i2i-height input").is_disabled()
+    assert page.locator("#i2i-width input").input_value() == "0"  # the width typed for the other model is let go

@@ -420,3 +420,20 @@ def test_the_strength_strip_runs_each_strength_as_a_run_of_its_own(photo, tmp_pa
                                                    num_inference_steps=20, strength=0.6, seed=seed)))[-1]
     assert np.array_equal(pixels(frames[2].image), pixels(alone.images[0]))
     assert frames[2].caption == f"0.6 · t {frames[2].start_timestep} · {frames[2].survives:.2f}"
+
+
+def test_the_size_a_run_makes_is_known_before_it_runs(photo, tmp_path):
+    """What the page's size line says, read from the model's configs, is the size the run then makes."""
+    from engine.workbench import Folders, Workbench
+
+    bench = Workbench(Folders(tmp_path / "m", tmp_path / "d", tmp_path / "o"), device="cpu", worker=False)
+    for request in (Img2ImgRequest(photo, model="digits-sd", num_inference_steps=4, seed=1),
+                    Img2ImgRequest(photo, model="digits-sd", num_inference_steps=4, seed=1, height=32),
+                    Img2ImgRequest(photo, model="digits-ddpm", scheduler="DDIM", num_inference_steps=4, seed=1)):
+        before = bench.img2img_size(request)
+        done = list(bench.iter_img2img(request))[-1]
+        assert before == {k: done.info[k] for k in ("width", "height", "size_from")}
+        assert done.images[0].size == (before["width"], before["height"])
+    assert bench.img2img_size(Img2ImgRequest(photo, model="digits-sd"))["width"] == 40  # 640x427 at about 32x32
+    with pytest.raises(InputError, match="^SDEdit runs an unconditional model at its fixed size, 32x32 here; "):
+        bench.check_img2img(Img2ImgRequest(photo, model="digits-ddpm", scheduler="DDIM", width=64))
