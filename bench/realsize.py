@@ -342,9 +342,8 @@ def measure_history(app: App, root: Path, s: dict) -> None:
     request = dict(model=MODELS["history"], prompt=PROMPT, steps=s["history_steps"], guidance_scale=s["guidance"],
                    seed=s["seed"], width=s["history_size"], height=s["history_size"])
     kept, steps, cap = history_kept(root, request)
-    figure("6. history: bytes a run's history keeps (engine, every view drawn)",
-           f"{kept / 2**20:.1f} MiB in {steps} steps", f"cap: {cap / 2**20:.1f} MiB" if cap else "no cap",
-           cap is not None and kept <= cap)
+    figure("6. history: bytes a run's history keeps (every view drawn, thinned as the page thins it)",
+           f"{kept / 2**20:.1f} MiB ({steps})", f"<= a session's cap, {cap / 2**20:.0f} MiB", kept <= cap)
 
 
 @contextlib.contextmanager
@@ -412,14 +411,15 @@ def scrub_through(page, steps: int, stops: int = 12) -> str:
     return page.locator("#t2i-scrub").inner_text().split("\n")[0]
 
 
-def history_kept(root: Path, args: dict) -> tuple[int, int, int | None]:
+def history_kept(root: Path, args: dict) -> tuple[int, str, int]:
     """(bytes a Text to image run's history keeps in the page, the steps it keeps, the cap): the run through the
     engine's worker (as the server gets it) with every view, each view of each step drawn (as scrubbing draws it),
     then thinned as the page thins a session's history."""
     from engine.events import Done
     from engine.sampling.txt2img import Txt2ImgRequest
-    from engine.sampling.views import VIEWS, view_array
+    from engine.sampling.views import VIEWS, step_bytes, thin_history, view_array
     from engine.workbench import Folders, Workbench
+    from ui.common import SCRUB_SESSION_BYTES
 
     bench = Workbench(Folders(root / "models", root / "data", root / "engine-outputs"), device="cpu")
     try:
@@ -432,14 +432,9 @@ def history_kept(root: Path, args: dict) -> tuple[int, int, int | None]:
     for step in done.steps:
         for name in VIEWS:
             view_array(step, name)
-    try:  # TEMPORARY until i21 is merged
-        from engine.sampling.views import step_bytes, thin_history
-        from ui.common import SCRUB_SESSION_BYTES
-    except ImportError:
-        return sum(view_array(step, name).nbytes for step in done.steps for name in VIEWS
-                   if view_array(step, name) is not None), len(done.steps), None
-    kept, _ = thin_history(done.steps, SCRUB_SESSION_BYTES)
-    return sum(step_bytes(step) for step in kept), len(kept), SCRUB_SESSION_BYTES
+    kept, every = thin_history(done.steps, SCRUB_SESSION_BYTES)
+    return sum(step_bytes(step) for step in kept), f"{len(kept)} of {len(done.steps)} steps, one in {every}", \
+        SCRUB_SESSION_BYTES
 
 
 # -- 7. the CPU's options ------------------------------------------------------------------------------------------

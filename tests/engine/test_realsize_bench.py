@@ -26,7 +26,8 @@ FIGURES = [
     r"6\. history: the server's RSS growth over two runs, .* [+-][\d.]+ GiB \(scrubber: Scrub through the steps.*\) "
     r"\(<= 0\.3 GiB\)",
     r"6\. history: the worker's RSS growth over those runs +[+-][\d.]+ GiB \(<= 0\.5 GiB\)",
-    r"6\. history: bytes a run's history keeps \(engine, every view drawn\) +[\d.]+ MiB in \d+ steps",
+    r"6\. history: bytes a run's history keeps \(every view drawn, thinned as the page thins it\) +[\d.]+ MiB "
+    r"\(\d+ of \d+ steps, one in \d+\) \(<= a session's cap, 64 MiB\)",
     r"7\. plain pipeline \(diffusers' SDPA attention\), it/s +[\d.]+ before, [\d.]+ after",
     r"7\. classic attention \(no SDPA\): it/s / plain +[\d.]+x \([\d.]+ it/s; images differ by \d+/255\)",
     r"7\. channels_last \(UNet and VAE\): it/s / plain +[\d.]+x \([\d.]+ it/s; images differ by \d+/255\)",
