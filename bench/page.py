@@ -76,7 +76,8 @@ def p99(values: list[float]) -> float:
 
 # -- the app under test ------------------------------------------------------------------------------
 class App:
-    def __init__(self, root: Path, extra_args: tuple[str, ...] = (), launcher: tuple[str, ...] = ("app.py",)):
+    def __init__(self, root: Path, extra_args: tuple[str, ...] = (), launcher: tuple[str, ...] = ("app.py",),
+                 start_timeout: float = 180):
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -89,7 +90,7 @@ class App:
             cwd=ROOT, env=env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT)
         import httpx
 
-        deadline = time.time() + 180
+        deadline = time.time() + start_timeout
         while time.time() < deadline:
             try:
                 if httpx.get(self.url, timeout=2).status_code == 200:

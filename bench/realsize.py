@@ -575,8 +575,10 @@ def run_page_groups(root: Path, s: dict, threads: int, wanted: set, tiny: bool) 
     start = time.perf_counter()
     sd_bytes = weight_bytes(s["sd"])
     extra = (BUDGET_FLAG, f"{1.5 * sd_bytes / 1e9:.3f}")  # one SD model fits, two do not
-    launched: dict = {}  # the app starts while the models are saved (it lists the models dir when asked)
-    launcher = threading.Thread(target=lambda: launched.update(app=App(root, extra)), daemon=True)
+    # The app starts while the models are saved (it lists the models dir when asked); on a machine shared with other
+    # busy work that can take minutes.
+    launched: dict = {}
+    launcher = threading.Thread(target=lambda: launched.update(app=App(root, extra, start_timeout=900)), daemon=True)
     launcher.start()
     if tiny:
         save_models(root / "models", s)
