@@ -533,6 +533,8 @@ def main() -> int:
     parser.add_argument("--only", choices=GROUPS, action="append",
                         help="measure these groups only (default: all but cpu-speed; with --tiny, all)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (models, logs, images)")
+    parser.add_argument("--models-from", type=Path, metavar="DIR",
+                        help="the models folder of a kept run (--keep) of the same size, instead of saving them again")
     parser.add_argument("--alone", choices=("sd", "cat"), help=argparse.SUPPRESS)  # the plain pipeline's process
     for name, kind in (("model", str), ("size", int), ("steps", int), ("guidance", float), ("seed", int),
                        ("threads", int), ("out", str)):
@@ -555,7 +557,7 @@ def main() -> int:
     if wanted & {"sd", "models", "cat", "history"}:
         root = Path(tempfile.mkdtemp(prefix="bench-realsize-"))
         try:
-            run_page_groups(root, s, threads, wanted, args.tiny)
+            run_page_groups(root, s, threads, wanted, args.tiny, args.models_from)
         finally:
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
@@ -569,7 +571,7 @@ def main() -> int:
     return 1 if failed else 0
 
 
-def run_page_groups(root: Path, s: dict, threads: int, wanted: set, tiny: bool) -> None:
+def run_page_groups(root: Path, s: dict, threads: int, wanted: set, tiny: bool, models_from: Path | None) -> None:
     for name in ("models", "data", "outputs", "gradio"):
         (root / name).mkdir()
     start = time.perf_counter()
@@ -580,13 +582,16 @@ def run_page_groups(root: Path, s: dict, threads: int, wanted: set, tiny: bool) 
     launched: dict = {}
     launcher = threading.Thread(target=lambda: launched.update(app=App(root, extra, start_timeout=900)), daemon=True)
     launcher.start()
-    if tiny:
+    if models_from is not None:  # a kept run's folders (--keep), hard-linked: saving SD 1.5 takes minutes here
+        shutil.rmtree(root / "models")
+        shutil.copytree(models_from, root / "models", copy_function=_link_or_copy)
+    elif tiny:
         save_models(root / "models", s)
     else:  # an SD 1.5 pipeline is 4 GiB this process need not keep
         subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
                         f"from bench.realsize import save_models, settings; from pathlib import Path; "
                         f"save_models(Path({str(root / 'models')!r}), settings({tiny}))"], check=True)
-    print(f"models saved in {time.perf_counter() - start:.1f} s (SD shape: {sd_bytes / GIB:.2f} GiB of weights)",
+    print(f"models {'linked' if models_from else 'saved'} in {time.perf_counter() - start:.1f} s (SD shape: {sd_bytes / GIB:.2f} GiB of weights)",
           flush=True)
     launcher.join()
     if "app" not in launched:
