@@ -266,9 +266,9 @@ def seconds_a_step(page: dict) -> float:
     """Seconds a step in the page, from the first streamed step's end to the last's, as the progress line says
     them (0.1 s apart; the run's ``steps_per_second`` is rounded to 0.01 it/s, too coarse for 30 s steps)."""
     elapsed = page["elapsed"]
-    if len(elapsed) < 2:
+    first, last = (min(elapsed), max(elapsed)) if elapsed else (0, 0)
+    if last == first or elapsed[last] - elapsed[first] < 1.0:  # tiny steps: 0.1 s ticks say nothing of them
         return 1 / page["info"]["steps_per_second"]
-    first, last = min(elapsed), max(elapsed)
     return (elapsed[last] - elapsed[first]) / (last - first)
 
 
