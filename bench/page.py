@@ -61,6 +61,7 @@ IMG2IMG = dict(model="digits-sd", prompt="a handwritten digit seven", negative_p
 SDEDIT = dict(IMG2IMG, model="digits-ddpm", scheduler="DDIM", steps=50)
 INFO_AT = {"/txt2img": 3, "/ddpm": 4, "/compare": 2, "/img2img": 3, "/attention": 2}  # where each endpoint's info is in its outputs
 STEP_TEXT = re.compile(r"Step (\d+)/(\d+)")
+ELAPSED_TEXT = re.compile(r"Step (\d+)/\d+ · (?:t = \S+ · )?([\d.]+) s")  # the progress line's step and its elapsed
 RESULTS: list[tuple[str, str, bool]] = []
 
 
@@ -143,20 +144,26 @@ def fetch_final(output) -> bytes:
 
 
 def page_run(c, args: dict, api: str = "/txt2img") -> dict:
-    """Submit to final image received; the page's own loop time and the steps it streamed."""
+    """Submit to final image received; the page's own loop time, the steps it streamed, the seconds from the
+    submit to the first streamed step (``first``), the run's info and each streamed step's elapsed seconds as the
+    progress line says them (``elapsed``: {step: seconds})."""
     start = time.perf_counter()
     job = c.submit(**args, api_name=api)
-    steps = []
+    steps, first, elapsed = [], None, {}
     for update in job:
         m = STEP_TEXT.search(str(update[2]))
         if m and "done" not in str(update[2]):
             steps.append(int(m.group(1)))
+            first = first if first is not None or not steps[-1] else time.perf_counter() - start
+            if (e := ELAPSED_TEXT.search(str(update[2]))) and steps[-1]:
+                elapsed[steps[-1]] = float(e.group(2))
     last = job.outputs()[-1]
     png = fetch_final(last[0][-1]["image"] if api == "/compare" else last[0])
     wall = time.perf_counter() - start
     info = last[INFO_AT[api]]
     loop = sum(c["elapsed"] for c in info["columns"]) if api == "/compare" else info["elapsed"]
-    return {"wall": wall, "loop": loop, "steps": steps, "total": info.get("steps"), "png": png}
+    return {"wall": wall, "loop": loop, "steps": steps, "total": info.get("steps"), "png": png, "first": first,
+            "info": info, "elapsed": elapsed}
 
 
 # -- the engine alone ------------------------------------------------------------------------------

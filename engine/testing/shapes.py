@@ -4,6 +4,8 @@
 ``stable-diffusion-v1-5``'s configs; the tokenizer is the tiny character one, 77 tokens, which costs the
 same a step). ``cat256``: ``google/ddpm-cat-256``'s UNet2DModel and DDPMScheduler. ``tiny``: the smallest
 model of each kind (one UNet block), so that the bench's tiny mode compiles in seconds, not minutes, on a CPU.
+``tiny-vae8``: the tiny text-to-image model with a tiny VAE that downsamples 8x as SD's does, so that it makes
+SD's 512 px images from 64x64 latents at a fraction of the cost (bench/realsize.py's history figures).
 Weights are drawn under ``torch.manual_seed(seed)`` on the device they are built on (a GPU builds SD 1.5 in
 about a second), in a forked RNG so that the caller's generators are left as they were.
 """
@@ -38,13 +40,20 @@ CAT256_SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="linear", beta_s
 TINY_SD_UNET = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32,),
                     down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
                     cross_attention_dim=32, norm_num_groups=8, attention_head_dim=8)
+# Attention at 32x32, not at the 64x64 latents' 4096 tokens (a step 16x cheaper: 150 steps in seconds, not minutes)
+TINY_VAE8_UNET = dict(TINY_SD_UNET, sample_size=64, block_out_channels=(32, 32),
+                      down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+TINY_VAE8 = dict(block_out_channels=(32, 32, 32, 32), latent_channels=4, layers_per_block=1, sample_size=512,
+                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)  # 3 halvings
 TINY_DDPM_UNET = dict(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16,),
                       norm_num_groups=8, down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",))
-SHAPES = {"txt2img": ("sd15", "tiny"), "unconditional": ("cat256", "tiny")}
+SHAPES = {"txt2img": ("sd15", "tiny", "tiny-vae8"), "unconditional": ("cat256", "tiny")}
 
 
 def sd_pipeline(shape: str = "sd15", *, device="cpu", dtype=torch.float32, seed: int = 0):
-    """A StableDiffusionPipeline of ``shape`` ("sd15" or "tiny") with random weights, on ``device`` in ``dtype``."""
+    """A StableDiffusionPipeline of ``shape`` ("sd15", "tiny" or "tiny-vae8") with random weights, on ``device`` in
+    ``dtype``."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -55,10 +64,12 @@ def sd_pipeline(shape: str = "sd15", *, device="cpu", dtype=torch.float32, seed:
             unet, vae = UNet2DConditionModel(**SD15_UNET), AutoencoderKL(**SD15_VAE)
             text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT, vocab_size=len(tokenizer.get_vocab()),
                                                         bos_token_id=0, eos_token_id=1, pad_token_id=1))
-        elif shape == "tiny":
+        elif shape in ("tiny", "tiny-vae8"):
             parts = tiny_sd_components(seed)  # its VAE, text encoder and tokenizer; a one-block UNet
             unet, vae, text_encoder, tokenizer = (UNet2DConditionModel(**TINY_SD_UNET), parts["vae"],
                                                   parts["text_encoder"], parts["tokenizer"])
+            if shape == "tiny-vae8":  # SD's latent size: 512 px from 64x64
+                unet, vae = UNet2DConditionModel(**TINY_VAE8_UNET), AutoencoderKL(**TINY_VAE8)
         else:
             raise ValueError(f"unknown text-to-image shape {shape!r}; known: {', '.join(SHAPES['txt2img'])}")
     pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,

@@ -140,7 +140,7 @@ def test_a_compiled_model_that_leaves_the_cache_is_freed(tmp_path, how):
 
     for name in ("a", "b"):
         tiny_ddpm_pipeline(0).save_pretrained(tmp_path / name)
-    registry = ModelRegistry(tmp_path, CPU, cache_size=1)
+    registry = ModelRegistry(tmp_path, CPU, cache_bytes=1)  # only the newest fits
     unet = registry.load("a", "unconditional").unet
     fast._state(unet).compiled(unet)  # what a run with compile=True builds and keeps with the model
     gone = weakref.ref(unet)
