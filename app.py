@@ -38,12 +38,27 @@ CSS = """
 }
 .wb-caption { font-family: ui-monospace, monospace; font-size: 0.8em; text-align: center; }
 """
-# Ctrl+Enter (Cmd+Enter) runs the visible tab's Generate; the header's button switches dark mode, which a reload keeps.
+# Ctrl+Enter (Cmd+Enter) runs the visible tab's Generate; Enter in a slider's number box commits it as Tab does (Gradio's
+# slider says "release", what the app's sliders act on, only when the box loses focus); the header's button switches
+# dark mode, which a reload keeps. A tab's widgets are built only when it first opens, so the images they start with
+# (the Noise strip's) are fetched as the page loads and kept: the tab shows them in its first frame.
 JS = """
 () => {
   if (localStorage.getItem('wb-dark') === '1') document.body.classList.add('dark');
+  const urls = new Set(), collect = (v) => {
+    if (Array.isArray(v)) v.forEach(collect);
+    else if (v && typeof v === 'object') Object.entries(v).forEach(([k, x]) =>
+      k === 'url' && typeof x === 'string' && /[.](png|jpe?g|webp)$/i.test(x) ? urls.add(x) : collect(x));
+  };
+  (window.gradio_config?.components || []).forEach(c => collect(c.props?.value));
+  window.wbPreloaded = [...urls].map(u => Object.assign(new Image(), {src: u}));
   document.addEventListener('keydown', (e) => {
-    if (e.key !== 'Enter' || !(e.ctrlKey || e.metaKey)) return;
+    if (e.key !== 'Enter') return;
+    if (!(e.ctrlKey || e.metaKey)) {
+      if (e.target.matches?.("input[data-testid='number-input']") &&
+          e.target.closest('.wrap')?.querySelector("input[type='range']")) e.target.blur();
+      return;
+    }
     const visible = [...document.querySelectorAll('.wb-generate')].find(b => b.offsetParent !== null);
     if (visible) { e.preventDefault(); visible.click(); }
   });

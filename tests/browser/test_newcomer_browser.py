@@ -1,0 +1,35 @@
+"""Issue 22, round two: the Noise tab as a newcomer opens it, and labels read whole at 1400 and 420 px."""
+
+import pytest
+
+from tests.helpers import open_tab, wait_text
+
+pytestmark = pytest.mark.browser
+
+# Click the Noise tab, then, frame by frame, wait for the first frame that shows the strip: whether each of its
+# images is there (loaded, with pixels) in that frame.
+STRIP_IN_ITS_FIRST_FRAME = """async () => {
+  [...document.querySelectorAll("button[role='tab']")].find(b => b.innerText.trim() === 'Noise').click();
+  for (;;) {
+    await new Promise(r => requestAnimationFrame(r));
+    const images = [...document.querySelectorAll('#noise-strip img')];
+    if (images.length) return images.map(i => i.complete && i.naturalWidth > 0);
+  }
+}"""
+
+
+def test_the_noise_tab_opens_with_its_strip_and_a_typed_strength_moves_the_start(page):
+    """Issue 22 (5): the strip's images are there in the first frame the Noise tab shows (they were fetched only
+    then, and painted after the plots' drawing). Issue 22 (9): a strength typed and Entered moves the "noised to
+    t" line, as Tab does."""
+    # The page has loaded (what it fetches as it loads, fetched), as a person waits before clicking a tab.
+    page.wait_for_function("() => (window.wbPreloaded || []).every(i => i.complete)")
+    shown = page.evaluate(STRIP_IN_ITS_FIRST_FRAME)
+    assert len(shown) == 8 and all(shown), f"the strip's images in its first frame: {shown}"
+
+    page.locator("#i2i-section").scroll_into_view_if_needed()
+    assert page.locator("#i2i-start").inner_text().startswith("Strength 0.6: noised to t = 568 of 1000")
+    box = page.locator("#i2i-strength input[data-testid='number-input']")
+    box.fill("0.3")
+    box.press("Enter")
+    assert wait_text(page, "i2i-start", "Strength 0.3: noised to t =").startswith("Strength 0.3: noised to t = 59 ")
