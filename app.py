@@ -37,6 +37,8 @@ CSS = """
   .wb-run-layout .wb-run-buttons { order: -1; }
 }
 .wb-caption { font-family: ui-monospace, monospace; font-size: 0.8em; text-align: center; }
+/* The Noise tab's strips: a caption ("t = 400, √ᾱ = 0.44") wraps under a narrow thumbnail rather than being cut */
+#noise-strip .caption-label, #i2i-strip .caption-label { white-space: normal; overflow: visible; text-overflow: clip; }
 """
 # Ctrl+Enter (Cmd+Enter) runs the visible tab's Generate; Enter in a slider's number box commits it as Tab does (Gradio's
 # slider says "release", what the app's sliders act on, only when the box loses focus); the header's button switches

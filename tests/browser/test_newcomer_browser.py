@@ -33,3 +33,26 @@ def test_the_noise_tab_opens_with_its_strip_and_a_typed_strength_moves_the_start
     box.fill("0.3")
     box.press("Enter")
     assert wait_text(page, "i2i-start", "Strength 0.3: noised to t =").startswith("Strength 0.3: noised to t = 59 ")
+
+
+# Each label, caption and line of text a person reads, shown (on screen or not) but cut: wider than its box.
+CUT_TEXT = """() => [...document.querySelectorAll(
+    "[data-testid='block-label'], [data-testid='block-info'], .caption-label, .wb-caption, .prose p, label span")]
+  .filter(e => e.offsetParent !== null && e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1)
+  .map(e => `${e.closest('[id]')?.id}: ${e.innerText.trim()}`)"""
+
+
+def test_labels_and_captions_read_whole_wide_and_narrow(page):
+    """Issue 22 (8): at 1400x1000 and at 420 px wide, no label, caption or line of text in the tabs a newcomer
+    walks through is cut (at 420 px the Noise strip's captions read "t = 0, √ᾱ = 1.…")."""
+    cut = {}
+    for width, height in ((1400, 1000), (420, 900)):
+        page.set_viewport_size({"width": width, "height": height})
+        for tab in ("Text to image", "Unconditional", "Noise", "Training", "History"):
+            open_tab(page, tab)
+            page.locator({"Text to image": "#t2i-generate", "Unconditional": "#ddpm-generate", "Noise": "#noise-strip img",
+                          "Training": "#train-start", "History": "#history-gallery"}[tab]).first.wait_for(state="visible")
+            found = page.evaluate(CUT_TEXT)
+            if found:
+                cut[f"{tab} at {width} px"] = found
+    assert not cut, f"cut text: {cut}"
