@@ -37,13 +37,33 @@ CSS = """
   .wb-run-layout .wb-run-buttons { order: -1; }
 }
 .wb-caption { font-family: ui-monospace, monospace; font-size: 0.8em; text-align: center; }
+/* The Noise tab's strips: a caption ("t = 400, √ᾱ = 0.44") wraps under a narrow thumbnail rather than being cut */
+#noise-strip .caption-label, #i2i-strip .caption-label { white-space: normal; overflow: visible; text-overflow: clip; }
+/* History's "Page 1 of 3 · 43 images" on a line of its own in a narrow window, not squeezed to a letter's width
+   (Gradio's Markdown block sets its min-width to 0 in its style attribute, whatever min_width says) */
+#history-counts { min-width: min(16em, 100%) !important; }
 """
-# Ctrl+Enter (Cmd+Enter) runs the visible tab's Generate; the header's button switches dark mode, which a reload keeps.
+# Ctrl+Enter (Cmd+Enter) runs the visible tab's Generate; Enter in a slider's number box commits it as Tab does
+# (Gradio's slider says "release", what the app's sliders act on, only when the box loses focus); the header's button
+# switches dark mode, which a reload keeps. A tab's widgets are built only when it first opens, so the images they
+# start with (the Noise strip's) are fetched as the page loads and kept: the tab shows them in its first frame.
 JS = """
 () => {
   if (localStorage.getItem('wb-dark') === '1') document.body.classList.add('dark');
+  const urls = new Set(), collect = (v) => {
+    if (Array.isArray(v)) v.forEach(collect);
+    else if (v && typeof v === 'object') Object.entries(v).forEach(([k, x]) =>
+      k === 'url' && typeof x === 'string' && /[.](png|jpe?g|webp)$/i.test(x) ? urls.add(x) : collect(x));
+  };
+  (window.gradio_config?.components || []).forEach(c => collect(c.props?.value));
+  window.wbPreloaded = [...urls].map(u => Object.assign(new Image(), {src: u}));
   document.addEventListener('keydown', (e) => {
-    if (e.key !== 'Enter' || !(e.ctrlKey || e.metaKey)) return;
+    if (e.key !== 'Enter') return;
+    if (!(e.ctrlKey || e.metaKey)) {
+      if (e.target.matches?.("input[data-testid='number-input']") &&
+          e.target.closest('.wrap')?.querySelector("input[type='range']")) e.target.blur();
+      return;
+    }
     const visible = [...document.querySelectorAll('.wb-generate')].find(b => b.offsetParent !== null);
     if (visible) { e.preventDefault(); visible.click(); }
   });

@@ -9,6 +9,8 @@ Launches the app (as `make run` does, on temporary folders) and, for each tab wi
 - Noise: to the strip and the curves;
 - Training: to the first sample grid, and the share of its tiles the classifier reads as confident digits.
 Also the first start: seconds from launching the app to the page answering, and the first run's extra time.
+Each figure is printed with the machine's load average (1, 5 and 15 minutes) and its cores when it was taken: the
+same run is 2-4x slower on a shared, loaded machine than on a quiet one.
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.page import App, client  # noqa: E402
+
+
+def say(text: str) -> None:
+    """Print a figure with the load it was measured under."""
+    import os
+
+    one, five, fifteen = os.getloadavg()
+    print(f"{text}  [load average {one:.1f} / {five:.1f} / {fifteen:.1f} on {os.cpu_count()} cores]", flush=True)
 
 
 def pixels(output):
@@ -67,7 +77,7 @@ def main() -> int:
         (root / name).mkdir()
     started = time.perf_counter()
     app = App(root)
-    print(f"app answering {time.perf_counter() - started:.1f} s after launch")
+    say(f"app answering {time.perf_counter() - started:.1f} s after launch")
     c = client(app.url)
     try:
         info = c.view_api(print_info=False, return_format="dict")["named_endpoints"]
@@ -78,21 +88,21 @@ def main() -> int:
                        negative_prompt="", steps=25, guidance_scale=7.5, scheduler="DPM++ 2M Karras", seed=-1,
                        width=32, height=32)
         runs = [time_stream(c, "/txt2img", 7, **txt2img) for _ in range(4)]
-        print(f"text to image, first run: first readable preview {runs[0][0]} s, final {runs[0][1]:.2f} s")
+        say(f"text to image, first run: first readable preview {runs[0][0]} s, final {runs[0][1]:.2f} s")
         later = runs[1:]
         firsts = [r[0] for r in later if r[0] is not None]
-        print(f"text to image, later runs: first readable preview "
+        say(f"text to image, later runs: first readable preview "
               f"{statistics.median(firsts) if firsts else None} s ({len(firsts)} of {len(later)} runs had one), "
               f"final {statistics.median(r[1] for r in later):.2f} s")
         ddpm = dict(defaults["/ddpm"], model="digits-ddpm", seed=-1)
         runs = [time_stream(c, "/ddpm", None, **ddpm) for _ in range(3)]
         firsts = [r[0] for r in runs if r[0] is not None]
-        print(f"unconditional ({ddpm.get('scheduler')}, {ddpm.get('steps')} steps): first readable preview "
+        say(f"unconditional ({ddpm.get('scheduler')}, {ddpm.get('steps')} steps): first readable preview "
               f"{statistics.median(firsts) if firsts else None} s, final {statistics.median(r[1] for r in runs):.2f} s")
         start = time.perf_counter()
         c.predict(image=None, timesteps="0, 50, 100, 200, 400, 600, 800, 999", beta_schedule="linear",
                   num_train_timesteps=1000, seed=0, api_name="/add_noise")
-        print(f"noise: strip and curves {time.perf_counter() - start:.2f} s")
+        say(f"noise: strip and curves {time.perf_counter() - start:.2f} s")
         train = {p["parameter_name"]: p["parameter_default"] for p in info["/train_start"]["parameters"]
                  if p["parameter_has_default"]}
         train.update(run_name="first-minutes")
@@ -107,10 +117,10 @@ def main() -> int:
         seconds = time.perf_counter() - start
         if grid:
             image = pixels(grid)
-            print(f"training (defaults): first sample grid after {seconds:.0f} s, step {status['grid_step']}, "
+            say(f"training (defaults): first sample grid after {seconds:.0f} s, step {status['grid_step']}, "
                   f"grid {image.shape[1]}x{image.shape[0]} px")
         else:
-            print("training (defaults): no sample grid within 10 minutes")
+            say("training (defaults): no sample grid within 10 minutes")
         c.predict(api_name="/train_stop")
     finally:
         c.close()
