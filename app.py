@@ -35,6 +35,7 @@ CSS = """
   .wb-run-layout > .column { display: contents; }
   .wb-run-layout .wb-live { order: -2; }
   .wb-run-layout .wb-run-buttons { order: -1; }
+  .wb-run-layout #train-grid { order: -1; }  /* Training's tall sample grid after Start and Stop: both stay in reach */
 }
 .wb-caption { font-family: ui-monospace, monospace; font-size: 0.8em; text-align: center; }
 /* The Noise tab's strips: a caption ("t = 400, √ᾱ = 0.44") wraps under a narrow thumbnail rather than being cut */

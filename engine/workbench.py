@@ -29,7 +29,7 @@ from engine.models.identity import file_sha256, identity_changes
 from engine.models.registry import BUILTIN_DIR, BUILTINS, ModelRegistry
 from engine.sampling import unconditional
 from engine.sampling.history import HistoryPage, HistoryQuery, ImageHistory, check_image_path
-from engine.sampling.outputs import save_png
+from engine.sampling.outputs import remove_stale_claims, save_png
 from engine.sampling.pnginfo import PngInfo, png_info
 from engine.sampling.replay import ReplayReport, cannot, export_bundle, read_bundle, verdict
 from engine.sampling.compare import Column, ColumnResult, CompareDone, CompareRequest, CompareStarted, sigmas_at
@@ -82,6 +82,8 @@ class Workbench:
         for folder, pattern in ((folders.outputs_dir, "**/.*.tmp"), (folders.data_dir, ".*.tmp")):
             if removed := remove_partial_writes(folder, pattern):
                 log.warning("removed %d partial write(s) of a killed process from %s", len(removed), folder)
+        if removed := remove_stale_claims(folders.outputs_dir):  # the image numbers such a process had claimed
+            log.warning("removed %d number claim(s) of a killed process from %s", len(removed), folders.outputs_dir)
         cache_bytes = None if model_cache_gb is None else int(model_cache_gb * 1e9)
         self.registry = ModelRegistry(folders.models_dir, self.placement, cache_bytes=cache_bytes)
         self.image_history = ImageHistory(folders.outputs_dir)  # the outputs dir's images, for History

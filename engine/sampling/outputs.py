@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from engine.files import atomic_write
+from engine.files import atomic_write, process_alive
 
 _lock = threading.Lock()
 NUMBERED = re.compile(r"^\.?(\d+)[-.]")  # an image "00012-seed...png" or a claim ".00012.claim"
@@ -73,9 +73,13 @@ def _claim_number(folder: Path) -> tuple[int, Path]:
         n = max(numbers, default=0) + 1
         claim = folder / f".{n:05d}.claim"
         try:
-            os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:  # another writer holds it: look again
             continue
+        try:
+            os.write(fd, str(os.getpid()).encode())  # whose claim: one a killed writer left is removed at start
+        finally:
+            os.close(fd)
         if any(p.name.startswith(f"{n:05d}-") for p in folder.iterdir()):
             claim.unlink(missing_ok=True)  # written meanwhile by a writer whose claim is gone
             continue
@@ -85,3 +89,20 @@ def _claim_number(folder: Path) -> tuple[int, Path]:
 def read_parameters(path: str | Path) -> str | None:
     with Image.open(path) as im:
         return im.text.get("parameters") if hasattr(im, "text") else im.info.get("parameters")
+
+
+def remove_stale_claims(root: str | os.PathLike) -> list[str]:
+    """Delete the number claims (see :func:`_claim_number`) under ``root`` whose writer is gone, a process killed
+    mid-write; returns their names. A claim not yet holding its writer's pid is one a killed writer left too: at
+    start no writer of this app is under way."""
+    removed = []
+    for claim in Path(root).glob("**/.*.claim"):
+        try:
+            pid = int(claim.read_text() or 0)
+        except (OSError, ValueError):
+            pid = 0
+        if pid and (pid == os.getpid() or process_alive(pid)):
+            continue
+        claim.unlink(missing_ok=True)
+        removed.append(claim.name)
+    return removed

@@ -72,7 +72,9 @@ def test_lora_run_then_text_to_image_with_it(client, running_app, captioned):
     assert (pixels[:, panel:panel + 40] == (31, 41, 55)).all()
     # 2. Stop: the LoRA is published under the models dir and listed for digits-sd.
     stopped = as_dict(client.predict(api_name="/train_stop"))
-    assert stopped["state"] == "stopped" and stopped["lora"] == str(models_dir / "loras" / "api-lora.safetensors")
+    # The LoRA's path as the page shows paths: under the models dir's name, never the server's absolute folders.
+    assert stopped["state"] == "stopped" and stopped["lora"] == "models/loras/api-lora.safetensors"
+    assert (models_dir / "loras" / "api-lora.safetensors").is_file()
     assert set(bench.list_loras("digits-sd")) - before == {"api-lora"}
 
     # 3. /txt2img with the LoRA at 0.5: the PNG and the parameters say it; at 0 it is the model alone.

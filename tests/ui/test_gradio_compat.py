@@ -4,6 +4,7 @@ test_auth.py; atomic cache writes: tests/ui/test_cache_images.py; file inputs ch
 test_bad_input.py.)"""
 
 import asyncio
+import concurrent.futures
 import re
 from pathlib import Path
 
@@ -14,6 +15,13 @@ from fastapi.testclient import TestClient
 from ui import gradio_compat
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_apart(coroutine):
+    """``asyncio.run`` in a thread of its own: the browser tests' Playwright keeps an event loop running in the
+    suite's main thread, where ``asyncio.run`` refuses to start."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def test_gradio_is_the_pinned_version():
@@ -89,10 +97,10 @@ def test_file_inputs_are_checked_before_gradio_reads_them(tmp_path, monkeypatch)
     gradio_compat.check_file_inputs(demo, on_invalid, check)
     block_fn = demo.fns[0]
     payload = {"path": str(tmp_path / "a.png"), "meta": {"_type": "gradio.FileData"}, "orig_name": "a.png"}
-    assert asyncio.run(demo.preprocess_data(block_fn, [payload], None)) == [str(tmp_path / "a.png")]
+    assert run_apart(demo.preprocess_data(block_fn, [payload], None)) == [str(tmp_path / "a.png")]
     assert checked == [("a.png", "picture")]
     with pytest.raises(ValueError, match="^picture is not a file$"):
-        asyncio.run(demo.preprocess_data(block_fn, ["abc"], None))
+        run_apart(demo.preprocess_data(block_fn, ["abc"], None))
     assert invalid == [("picture", False, "abc")]
 
 
