@@ -43,6 +43,8 @@ CSS = """
 /* History's "Page 1 of 3 · 43 images" on a line of its own in a narrow window, not squeezed to a letter's width
    (Gradio's Markdown block sets its min-width to 0 in its style attribute, whatever min_width says) */
 #history-counts { min-width: min(16em, 100%) !important; }
+/* History's captions (seed · prompt) wrap over their thumbnail rather than being cut to one line with an ellipsis. */
+#history-gallery .caption-label { white-space: normal; max-width: calc(100% - 2 * var(--block-label-margin)); }
 """
 # Ctrl+Enter (Cmd+Enter) runs the visible tab's Generate; Enter in a slider's number box commits it as Tab does
 # (Gradio's slider says "release", what the app's sliders act on, only when the box loses focus); the header's button
