@@ -1,20 +1,18 @@
-"""Stop, five times in a row, on slow steps (256 px on the 32 px built-in: most of a second a step): each cancel
-answers at once, the server answers GET / and its API info quickly all the while, and no two runs ever hold the
-device at the same time. The app runs in a process of its own, as `make run` starts it: the test's client (which
-parses every streamed update) does not share the server's interpreter."""
-
-import time
+"""Stop, five times in a row, on slow steps (256 px on the 32 px built-in: most of a second a step): each stopped run
+ends stopped, the next run starts and ends, and no two runs ever hold the device at the same time. The app runs in
+a process of its own, as `make run` starts it: the test's client (which parses every streamed update) does not
+share the server's interpreter. How fast a Stop answers, and how fast the server answers other routes meanwhile,
+are timing bounds: `bench/page.py` holds them (Stop under 0.5 s, p99 of the routes under 100 ms), not this test,
+which a loaded machine would fail for no fault of the code."""
 
 import pytest
 
-from bench.page import App, RouteSampler, client, p99
+from bench.page import App, client
 from tests.helpers import wait_for_outputs
 
 SLOW = dict(model="digits-sd", prompt="a handwritten digit seven", negative_prompt="", steps=150, guidance_scale=7.5,
             scheduler="DDIM", seed=5, width=256, height=256)
 QUICK = dict(SLOW, steps=2, width=32, height=32)
-CANCEL_S = 1.0  # bench/page.py holds a quiet machine to 0.5 s
-P99_S = 0.25  # of GET / and /gradio_api/info, sampled every 100 ms from another process; bench/page.py: 0.1 s
 
 
 @pytest.fixture(scope="module")
@@ -27,20 +25,14 @@ def app(tmp_path_factory):
     launched.close()
 
 
-def test_five_stops_in_a_row_answer_at_once_and_runs_never_overlap(app):
+def test_five_stops_in_a_row_stop_their_runs_and_runs_never_overlap(app):
     c = client(app.url)
     c.predict(**QUICK, api_name="/txt2img")  # the model loaded
-    cancels, answers = [], []
     for _ in range(5):
         job = c.submit(**SLOW, api_name="/txt2img")
-        assert len(wait_for_outputs(job, 2)) >= 2, "no preview arrived"
-        sampler = RouteSampler(app.url, 120)  # a process of its own, as a browser is
-        time.sleep(0.3)  # sampling before the cancel too
-        start = time.perf_counter()
+        assert len(wait_for_outputs(job, 2)) >= 2, "no preview arrived"  # under way: a Stop mid-run
         job.cancel()
-        cancels.append(time.perf_counter() - start)
         assert "done" in c.predict(**QUICK, api_name="/txt2img")[2]  # the next run starts and ends
-        answers += sampler.times()
         assert "done" not in str(job.outputs()[-1][2])
     c.close()
     # The worker's own record of its runs (its log): each began after the one before it had ended.
@@ -51,5 +43,3 @@ def test_five_stops_in_a_row_answer_at_once_and_runs_never_overlap(app):
     assert [how.split(":")[0] for _, _, how in spans] == ["done"] + ["stopped", "done"] * 5
     for (_, ended, _), (started, _, _) in zip(spans, spans[1:]):
         assert ended <= started  # one run on the device at a time
-    assert max(cancels) < CANCEL_S, cancels
-    assert len(answers) >= 20 and p99(answers) < P99_S, sorted(answers)[-5:]
