@@ -134,6 +134,7 @@ def build_app(args: argparse.Namespace):
                 schedule_of_model=bench.schedule_of_model,
                 list_models=bench.list_schedule_models,
                 schedulers=list(bench.schedulers("txt2img")),
+                schedule_facts=bench.schedule_facts,
             )
             img2img_tab.build(
                 noise=noise,

@@ -552,6 +552,16 @@ class Workbench:
         except ModelLoadError as exc:  # it names the config's folder
             raise ModelLoadError(self.registry.shown(str(exc))) from exc
 
+    def schedule_facts(self, schedule: NoiseSchedule, scheduler: str = "DDIM", num_inference_steps: int = 10,
+                       timestep_spacing: str | None = None, model: str | None = None) -> dict:
+        """What ``schedule`` (``model``'s own where one is named) leaves at T, and the timesteps ``scheduler``
+        visits under each spacing (with ``model``'s scheduler config: its steps_offset and spacing count)."""
+        if model:
+            schedule = self.schedule_of_model(model)
+            config = read_scheduler_config(self.registry.resolve(model).location)
+            return noise.schedule_facts(schedule, scheduler, num_inference_steps, timestep_spacing, config)
+        return noise.schedule_facts(schedule, scheduler, num_inference_steps, timestep_spacing)
+
     def list_schedule_models(self) -> list[str]:
         """Models whose schedule the Noise tab can show: every model with a scheduler config."""
         return self.list_models("unconditional") + [m for m in self.list_models("txt2img")
