@@ -14,12 +14,13 @@ from engine.sampling.compare import (AXES, DEFAULT_VALUES, MAX_COLUMNS, Column, 
                                      CompareRequest, CompareStarted, lockstep)
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, Txt2ImgRequest
 from ui.common import (DEVICE_QUEUE, field_messages, friendly_errors, message_html, model_dropdown, page_error,
-                       progress_html, stream_updates, whole)
+                       progress_html, schedule_fields, stream_updates, whole)
 from ui.txt2img import DEFAULT_PROMPT
 
 # The engine's field names (as its messages say them) -> the position of their input below.
 FIELDS = {"model": 0, "prompt": 1, "negative prompt": 2, "seed": 3, "axis": 4, "values": 5, "steps": 6,
-          "guidance scale": 7, "scheduler": 8, "width": 9, "height": 10}
+          "guidance scale": 7, "scheduler": 8, "width": 9, "height": 10, "timestep spacing": 11,
+          "guidance rescale": 12}
 FIRST_SEED = 7  # a fixed seed: the same comparison twice gives the same grid
 
 
@@ -62,6 +63,7 @@ def build(
                                         elem_id="cmp-scheduler")
                 width = gr.Number(value=size[0], step=8, label="Width", elem_id="cmp-width")
                 height = gr.Number(value=size[1], step=8, label="Height", elem_id="cmp-height")
+            timestep_spacing, guidance_rescale = schedule_fields("cmp", defaults, rescale=True)
             with gr.Row():
                 run = gr.Button("Compare", variant="primary", elem_id="cmp-run", elem_classes="wb-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="cmp-stop")
@@ -83,16 +85,18 @@ def build(
             info = gr.JSON(label="Columns: settings and time per step", elem_id="cmp-info")
             finals = gr.Gallery(label="Final images", format="png", visible=False, elem_id="cmp-finals")
     history = gr.State(None)  # the last comparison's CompareDone
-    inputs = [model, prompt, negative_prompt, seed, axis, values, steps, guidance_scale, scheduler, width, height]
+    inputs = [model, prompt, negative_prompt, seed, axis, values, steps, guidance_scale, scheduler, width, height,
+              timestep_spacing, guidance_rescale]
 
     def make_request(model, prompt, negative_prompt, seed, axis, values, steps, guidance_scale, scheduler, width,
-                     height) -> CompareRequest:
+                     height, timestep_spacing="", guidance_rescale=0.0) -> CompareRequest:
         """The page's values, by keyword, as the engine's request."""
         return CompareRequest(
             model=model or "", prompt=prompt or "", negative_prompt=negative_prompt or "", seed=whole(seed),
             axis=axis, values=values if isinstance(values, str) else tuple(whole(v) for v in values or ()),
             num_inference_steps=whole(steps), guidance_scale=guidance_scale, scheduler=scheduler,
-            width=whole(width), height=whole(height),
+            width=whole(width), height=whole(height), timestep_spacing=timestep_spacing or "",
+            guidance_rescale=guidance_rescale,
         )
 
     def renderer(page: bool):
@@ -159,11 +163,11 @@ def build(
 
     @friendly_errors
     async def compare(model, prompt, negative_prompt, seed, axis, values, steps, guidance_scale, scheduler, width,
-                      height):
+                      height, timestep_spacing="", guidance_rescale=0.0):
         """The API: the images so far, progress and info; the last output holds the final images in values order
         and each column's time per step. Errors are raised, as gradio_client expects."""
         request = make_request(model, prompt, negative_prompt, seed, axis, values, steps, guidance_scale, scheduler,
-                               width, height)
+                               width, height, timestep_spacing, guidance_rescale)
         async for update in stream_updates(lambda cancel: iter_compare(request, cancel=cancel), renderer(False)):
             yield update
 
@@ -216,7 +220,7 @@ def build(
             choices = list(schedulers(kind))
             value = [v for v in DEFAULT_VALUES["scheduler"] if v in choices] or choices[:3]
         else:
-            choices = [str(v) if axis_name == "steps" else f"{v:g}" for v in DEFAULT_VALUES[axis_name]]
+            choices = [f"{v:g}" if isinstance(v, float) else str(v) for v in DEFAULT_VALUES[axis_name]]
             value = choices[:3]
         return (gr.update(choices=choices, value=value),
                 *(gr.update(interactive=axis_name != name) for name in ("steps", "guidance scale", "scheduler")))

@@ -455,8 +455,8 @@ def facts_markdown(facts: dict) -> str:
                   f"√(1 - ᾱ_T) = {facts['sqrt_one_minus_alpha_bar_T']:g} · SNR(T) = {facts['snr_T']:g}"]
     paper = facts.get("lin_et_al_table_1")
     if paper:
-        paragraphs.append(f"Lin et al. 2023, Table 1 ({paper['schedule']}): √ᾱ_T = {paper['sqrt_alpha_bar_T']:.6f} · "
-                          f"SNR(T) = {paper['snr_T']:.6f}")
+        paragraphs.append(f"Lin et al. 2023, Table 1 ({paper['schedule']}): "
+                          f"√ᾱ_T = {paper['sqrt_alpha_bar_T']:.6f} · SNR(T) = {paper['snr_T']:.6f}")
     paragraphs.append(facts["meaning"])
     rows = [f"| spacing | timesteps {facts['scheduler']} visits in {facts['steps']} steps (the first in bold) |",
             "|---|---|"]

@@ -10,7 +10,8 @@ from engine.errors import WorkbenchError
 from engine.events import BatchDone, Done, Started, Step
 from engine.sampling.unconditional import DEFAULT_STEPS, MAX_BATCH, RunEstimate, UnconditionalRequest
 from ui.common import (COMPILE_INFO, DEVICE_QUEUE, FILLED, batch_note, done_note, export_update, friendly_errors,
-                       last_seed, model_dropdown, progress_html, seed_buttons, stream_updates, whole)
+                       last_seed, model_dropdown, progress_html, schedule_fields, seed_buttons, stream_updates,
+                       whole)
 
 
 def build(
@@ -53,6 +54,7 @@ def build(
                                         elem_id="ddpm-batch-count")
             compile_unet = gr.Checkbox(value=defaults.compile, label="Compile for speed", elem_id="ddpm-compile",
                                        info=COMPILE_INFO)
+            timestep_spacing, _ = schedule_fields("ddpm", defaults, rescale=False)
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="ddpm-generate", elem_classes="wb-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="ddpm-stop")
@@ -103,10 +105,11 @@ def build(
         return None
 
     @friendly_errors
-    async def ddpm(model, scheduler, steps, seed, batch_size, batch_count=1, compile=False):
+    async def ddpm(model, scheduler, steps, seed, batch_size, batch_count=1, compile=False, timestep_spacing=""):
         request = UnconditionalRequest(model=model or "", scheduler=scheduler,
                                        num_inference_steps=whole(steps), seed=whole(seed),
-                                       batch_size=whole(batch_size), compile=compile)
+                                       batch_size=whole(batch_size), compile=compile,
+                                       timestep_spacing=timestep_spacing or "")
         async for update in stream_updates(lambda cancel: iter_unconditional(request, cancel=cancel,
                                                                              batch_count=whole(batch_count)), render):
             yield update
@@ -153,7 +156,7 @@ def build(
         return "DDPM", gr.update(value=found) if found else gr.skip()
 
     event = generate.click(
-        ddpm, inputs=[model, scheduler, steps, seed, batch_size, batch_count, compile_unet],
+        ddpm, inputs=[model, scheduler, steps, seed, batch_size, batch_count, compile_unet, timestep_spacing],
         outputs=[image, xt, progress, timesteps, info, code, scrub, history],
         api_name="ddpm", concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
         preprocess=False,  # values as sent: the engine's checks name the field and what it takes
@@ -181,7 +184,8 @@ def build(
     model.change(lambda m: gr.update(value=_as_trained_label(default_steps(m, "DDPM"))), model, as_trained,
                  api_visibility="private")
     return {"model": model, "scheduler": scheduler, "num_inference_steps": steps, "seed": seed,
-            "batch_size": batch_size, "batch_count": batch_count, FILLED: filled}
+            "batch_size": batch_size, "batch_count": batch_count, FILLED: filled,
+            "timestep_spacing": timestep_spacing}
 
 
 def _as_trained_label(train_steps: int | None) -> str:

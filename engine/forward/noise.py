@@ -21,7 +21,8 @@ from PIL import Image
 from engine.errors import InputError
 from engine.images import open_rgb
 from engine.models.configs import read_scheduler_config
-from engine.sampling.schedulers import BETA_SCHEDULES, make_scheduler, scheduler_spec
+from engine.sampling.schedulers import (BETA_SCHEDULES, TIMESTEP_SPACINGS, check_spacing, make_scheduler,
+                                        scheduler_spec)
 from engine.validation import check_choice, check_int, check_seed, given
 
 DEFAULT_TIMESTEPS = (0, 50, 100, 200, 400, 600, 800, 999)
@@ -265,7 +266,6 @@ def schedule_of_model(location: str | Path) -> NoiseSchedule:
 
 
 # -- what the schedule leaves at the end (Lin et al. 2023) ------------------------------------------------
-TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")  # diffusers' ``timestep_spacing`` values
 # Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 1: the schedules it
 # names, with sqrt(alpha_bar_T) and SNR(T) to the digits printed there.
 LIN_ET_AL_TABLE_1 = {
@@ -278,11 +278,6 @@ FACTS_DIGITS = 6  # significant figures of the readouts: Table 1 prints six
 def significant(value: float, digits: int = FACTS_DIGITS) -> float:
     """``value`` rounded to ``digits`` significant figures (0 stays 0)."""
     return float(f"{value:.{digits}g}")
-
-
-def check_spacing(value) -> None:
-    """A diffusers ``timestep_spacing``: leading, linspace or trailing."""
-    check_choice("timestep_spacing", value, TIMESTEP_SPACINGS)
 
 
 def spacing_timesteps(scheduler: str, num_inference_steps: int, config: Mapping[str, Any]) -> dict[str, tuple]:

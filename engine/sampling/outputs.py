@@ -26,6 +26,8 @@ def a1111_parameters(info: dict) -> str:
         ("Steps", info.get("steps")),
         ("Sampler", info.get("scheduler")),
         ("CFG scale", info.get("guidance_scale")),
+        ("CFG rescale", info.get("guidance_rescale") or None),  # phi (Lin et al. 2023); written only when used
+        ("Timestep spacing", info.get("timestep_spacing") or None),  # "" (the model's own) is not written
         ("Seed", info.get("seed")),
         ("Size", f"{info['width']}x{info['height']}" if "width" in info else None),
         ("Model", info.get("model")),

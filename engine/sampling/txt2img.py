@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.utils.torch_utils import randn_tensor
 
 from engine.cancel import CancelToken, check
@@ -28,7 +29,8 @@ from engine.sampling import fast
 from engine.sampling.outputs import save_png
 from engine.sampling.preview import LatentRGBPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.runrecord import run_record, tensor_sha256
-from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
+from engine.sampling.schedulers import (check_spacing, make_scheduler, scheduler_code, scheduler_spec,
+                                        spacing_overrides)
 from engine.models.loras import MAX_LORA_SCALE, check_active, check_lora_name
 from engine.sampling.views import step_views
 from engine.validation import check_bool, check_choice, check_float, check_int, check_seed, given
@@ -65,6 +67,8 @@ class Txt2ImgRequest:
     lora: str = ""  # a LoRA under <models-dir>/loras/ by name, switched on in the pipeline; "" = none
     lora_scale: float = 1.0  # the LoRA's weight: 0 = the base model alone, 1 = as trained, up to 2
     compile: bool = False  # torch.compile the UNet: faster steps after a first run that compiles (engine/sampling/fast.py)
+    timestep_spacing: str = ""  # "" = the model's own; "trailing" starts at T - 1 (Lin et al. 2023, sec. 3.3)
+    guidance_rescale: float = 0.0  # phi of Lin et al. 2023, sec. 3.4 (they use 0.7); 0 = plain guidance
 
     def __post_init__(self):
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
@@ -92,6 +96,8 @@ class Txt2ImgRequest:
         check_lora_name(self.lora)
         check_float("LoRA scale", self.lora_scale, 0.0, MAX_LORA_SCALE)
         check_bool("compile", self.compile)
+        check_spacing(self.timestep_spacing, allow_own=True)
+        check_float("guidance rescale", self.guidance_rescale, 0.0, 1.0)
 
     def resolved(self, pipe: StableDiffusionPipeline) -> "Txt2ImgRequest":
         """A copy with the seed drawn and the size taken from the model where not given."""
@@ -135,7 +141,7 @@ def iter_txt2img(
     # 1. Resolve the seed and size, build a fresh scheduler from the model's config.
     request = request.resolved(pipe)
     check_active(pipe, request.lora, request.lora_scale)  # switched on where the pipeline was loaded
-    scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
+    scheduler = make_scheduler(request.scheduler, pipe.scheduler.config, **spacing_overrides(request.timestep_spacing))
     speed = fast.speed_for(pipe, compile=request.compile)  # the GPU path's hooks; the plain loop on a CPU
     device, unet, vae = pipe.device, pipe.unet, pipe.vae
     generator = torch.Generator("cpu").manual_seed(request.seed)
@@ -182,6 +188,8 @@ def iter_txt2img(
             if do_cfg:  # classifier-free guidance (Ho & Salimans 2022, eq. 6)
                 noise_uncond, noise_text = noise_pred.chunk(2)
                 noise_pred = noise_uncond + request.guidance_scale * (noise_text - noise_uncond)
+                if request.guidance_rescale > 0:  # Lin et al. 2023, eq. 15-16: back to the text branch's std
+                    noise_pred = rescale_noise_cfg(noise_pred, noise_text, guidance_rescale=request.guidance_rescale)
             out = scheduler.step(noise_pred, t, latents, **step_kwargs)
             speed.step_done()
             x0_previewer = vae_previewer if vae_previewer and (i + 1) % every == 0 else previewer
@@ -277,7 +285,7 @@ def diffusers_code(pipe: StableDiffusionPipeline, request: Txt2ImgRequest) -> st
     else:
         load = (f"StableDiffusionPipeline.from_pretrained({location!r}{dtype},\n"
                 "    safety_checker=None, requires_safety_checker=False)")
-    cls_name, build = scheduler_code(request.scheduler)
+    cls_name, build = scheduler_code(request.scheduler, **spacing_overrides(request.timestep_spacing))
     lora_path = getattr(pipe, "workbench_lora", ("", 1.0, None))[2] if request.lora else None
     lora = (f"pipe.load_lora_weights({str(lora_path.parent)!r}, weight_name={lora_path.name!r})\n"
             if lora_path is not None else "")
@@ -292,6 +300,7 @@ def diffusers_code(pipe: StableDiffusionPipeline, request: Txt2ImgRequest) -> st
         f"    negative_prompt={request.negative_prompt!r},\n"
         f"    num_inference_steps={request.num_inference_steps},\n"
         f"    guidance_scale={request.guidance_scale!r},\n"
+        + (f"    guidance_rescale={float(request.guidance_rescale)!r},\n" if request.guidance_rescale else "") +
         f"    width={request.width}, height={request.height},\n"
         + (f"    cross_attention_kwargs={{'scale': {float(request.lora_scale)!r}}},\n" if lora else "") +
         f"    generator=torch.Generator('cpu').manual_seed({request.seed}),\n"

@@ -68,7 +68,7 @@ def test_a_chosen_spacing_is_the_one_used():
 
 
 @pytest.mark.parametrize("change, pattern", [
-    (dict(timestep_spacing="evenly"), exactly("unknown timestep_spacing 'evenly'; allowed: leading, linspace, trailing")),
+    (dict(timestep_spacing="evenly"), exactly("unknown timestep spacing 'evenly'; allowed: leading, linspace, trailing")),
     (dict(num_inference_steps=0), exactly("steps must be a whole number from 1 to 1000; got 0")),
     (dict(scheduler="Fast"), "^unknown scheduler 'Fast'; allowed: DDIM, "),
 ])

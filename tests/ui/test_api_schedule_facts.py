@@ -36,7 +36,7 @@ def test_a_models_facts_use_its_own_scheduler_config(client):
 
 
 @pytest.mark.parametrize("change, pattern", [
-    (dict(timestep_spacing="evenly"), exactly("unknown timestep_spacing 'evenly'; allowed: leading, linspace, trailing")),
+    (dict(timestep_spacing="evenly"), exactly("unknown timestep spacing 'evenly'; allowed: leading, linspace, trailing")),
     (dict(steps=0), exactly("steps must be a whole number from 1 to 1000; got 0")),
     (dict(beta_schedule="cubic"),
      exactly("unknown beta schedule 'cubic'; allowed: linear, scaled_linear, squaredcos_cap_v2, sigmoid")),
