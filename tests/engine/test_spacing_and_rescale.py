@@ -138,3 +138,15 @@ def test_unconditional_refuses_an_unknown_spacing():
     with pytest.raises(InputError, match=exactly(
             "unknown timestep spacing 'x'; allowed: leading, linspace, trailing, '' (the model's own)")):
         UnconditionalRequest(timestep_spacing="x")
+
+
+def test_replay_reads_spacing_and_rescale_back_from_the_png(tiny_sd, tmp_path):
+    from engine.sampling.replay import read_bundle
+
+    request = Txt2ImgRequest(**{**KW, "num_inference_steps": 2}, timestep_spacing="trailing", guidance_rescale=0.7,
+                             model="tiny")
+    done = list(iter_txt2img(request, pipe=tiny_sd, outputs_dir=tmp_path))[-1]
+    bundle = read_bundle(done.paths[0])
+    assert (bundle.request.timestep_spacing, bundle.request.guidance_rescale) == ("trailing", 0.7)
+    again = list(iter_txt2img(bundle.request, pipe=tiny_sd))[-1]
+    assert np.array_equal(np.asarray(again.images[0]), np.asarray(done.images[0]))
