@@ -22,11 +22,11 @@ from engine.events import HISTORY_MODES, BatchDone, Done, Started, Step, StepsDr
 from engine.files import remove_partial_writes, shown_paths
 from engine.forward import noise
 from engine.forward.noise import NoiseRequest, NoiseSchedule, NoiseStrip
-from engine.models.configs import native_size, read_scheduler_config, unet_side
+from engine.models.configs import latent_shape, native_size, read_scheduler_config, unet_side
 from engine.models.devices import default_torch_threads, resolve_device
 from engine.models.identity import file_sha256, identity_changes
 from engine.models.registry import BUILTIN_DIR, BUILTINS, ModelRegistry
-from engine.sampling import unconditional
+from engine.sampling import blend, unconditional
 from engine.sampling.history import HistoryPage, HistoryQuery, ImageHistory
 from engine.sampling.outputs import save_png
 from engine.sampling.pnginfo import PngInfo, png_info
@@ -53,6 +53,7 @@ from engine.worker.child import MODEL_KIND, WorkerConfig, loop_of
 from engine.worker.process import DeviceWorker, RunRecord
 
 log = logging.getLogger(__name__)
+NORM_POINTS = 20  # the seed blend's norm chart: t = 0, 0.05, ..., 1
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,14 @@ class Workbench:
                 "columns": [r.summary() for r in results]}
         if kind == "txt2img":
             info.update(prompt=request.prompt, negative_prompt=request.negative_prompt)
+        if request.axis == "seed blend":  # why a lerp midpoint washes out: the noise's norm along t
+            info["seed_b"] = request.seed_b
+            folder = self.registry.config_folder(columns[0].model)
+            shape = latent_shape(folder, results[0].done.info["width"], results[0].done.info["height"]) if folder \
+                else None
+            if shape is not None:
+                info["noise_norms"] = blend.noise_norms(request.seed, request.seed_b, shape,
+                                                        [i / NORM_POINTS for i in range(NORM_POINTS + 1)])
         yield CompareDone(axis=request.axis, columns=tuple(results), info=info)
 
     def _sigmas(self, model: str, done: Done) -> tuple[float, ...]:

@@ -17,9 +17,9 @@ from engine.errors import InputError
 from engine.events import Done, Step
 from engine.sampling.txt2img import Txt2ImgRequest
 from engine.sampling.unconditional import UnconditionalRequest, seconds_per_step
-from engine.validation import check_choice
+from engine.validation import check_choice, check_int
 
-AXES = ("scheduler", "steps", "guidance scale", "model", "guidance rescale", "timestep spacing")
+AXES = ("scheduler", "steps", "guidance scale", "model", "guidance rescale", "timestep spacing", "seed blend")
 MIN_COLUMNS, MAX_COLUMNS = 2, 6  # a comparison needs two; more than six columns are too small to see
 DEFAULT_VALUES = {  # what the page offers on each axis (any other value the axis takes can be typed)
     "scheduler": ("DDIM", "Euler a", "DPM++ 2M Karras"),
@@ -27,6 +27,7 @@ DEFAULT_VALUES = {  # what the page offers on each axis (any other value the axi
     "guidance scale": (1.0, 4.0, 7.5, 12.0),
     "guidance rescale": (0.0, 0.7),  # plain guidance against Lin et al. 2023's recommendation
     "timestep spacing": ("leading", "trailing"),
+    "seed blend": (0.0, 0.5, 1.0),  # the seed, the slerp midpoint, the second seed
 }
 TXT2IMG_ONLY_AXES = ("guidance scale", "guidance rescale")  # settings of guidance: unconditional models have none
 
@@ -46,6 +47,7 @@ class CompareRequest:
     model: str = ""  # the model of every column (its first, on the model axis)
     guidance_rescale: float = 0.0  # as Text to image takes them: plain guidance,
     timestep_spacing: str = ""  # and the model's own spacing
+    seed_b: int = -1  # the seed blend axis's second seed (t = 1); the other axes take none
 
     def __post_init__(self):
         check_choice("axis", self.axis, AXES)
@@ -60,6 +62,10 @@ class CompareRequest:
             raise InputError(f"the values to compare must differ; got {', '.join(str(v) for v in parsed)}",
                              field="values")
         object.__setattr__(self, "values", parsed)  # frozen: normalised once
+        check_int("seed_b", self.seed_b, -1, 2**63 - 1)
+        if self.axis == "seed blend" and self.seed_b < 0:
+            raise InputError(f"seed blend needs a second seed (seed_b) from 0 to {2**63 - 1}; got {self.seed_b}",
+                             field="seed_b")
         # Each column's settings are checked by its own request, once the model's kind is known (see columns).
 
     def resolved(self) -> "CompareRequest":
@@ -83,6 +89,17 @@ class CompareRequest:
                       guidance_scale=self.guidance_scale, model=self.model, guidance_rescale=self.guidance_rescale,
                       timestep_spacing=self.timestep_spacing)
         fields[AXIS_FIELDS[self.axis]] = value
+        seed = self.seed
+        if self.axis == "seed blend":
+            if kind == "unconditional":
+                raise InputError("seed blend takes a text-to-image model: an unconditional run's noise is a batch of "
+                                 "images, not blended here", field="axis")
+            # t = 0 and t = 1 are the two seeds' own runs, bit for bit; between them, the slerp of their noise.
+            if value in (0, 1):
+                seed = self.seed_b if value == 1 else self.seed
+                fields.update(seed_blend=0.0, seed_b=-1)
+            else:
+                fields["seed_b"] = self.seed_b
         if kind == "unconditional" and self.axis in TXT2IMG_ONLY_AXES:
             raise InputError(f"unconditional models take no {self.axis}: compare schedulers, steps or models",
                              field="axis")
@@ -91,7 +108,7 @@ class CompareRequest:
                 return UnconditionalRequest(scheduler=fields["scheduler"], seed=self.seed, model=fields["model"],
                                             num_inference_steps=fields["num_inference_steps"],
                                             timestep_spacing=fields["timestep_spacing"])
-            return Txt2ImgRequest(prompt=self.prompt, negative_prompt=self.negative_prompt, seed=self.seed,
+            return Txt2ImgRequest(prompt=self.prompt, negative_prompt=self.negative_prompt, seed=seed,
                                   width=self.width, height=self.height, **fields)
         except InputError as exc:
             if exc.field == self.axis:
@@ -102,7 +119,7 @@ class CompareRequest:
 
 AXIS_FIELDS = {"scheduler": "scheduler", "steps": "num_inference_steps", "guidance scale": "guidance_scale",
                "model": "model", "guidance rescale": "guidance_rescale",
-               "timestep spacing": "timestep_spacing"}  # each axis's field in the column's request
+               "timestep spacing": "timestep_spacing", "seed blend": "seed_blend"}  # each axis's field in a column
 
 
 def parse_value(axis: str, value):

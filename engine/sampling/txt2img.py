@@ -26,6 +26,7 @@ from engine.cancel import CancelToken, check
 from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
 from engine.sampling import fast
+from engine.sampling.blend import blended_noise, check_blend
 from engine.sampling.outputs import save_png
 from engine.sampling.preview import LatentRGBPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.runrecord import run_record, tensor_sha256
@@ -69,6 +70,8 @@ class Txt2ImgRequest:
     compile: bool = False  # torch.compile the UNet: faster steps after a first run that compiles (engine/sampling/fast.py)
     timestep_spacing: str = ""  # "" = the model's own; "trailing" starts at T - 1 (Lin et al. 2023, sec. 3.3)
     guidance_rescale: float = 0.0  # phi of Lin et al. 2023, sec. 3.4 (they use 0.7); 0 = plain guidance
+    seed_b: int = -1  # a second seed whose noise ``seed_blend`` slerps toward (engine/sampling/blend.py); -1: none
+    seed_blend: float = 0.0  # 0 = the seed's own noise, as every run without a second seed
 
     def __post_init__(self):
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
@@ -98,6 +101,7 @@ class Txt2ImgRequest:
         check_bool("compile", self.compile)
         check_spacing(self.timestep_spacing, allow_own=True)
         check_float("guidance rescale", self.guidance_rescale, 0.0, 1.0)
+        check_blend(self.seed_b, self.seed_blend)
 
     def resolved(self, pipe: StableDiffusionPipeline) -> "Txt2ImgRequest":
         """A copy with the seed drawn and the size taken from the model where not given."""
@@ -159,6 +163,9 @@ def iter_txt2img(
         shape = (1, unet.config.in_channels, request.height // pipe.vae_scale_factor,
                  request.width // pipe.vae_scale_factor)
         latents = randn_tensor(shape, generator=generator, device=device, dtype=embeds.dtype)  # (1, 4, h, w)
+        if request.seed_blend:  # the pipeline given latents=: the steps' generator starts fresh from the seed
+            latents, generator = blended_noise(request.seed_blend, latents, request.seed_b), \
+                torch.Generator("cpu").manual_seed(request.seed)
         noise_sha256 = tensor_sha256(latents)  # for the run's record: a replay checks it draws the same noise
         latents = latents * scheduler.init_noise_sigma
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
