@@ -10,6 +10,7 @@ import torch
 from engine.errors import InputError
 from engine.sampling.blend import noise_norms, seed_noise, slerp
 from engine.sampling.compare import CompareRequest
+from engine.sampling.outputs import a1111_parameters
 from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img
 
 
@@ -64,6 +65,9 @@ def test_the_middle_of_a_blend_is_the_pipeline_given_the_slerped_latents(tiny_sd
     ours = np.asarray(done.images[0]).astype(int)
     assert np.abs(ours - (out * 255).round().astype(int)).max() <= 2
     plain = np.asarray(list(iter_txt2img(Txt2ImgRequest(**KW, scheduler=scheduler), pipe=tiny_sd))[-1].images[0])
+    assert "Variation seed: 8, Variation seed strength: 0.5" in a1111_parameters(done.info)
+    assert "Variation seed" not in a1111_parameters(list(iter_txt2img(Txt2ImgRequest(**KW, scheduler=scheduler),
+                                                                      pipe=tiny_sd))[-1].info)
     assert np.abs(ours - plain.astype(int)).max() > 10  # the blend changes the image
 
 

@@ -92,3 +92,16 @@ def test_compare_refuses_a_guidance_rescale_value_out_of_range(client):
                "got 2.0")
     with pytest.raises(Exception, match=exactly(message)):
         client.predict(**COMPARE, axis="guidance rescale", values="0, 2", api_name="/compare")
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(values="0, 1.5", seed_b=4),
+     "seed blend value 1.5 is not one this axis takes: seed blend must be a number from 0 to 1; got 1.5"),
+    (dict(values="0, 0.5", seed_b=4, model="digits-ddpm"),
+     "seed blend takes a text-to-image model: an unconditional run's noise is a batch of images, not blended here"),
+    (dict(values="0, 0.5", seed_b=-1), f"seed blend needs a second seed (seed_b) from 0 to {2**63 - 1}; got -1"),
+])
+def test_bad_seed_blends_are_a_clear_error_and_the_server_keeps_serving(client, change, message):
+    with pytest.raises(Exception, match=exactly(message)):
+        client.predict(**{**COMPARE, "axis": "seed blend", **change}, api_name="/compare")
+    assert client.predict(**{**ARGS, "steps": 1}, api_name="/txt2img")[0]
