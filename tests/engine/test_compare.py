@@ -124,7 +124,7 @@ def test_sigmas_follow_alpha_bar():
          "give 2 to 6 values to compare; got 7"),
         (dict(values="DDIM, DDIM"), "the values to compare must differ; got DDIM, DDIM"),
         (dict(axis="seed"), "unknown axis 'seed'; allowed: scheduler, steps, guidance scale, model, guidance rescale, "
-                            "timestep spacing"),
+                            "timestep spacing, seed blend"),
         (dict(axis="steps", values=("10", "ten")), "steps values must be whole numbers; got 'ten'"),
         (dict(axis="steps", values=(10, 2.5)), "steps values must be whole numbers; got 2.5"),
         (dict(axis="guidance scale", values=(3, "high")), "guidance scale values must be numbers; got 'high'"),
