@@ -89,7 +89,7 @@ class TrainRequest:
     resume: bool = False  # continue run_name from its checkpoint
     # What the UNet learns to predict and the zero-terminal-SNR schedule (Lin et al. 2023), as diffusers' training
     # scripts take them: "" keeps the model's own (epsilon from scratch); full training of an unconditional UNet.
-    prediction_type: str = ""
+    prediction_type: str = ""  # epsilon, v_prediction or sample; "" keeps the model's own (epsilon from scratch)
     rescale_betas_zero_snr: bool = False  # beta_T rescaled so that alpha_bar_T = 0: pure noise at T
 
     def __post_init__(self):
