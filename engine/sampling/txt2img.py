@@ -210,7 +210,8 @@ def iter_txt2img(
                 preview_x0=Preview(x0, speed.previewer(x0_previewer)),
                 elapsed=time.perf_counter() - start,
                 views=step_views(scheduler, visited[i], previewer, latents, noise_pred,
-                                 (noise_uncond, noise_text) if do_cfg else None),
+                                 (noise_uncond, noise_text) if do_cfg else None,
+                                 sample=model_input.chunk(2)[0] if do_cfg else model_input),
             )
             steps.append(step)
             yield step
