@@ -177,6 +177,7 @@ def build_app(args: argparse.Namespace):
                 list_models=bench.list_schedule_models,
                 schedulers=list(bench.schedulers("txt2img")),
                 tab=noise_page,
+                schedule_facts=bench.schedule_facts,
             )
             img2img_tab.build(
                 noise=noise,

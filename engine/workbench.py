@@ -23,11 +23,11 @@ from engine.files import remove_partial_writes, shown_paths
 from engine.images import check_pixels
 from engine.forward import noise
 from engine.forward.noise import NoiseRequest, NoiseSchedule, NoiseStrip
-from engine.models.configs import native_size, read_scheduler_config, unet_side
+from engine.models.configs import latent_shape, native_size, read_scheduler_config, unet_side
 from engine.models.devices import default_torch_threads, resolve_device
 from engine.models.identity import file_sha256, identity_changes
 from engine.models.registry import BUILTIN_DIR, BUILTINS, ModelRegistry
-from engine.sampling import unconditional
+from engine.sampling import blend, unconditional
 from engine.sampling.history import HistoryPage, HistoryQuery, ImageHistory, check_image_path
 from engine.sampling.outputs import remove_stale_claims, save_png
 from engine.sampling.pnginfo import PngInfo, png_info
@@ -56,6 +56,7 @@ from engine.worker.child import MODEL_KIND, WorkerConfig, run_events
 from engine.worker.process import DeviceWorker, RunRecord
 
 log = logging.getLogger(__name__)
+NORM_POINTS = 20  # the seed blend's norm chart: t = 0, 0.05, ..., 1
 
 
 @dataclass(frozen=True)
@@ -349,6 +350,14 @@ class Workbench:
                 "columns": [r.summary() for r in results]}
         if kind == "txt2img":
             info.update(prompt=request.prompt, negative_prompt=request.negative_prompt)
+        if request.axis == "seed blend":  # why a lerp midpoint washes out: the noise's norm along t
+            info["seed_b"] = request.seed_b
+            folder = self.registry.config_folder(columns[0].model)
+            shape = latent_shape(folder, results[0].done.info["width"], results[0].done.info["height"]) if folder \
+                else None
+            if shape is not None:
+                info["noise_norms"] = blend.noise_norms(request.seed, request.seed_b, shape,
+                                                        [i / NORM_POINTS for i in range(NORM_POINTS + 1)])
         yield CompareDone(axis=request.axis, columns=tuple(results), info=info)
 
     def _sigmas(self, model: str, done: Done) -> tuple[float, ...]:
@@ -639,6 +648,16 @@ class Workbench:
             return noise.schedule_of_model(self.registry.resolve(model).location)
         except ModelLoadError as exc:  # it names the config's folder
             raise ModelLoadError(self.registry.shown(str(exc))) from exc
+
+    def schedule_facts(self, schedule: NoiseSchedule, scheduler: str = "DDIM", num_inference_steps: int = 10,
+                       timestep_spacing: str | None = None, model: str | None = None) -> dict:
+        """What ``schedule`` (``model``'s own where one is named) leaves at T, and the timesteps ``scheduler``
+        visits under each spacing (with ``model``'s scheduler config: its steps_offset and spacing count)."""
+        if model:
+            schedule = self.schedule_of_model(model)
+            config = read_scheduler_config(self.registry.resolve(model).location)
+            return noise.schedule_facts(schedule, scheduler, num_inference_steps, timestep_spacing, config)
+        return noise.schedule_facts(schedule, scheduler, num_inference_steps, timestep_spacing)
 
     def list_schedule_models(self) -> list[str]:
         """Models whose schedule the Noise tab can show: every model with a scheduler config."""

@@ -25,6 +25,7 @@ from engine.cancel import CancelToken
 from engine.errors import InputError, ModelLoadError, WorkbenchError
 from engine.files import atomic_write
 from engine.sampling.views import step_bytes, thin_history
+from engine.sampling.schedulers import TIMESTEP_SPACINGS
 from engine.streaming import stream_latest
 from engine.validation import given
 from ui import gradio_compat
@@ -435,3 +436,21 @@ def export_update(export_run: Callable[[str], dict], shown: dict | None):
     except WorkbenchError as exc:
         log.info("no replay file for %s: %s", image, exc)
         return gr.update(visible=False, value=None)
+
+
+OWN_SPACING_LABEL = "the model's own"  # the spacing box's first choice: a request's timestep_spacing ""
+
+
+def schedule_fields(prefix: str, defaults, *, rescale: bool) -> tuple:
+    """The ``timestep_spacing`` box (and, ``rescale``, the ``guidance_rescale`` box; else None) of a sampling tab,
+    at ``defaults``' values. The rescale box is a number box: a value outside 0 to 1 reaches the engine, whose
+    message is shown beside it."""
+    with gr.Row():
+        spacing = gr.Dropdown([(OWN_SPACING_LABEL, ""), *((s, s) for s in TIMESTEP_SPACINGS)],
+                              value=defaults.timestep_spacing, label="Timestep spacing",
+                              info="timestep_spacing: trailing starts at T - 1 (Lin et al. 2023)",
+                              elem_id=f"{prefix}-spacing")
+        phi = gr.Number(value=defaults.guidance_rescale, step=0.05, label="Guidance rescale φ (0 to 1; 0 = off)",
+                        info="guidance_rescale: Lin et al. 2023 use 0.7", elem_id=f"{prefix}-guidance-rescale") \
+            if rescale else None
+    return spacing, phi

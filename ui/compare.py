@@ -14,12 +14,14 @@ from engine.sampling.compare import (AXES, DEFAULT_VALUES, MAX_COLUMNS, Column, 
                                      CompareRequest, CompareStarted, lockstep)
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS, Txt2ImgRequest
 from ui.common import (DEVICE_QUEUE, field_messages, friendly_errors, message_html, model_dropdown, page_error,
-                       progress_html, shown_values, stream_updates, whole)
+                       progress_html, schedule_fields, shown_values, stream_updates, whole)
+from ui.charts import line_chart_html
 from ui.txt2img import DEFAULT_PROMPT
 
 # The engine's field names (as its messages say them) -> the position of their input below.
 FIELDS = {"model": 0, "prompt": 1, "negative prompt": 2, "seed": 3, "axis": 4, "values": 5, "steps": 6,
-          "guidance scale": 7, "scheduler": 8, "width": 9, "height": 10}
+          "guidance scale": 7, "scheduler": 8, "width": 9, "height": 10, "timestep spacing": 11,
+          "guidance rescale": 12, "seed_b": 13}
 FIRST_SEED = 7  # a fixed seed: the same comparison twice gives the same grid
 
 
@@ -52,6 +54,7 @@ def build(
                 axis = gr.Radio(list(AXES), value="scheduler", label="Compare along", elem_id="cmp-axis")
                 seed = gr.Number(value=FIRST_SEED, label="Seed (one for every column; -1 = random)",
                                  elem_id="cmp-seed")
+                seed_b = gr.Number(value=FIRST_SEED + 1, label="Second seed (seed blend: t = 1)", elem_id="cmp-seed-b")
             values = gr.Dropdown(list(schedulers("txt2img")), value=list(DEFAULT_VALUES["scheduler"]),
                                  multiselect=True, allow_custom_value=True, elem_id="cmp-values",
                                  label=f"Values, one column each (2 to {MAX_COLUMNS}; type others and press Enter)")
@@ -66,6 +69,7 @@ def build(
                                         elem_id="cmp-scheduler", visible=False)  # the first axis: the values
                 width = gr.Number(value=size[0], step=8, label="Width", elem_id="cmp-width")
                 height = gr.Number(value=size[1], step=8, label="Height", elem_id="cmp-height")
+            timestep_spacing, guidance_rescale = schedule_fields("cmp", defaults, rescale=True)
         with gr.Column(scale=3, elem_classes="wb-previews"):
             progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="cmp-progress", elem_classes="wb-live")
             images, captions, columns = [], [], []
@@ -82,18 +86,21 @@ def build(
                               label="Scrub every column together: % of the trajectory (each column at the step "
                                     "nearest the same timestep)")
             info = gr.JSON(label="Columns: settings and time per step", elem_id="cmp-info")
+            norms = gr.HTML(visible=False, elem_id="cmp-norms")  # a seed blend's noise norms along t
             finals = gr.Gallery(label="Final images", format="png", visible=False, elem_id="cmp-finals")
     history = gr.State(None)  # the last comparison's CompareDone
-    inputs = [model, prompt, negative_prompt, seed, axis, values, steps, guidance_scale, scheduler, width, height]
+    inputs = [model, prompt, negative_prompt, seed, axis, values, steps, guidance_scale, scheduler, width, height,
+              timestep_spacing, guidance_rescale, seed_b]
 
     def make_request(model, prompt, negative_prompt, seed, axis, values, steps, guidance_scale, scheduler, width,
-                     height) -> CompareRequest:
+                     height, timestep_spacing="", guidance_rescale=0.0, seed_b=-1) -> CompareRequest:
         """The page's values, by keyword, as the engine's request."""
         return CompareRequest(
             model=model or "", prompt=prompt or "", negative_prompt=negative_prompt or "", seed=whole(seed),
             axis=axis, values=values if isinstance(values, str) else tuple(whole(v) for v in values or ()),
             num_inference_steps=whole(steps), guidance_scale=guidance_scale, scheduler=scheduler,
-            width=whole(width), height=whole(height),
+            width=whole(width), height=whole(height), timestep_spacing=timestep_spacing or "",
+            guidance_rescale=guidance_rescale, seed_b=whole(seed_b),
         )
 
     def renderer(page: bool):
@@ -160,11 +167,11 @@ def build(
 
     @friendly_errors
     async def compare(model, prompt, negative_prompt, seed, axis, values, steps, guidance_scale, scheduler, width,
-                      height):
+                      height, timestep_spacing="", guidance_rescale=0.0, seed_b=-1):
         """The API: the images so far, progress and info; the last output holds the final images in values order
         and each column's time per step. Errors are raised, as gradio_client expects."""
         request = make_request(model, prompt, negative_prompt, seed, axis, values, steps, guidance_scale, scheduler,
-                               width, height)
+                               width, height, timestep_spacing, guidance_rescale, seed_b)
         async for update in stream_updates(lambda cancel: iter_compare(request, cancel=cancel), renderer(False)):
             yield update
 
@@ -217,7 +224,7 @@ def build(
             choices = list(schedulers(kind))
             value = [v for v in DEFAULT_VALUES["scheduler"] if v in choices] or choices[:3]
         else:
-            choices = [str(v) if axis_name == "steps" else f"{v:g}" for v in DEFAULT_VALUES[axis_name]]
+            choices = [f"{v:g}" if isinstance(v, float) else str(v) for v in DEFAULT_VALUES[axis_name]]
             value = choices[:3]
         return (gr.update(choices=choices, value=value),
                 *(gr.update(visible=axis_name != name) for name in ("steps", "guidance scale", "scheduler")))
@@ -245,6 +252,7 @@ def build(
     axis.input(on_axis, [axis, model], [values, steps, guidance_scale, scheduler], api_visibility="private")
     model.input(on_model, [model, axis], [scheduler, width, height, values], api_visibility="private")
     refresh.click(lambda: gr.update(choices=list_models()), None, model, api_visibility="private")
+    info.change(norm_chart, info, norms, api_visibility="private", queue=False)
     # Column visibility follows the number of values chosen.
     values.change(lambda vs: [gr.update(visible=i < max(len(vs or []), 1)) for i in range(MAX_COLUMNS)],
                   values, columns, api_visibility="private")
@@ -266,3 +274,20 @@ def _timing(column: ColumnResult) -> str:
 
 def _caption_html(*lines: str) -> str:
     return "<div class='wb-caption'>" + "<br>".join(html.escape(line) for line in lines if line) + "</div>"
+
+
+NORM_COLORS = {"lerp": "#e45756", "slerp": "#4c78a8"}  # tableau10's red and blue
+
+
+def norm_chart(info) -> dict:
+    """A seed blend's chart of ||noise|| / sqrt(d) along t, for lerp and slerp; hidden for other comparisons."""
+    norms = info.get("noise_norms") if isinstance(info, dict) else None
+    if not norms:
+        return gr.update(visible=False)
+    series = {name: list(zip(norms["t"], norms[name])) for name in ("lerp", "slerp")}
+    half = norms["t"].index(0.5) if 0.5 in norms["t"] else None
+    note = (f"<p>At t = 0.5: lerp {norms['lerp'][half]:.3f}, slerp {norms['slerp'][half]:.3f}. A lerp midpoint is "
+            "noise of a smaller norm than the model ever started from: its image comes out washed out.</p>"
+            if half is not None else "")
+    return gr.update(visible=True, value=line_chart_html("||noise|| / √d along the blend t", series, NORM_COLORS,
+                                                         x_title="t") + note)

@@ -30,6 +30,7 @@ from engine.forward.noise import (
     SAMPLE_IMAGES,
     NoiseRequest,
     NoiseSchedule,
+    TIMESTEP_SPACINGS,
     clamp_timesteps,
 )
 from engine.validation import check_choice, check_int, given
@@ -88,6 +89,7 @@ def build(
     list_models: Callable[[], list[str]],
     schedulers: list[str],
     tab: gr.Tab | None = None,  # the tab itself: opening it refreshes the model list
+    schedule_facts: Callable,  # (NoiseSchedule, scheduler, steps, timestep_spacing, model) -> dict
 ) -> NoiseTab:
     """Lay out the tab inside the current ``gr.Blocks`` and wire its events; returns what the way back moves."""
     defaults, schedule_defaults = NoiseRequest(), NoiseSchedule()
@@ -98,9 +100,8 @@ def build(
             label, main = model, schedule_of_model(model)
         else:
             label = beta_schedule
-            main = NoiseSchedule(beta_schedule=beta_schedule, num_train_timesteps=whole(num_train_timesteps),
-                                 beta_start=beta_start, beta_end=beta_end,
-                                 rescale_betas_zero_snr=rescale_betas_zero_snr)
+            main = settings_schedule(beta_schedule, num_train_timesteps, beta_start, beta_end,
+                                     rescale_betas_zero_snr)
         out = {label: main}
         if not isinstance(overlay or [], (list, tuple)):
             raise InputError(f"overlay must be a list of beta schedules ({', '.join(BETA_SCHEDULES)}); "
@@ -209,6 +210,9 @@ def build(
                     marker_steps = gr.Number(value=50, precision=0, minimum=1, label="in this many steps",
                                              elem_id="noise-marker-steps")
             show = gr.Button("Show", variant="primary", elem_id="noise-show")
+            build_facts(schedule_facts, schedulers, model=model, beta_schedule=beta_schedule,
+                        num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+                        rescale_betas_zero_snr=rescale)
         with gr.Column(scale=3):
             strip = gr.Gallery(first.strip, label="x_t for each t (one noise sample, only t changes)", columns=4,
                                height="auto", format="png", object_fit="contain", elem_id="noise-strip")
@@ -398,3 +402,71 @@ def series_colors(frame: pd.DataFrame, marker_name: str = "") -> dict[str, str]:
             colors[series] = PALETTE[curves % len(PALETTE)]
             curves += 1
     return colors
+
+
+# -- what the schedule leaves at the end -------------------------------------------------------------------
+OWN_SPACING = "(the model's own)"
+FACTS_STEPS = 10  # the readout's steps: few enough that each spacing's timesteps fit on a line
+
+
+def settings_schedule(beta_schedule, num_train_timesteps, beta_start, beta_end, rescale_betas_zero_snr):
+    """The NoiseSchedule of the tab's schedule fields."""
+    return NoiseSchedule(beta_schedule=beta_schedule, num_train_timesteps=whole(num_train_timesteps),
+                         beta_start=beta_start, beta_end=beta_end, rescale_betas_zero_snr=rescale_betas_zero_snr)
+
+
+def build_facts(schedule_facts: Callable, schedulers: list[str], **fields) -> None:
+    """The readouts of what the schedule leaves at T (Lin et al. 2023) and where each spacing starts, with the
+    ``/schedule_facts`` endpoint; ``fields``: the tab's model and schedule widgets, by their request names."""
+
+    @friendly_errors
+    def facts_endpoint(beta_schedule, num_train_timesteps, beta_start, beta_end, rescale_betas_zero_snr,
+                       model=CUSTOM, scheduler="DDIM", steps=FACTS_STEPS, timestep_spacing=OWN_SPACING):
+        """sqrt(alpha_bar_T), sqrt(1 - alpha_bar_T), SNR(T), Lin et al.'s Table 1 where it names the schedule,
+        and the timesteps ``scheduler`` visits in ``steps`` under each spacing, as a dict."""
+        custom = not model or model == CUSTOM
+        schedule = settings_schedule(beta_schedule, num_train_timesteps, beta_start, beta_end,
+                                     rescale_betas_zero_snr) if custom else None
+        spacing = None if timestep_spacing in (None, "", OWN_SPACING) else timestep_spacing
+        return schedule_facts(schedule, scheduler, whole(steps), spacing, None if custom else model)
+
+    first = facts_endpoint(NoiseSchedule().beta_schedule, NoiseSchedule().num_train_timesteps,
+                           NoiseSchedule().beta_start, NoiseSchedule().beta_end, False)
+    with gr.Group(elem_id="noise-facts-form"):
+        with gr.Row():
+            scheduler = gr.Dropdown(schedulers, value="DDIM", label="What the schedule leaves at the end: sampler",
+                                    elem_id="noise-facts-scheduler")
+            steps = gr.Number(value=FACTS_STEPS, precision=0, minimum=1, label="steps", elem_id="noise-facts-steps")
+            spacing = gr.Dropdown([OWN_SPACING, *TIMESTEP_SPACINGS], value=OWN_SPACING, label="Timestep spacing",
+                                  info="timestep_spacing", elem_id="noise-facts-spacing")
+    readout = gr.Markdown(facts_markdown(first), elem_id="noise-facts")
+    data = gr.JSON(first, visible=False)
+
+    inputs = [fields["beta_schedule"], fields["num_train_timesteps"], fields["beta_start"], fields["beta_end"],
+              fields["rescale_betas_zero_snr"], fields["model"], scheduler, steps, spacing]
+    queue = dict(concurrency_id="noise", concurrency_limit=1, trigger_mode="always_last")
+    f = fields
+    gr.on([f["beta_schedule"].input, f["num_train_timesteps"].submit, f["beta_start"].submit, f["beta_end"].submit,
+           f["rescale_betas_zero_snr"].input, f["model"].change, scheduler.input, steps.submit, spacing.input],
+          facts_endpoint, inputs, data, api_name="schedule_facts", preprocess=False, **queue
+          ).success(facts_markdown, data, readout, api_visibility="private")
+
+
+def facts_markdown(facts: dict) -> str:
+    """The readouts as the page shows them: the end of the schedule beside Table 1, the meaning, the spacings."""
+    last = facts["T"] - 1
+    paragraphs = [f"**At t = T - 1 = {last}:** √ᾱ_T = {facts['sqrt_alpha_bar_T']:g} · "
+                  f"√(1 - ᾱ_T) = {facts['sqrt_one_minus_alpha_bar_T']:g} · SNR(T) = {facts['snr_T']:g}"]
+    paper = facts.get("lin_et_al_table_1")
+    if paper:
+        paragraphs.append(f"Lin et al. 2023, Table 1 ({paper['schedule']}): "
+                          f"√ᾱ_T = {paper['sqrt_alpha_bar_T']:.6f} · SNR(T) = {paper['snr_T']:.6f}")
+    paragraphs.append(facts["meaning"])
+    rows = [f"| spacing | timesteps {facts['scheduler']} visits in {facts['steps']} steps (the first in bold) |",
+            "|---|---|"]
+    for spacing, timesteps in facts["timesteps"].items():
+        name = f"{spacing} (used)" if spacing == facts["timestep_spacing"] else spacing
+        start = "starts at T - 1" if timesteps[0] == last else f"skips t > {timesteps[0]}"
+        shown = ", ".join([f"**{timesteps[0]}**", *(str(t) for t in timesteps[1:])])
+        rows.append(f"| {name} | {shown} ({start}) |")
+    return "\n\n".join([*paragraphs, "\n".join(rows)])

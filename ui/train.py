@@ -23,7 +23,8 @@ from engine.training.base import METHODS, SCRATCH
 from engine.training.data import DIGITS, DIGITS_FRAMED
 from engine.training.objectives.pixel import PRESETS
 from engine.training.recipes import DEFAULT_RECIPE, RECIPE_FIELDS, RECIPES
-from engine.training.request import LORA_LAYERS, MIXED_PRECISION, RUN_CONTROL, TrainRequest, field_help
+from engine.training.request import (LORA_LAYERS, MIXED_PRECISION, PREDICTION_TYPES, RUN_CONTROL, TrainRequest,
+                                     field_help)
 from engine.training.jobs import FAILED, IDLE, TrainStatus
 from ui import gradio_compat
 from ui.common import (DEVICE_QUEUE, field_messages, friendly_errors, message_html, page_error, progress_html,
@@ -298,7 +299,8 @@ START_OPTIONAL = {
     "clamp_batch_size": "clamp_batch_size", "random_flip": "random_flip", "first_sample_step": "first_sample_step",
     "start_from": "start_from", "method": "method", "lora_rank": "lora_rank", "lora_alpha": "lora_alpha",
     "lora_layers": "lora_layers", "lora_text_encoder": "lora_text_encoder", "snr_gamma": "snr_gamma",
-    "validation_prompts": "validation_prompts",
+    "validation_prompts": "validation_prompts", "prediction_type": "prediction_type",
+    "rescale_betas_zero_snr": "rescale_betas_zero_snr",
 }
 START_PARAMS = {**START_REQUIRED, **START_OPTIONAL}
 # TrainRequest fields whose messages name them otherwise than their name with spaces (see TrainRequest's checks).
@@ -409,6 +411,12 @@ def _settings(d: TrainRequest, list_data, list_runs, start_choices: list[str]) -
             number("gradient_accumulation_steps", "Gradient accumulation")
         w["snr_gamma"] = gr.Number(value=d.snr_gamma, label="Min-SNR gamma", info=HELP["snr_gamma"],
                                    elem_id="train-snr-gamma")
+        with gr.Row():  # what the model predicts and the zero-terminal-SNR schedule (Lin et al. 2023)
+            w["prediction_type"] = gr.Dropdown([("the model's own", ""), *((p, p) for p in PREDICTION_TYPES)],
+                                               value=d.prediction_type, label="Prediction type",
+                                               info=HELP["prediction_type"], elem_id="train-prediction-type")
+            w["rescale_betas_zero_snr"] = gr.Checkbox(value=d.rescale_betas_zero_snr, label="Zero terminal SNR",
+                                                      info=HELP["rescale_betas_zero_snr"], elem_id="train-zero-snr")
     with gr.Accordion("LoRA settings (method lora)", open=False, elem_id="train-lora"):
         with gr.Row():
             number("lora_rank", "Rank", elem_id="train-lora-rank")

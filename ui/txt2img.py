@@ -18,13 +18,13 @@ from ui import attention as attention_ui
 from ui.charts import line_chart_html
 from ui.common import (COMPILE_INFO, DEVICE_QUEUE, FILLED, SessionRuns, batch_done_html, batch_note, done_note,
                        export_update, field_messages, friendly_errors, last_seed, message_html, model_dropdown,
-                       page_error, progress_html, seed_buttons, stream_updates, whole)
+                       page_error, progress_html, schedule_fields, seed_buttons, stream_updates, whole)
 
 DEFAULT_PROMPT = "a handwritten digit seven"  # a prompt the built-in model knows, there as a value to edit
 # The engine's field names (as its messages say them) -> the position of their input below.
 FIELDS = {"model": 0, "prompt": 1, "steps": 3, "guidance scale": 4, "scheduler": 5, "seed": 6, "width": 7,
           "height": 8, "VAE preview interval": 9, "preview": 10, "lora": 11, "LoRA scale": 12, "batch count": 13,
-          "compile": 14}
+          "compile": 14, "timestep spacing": 15, "guidance rescale": 16}
 NO_LORA = ("none", "")  # the LoRA box's first choice: (label, value)
 SCRUB_LABEL = "Scrub through the steps (the last is the final image)"
 SCRUB_FREED = ("this run's steps were let go to bound the server's memory (newer runs in other tabs); run it again to "
@@ -107,6 +107,7 @@ def build(
                                        label="LoRA scale (0 = the model alone)", elem_id="t2i-lora-scale")
             compile_unet = gr.Checkbox(value=defaults.compile, label="Compile for speed", elem_id="t2i-compile",
                                        info=COMPILE_INFO)
+            timestep_spacing, guidance_rescale = schedule_fields("t2i", defaults, rescale=True)
         with gr.Column(scale=3, elem_classes="wb-previews"):
             progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="t2i-progress", elem_classes="wb-live")
             with gr.Row(elem_classes="wb-live"):
@@ -128,19 +129,21 @@ def build(
     hide_export = (gr.update(visible=False, value=None),) * len(exports)
     runs = SessionRuns()
     inputs = [model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-              vae_preview_every, preview, lora, lora_scale, batch_count, compile_unet]
+              vae_preview_every, preview, lora, lora_scale, batch_count, compile_unet, timestep_spacing,
+              guidance_rescale]
     outputs = [image, xt, progress, info, code, scrub, history]
 
     def make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
                      vae_preview_every=0, preview="auto", lora="", lora_scale=1.0, batch_count=1,
-                     compile=False) -> Txt2ImgRequest:
+                     compile=False, timestep_spacing="", guidance_rescale=0.0) -> Txt2ImgRequest:
         """The page's values, by keyword, as the engine's request (the batch count goes beside it)."""
         return Txt2ImgRequest(
             model=model, prompt=prompt or "", negative_prompt=negative_prompt or "",
             num_inference_steps=whole(steps), guidance_scale=guidance_scale, scheduler=scheduler,
             seed=whole(seed), width=whole(width), height=whole(height),
             vae_preview_every=whole(vae_preview_every) or 0, preview=preview, lora=lora or "",
-            lora_scale=lora_scale, compile=compile,
+            lora_scale=lora_scale, compile=compile, timestep_spacing=timestep_spacing or "",
+            guidance_rescale=guidance_rescale,
         )
 
     def render(event, run: dict | None = None) -> tuple | None:
@@ -196,24 +199,27 @@ def build(
 
     @friendly_errors
     async def txt2img(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                      vae_preview_every=0, preview="auto", lora="", lora_scale=1.0, batch_count=1, compile=False):
+                      vae_preview_every=0, preview="auto", lora="", lora_scale=1.0, batch_count=1, compile=False,
+                      timestep_spacing="", guidance_rescale=0.0):
         """The API: errors are raised, as gradio_client expects."""
         request = make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width,
-                               height, vae_preview_every, preview, lora, lora_scale, compile=compile)
+                               height, vae_preview_every, preview, lora, lora_scale, compile=compile,
+                               timestep_spacing=timestep_spacing, guidance_rescale=guidance_rescale)
         # An API client gets no history (a gr.State): nothing is drawn for it after the loop.
         async for update in stream_updates(lambda cancel: iter_txt2img(request, cancel=cancel, history="streamed",
                                                                        batch_count=whole(batch_count)), render):
             yield update
 
     async def txt2img_page(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width, height,
-                           vae_preview_every, preview, lora, lora_scale, batch_count, compile, view_left,
-                           view_right, pick_text, session: gr.Request):
+                           vae_preview_every, preview, lora, lora_scale, batch_count, compile, timestep_spacing,
+                           guidance_rescale, view_left, view_right, pick_text, session: gr.Request):
         """The page: the last result stays; an error is said in the progress line and a toast."""
         run = runs.begin(session.session_hash)
         run["views"] = (view_left, view_right)
         try:
             request = make_request(model, prompt, negative_prompt, steps, guidance_scale, scheduler, seed, width,
-                                   height, vae_preview_every, preview, lora, lora_scale, compile=compile)
+                                   height, vae_preview_every, preview, lora, lora_scale, compile=compile,
+                                   timestep_spacing=timestep_spacing, guidance_rescale=guidance_rescale)
             if "attention" in run["views"] and prompt_tokens is not None:  # the run's tokens, for its frames
                 run["tokens"] = prompt_tokens(request.model or default_model, request.prompt)
                 run["pick"] = attention_ui.picked(run["tokens"], pick_text)
@@ -370,7 +376,8 @@ def build(
           api_visibility="private", queue=False)
     return {"model": model, "prompt": prompt, "negative_prompt": negative_prompt, "num_inference_steps": steps,
             "guidance_scale": guidance_scale, "scheduler": scheduler, "seed": seed, "width": width, "height": height,
-            "lora": lora, "lora_scale": lora_scale, "batch_count": batch_count, FILLED: filled}
+            "lora": lora, "lora_scale": lora_scale, "batch_count": batch_count, FILLED: filled,
+            "timestep_spacing": timestep_spacing, "guidance_rescale": guidance_rescale}
 
 
 NO_GUIDANCE = "none at guidance 1 (no unconditional pass: ε_text is used alone)"

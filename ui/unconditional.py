@@ -12,7 +12,7 @@ from engine.events import BatchDone, Done, Started, Step
 from engine.sampling.unconditional import DEFAULT_STEPS, MAX_BATCH, RunEstimate, UnconditionalRequest
 from ui.common import (COMPILE_INFO, DEVICE_QUEUE, FILLED, SessionRuns, batch_done_html, batch_note, done_note,
                        export_update, fill_on_open, friendly_errors, last_seed, message_html, model_dropdown,
-                       page_error, progress_html, seed_buttons, stream_updates, whole)
+                       page_error, progress_html, schedule_fields, seed_buttons, stream_updates, whole)
 
 
 def build(
@@ -59,6 +59,7 @@ def build(
                                         elem_id="ddpm-batch-count")
             compile_unet = gr.Checkbox(value=defaults.compile, label="Compile for speed", elem_id="ddpm-compile",
                                        info=COMPILE_INFO)
+            timestep_spacing, _ = schedule_fields("ddpm", defaults, rescale=False)
             timesteps = gr.Textbox(label="Timesteps the loop visits (scheduler.timesteps)", lines=3, max_lines=6,
                                    interactive=False, elem_id="ddpm-timesteps")
         with gr.Column(scale=3, elem_classes="wb-previews"):
@@ -114,15 +115,17 @@ def build(
         return None
 
     @friendly_errors
-    async def ddpm(model, scheduler, steps, seed, batch_size, batch_count=1, compile=False):
+    async def ddpm(model, scheduler, steps, seed, batch_size, batch_count=1, compile=False, timestep_spacing=""):
         request = UnconditionalRequest(model=model or "", scheduler=scheduler,
                                        num_inference_steps=whole(steps), seed=whole(seed),
-                                       batch_size=whole(batch_size), compile=compile)
+                                       batch_size=whole(batch_size), compile=compile,
+                                       timestep_spacing=timestep_spacing or "")
         async for update in stream_updates(lambda cancel: iter_unconditional(request, cancel=cancel,
                                                                              batch_count=whole(batch_count)), render):
             yield update
 
-    async def ddpm_page(model, scheduler, steps, seed, batch_size, batch_count, compile, session: gr.Request):
+    async def ddpm_page(model, scheduler, steps, seed, batch_size, batch_count, compile, timestep_spacing,
+                        session: gr.Request):
         """The page: no Gradio overlay (the progress line says it all), an error said in that line and a toast,
         Stop's line says where the run stopped and its frames so far stay; the Export button comes with the
         run's last update."""
@@ -131,7 +134,8 @@ def build(
         try:
             request = UnconditionalRequest(model=model or "", scheduler=scheduler,
                                            num_inference_steps=whole(steps), seed=whole(seed),
-                                           batch_size=whole(batch_size), compile=compile)
+                                           batch_size=whole(batch_size), compile=compile,
+                                           timestep_spacing=timestep_spacing or "")
 
             def page_update(event):  # in stream_updates' thread
                 update = render(event, run)
@@ -217,7 +221,7 @@ def build(
         found = default_steps(model_name, "DDPM")
         return "DDPM", gr.update(value=found) if found else gr.skip()
 
-    run_inputs = [model, scheduler, steps, seed, batch_size, batch_count, compile_unet]
+    run_inputs = [model, scheduler, steps, seed, batch_size, batch_count, compile_unet, timestep_spacing]
     run_outputs = [image, xt, progress, timesteps, info, code, scrub, history]
     api_trigger = gr.Button(visible=False)  # the public /ddpm endpoint; the page's Generate runs ddpm_page
     api_trigger.click(ddpm, inputs=run_inputs, outputs=run_outputs, api_name="ddpm", concurrency_id=DEVICE_QUEUE,
@@ -250,7 +254,8 @@ def build(
     model.change(lambda m: gr.update(value=_as_trained_label(default_steps(m, "DDPM"))), model, as_trained,
                  api_visibility="private")
     return {"model": model, "scheduler": scheduler, "num_inference_steps": steps, "seed": seed,
-            "batch_size": batch_size, "batch_count": batch_count, FILLED: filled}
+            "batch_size": batch_size, "batch_count": batch_count, FILLED: filled,
+            "timestep_spacing": timestep_spacing}
 
 
 STOP_WAIT = 1.0  # seconds Stop waits for the run to end before it answers "stopping"

@@ -21,7 +21,8 @@ from PIL import Image
 from engine.errors import InputError
 from engine.images import open_rgb
 from engine.models.configs import read_scheduler_config
-from engine.sampling.schedulers import BETA_SCHEDULES, make_scheduler, scheduler_spec
+from engine.sampling.schedulers import (BETA_SCHEDULES, TIMESTEP_SPACINGS, check_spacing, make_scheduler,
+                                        scheduler_spec)
 from engine.validation import check_choice, check_int, check_seed, given
 
 DEFAULT_TIMESTEPS = (0, 50, 100, 200, 400, 600, 800, 999)
@@ -262,3 +263,83 @@ def visited_points(scheduler: str, num_inference_steps: int, schedules: Mapping[
 def schedule_of_model(location: str | Path) -> NoiseSchedule:
     """The noise schedule a model was trained with, from its scheduler config."""
     return NoiseSchedule.from_config(read_scheduler_config(location))
+
+
+# -- what the schedule leaves at the end (Lin et al. 2023) ------------------------------------------------
+# Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 1: the schedules it
+# names, with sqrt(alpha_bar_T) and SNR(T) to the digits printed there.
+LIN_ET_AL_TABLE_1 = {
+    "Stable Diffusion": (NoiseSchedule("scaled_linear", 1000, 0.00085, 0.012), 0.068265, 0.004682),
+    "DDPM linear": (NoiseSchedule("linear", 1000, 0.0001, 0.02), 0.006353, 0.000040),
+}
+FACTS_DIGITS = 6  # significant figures of the readouts: Table 1 prints six
+
+
+def significant(value: float, digits: int = FACTS_DIGITS) -> float:
+    """``value`` rounded to ``digits`` significant figures (0 stays 0)."""
+    return float(f"{value:.{digits}g}")
+
+
+def spacing_timesteps(scheduler: str, num_inference_steps: int, config: Mapping[str, Any]) -> dict[str, tuple]:
+    """{spacing: the timesteps ``scheduler`` built from ``config`` visits in ``num_inference_steps``}, per spacing."""
+    out = {}
+    for spacing in TIMESTEP_SPACINGS:
+        sampler = make_scheduler(scheduler, {**config, "timestep_spacing": spacing})
+        sampler.set_timesteps(int(num_inference_steps))
+        out[spacing] = tuple(int(round(float(t))) for t in sampler.timesteps.tolist())
+    return out
+
+
+def schedule_facts(schedule: NoiseSchedule, scheduler: str = "DDIM", num_inference_steps: int = 10,
+                   timestep_spacing: str | None = None, config: Mapping[str, Any] | None = None) -> dict:
+    """What ``schedule`` leaves at its last timestep T, and where a sampler starts under each spacing.
+
+    ``config``: the model's own scheduler config (its ``steps_offset`` and ``timestep_spacing`` count), else
+    the schedule's DDPMScheduler config. ``timestep_spacing`` None: the config's own. Returns a dict of plain
+    values: sqrt(alpha_bar_T), sqrt(1 - alpha_bar_T) and SNR(T) = alpha_bar_T / (1 - alpha_bar_T) to six
+    significant figures, Table 1's numbers where the schedule is one it names, the visited timesteps per
+    spacing (the first of each is where sampling starts) and a sentence on what SNR(T) means.
+    """
+    # 1. The inputs: the sampler, its steps and the spacing, checked as a run checks them.
+    scheduler_spec(scheduler)
+    check_int("steps", num_inference_steps, 1, schedule.num_train_timesteps)
+    reference = schedule.scheduler()
+    config = {**reference.config, **(config or {}), "trained_betas": reference.betas.tolist()}
+    config.pop("_use_default_values", None)  # from_config would drop the keys it lists (timestep_spacing among them)
+    if timestep_spacing in (None, ""):
+        timestep_spacing = config.get("timestep_spacing") or "leading"
+    check_spacing(timestep_spacing)
+
+    # 2. The end of the schedule, in double precision from diffusers' own alphas_cumprod.
+    last = schedule.num_train_timesteps - 1
+    alpha_bar_T = float(reference.alphas_cumprod.double()[last])
+    snr_T = alpha_bar_T / (1 - alpha_bar_T)  # Kingma et al. 2021, eq. 2
+    paper = next(({"schedule": name, "sqrt_alpha_bar_T": sqrt_a, "snr_T": snr}
+                  for name, (s, sqrt_a, snr) in LIN_ET_AL_TABLE_1.items() if s == schedule), None)
+
+    # 3. Where a sampler starts under each spacing: the first timestep of each.
+    visited = spacing_timesteps(scheduler, num_inference_steps, config)
+    return {
+        "T": schedule.num_train_timesteps,
+        "sqrt_alpha_bar_T": significant(math.sqrt(alpha_bar_T)),
+        "sqrt_one_minus_alpha_bar_T": significant(math.sqrt(1 - alpha_bar_T)),
+        "snr_T": significant(snr_T),
+        "lin_et_al_table_1": paper,
+        "scheduler": scheduler,
+        "steps": int(num_inference_steps),
+        "timestep_spacing": timestep_spacing,
+        "timesteps": {spacing: list(ts) for spacing, ts in visited.items()},
+        "first_timestep": {spacing: ts[0] for spacing, ts in visited.items()},
+        "meaning": terminal_snr_sentence(snr_T, math.sqrt(alpha_bar_T), last),
+    }
+
+
+def terminal_snr_sentence(snr_T: float, sqrt_alpha_bar_T: float, last: int) -> str:
+    """What a schedule's SNR(T) means for sampling (Lin et al. 2023, sec. 2)."""
+    if snr_T == 0:
+        return (f"SNR(T) is 0: at t = {last} nothing of the image is left, so the model learned to start from pure "
+                "noise, which is what sampling gives it. Start sampling at t = T - 1 (trailing spacing).")
+    return (f"SNR(T) is {significant(snr_T)}, not 0: at t = {last} the training images still kept "
+            f"{significant(sqrt_alpha_bar_T)} of their signal, so the model never learned to start from pure noise. "
+            "Sampling starts from pure noise anyway, and the model puts back the mean brightness it always saw "
+            "there: its images stay medium-bright.")

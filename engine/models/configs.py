@@ -47,3 +47,16 @@ def unet_side(folder: str | Path) -> int | None:
     if isinstance(size, list) and len(set(size)) == 1:
         size = size[0]
     return size if isinstance(size, int) else None
+
+
+def latent_shape(folder: str | Path, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """(1, C, h, w): the initial noise of one ``width`` x ``height`` text-to-image run of the model in ``folder``
+    (the UNet's in_channels; the VAE's downscaling, 2 ** (number of VAE blocks - 1)); None where unreadable."""
+    folder = Path(folder)
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        scale = 2 ** (len(vae["block_out_channels"]) - 1)
+        return 1, int(unet["in_channels"]), int(height) // scale, int(width) // scale
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

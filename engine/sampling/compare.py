@@ -17,15 +17,19 @@ from engine.errors import InputError
 from engine.events import Done, Step
 from engine.sampling.txt2img import Txt2ImgRequest
 from engine.sampling.unconditional import UnconditionalRequest, seconds_per_step
-from engine.validation import check_choice
+from engine.validation import check_choice, check_int
 
-AXES = ("scheduler", "steps", "guidance scale", "model")
+AXES = ("scheduler", "steps", "guidance scale", "model", "guidance rescale", "timestep spacing", "seed blend")
 MIN_COLUMNS, MAX_COLUMNS = 2, 6  # a comparison needs two; more than six columns are too small to see
 DEFAULT_VALUES = {  # what the page offers on each axis (any other value the axis takes can be typed)
     "scheduler": ("DDIM", "Euler a", "DPM++ 2M Karras"),
     "steps": (10, 25, 50),
     "guidance scale": (1.0, 4.0, 7.5, 12.0),
+    "guidance rescale": (0.0, 0.7),  # plain guidance against Lin et al. 2023's recommendation
+    "timestep spacing": ("leading", "trailing"),
+    "seed blend": (0.0, 0.5, 1.0),  # the seed, the slerp midpoint, the second seed
 }
+TXT2IMG_ONLY_AXES = ("guidance scale", "guidance rescale")  # settings of guidance: unconditional models have none
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,9 @@ class CompareRequest:
     width: int | None = None
     height: int | None = None
     model: str = ""  # the model of every column (its first, on the model axis)
+    guidance_rescale: float = 0.0  # as Text to image takes them: plain guidance,
+    timestep_spacing: str = ""  # and the model's own spacing
+    seed_b: int = -1  # the seed blend axis's second seed (t = 1); the other axes take none
 
     def __post_init__(self):
         check_choice("axis", self.axis, AXES)
@@ -55,6 +62,10 @@ class CompareRequest:
             raise InputError(f"the values to compare must differ; got {', '.join(str(v) for v in parsed)}",
                              field="values")
         object.__setattr__(self, "values", parsed)  # frozen: normalised once
+        check_int("seed_b", self.seed_b, -1, 2**63 - 1)
+        if self.axis == "seed blend" and self.seed_b < 0:
+            raise InputError(f"seed blend needs a second seed (seed_b) from 0 to {2**63 - 1}; got {self.seed_b}",
+                             field="seed_b")
         # Each column's settings are checked by its own request, once the model's kind is known (see columns).
 
     def resolved(self) -> "CompareRequest":
@@ -75,16 +86,29 @@ class CompareRequest:
         """The request of the column at ``value``: ``Txt2ImgRequest`` or ``UnconditionalRequest`` as ``kind`` says.
         A value its run refuses is an :class:`InputError` on ``values``, the run's own message inside."""
         fields = dict(scheduler=self.scheduler, num_inference_steps=self.num_inference_steps,
-                      guidance_scale=self.guidance_scale, model=self.model)
+                      guidance_scale=self.guidance_scale, model=self.model, guidance_rescale=self.guidance_rescale,
+                      timestep_spacing=self.timestep_spacing)
         fields[AXIS_FIELDS[self.axis]] = value
-        if kind == "unconditional" and self.axis == "guidance scale":
-            raise InputError("unconditional models take no guidance scale: compare schedulers, steps or models",
+        seed = self.seed
+        if self.axis == "seed blend":
+            if kind == "unconditional":
+                raise InputError("seed blend takes a text-to-image model: an unconditional run's noise is a batch of "
+                                 "images, not blended here", field="axis")
+            # t = 0 and t = 1 are the two seeds' own runs, bit for bit; between them, the slerp of their noise.
+            if value in (0, 1):
+                seed = self.seed_b if value == 1 else self.seed
+                fields.update(seed_blend=0.0, seed_b=-1)
+            else:
+                fields["seed_b"] = self.seed_b
+        if kind == "unconditional" and self.axis in TXT2IMG_ONLY_AXES:
+            raise InputError(f"unconditional models take no {self.axis}: compare schedulers, steps or models",
                              field="axis")
         try:
             if kind == "unconditional":
                 return UnconditionalRequest(scheduler=fields["scheduler"], seed=self.seed, model=fields["model"],
-                                            num_inference_steps=fields["num_inference_steps"])
-            return Txt2ImgRequest(prompt=self.prompt, negative_prompt=self.negative_prompt, seed=self.seed,
+                                            num_inference_steps=fields["num_inference_steps"],
+                                            timestep_spacing=fields["timestep_spacing"])
+            return Txt2ImgRequest(prompt=self.prompt, negative_prompt=self.negative_prompt, seed=seed,
                                   width=self.width, height=self.height, **fields)
         except InputError as exc:
             if exc.field == self.axis:
@@ -94,14 +118,15 @@ class CompareRequest:
 
 
 AXIS_FIELDS = {"scheduler": "scheduler", "steps": "num_inference_steps", "guidance scale": "guidance_scale",
-               "model": "model"}  # each axis's field in the column's request
+               "model": "model", "guidance rescale": "guidance_rescale",
+               "timestep spacing": "timestep_spacing", "seed blend": "seed_blend"}  # each axis's field in a column
 
 
 def parse_value(axis: str, value):
     """A value of ``axis`` in the type its runs take (text for schedulers and models, a whole number of steps, a
     guidance number); an :class:`InputError` on ``values`` for one that is not even that. Its range is checked by
     the column's request (:meth:`CompareRequest.column_request`)."""
-    if axis in ("scheduler", "model"):
+    if axis in ("scheduler", "model", "timestep spacing"):
         if not isinstance(value, str):
             raise InputError(f"{axis} values must be names; got {value!r}", field="values")
         return value
@@ -111,7 +136,7 @@ def parse_value(axis: str, value):
             raise InputError(f"steps values must be whole numbers; got {value!r}", field="values")
         return int(number)
     if number is None:
-        raise InputError(f"guidance scale values must be numbers; got {value!r}", field="values")
+        raise InputError(f"{axis} values must be numbers; got {value!r}", field="values")
     return float(number)
 
 

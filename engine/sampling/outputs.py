@@ -27,6 +27,10 @@ def a1111_parameters(info: dict) -> str:
         ("Steps", info.get("steps")),
         ("Sampler", info.get("scheduler")),
         ("CFG scale", info.get("guidance_scale")),
+        ("CFG rescale", info.get("guidance_rescale") or None),  # phi (Lin et al. 2023); written only when used
+        ("Timestep spacing", info.get("timestep_spacing") or None),  # "" (the model's own) is not written
+        ("Variation seed", info.get("seed_b") if info.get("seed_blend") else None),  # A1111's names: a slerp too
+        ("Variation seed strength", info.get("seed_blend") or None),
         ("Seed", info.get("seed")),
         ("Size", f"{info['width']}x{info['height']}" if "width" in info else None),
         ("Model", info.get("model")),

@@ -37,7 +37,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from engine.errors import InputError
 from engine.images import MAX_PIXELS, check_pixels
 from engine.sampling.outputs import RECORD_CHUNK
-from engine.sampling.schedulers import SCHEDULERS
+from engine.sampling.schedulers import SCHEDULERS, TIMESTEP_SPACINGS
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS
 from engine.validation import MAX_SIDE
 
@@ -62,7 +62,8 @@ COMFY_SAMPLERS = {
 COMFY_SAMPLER_NODES = ("KSampler", "KSamplerAdvanced")
 # The request fields a PNG can give, in the order the page shows them.
 SETTINGS = ("model", "prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "scheduler", "seed",
-            "width", "height", "lora", "lora_scale", "batch_size")  # and "batch_count", for a batch count's grid
+            "width", "height", "lora", "lora_scale", "batch_size",
+            "timestep_spacing", "guidance_rescale")  # and "batch_count", for a batch count's grid
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,7 @@ def parse_a1111(parameters: str) -> tuple[dict, list[str]]:
     _whole(pairs.pop("Steps", None), "num_inference_steps", "steps", 1, MAX_STEPS, settings, unused)
     _number(pairs.pop("CFG scale", None), settings, unused)
     _whole(pairs.pop("Seed", None), "seed", "seed", 0, 2**63 - 1, settings, unused)
+    _rescale_and_spacing(pairs.pop("CFG rescale", None), pairs.pop("Timestep spacing", None), settings, unused)
     _size(pairs.pop("Size", None), settings, unused)
     _scheduler(pairs.pop("Sampler", None), pairs.pop("Schedule type", ""), settings, unused)
     if "Model" in pairs:
@@ -279,6 +281,24 @@ def _number(value, settings: dict, unused: list[str]) -> None:
         unused.append(f"CFG scale {scale:g} is outside this workbench's 1 to {MAX_GUIDANCE:g}; not used")
         return
     settings["guidance_scale"] = scale
+
+
+def _rescale_and_spacing(rescale, spacing, settings: dict, unused: list[str]) -> None:
+    """This workbench's "CFG rescale" (phi, 0 to 1) and "Timestep spacing" (leading, linspace, trailing)."""
+    if rescale is not None:
+        try:
+            phi = float(str(rescale).strip())
+        except ValueError:
+            phi = None
+        if phi is None or not 0 <= phi <= 1:
+            unused.append(f"CFG rescale {rescale!r} is not a number from 0 to 1; not used")
+        else:
+            settings["guidance_rescale"] = phi
+    if spacing is not None:
+        if spacing.strip() in TIMESTEP_SPACINGS:
+            settings["timestep_spacing"] = spacing.strip()
+        else:
+            unused.append(f"timestep spacing {spacing!r} is not one of {', '.join(TIMESTEP_SPACINGS)}; not used")
 
 
 def _size(value, settings: dict, unused: list[str]) -> None:

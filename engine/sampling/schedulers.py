@@ -7,7 +7,8 @@ from typing import Any, Mapping
 
 import diffusers
 
-from engine.validation import check_choice
+from engine.errors import InputError
+from engine.validation import check_choice, given
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,22 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
 # What DDPMScheduler (training, the forward process) takes; DDIM and the multistep samplers lack "sigmoid".
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 SAMPLER_BETA_SCHEDULES = tuple(s for s in BETA_SCHEDULES if s != "sigmoid")
+TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")  # diffusers' ``timestep_spacing`` values
+
+
+def check_spacing(value, *, allow_own: bool = False) -> None:
+    """A diffusers ``timestep_spacing``: leading, linspace or trailing ("" too, the model's own, ``allow_own``)."""
+    if allow_own and value == "":
+        return
+    allowed = TIMESTEP_SPACINGS + (("'' (the model's own)",) if allow_own else ())
+    if not isinstance(value, str) or value not in TIMESTEP_SPACINGS:
+        raise InputError(f"unknown timestep spacing {given(value)}; allowed: {', '.join(allowed)}",
+                         field="timestep spacing")
+
+
+def spacing_overrides(timestep_spacing: str) -> dict:
+    """The scheduler overrides of a request's ``timestep_spacing``: none for "" (the model's own)."""
+    return {"timestep_spacing": timestep_spacing} if timestep_spacing else {}
 
 
 def scheduler_spec(name: str, allowed=SCHEDULERS) -> SchedulerSpec:
@@ -45,15 +62,17 @@ def scheduler_spec(name: str, allowed=SCHEDULERS) -> SchedulerSpec:
     return SCHEDULERS[name]
 
 
-def make_scheduler(name: str, config: Mapping[str, Any]) -> diffusers.SchedulerMixin:
-    """A fresh scheduler of kind ``name`` from a model's scheduler ``config``."""
+def make_scheduler(name: str, config: Mapping[str, Any], **overrides) -> diffusers.SchedulerMixin:
+    """A fresh scheduler of kind ``name`` from a model's scheduler ``config`` (``overrides`` on top: a request's
+    ``timestep_spacing``)."""
     spec = scheduler_spec(name)
     cls = getattr(diffusers, spec.cls_name)
-    return cls.from_config(config, **spec.kwargs)
+    return cls.from_config(config, **{**spec.kwargs, **overrides})
 
 
-def scheduler_code(name: str, config_expr: str = "pipe.scheduler.config") -> tuple[str, str]:
-    """(class name, expression) that build the scheduler in plain diffusers code."""
+def scheduler_code(name: str, config_expr: str = "pipe.scheduler.config", **overrides) -> tuple[str, str]:
+    """(class name, expression) that build the scheduler in plain diffusers code (``overrides`` as in
+    :func:`make_scheduler`)."""
     spec = scheduler_spec(name)
-    extra = "".join(f", {k}={v!r}" for k, v in spec.kwargs.items())
+    extra = "".join(f", {k}={v!r}" for k, v in {**spec.kwargs, **overrides}.items())
     return spec.cls_name, f"{spec.cls_name}.from_config({config_expr}{extra})"

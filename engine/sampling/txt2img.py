@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.utils.torch_utils import randn_tensor
 
 from engine.cancel import CancelToken, check
@@ -27,10 +28,12 @@ from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
 from engine.sampling import fast
 from engine.sampling.attention import CrossAttentionCollector, collecting, token_count
+from engine.sampling.blend import blended_noise, check_blend
 from engine.sampling.outputs import save_png
 from engine.sampling.preview import LatentRGBPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.runrecord import run_record, tensor_sha256
-from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
+from engine.sampling.schedulers import (check_spacing, make_scheduler, scheduler_code, scheduler_spec,
+                                        spacing_overrides)
 from engine.models.loras import MAX_LORA_SCALE, check_active, check_lora_name
 from engine.sampling.views import step_views
 from engine.validation import check_bool, check_choice, check_float, check_int, check_seed, check_side, given
@@ -66,6 +69,10 @@ class Txt2ImgRequest:
     lora: str = ""  # a LoRA under <models-dir>/loras/ by name, switched on in the pipeline; "" = none
     lora_scale: float = 1.0  # the LoRA's weight: 0 = the base model alone, 1 = as trained, up to 2
     compile: bool = False  # torch.compile the UNet: faster steps after a first run that compiles (engine/sampling/fast.py)
+    timestep_spacing: str = ""  # "" = the model's own; "trailing" starts at T - 1 (Lin et al. 2023, sec. 3.3)
+    guidance_rescale: float = 0.0  # phi of Lin et al. 2023, sec. 3.4 (they use 0.7); 0 = plain guidance
+    seed_b: int = -1  # a second seed whose noise ``seed_blend`` slerps toward (engine/sampling/blend.py); -1: none
+    seed_blend: float = 0.0  # 0 = the seed's own noise, as every run without a second seed
 
     def __post_init__(self):
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
@@ -89,6 +96,9 @@ class Txt2ImgRequest:
         check_lora_name(self.lora)
         check_float("LoRA scale", self.lora_scale, 0.0, MAX_LORA_SCALE)
         check_bool("compile", self.compile)
+        check_spacing(self.timestep_spacing, allow_own=True)
+        check_float("guidance rescale", self.guidance_rescale, 0.0, 1.0)
+        check_blend(self.seed_b, self.seed_blend)
 
     def resolved(self, pipe: StableDiffusionPipeline) -> "Txt2ImgRequest":
         """A copy with the seed drawn and the size taken from the model where not given."""
@@ -135,7 +145,7 @@ def iter_txt2img(
     # 1. Resolve the seed and size, build a fresh scheduler from the model's config.
     request = request.resolved(pipe)
     check_active(pipe, request.lora, request.lora_scale)  # switched on where the pipeline was loaded
-    scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
+    scheduler = make_scheduler(request.scheduler, pipe.scheduler.config, **spacing_overrides(request.timestep_spacing))
     speed = fast.speed_for(pipe, compile=request.compile, eager=attention)  # the GPU path's hooks; plain on a CPU
     device, unet, vae = pipe.device, pipe.unet, pipe.vae
     generator = torch.Generator("cpu").manual_seed(request.seed)
@@ -153,6 +163,9 @@ def iter_txt2img(
         shape = (1, unet.config.in_channels, request.height // pipe.vae_scale_factor,
                  request.width // pipe.vae_scale_factor)
         latents = randn_tensor(shape, generator=generator, device=device, dtype=embeds.dtype)  # (1, 4, h, w)
+        if request.seed_blend:  # the pipeline given latents=: the steps' generator starts fresh from the seed
+            latents, generator = blended_noise(request.seed_blend, latents, request.seed_b), \
+                torch.Generator("cpu").manual_seed(request.seed)
         noise_sha256 = tensor_sha256(latents)  # for the run's record: a replay checks it draws the same noise
         latents = latents * scheduler.init_noise_sigma
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
@@ -186,6 +199,8 @@ def iter_txt2img(
             if do_cfg:  # classifier-free guidance (Ho & Salimans 2022, eq. 6)
                 noise_uncond, noise_text = noise_pred.chunk(2)
                 noise_pred = noise_uncond + request.guidance_scale * (noise_text - noise_uncond)
+                if request.guidance_rescale > 0:  # Lin et al. 2023, eq. 15-16: back to the text branch's std
+                    noise_pred = rescale_noise_cfg(noise_pred, noise_text, guidance_rescale=request.guidance_rescale)
             out = scheduler.step(noise_pred, t, latents, **step_kwargs)
             speed.step_done()
             x0_previewer = vae_previewer if vae_previewer and (i + 1) % every == 0 else previewer
@@ -200,7 +215,8 @@ def iter_txt2img(
                 elapsed=time.perf_counter() - start,
                 views=step_views(scheduler, visited[i], previewer, latents, noise_pred,
                                  (noise_uncond, noise_text) if do_cfg else None,
-                                 collector.end_step() if collector is not None else None),
+                                 collector.end_step() if collector is not None else None,
+                                 sample=model_input.chunk(2)[0] if do_cfg else model_input),
             )
             steps.append(step)
             yield step
@@ -282,7 +298,7 @@ def diffusers_code(pipe: StableDiffusionPipeline, request: Txt2ImgRequest) -> st
     else:
         load = (f"StableDiffusionPipeline.from_pretrained({location!r}{dtype},\n"
                 "    safety_checker=None, requires_safety_checker=False)")
-    cls_name, build = scheduler_code(request.scheduler)
+    cls_name, build = scheduler_code(request.scheduler, **spacing_overrides(request.timestep_spacing))
     lora_path = getattr(pipe, "workbench_lora", ("", 1.0, None))[2] if request.lora else None
     lora = (f"pipe.load_lora_weights({str(lora_path.parent)!r}, weight_name={lora_path.name!r})\n"
             if lora_path is not None else "")
@@ -297,6 +313,7 @@ def diffusers_code(pipe: StableDiffusionPipeline, request: Txt2ImgRequest) -> st
         f"    negative_prompt={request.negative_prompt!r},\n"
         f"    num_inference_steps={request.num_inference_steps},\n"
         f"    guidance_scale={request.guidance_scale!r},\n"
+        + (f"    guidance_rescale={float(request.guidance_rescale)!r},\n" if request.guidance_rescale else "") +
         f"    width={request.width}, height={request.height},\n"
         + (f"    cross_attention_kwargs={{'scale': {float(request.lora_scale)!r}}},\n" if lora else "") +
         f"    generator=torch.Generator('cpu').manual_seed({request.seed}),\n"

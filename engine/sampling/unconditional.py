@@ -32,7 +32,8 @@ from engine.sampling import fast
 from engine.sampling.outputs import a1111_parameters, save_png
 from engine.sampling.preview import PixelPreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.runrecord import run_record, tensor_sha256
-from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
+from engine.sampling.schedulers import (check_spacing, make_scheduler, scheduler_code, scheduler_spec,
+                                        spacing_overrides)
 from engine.validation import check_bool, check_int, check_seed
 
 if TYPE_CHECKING:
@@ -62,9 +63,11 @@ class UnconditionalRequest:
     batch_size: int = 1  # images per run, shown as a grid
     model: str = ""  # the model string: what Workbench.iter_unconditional loads ("": the built-in), and the metadata
     compile: bool = False  # torch.compile the UNet: faster steps after a first run that compiles (engine/sampling/fast.py)
+    timestep_spacing: str = ""  # "" = the model's own; "trailing" starts at T - 1 (Lin et al. 2023, sec. 3.3)
 
     def __post_init__(self):
         scheduler_spec(self.scheduler, UNCONDITIONAL_SCHEDULERS)
+        check_spacing(self.timestep_spacing, allow_own=True)
         if self.num_inference_steps is not None:
             check_int("steps", self.num_inference_steps, 1, MAX_STEPS)
         check_seed(self.seed)
@@ -115,7 +118,7 @@ def iter_unconditional(
     """
     # 1. Resolve the seed and steps, build a fresh scheduler from the model's config.
     request = request.resolved(pipe)
-    scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
+    scheduler = make_scheduler(request.scheduler, pipe.scheduler.config, **spacing_overrides(request.timestep_spacing))
     speed = fast.speed_for(pipe, compile=request.compile)  # the GPU path's hooks; the plain loop on a CPU
     device, unet = pipe.device, pipe.unet
     generator = torch.Generator("cpu").manual_seed(request.seed)
@@ -277,7 +280,7 @@ def diffusers_code(pipe: DDPMPipeline, request: UnconditionalRequest) -> str:
     """A plain-diffusers snippet that reproduces ``request``'s images: the seed's loop."""
     ref = getattr(pipe, "workbench_ref", None)
     location = ref.location if ref is not None else "<model folder>"
-    cls_name, build = scheduler_code(request.scheduler, "config")
+    cls_name, build = scheduler_code(request.scheduler, "config", **spacing_overrides(request.timestep_spacing))
     takes_generator = "generator" in inspect.signature(getattr(diffusers, cls_name).step).parameters
     generator_arg = ", generator=generator" if takes_generator else ""
     imports = sorted({"DDPMScheduler", "UNet2DModel", cls_name})

@@ -13,13 +13,14 @@ import math
 import numpy as np
 
 from engine.events import Preview, Step
-from engine.sampling.preview import as_array, upscale_nearest
+from engine.sampling.preview import X0Previewer, as_array, upscale_nearest, x0_from
 
 # The images a page can stream for a step, by name: what each shows.
 VIEWS = {
     "x0": "predicted clean image x0",
     "xt": "noisy latent x_t after the step",
     "eps": "predicted noise ε (after guidance)",
+    "v": "predicted velocity v = √ᾱ ε − √(1 − ᾱ) x0",
     "guidance": "guidance Δ = ε_text − ε_uncond (heat map)",
     "attention": "attention: where the picked word lands (heat map over x0)",
 }
@@ -32,15 +33,21 @@ ATTENTION_ALPHA = 0.6  # an attention frame: this much heat map over (1 - this) 
 
 
 def step_views(scheduler, timestep: float, previewer, latents, noise_pred, guidance,
-               attention=None) -> dict[str, Preview]:
+               attention=None, sample=None) -> dict[str, Preview]:
     """The extra views of one step, built in the loop, drawn later (nothing is read from any tensor here).
 
     ``latents``: x_t after the step (B, C, h, w); ``noise_pred``: the guided noise prediction passed to
     ``scheduler.step``; ``guidance``: ``(noise_uncond, noise_text)``, or None without classifier-free guidance;
     ``attention``: the step's cross-attention maps (n_tokens, h, w) where the run collects them
     (engine.sampling.attention), else None.
+    ``sample``: the variance-preserving x_t the model saw (its input before the batch for guidance), from which eps
+    and v are drawn whatever the model predicts (else eps is the model's output as it is).
     """
     views = {"eps": Preview(noise_pred, previewer)}
+    if sample is not None:  # the model's output is eps itself for an epsilon model: drawn as it is, above
+        derived = ("v",) if scheduler.config.get("prediction_type", "epsilon") == "epsilon" else ("eps", "v")
+        views.update({what: Preview((noise_pred, sample), PredictionView(scheduler, timestep, what, previewer))
+                      for what in derived})
     if guidance is not None:
         views["guidance"] = Preview(tuple(guidance), GuidanceHeatmap())
     if attention is not None:
@@ -184,3 +191,24 @@ class StepMeasures:
         latents, *guidance = (as_array(x) for x in tensors)
         rms = float(np.sqrt(np.mean((guidance[1] - guidance[0]) ** 2))) if guidance else math.nan
         return np.array([self.timestep, self.sigma, float(latents.std()), rms], dtype=np.float32)
+
+
+class PredictionView(X0Previewer):
+    """eps, x0 or v of one step, from (model_output, x_t), whatever the model predicts (its scheduler's
+    ``prediction_type``): x0 as :func:`~engine.sampling.preview.x0_from` draws it, eps = (x_t - sqrt(alpha_bar_t) x0) /
+    sqrt(1 - alpha_bar_t) (Ho et al. 2020, eq. 4), v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0 (Salimans &
+    Ho 2022, sec. 4)."""
+
+    def __init__(self, scheduler, timestep: float, what: str, inner):
+        super().__init__(scheduler, timestep, inner)
+        self.what = what  # "eps", "x0" or "v"
+
+    def __call__(self, pair) -> np.ndarray:
+        model_output, sample = (as_array(x) for x in pair)
+        alpha_bar = self.alpha_bar
+        a, s = alpha_bar**0.5, (1 - alpha_bar) ** 0.5
+        x0 = x0_from(model_output, sample, alpha_bar, self.prediction_type)
+        if self.what == "x0":
+            return self.inner(x0)
+        eps = model_output if self.prediction_type == "epsilon" else (sample - a * x0) / s
+        return self.inner(eps if self.what == "eps" else a * eps - s * x0)

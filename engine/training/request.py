@@ -44,6 +44,8 @@ LORA_TEXT_LAYERS = ("q_proj", "k_proj", "v_proj", "out_proj")  # the CLIP text e
 MAX_LORA_RANK = 1024
 MAX_PROMPTS_CHARS = 2000
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers' names; a request's "" keeps the model's own
+
 
 @dataclass(frozen=True)
 class TrainRequest:
@@ -85,6 +87,10 @@ class TrainRequest:
     snr_gamma: float = 0.0  # Min-SNR loss weighting (Hang et al. 2023) with this gamma; 0 = plain MSE, 5 = the paper's
     validation_prompts: str = ""  # LoRA grids: prompts separated by '|'; "" = the data's first four distinct captions
     resume: bool = False  # continue run_name from its checkpoint
+    # What the UNet learns to predict and the zero-terminal-SNR schedule (Lin et al. 2023), as diffusers' training
+    # scripts take them: "" keeps the model's own (epsilon from scratch); full training of an unconditional UNet.
+    prediction_type: str = ""  # epsilon, v_prediction or sample; "" keeps the model's own (epsilon from scratch)
+    rescale_betas_zero_snr: bool = False  # beta_T rescaled so that alpha_bar_T = 0: pure noise at T
 
     def __post_init__(self):
         check_choice("preset", self.preset, PRESETS)
@@ -118,7 +124,11 @@ class TrainRequest:
         check_float("max gradient norm", self.max_grad_norm, 0.0, 1e6)
         check_choice("mixed precision", self.mixed_precision, MIXED_PRECISION)
         check_choice("beta schedule", self.beta_schedule, SAMPLER_BETA_SCHEDULES)  # the grids sample with DDIM
-        for name in ("clamp_batch_size", "use_ema", "random_flip", "lora_text_encoder", "resume"):
+        if self.prediction_type != "" and self.prediction_type not in PREDICTION_TYPES:
+            raise InputError(f"unknown prediction type {given(self.prediction_type)}; allowed: "
+                             f"{', '.join(PREDICTION_TYPES)}, or '' (the model's own)", field="prediction type")
+        for name in ("clamp_batch_size", "use_ema", "random_flip", "lora_text_encoder", "resume",
+                     "rescale_betas_zero_snr"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be true or false; got {given(getattr(self, name))}")
         if not isinstance(self.data, str) or not self.data.strip():

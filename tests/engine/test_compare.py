@@ -123,7 +123,8 @@ def test_sigmas_follow_alpha_bar():
         (dict(values=("DDIM", "Euler", "PNDM", "LMS", "Heun", "UniPC", "DDPM")),
          "give 2 to 6 values to compare; got 7"),
         (dict(values="DDIM, DDIM"), "the values to compare must differ; got DDIM, DDIM"),
-        (dict(axis="seed"), "unknown axis 'seed'; allowed: scheduler, steps, guidance scale, model"),
+        (dict(axis="seed"), "unknown axis 'seed'; allowed: scheduler, steps, guidance scale, model, guidance rescale, "
+                            "timestep spacing, seed blend"),
         (dict(axis="steps", values=("10", "ten")), "steps values must be whole numbers; got 'ten'"),
         (dict(axis="steps", values=(10, 2.5)), "steps values must be whole numbers; got 2.5"),
         (dict(axis="guidance scale", values=(3, "high")), "guidance scale values must be numbers; got 'high'"),
@@ -167,3 +168,47 @@ def test_at_most_six_columns():
     assert MAX_COLUMNS == 6
     request = CompareRequest(axis="steps", values=tuple(range(1, 7)))
     assert request.values == (1, 2, 3, 4, 5, 6)
+
+
+# -- the schedule lab's axes: guidance rescale and timestep spacing --------------------------------------------
+@pytest.mark.parametrize("axis, values, field", [
+    ("guidance rescale", ("0", "0.7"), "guidance_rescale"),
+    ("timestep spacing", ("leading", "trailing"), "timestep_spacing"),
+])
+def test_columns_equal_text_to_image_alone(bench, axis, values, field):
+    request = CompareRequest(axis=axis, values=values, prompt="a seven", seed=5, num_inference_steps=4,
+                             scheduler="DDIM", model="digits-sd")
+    done = list(bench.iter_compare(request))[-1]
+    assert isinstance(done, CompareDone)
+    finals = []
+    for value, column in zip(done.info["values"], done.columns):
+        alone = list(bench.iter_txt2img(Txt2ImgRequest(prompt="a seven", seed=5, num_inference_steps=4,
+                                                       scheduler="DDIM", model="digits-sd", **{field: value})))[-1]
+        assert np.array_equal(pixels(column.done.images[0]), pixels(alone.images[0]))
+        finals.append(pixels(column.done.images[0]))
+    assert np.abs(finals[0] - finals[1]).max() > 0  # the axis changes the image
+
+
+def test_unconditional_compares_spacings_but_not_guidance_rescale(bench):
+    request = CompareRequest(axis="timestep spacing", values=("leading", "trailing"), seed=1, num_inference_steps=3,
+                             scheduler="DDIM", model="digits-ddpm")
+    kind, columns = bench.compare_columns(request)
+    assert kind == "unconditional"
+    assert columns[1] == UnconditionalRequest(scheduler="DDIM", num_inference_steps=3, seed=1, model="digits-ddpm",
+                                              timestep_spacing="trailing")
+    with pytest.raises(InputError, match="^" + re.escape(
+            "unconditional models take no guidance rescale: compare schedulers, steps or models") + "$"):
+        bench.compare_columns(CompareRequest(axis="guidance rescale", values=("0", "0.7"), model="digits-ddpm"))
+
+
+@pytest.mark.parametrize("axis, values, message", [
+    ("guidance rescale", ("0", "1.5"), "guidance rescale value 1.5 is not one this axis takes: "
+                                       "guidance rescale must be a number from 0 to 1; got 1.5"),
+    ("guidance rescale", ("0", "lots"), "guidance rescale values must be numbers; got 'lots'"),
+    ("timestep spacing", ("leading", "evenly"), "timestep spacing value 'evenly' is not one this axis takes: "
+     "unknown timestep spacing 'evenly'; allowed: leading, linspace, trailing, '' (the model's own)"),
+])
+def test_values_an_axis_does_not_take_are_said_on_values(bench, axis, values, message):
+    with pytest.raises(InputError, match="^" + re.escape(message) + "$") as info:
+        bench.compare_columns(CompareRequest(axis=axis, values=values, model="digits-sd"))
+    assert info.value.field == "values"

@@ -166,7 +166,8 @@ def test_our_own_png_gives_the_exact_request(tmp_path, tiny_sd):
     assert info.source == "Diffusion Workbench" and info.kind == "txt2img"
     assert info.settings == {"model": "tiny", "prompt": "a seven", "negative_prompt": "blur",
                              "num_inference_steps": 2, "guidance_scale": 7.5, "scheduler": "Heun", "seed": 42,
-                             "width": 64, "height": 64, "lora": "", "lora_scale": 1.0}
+                             "width": 64, "height": 64, "lora": "", "lora_scale": 1.0, "timestep_spacing": "",
+                             "guidance_rescale": 0.0}
     assert info.record == done.record and set(info.text) == {"parameters", "workbench"}
 
 

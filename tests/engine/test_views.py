@@ -104,7 +104,7 @@ def test_streamed_steps_carry_only_the_views_asked_for_and_the_history_all(tiny_
     assert all(isinstance(s.views["measures"].tensor, np.ndarray) and s.views["measures"].tensor.shape == (4,)
                for s in sent)
     (history,) = list(default.events(done))
-    assert all(set(s.views) == {"eps", "guidance", "measures"} for s in history.steps)
+    assert all(set(s.views) == {"eps", "guidance", "measures", "v"} for s in history.steps)
     assert all(isinstance(s.views["eps"].tensor, np.ndarray) for s in history.steps)
     np.testing.assert_array_equal(view_array(history.steps[2], "guidance"), view_array(done.steps[2], "guidance"))
 

@@ -249,7 +249,8 @@ SLOTS = dict(dataset="api-slots-data", resolution=12, batch_size=7, max_steps=3,
              preset="tiny", epochs=19, gradient_accumulation_steps=2, beta_schedule="squaredcos_cap_v2",
              num_train_timesteps=100, resume=False, clamp_batch_size=True, random_flip=True, first_sample_step=23,
              start_from="scratch", method="full", lora_rank=29, lora_alpha=31.5, lora_layers="cross-attention",
-             lora_text_encoder=True, snr_gamma=2.5, validation_prompts="a | b")
+             lora_text_encoder=True, snr_gamma=2.5, validation_prompts="a | b", prediction_type="v_prediction",
+             rescale_betas_zero_snr=True)
 # The same with ema and clamp_batch_size the other way round: any two of the four booleans differ in SLOTS, here,
 # or both (resume is false in both, random_flip and lora_text_encoder true in both). A scratch run records the LoRA
 # settings it does not use, so they can land in their fields here too.
@@ -259,7 +260,7 @@ DOCUMENTED = ["dataset", "resolution", "batch_size", "max_steps", "learning_rate
               "mixed_precision", "ema", "seed", "run_name", "save_every", "sample_every", "preset", "epochs",
               "gradient_accumulation_steps", "beta_schedule", "num_train_timesteps", "resume", "clamp_batch_size",
               "random_flip", "first_sample_step", "start_from", "method", "lora_rank", "lora_alpha", "lora_layers",
-              "lora_text_encoder", "snr_gamma", "validation_prompts"]
+              "lora_text_encoder", "snr_gamma", "validation_prompts", "prediction_type", "rescale_betas_zero_snr"]
 REQUEST_FIELD = {"dataset": "data", "ema": "use_ema", "epochs": "num_epochs"}
 
 

@@ -77,7 +77,8 @@ def test_ddpm_defaults_to_a_fast_sampler(client):
     """/ddpm with only a model and a seed samples with DDIM at 50 steps, not DDPM at the model's 1000."""
     params = {p["parameter_name"]: p for p in client.view_api(return_format="dict", print_info=False)
               ["named_endpoints"]["/ddpm"]["parameters"]}
-    assert list(params) == ["model", "scheduler", "steps", "seed", "batch_size", "batch_count", "compile"]  # in order
+    assert list(params) == ["model", "scheduler", "steps", "seed", "batch_size", "batch_count", "compile",
+                            "timestep_spacing"]  # in order
     assert params["scheduler"]["parameter_default"] == "DDIM" and params["steps"]["parameter_default"] == 50
     assert params["compile"]["parameter_default"] is False
     start = time.perf_counter()

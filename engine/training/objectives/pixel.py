@@ -83,11 +83,13 @@ class NoisePrediction:
     trained model's UNet and keeps its scheduler config (so its beta schedule and prediction type)."""
 
     def __init__(self, *, preset: str, resolution: int, channels: int, num_train_timesteps: int, beta_schedule: str,
-                 snr_gamma: float = 0.0):
+                 snr_gamma: float = 0.0, prediction_type: str = "", rescale_betas_zero_snr: bool = False):
         from diffusers import DDPMScheduler
 
         self.config = unet_config(preset, resolution, channels)
-        self.noise_scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
+        self.noise_scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+                                             prediction_type=prediction_type or "epsilon",
+                                             rescale_betas_zero_snr=rescale_betas_zero_snr)
         self.pretrained = None  # the base model's UNet for a fine-tune
         self.channels = channels  # what the data is converted to
         self.snr_gamma = snr_gamma
@@ -96,7 +98,8 @@ class NoisePrediction:
     def from_request(cls, request, data) -> "NoisePrediction":
         return cls(preset=request.preset, resolution=request.resolution, channels=data.channels,
                    num_train_timesteps=request.num_train_timesteps, beta_schedule=request.beta_schedule,
-                   snr_gamma=request.snr_gamma)
+                   snr_gamma=request.snr_gamma, prediction_type=request.prediction_type,
+                   rescale_betas_zero_snr=request.rescale_betas_zero_snr)
 
     @classmethod
     def from_pretrained(cls, base, request) -> "NoisePrediction":
@@ -119,6 +122,10 @@ class NoisePrediction:
         self.config = dict(unet.config)
         self.noise_scheduler = DDPMScheduler.from_pretrained(base.location, subfolder="scheduler",
                                                              local_files_only=base.local)
+        overrides = {**({"prediction_type": request.prediction_type} if request.prediction_type else {}),
+                     **({"rescale_betas_zero_snr": True} if request.rescale_betas_zero_snr else {})}
+        if overrides:  # as diffusers' training scripts override the base model's scheduler
+            self.noise_scheduler = DDPMScheduler.from_config(self.noise_scheduler.config, **overrides)
         self.pretrained = unet
         self.channels = unet.config.in_channels
         self.snr_gamma = request.snr_gamma
