@@ -41,6 +41,7 @@ from engine.errors import Cancelled, InputError, ModelLoadError, WorkbenchError
 from engine.events import Done, Started, Step
 from engine.sampling.img2img import Img2ImgRequest
 from engine.sampling.txt2img import Txt2ImgRequest
+from ui import gradio_compat
 from ui.common import DEVICE_QUEUE, stream_updates
 
 log = logging.getLogger(__name__)
@@ -192,36 +193,24 @@ class A1111Api:
         self.fn_index = event["id"]  # the fn index Gradio queues it by
 
     async def _enqueue(self, job: Job, request: Request) -> None:
-        """Put ``job`` in Gradio's queue behind the page's events, as the page's own join does (Gradio 6.31's
-        ``Queue.push``, a private API used only here; ``tests/ui/test_a1111_api.py`` runs it beside the page)."""
-        from gradio.data_classes import PredictBodyInternal
-        from gradio.route_utils import API_PREFIX
-
-        queue = request.app.get_blocks()._queue
-        self._forget_spent(queue)
-        # Gradio reads the caller's path to find its root URL and accepts only its own join route's.
-        path = f"{API_PREFIX}/queue/join"
-        join = Request(dict(request.scope, path=path, raw_path=path.encode(), query_string=b""))
-        body = PredictBodyInternal(data=[job.id], fn_index=self.fn_index, request=join)
+        """Put ``job`` in Gradio's queue behind the page's events, as the page's own join does
+        (``gradio_compat.queue_push``; ``tests/ui/test_a1111_api.py`` runs it beside the page)."""
+        self._forget_spent(request.app)
         self.jobs[job.id] = job
-        ok, detail, state = await queue.push(body=body, request=join, username=None)
+        ok, detail, state = await gradio_compat.queue_push(request.app, request, self.fn_index, [job.id])
         if not ok:
             self.jobs.pop(job.id, None)
-            raise ApiError(503 if state == "queue_full" else 500, str(detail))
+            raise ApiError(503 if state == "queue_full" else 500, detail)
         try:
             await job.finished.wait()
         finally:
             self.jobs.pop(job.id, None)
             self._spent.append(detail)  # the event's id, also its session's (none was given)
 
-    def _forget_spent(self, queue) -> None:
-        """Nobody reads the messages Gradio keeps for a job's event (the route answers): drop them once Gradio is
-        done with the event (it sends its last message after the job's function returned)."""
-        for event_id in list(self._spent):
-            if event_id not in queue.event_ids_to_events:
-                queue.pending_messages_per_session.pop(event_id, None)
-                queue.pending_event_ids_session.pop(event_id, None)
-                self._spent.remove(event_id)
+    def _forget_spent(self, app) -> None:
+        """Nobody reads the messages Gradio keeps for a job's event (the route answers): dropped once Gradio is done
+        with the event."""
+        self._spent = [event_id for event_id in self._spent if not gradio_compat.forget_event(app, event_id)]
 
     async def _run_job(self, job_id: str) -> None:
         """The queued event: the job's engine call, on the device queue. Never raises (nobody reads Gradio's

@@ -18,6 +18,8 @@ import logging
 import threading
 from collections import OrderedDict
 
+from ui import gradio_compat
+
 log = logging.getLogger(__name__)
 
 JOIN, CANCEL = "/gradio_api/queue/join", "/gradio_api/cancel"
@@ -114,13 +116,9 @@ class EarlyCancels:
 
 
 def _queued_or_running(scope, session_hash: str, event_id: str) -> bool:
-    """Whether Gradio's queue still holds ``event_id`` (waiting or running). Reads Gradio 6.31's private
-    ``Queue.pending_event_ids_session``; where it is gone, True (the last answered join is taken)."""
-    try:
-        return event_id in scope["app"].get_blocks()._queue.pending_event_ids_session.get(session_hash, ())
-    except (AttributeError, KeyError):
-        log.warning("Gradio's queue no longer has pending_event_ids_session: early cancels take the last join")
-        return True
+    """Whether Gradio's queue still holds ``event_id`` (waiting or running): ``gradio_compat.queued_or_running``,
+    whose test fails if Gradio changes what it reads."""
+    return gradio_compat.queued_or_running(scope["app"], session_hash, event_id)
 
 
 def _key(body: bytes) -> tuple | None:

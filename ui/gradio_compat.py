@@ -15,7 +15,11 @@ The uses:
   checked before Gradio reads them (:func:`check_file_inputs`);
 - ``processing_utils.save_pil_to_cache`` (with ``encode_pil_to_bytes`` and ``hash_bytes``): output images written
   atomically (:func:`cache_images_atomically`);
-- ``gradio.components.plot.PlotData``: a chart's value (:func:`plot_data`).
+- ``gradio.components.plot.PlotData``: a chart's value (:func:`plot_data`);
+- ``Blocks._queue``: ``Queue.push`` (and ``server_app``/``set_server_app``, as the join route sets them) with a ``PredictBodyInternal`` and ``route_utils.API_PREFIX`` (a job put in the
+  queue as the page's own join puts it: :func:`queue_push`), ``Queue.event_ids_to_events``,
+  ``pending_messages_per_session`` and ``pending_event_ids_session`` (whether an event is still queued or running,
+  :func:`queued_or_running`; a finished job's messages dropped, :func:`forget_event`).
 """
 
 from __future__ import annotations
@@ -214,3 +218,45 @@ def plot_data(kind: str, plot: str) -> PlotData:
     from gradio.components.plot import PlotData
 
     return PlotData(type=kind, plot=plot)
+
+
+# -- the queue ----------------------------------------------------------------------------------------------------
+def _queue(app):
+    """Gradio's ``Queue`` of the launched app (``routes.App``)."""
+    return app.get_blocks()._queue
+
+
+async def queue_push(app, request, fn_index: int, data: list) -> tuple[bool, str, str]:
+    """Put a run of event ``fn_index`` with ``data`` in the app's queue, as Gradio's own join route does (behind the
+    page's events, under the event's concurrency limit): (accepted, the event id or why not, Gradio's state word,
+    "queue_full" among them); the event is a session of its own, under its id. ``request``: the caller's Starlette request, its path made the join route's (Gradio
+    reads it to find its root URL and accepts only that route's)."""
+    from fastapi import Request
+    from gradio.data_classes import PredictBodyInternal
+    from gradio.route_utils import API_PREFIX
+
+    path = f"{API_PREFIX}/queue/join"
+    join = Request(dict(request.scope, path=path, raw_path=path.encode(), query_string=b""))
+    body = PredictBodyInternal(data=data, fn_index=fn_index, request=join)
+    queue = _queue(app)
+    if queue.server_app is None:  # as the join route does: an app not started by launch() has not set it yet
+        queue.set_server_app(app)
+    ok, detail, state = await queue.push(body=body, request=join, username=None)
+    return ok, str(detail), state
+
+
+def forget_event(app, event_id: str) -> bool:
+    """Drop what Gradio keeps for a finished event nobody reads (a job pushed by :func:`queue_push`, its own
+    session): its messages and its place among the session's pending events, which Gradio's own stream route
+    would drop as it read them. True once Gradio is done with it (after the function returned), else False."""
+    queue = _queue(app)
+    if event_id in queue.event_ids_to_events:
+        return False
+    queue.pending_messages_per_session.pop(event_id, None)
+    queue.pending_event_ids_session.pop(event_id, None)
+    return True
+
+
+def queued_or_running(app, session_hash: str, event_id: str) -> bool:
+    """Whether the app's queue still holds ``event_id`` of ``session_hash`` (waiting or running)."""
+    return event_id in _queue(app).pending_event_ids_session.get(session_hash, ())

@@ -6,6 +6,7 @@ test_bad_input.py.)"""
 import asyncio
 import concurrent.futures
 import re
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -107,3 +108,50 @@ def test_file_inputs_are_checked_before_gradio_reads_them(tmp_path, monkeypatch)
 def test_plot_data_is_what_gr_plot_shows():
     value = gradio_compat.plot_data("altair", '{"mark": "line"}')
     assert gr.Plot().postprocess(value).plot == '{"mark": "line"}'
+
+
+def test_a_job_pushed_on_the_queue_runs_as_a_join_and_its_messages_are_dropped_after():
+    """Blocks._queue: Queue.push with a PredictBodyInternal runs the event behind the queue (queue_push); while it
+    runs, pending_event_ids_session holds it (queued_or_running); once done, event_ids_to_events no longer does and
+    its kept messages go (forget_event)."""
+    import threading
+
+    from fastapi import Request
+
+    started, release = threading.Event(), threading.Event()
+    ran = []
+
+    def job(value):
+        started.set()
+        release.wait(timeout=60)
+        ran.append(value)
+
+    with gr.Blocks() as demo:
+        box = gr.Textbox(visible=False)
+        fn_index = gr.Button(visible=False).click(job, box, None, concurrency_limit=1)["id"]
+    server = gr.routes.App.create_app(demo)
+    pushed = {}
+
+    @server.post("/push")
+    async def push(request: Request):
+        pushed["answer"] = await gradio_compat.queue_push(request.app, request, fn_index, ["seven"])
+        return {"ok": True}
+
+    with TestClient(server) as http:
+        assert http.get("/gradio_api/startup-events").json() is True  # what launch() asks for: the queue starts
+        assert http.post("/push").status_code == 200
+        ok, event_id, state = pushed["answer"]
+        assert (ok, state) == (True, "success") and isinstance(event_id, str) and event_id
+        assert started.wait(timeout=60), "the pushed event never ran"
+        assert gradio_compat.queued_or_running(server, event_id, event_id)  # a session of its own
+        assert not gradio_compat.queued_or_running(server, "another session", event_id)
+        assert not gradio_compat.forget_event(server, event_id)  # still running: its messages stay
+        release.set()
+        queue = server.get_blocks()._queue
+        deadline = time.monotonic() + 60  # Gradio ends the event in its own loop after the function returns
+        while event_id in queue.event_ids_to_events and time.monotonic() < deadline:
+            http.get("/config")  # a round trip to the server lets its loop run: no fixed sleep
+        assert ran == ["seven"]
+        assert gradio_compat.forget_event(server, event_id)
+        assert event_id not in queue.pending_messages_per_session
+        assert not gradio_compat.queued_or_running(server, event_id, event_id)
