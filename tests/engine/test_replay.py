@@ -14,9 +14,9 @@ from PIL import Image, PngImagePlugin
 
 from engine.errors import InputError
 from engine.models.registry import BUILTINS
-from engine.sampling.pnginfo import read_png_text
-from engine.sampling.replay import CANNOT, DIFFERS, IDENTICAL, WITHIN, ReplayReport
-from engine.sampling.runrecord import image_sha256
+from engine.records.pnginfo import read_png_text
+from engine.records.replay import CANNOT, DIFFERS, IDENTICAL, WITHIN, ReplayReport
+from engine.records.runrecord import image_sha256
 from engine.sampling.txt2img import Txt2ImgRequest
 from engine.sampling.unconditional import UnconditionalRequest
 from engine.workbench import Folders, Workbench

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from engine.records.runs import iter_saved
 from engine.cancel import CancelToken
 from engine.errors import Cancelled, InputError
 from engine.events import Done, Started, Step
-from engine.sampling.outputs import read_parameters
+from engine.records.outputs import read_parameters
 from engine.sampling.schedulers import make_scheduler
 from engine.streaming import stream_latest
 from engine.sampling.unconditional import (
@@ -213,7 +214,8 @@ def test_cancel_stops_at_step(tiny_ddpm):
 
 def test_png_written_with_parameters(tiny_ddpm, tmp_path):
     request = UnconditionalRequest(scheduler="DDIM", num_inference_steps=4, seed=42, batch_size=2, model="tiny")
-    done = list(iter_unconditional(request, pipe=tiny_ddpm, outputs_dir=tmp_path))[-1]
+    done = list(iter_saved("unconditional", iter_unconditional(request, pipe=tiny_ddpm), pipe=tiny_ddpm,
+                           outputs_dir=tmp_path))[-1]
     assert len(done.paths) == 2
     for path in (*done.paths, done.grid):
         text = read_parameters(path)
@@ -287,7 +289,7 @@ def test_scrub_frames_are_bounded_by_count_and_memory(tiny_ddpm, monkeypatch):
 
 def test_a_probe_times_a_few_steps_and_saves_nothing(tiny_ddpm, tmp_path):
     request = UnconditionalRequest(scheduler="DDPM", batch_size=2)
-    events = list(iter_probe(request, pipe=tiny_ddpm, outputs_dir=tmp_path))
+    events = list(iter_probe(request, pipe=tiny_ddpm))
     done = events[-1]
     assert isinstance(done, Done) and len(done.steps) == PROBE_STEPS and len(done.images) == 2
     assert done.paths == () and not any(tmp_path.iterdir())
