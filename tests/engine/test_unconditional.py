@@ -227,7 +227,8 @@ def test_the_batch_grid_is_saved_beside_its_tiles(tiny_ddpm, tmp_path):
     from PIL import Image
 
     request = UnconditionalRequest(num_inference_steps=3, seed=5, batch_size=3)
-    done = list(iter_unconditional(request, pipe=tiny_ddpm, outputs_dir=tmp_path))[-1]
+    done = list(iter_saved("unconditional", iter_unconditional(request, pipe=tiny_ddpm), pipe=tiny_ddpm,
+                           outputs_dir=tmp_path))[-1]
     grid = done.grid
     assert grid.endswith("-grid.png") and all(Path(p).parent == Path(grid).parent for p in done.paths)
     with Image.open(grid) as im:
@@ -238,7 +239,8 @@ def test_the_batch_grid_is_saved_beside_its_tiles(tiny_ddpm, tmp_path):
         y, x = r * (16 + GRID_GAP), c * (16 + GRID_GAP)
         with Image.open(path) as tile:
             assert np.array_equal(saved[y:y + 16, x:x + 16], np.asarray(tile.convert("RGB")).astype(int))
-    one = list(iter_unconditional(replace(request, batch_size=1), pipe=tiny_ddpm, outputs_dir=tmp_path))[-1]
+    one = list(iter_saved("unconditional", iter_unconditional(replace(request, batch_size=1), pipe=tiny_ddpm),
+                          pipe=tiny_ddpm, outputs_dir=tmp_path))[-1]
     assert one.grid == "" and len(one.paths) == 1  # one image is its own grid: not saved twice
 
 
