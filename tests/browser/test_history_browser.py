@@ -157,3 +157,19 @@ def test_drop_an_a1111_png_and_send_it_to_text_to_image(page, tmp_path):
         ("7", "5.5", "DPM++ 2M Karras")
     assert (value(page, "t2i-width"), value(page, "t2i-height")) == ("40", "48")
     assert errors == []
+
+
+def test_replay_a_past_img2img_image_is_identical(page):
+    """Issue 23: an img2img run carries its record, so History replays it (the image it started from kept)."""
+    open_tab(page, "Noise")
+    page.locator("#i2i-prompt textarea").fill("a digit redrawn for replay")
+    set_number(page, "i2i-steps", 4)
+    set_number(page, "i2i-seed", 31)
+    page.locator("#i2i-run").click()
+    wait_text(page, "i2i-progress", "done")
+    open_tab(page, "History")
+    fill_and_enter(page.locator("#history-search textarea, #history-search input").first, "redrawn for replay")
+    page.locator("#history-gallery button").filter(has_text="31 · a digit redrawn for replay").first.click()
+    wait_text(page, "history-info", "redrawn for replay")
+    page.locator("#history-replay").click()
+    wait_text(page, "replay-progress", "Identical: the replay's image hashes as the run's did")
