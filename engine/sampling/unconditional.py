@@ -111,7 +111,7 @@ def iter_unconditional(
     DDPM run costs what the pipeline costs. ``Done.steps`` keeps each step's timing, and
     the previews of every k-th step counted back from the last (the last always): at most
     ``SCRUB_FRAMES`` steps and about ``SCRUB_BYTES`` of tensors, not every x_t of the run.
-    A batch is saved as its images and, beside them, their grid (``Done.grid``).
+    Nothing is saved here: the caller records and saves ``Done`` (engine.records.runs; a batch's grid beside it).
     """
     # 1. Resolve the seed and steps, build a fresh scheduler from the model's config.
     request = request.resolved(pipe)
