@@ -7,8 +7,9 @@ A replay ends in one of:
   (where it is at hand: the PNG given, or the one the bundle names in the outputs dir), with what differs
   between the run's environment and this one (device, dtype, library versions);
 - **differs**: they differ and the run's image is not at hand to measure by how much;
-- **cannot replay**: the model is not here, or is here but changed since the run (its files hash otherwise);
-  nothing is run.
+- **cannot replay**: the model is not here, or is here but changed since the run (its files hash otherwise), or
+  an img2img or SDEdit run's starting image (the record holds its hash) is not in the outputs dir
+  (:mod:`engine.records.runs` keeps it there); nothing is run.
 
 Run files that are not ours, from a newer format, or that name a model outside the models dir are refused
 with an :class:`InputError` before anything runs.
