@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from PIL import Image, PngImagePlugin  # noqa: E402
 
-from engine.sampling.history import HistoryQuery, ImageHistory  # noqa: E402
-from engine.sampling.outputs import a1111_parameters  # noqa: E402
+from engine.records.history import HistoryQuery, ImageHistory  # noqa: E402
+from engine.records.outputs import a1111_parameters  # noqa: E402
 
 GOAL_SECONDS = 1.0
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

@@ -84,7 +84,10 @@ class Done:
     paths: tuple[str, ...] = ()
     code: str = ""  # plain-diffusers code that reproduces the images
     grid: str = ""  # a batch's grid, saved beside its images; "" for one image or nothing saved
-    record: dict = field(default_factory=dict)  # what replays the run (engine.sampling.runrecord); {} if stopped
+    record: dict = field(default_factory=dict)  # what replays the run (engine.records.runrecord); {} until recorded
+    # What the caller that records the run needs from the loop (engine.records.runs):
+    request: Any = None  # the request as run: seed drawn, size filled in
+    noise_sha256: str = ""  # the initial noise's hash (engine.sampling.hashes.tensor_sha256)
 
 
 @dataclass(frozen=True, eq=False)

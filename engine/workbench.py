@@ -25,13 +25,14 @@ from engine.forward import noise
 from engine.forward.noise import NoiseRequest, NoiseSchedule, NoiseStrip
 from engine.models.configs import latent_shape, native_size, read_scheduler_config, unet_side
 from engine.models.devices import default_torch_threads, resolve_device
-from engine.models.identity import file_sha256, identity_changes
 from engine.models.registry import BUILTIN_DIR, BUILTINS, ModelRegistry
 from engine.sampling import blend, unconditional
-from engine.sampling.history import HistoryPage, HistoryQuery, ImageHistory, check_image_path
-from engine.sampling.outputs import remove_stale_claims, save_png
-from engine.sampling.pnginfo import PngInfo, png_info
-from engine.sampling.replay import ReplayReport, cannot, export_bundle, read_bundle, verdict
+from engine.records import runs
+from engine.records.history import HistoryPage, HistoryQuery
+from engine.records.outputs import remove_stale_claims, save_png
+from engine.records.pnginfo import PngInfo
+from engine.records.policy import Records
+from engine.records.replay import ReplayReport
 from engine.sampling.compare import Column, ColumnResult, CompareDone, CompareRequest, CompareStarted, sigmas_at
 from engine.sampling.img2img import (FIXED_SIZE, STRIP_STRENGTHS, Img2ImgRequest, StripFrame, output_size, sdedit_size,
                                     similarity, size_from, start_timestep)
@@ -87,7 +88,8 @@ class Workbench:
             log.warning("removed %d number claim(s) of a killed process from %s", len(removed), folders.outputs_dir)
         cache_bytes = None if model_cache_gb is None else int(model_cache_gb * 1e9)
         self.registry = ModelRegistry(folders.models_dir, self.placement, cache_bytes=cache_bytes)
-        self.image_history = ImageHistory(folders.outputs_dir)  # the outputs dir's images, for History
+        # History, PNG Info, Export run and Replay's checks; replays run on the device's queue (_run).
+        self.records = Records(folders.outputs_dir, self.registry, self._run, self.default_model)
         self.torch_threads = torch_threads or default_torch_threads(self.placement)
         # One sampling run on the device at a time. In this process the run holds the lock in its own thread
         # until its loop has really ended; the worker process takes its runs one at a time.
@@ -497,134 +499,37 @@ class Workbench:
     @staticmethod
     def final_image(done: Done) -> Image.Image:
         """What a run ends with on the page: its image, or a batch as one grid, with the PNG parameters."""
-        return unconditional.final_image(done)
+        return runs.final_image(done)
 
     # -- history, PNG info, replay ----------------------------------------------------------
     def history_page(self, query: HistoryQuery = HistoryQuery()) -> HistoryPage:
         """A page of the outputs dir's images, newest first, filtered as ``query`` says."""
-        return self.image_history.page(query)
+        return self.records.history.page(query)
 
     def history_image(self, path: str) -> Path:
         """History image ``path`` (relative to the outputs dir): its file, checked to be one."""
-        return self.image_history.resolve(path)
+        return self.records.history.resolve(path)
 
     def history_thumbnail(self, path: str) -> Path:
         """What History's grid shows for ``path``: the image, or a smaller copy of a large one."""
-        return self.image_history.thumbnail(path)
+        return self.records.history.thumbnail(path)
 
     def trash_image(self, path: str) -> str:
         """Move history image ``path`` to the trash folder inside the outputs dir; returns its new path there."""
-        return self.image_history.trash(path)
+        return self.records.history.trash(path)
 
     def read_png_info(self, image: str | Path) -> PngInfo:
-        """What a PNG (ours, A1111/Forge's, ComfyUI's) says about how it was made, in this workbench's terms:
-        a model that is not here is moved to what cannot be used, as are settings the image's tab refuses."""
-        info = png_info(image, verify=True)
-        settings, unused = dict(info.settings), list(info.unused)
-        # 1. The model: its name, else A1111's name with .safetensors, where that is a model here.
-        model = settings.pop("model", None)
-        if model:
-            found = next((m for m in (model, f"{model}.safetensors") if self._model_here(m, info.kind)), None)
-            if found:
-                settings["model"] = found
-            else:
-                unused.append(f"model {model!r} is not here (not a built-in, nor under the models dir); "
-                              "the page's model is kept")
-        # 2. A LoRA: here, and fitting the model the settings go to.
-        if settings.get("lora"):
-            try:
-                self.registry.lora_file(settings.get("model") or self.default_model("txt2img"), settings["lora"])
-            except WorkbenchError as exc:
-                unused.append(f"LoRA {settings.pop('lora')!r} cannot be used here ({exc}); none is switched on")
-                settings.pop("lora_scale", None)
-        # 3. The scheduler: the unconditional tab offers fewer.
-        if info.kind == "unconditional" and settings.get("scheduler") not in (None, *self.schedulers(info.kind)):
-            unused.append(f"scheduler {settings.pop('scheduler')} is not offered for unconditional models")
-        return replace(info, settings=settings, unused=tuple(unused))
-
-    def _model_here(self, model: str, kind: str) -> bool:
-        try:
-            self.registry.check_available(model, kind)
-        except ModelLoadError:
-            return False
-        return True
+        """What a PNG (ours, A1111/Forge's, ComfyUI's) says about how it was made, in this workbench's terms."""
+        return self.records.read_png_info(image)
 
     def export_run(self, image: str | Path) -> dict:
-        """The replay bundle of a saved image (a path under the outputs dir, relative to it or not): its run's
-        record and the image's path, as "Export run" writes it to a file."""
-        path = self._outputs_path(image)
-        record = self.image_history.info(path).record
-        if record is not None and "batch_count" in record and "images_sha256" not in record:
-            raise InputError(f"{path} is the grid of a batch count's runs, not one run; export one of its images",
-                             field="image")
-        if record is None:
-            raise InputError(f"{path} has no run record (saved before runs were recorded, or not by this workbench);"
-                             " PNG Info shows its settings", field="image")
-        return export_bundle(record, path)
-
-    def _outputs_path(self, image: str | Path) -> str:
-        """``image`` as History names it (relative to the outputs dir), checked to be an image there. Taken as
-        History names it, as the page shows a saved file (``outputs/txt2img/...``), or as a loop returned it."""
-        text = check_image_path(str(image or ""))
-        path, outputs = Path(text), self.image_history.outputs_dir
-        if not path.is_absolute() and not (outputs / path).is_file():
-            if path.parts[:1] == ("outputs",) and (outputs / Path(*path.parts[1:])).is_file():
-                text = Path(*path.parts[1:]).as_posix()  # as the page shows it (Workbench.shown)
-            else:
-                path = path.resolve()  # relative to here, as a loop saved it under a relative --outputs-dir
-        if path.is_absolute():
-            try:
-                text = path.resolve().relative_to(outputs).as_posix()
-            except ValueError:
-                pass  # refused below, with History's own message
-        self.image_history.resolve(text)
-        return text
+        """The replay bundle of a saved image (a path under the outputs dir), as "Export run" writes it."""
+        return self.records.export_run(image)
 
     def iter_replay(self, run_file: str | Path, *,
                     cancel: CancelToken | None = None) -> Iterator[Started | Step | Done | ReplayReport]:
-        """Replay the run in ``run_file`` (a bundle "Export run" wrote, or a PNG this workbench saved): its events,
-        then a :class:`ReplayReport` saying whether the images came out identical (see
-        :mod:`engine.sampling.replay`). A model that is missing or changed ends it before anything runs."""
-        # 1. The bundle, checked: ours, a format this version reads, a model name inside the models dir.
-        bundle = read_bundle(run_file)
-        model = bundle.request.model
-        # 2. The model: here, and the same bytes as in the run.
-        try:
-            ref = self.registry.check_available(model, MODEL_KIND[bundle.kind])
-            current = self.registry.identity(ref)
-        except ModelLoadError as exc:
-            yield cannot(f"the model {model!r} is not here ({exc})")
-            return
-        changes = identity_changes(bundle.record["model"], current)
-        if changes:
-            yield cannot(f"the model {model!r} here is not the run's: {'; '.join(changes)}")
-            return
-        lora = bundle.record.get("lora") or {}
-        if lora:  # the LoRA too: here, fitting the model, and the same bytes
-            try:
-                path = self.registry.lora_file(model, lora.get("name", ""))
-            except WorkbenchError as exc:
-                yield cannot(f"the LoRA {lora.get('name')!r} is not here ({exc})")
-                return
-            if path is None or file_sha256(path) != lora.get("sha256"):
-                yield cannot(f"the LoRA {lora.get('name')!r} here is not the run's: its file hashes otherwise")
-                return
-        # 3. The run again, on the device's queue like any other, then the verdict.
-        done = None
-        for event in self._run(bundle.kind, bundle.request, cancel, "streamed"):
-            if isinstance(event, Done):
-                done = event
-            yield event
-        yield verdict(bundle, done.record, done.images, done.paths, bundle.original or self._original(bundle))
-
-    def _original(self, bundle) -> Image.Image | None:
-        """The run's own image from the outputs dir, where the bundle names one that is still there."""
-        try:
-            path = self.image_history.resolve(bundle.image or "")
-            with Image.open(path) as im:
-                return im.copy()
-        except (WorkbenchError, OSError):
-            return None
+        """Replay the run in ``run_file`` (an exported run or a PNG saved here): its events, then a verdict."""
+        yield from self.records.iter_replay(run_file, cancel=cancel)
 
     # -- the forward process -----------------------------------------------------------
     @staticmethod

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOP = {"engine", "engine.errors", "engine.events", "engine.cancel", "engine.streaming", "engine.validation",
        "engine.files", "engine.images"}
 # Wings from the bottom up: each may import the top, itself and the wings before it.
-WINGS = ("models", "sampling", "worker", "forward", "training", "builtin", "testing")
+WINGS = ("models", "sampling", "records", "worker", "forward", "training", "builtin", "testing")
 FACADE = "engine.workbench"  # the front door: may import any wing
 
 

@@ -13,8 +13,8 @@ import gradio as gr
 
 from engine.errors import WorkbenchError
 from engine.events import Done, Started, Step
-from engine.sampling.history import HistoryQuery
-from engine.sampling.replay import IDENTICAL, WITHIN, ReplayReport
+from engine.records.history import HistoryQuery
+from engine.records.replay import IDENTICAL, WITHIN, ReplayReport
 from ui.common import (DEVICE_QUEUE, SELECT_KIND_TAB_JS, TAB_LABELS, friendly_errors, message_html, page_error,
                        progress_html, settings_updates, stream_updates, whole, write_run_file)
 

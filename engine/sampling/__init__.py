@@ -1,1 +1,2 @@
-"""Sampling: the denoising loops (text to image, unconditional), schedulers, previews and saved outputs."""
+"""Sampling: the denoising loops (text to image, img2img, unconditional), schedulers and previews. A loop yields
+its ``Done`` and saves nothing: engine.records records and saves it."""

@@ -27,7 +27,6 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import diffusers
@@ -41,7 +40,7 @@ from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
 from engine.images import RESIZE_MODES, open_rgb, resize_image
 from engine.sampling.fast import run_state
-from engine.sampling.outputs import save_png
+from engine.sampling.hashes import tensor_sha256
 from engine.sampling.preview import LatentRGBPreviewer, PixelPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_PROMPT_CHARS, Txt2ImgRequest, encode_prompt
@@ -182,7 +181,6 @@ def iter_img2img(
     *,
     pipe: StableDiffusionPipeline,
     cancel: CancelToken | None = None,
-    outputs_dir: str | Path | None = None,
 ) -> Iterator[Started | Step | Done]:
     """Noise the image to its strength's t, then denoise with the prompt, as ``StableDiffusionImg2ImgPipeline``."""
     # 1. Resolve the seed, bring the image to the run's size, build a fresh scheduler from the model's config.
@@ -251,8 +249,8 @@ def iter_img2img(
         decoded = vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=generator)[0]
         images = pipe.image_processor.postprocess(decoded, output_type="pil", do_denormalize=[True])
     info["elapsed"] = round(time.perf_counter() - start, 3)
-    paths = tuple(str(save_png(im, info, outputs_dir, "img2img")) for im in images) if outputs_dir else ()
-    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=code)
+    yield Done(images=tuple(images), info=info, steps=tuple(steps), code=code, request=request,
+               noise_sha256=tensor_sha256(noise))  # recorded and saved by the caller (engine.records.runs)
 
 
 def iter_sdedit(
@@ -260,7 +258,6 @@ def iter_sdedit(
     *,
     pipe: DDPMPipeline,
     cancel: CancelToken | None = None,
-    outputs_dir: str | Path | None = None,
 ) -> Iterator[Started | Step | Done]:
     """Noise the image to its strength's t, then run the /ddpm loop from there (SDEdit on an unconditional model)."""
     # 1. Resolve the seed, check the scheduler, steps and size against the model, bring the image to its size and
@@ -322,8 +319,8 @@ def iter_sdedit(
         image = (image / 2 + 0.5).clamp(0, 1)
         images = pipe.numpy_to_pil(image.cpu().permute(0, 2, 3, 1).numpy())
     info["elapsed"] = round(time.perf_counter() - start, 3)
-    paths = tuple(str(save_png(im, info, outputs_dir, "img2img")) for im in images) if outputs_dir else ()
-    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=code)
+    yield Done(images=tuple(images), info=info, steps=tuple(steps), code=code, request=request,
+               noise_sha256=tensor_sha256(noise))  # recorded and saved by the caller (engine.records.runs)
 
 
 @dataclass(frozen=True, eq=False)

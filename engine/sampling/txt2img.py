@@ -16,7 +16,6 @@ import secrets
 import time
 import weakref
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
@@ -29,9 +28,8 @@ from engine.events import Done, Preview, Started, Step
 from engine.sampling import fast
 from engine.sampling.attention import CrossAttentionCollector, collecting, token_count
 from engine.sampling.blend import blended_noise, check_blend
-from engine.sampling.outputs import save_png
 from engine.sampling.preview import LatentRGBPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
-from engine.sampling.runrecord import run_record, tensor_sha256
+from engine.sampling.hashes import tensor_sha256
 from engine.sampling.schedulers import (check_spacing, make_scheduler, scheduler_code, scheduler_spec,
                                         spacing_overrides)
 from engine.models.loras import MAX_LORA_SCALE, check_active, check_lora_name
@@ -136,7 +134,6 @@ def iter_txt2img(
     *,
     pipe: StableDiffusionPipeline,
     cancel: CancelToken | None = None,
-    outputs_dir: str | Path | None = None,
     attention: bool = False,
 ) -> Iterator[Started | Step | Done]:
     """Denoise step by step, yielding ``Started``, one ``Step`` per timestep, then ``Done``. ``attention``: each
@@ -227,10 +224,8 @@ def iter_txt2img(
         images = pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True])
     info["elapsed"] = round(time.perf_counter() - start, 3)
     info["steps_per_second"] = speed.steps_per_second()
-    record = run_record("txt2img", request, pipe, noise_sha256, images)
-    paths = tuple(str(save_png(im, info, outputs_dir, "txt2img", record=record)) for im in images) if outputs_dir \
-        else ()
-    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=code, record=record)
+    yield Done(images=tuple(images), info=info, steps=tuple(steps), code=code, request=request,
+               noise_sha256=noise_sha256)  # recorded and saved by the caller (engine.records.runs)
 
 
 _decode_flops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # VAE -> {what: floating-point operations}

@@ -17,7 +17,6 @@ import math
 import secrets
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import diffusers
@@ -29,9 +28,8 @@ from engine.cancel import CancelToken, check
 from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
 from engine.sampling import fast
-from engine.sampling.outputs import a1111_parameters, save_png
 from engine.sampling.preview import PixelPreviewer, X0Previewer, scaled, vp_scale
-from engine.sampling.runrecord import run_record, tensor_sha256
+from engine.sampling.hashes import tensor_sha256
 from engine.sampling.schedulers import (check_spacing, make_scheduler, scheduler_code, scheduler_spec,
                                         spacing_overrides)
 from engine.validation import check_bool, check_int, check_seed
@@ -106,7 +104,6 @@ def iter_unconditional(
     *,
     pipe: DDPMPipeline,  # or DDIMPipeline / PNDMPipeline: a UNet2DModel and a DDPM-family scheduler
     cancel: CancelToken | None = None,
-    outputs_dir: str | Path | None = None,
 ) -> Iterator[Started | Step | Done]:
     """Denoise from pure noise, yielding ``Started``, one ``Step`` per timestep, then ``Done``.
 
@@ -114,7 +111,7 @@ def iter_unconditional(
     DDPM run costs what the pipeline costs. ``Done.steps`` keeps each step's timing, and
     the previews of every k-th step counted back from the last (the last always): at most
     ``SCRUB_FRAMES`` steps and about ``SCRUB_BYTES`` of tensors, not every x_t of the run.
-    A batch is saved as its images and, beside them, their grid (``Done.grid``).
+    Nothing is saved here: the caller records and saves ``Done`` (engine.records.runs; a batch's grid beside it).
     """
     # 1. Resolve the seed and steps, build a fresh scheduler from the model's config.
     request = request.resolved(pipe)
@@ -182,10 +179,8 @@ def iter_unconditional(
         images = pipe.numpy_to_pil(image.cpu().permute(0, 2, 3, 1).numpy())
     info["elapsed"] = round(time.perf_counter() - start, 3)
     info["steps_per_second"] = speed.steps_per_second()
-    record = run_record("unconditional", request, pipe, noise_sha256, images)
-    paths, grid = _save(images, info, outputs_dir, record) if outputs_dir else ((), "")
-    yield Done(images=tuple(images), info=info, steps=tuple(steps), paths=paths, code=code, grid=grid,
-               record=record)
+    yield Done(images=tuple(images), info=info, steps=tuple(steps), code=code, request=request,
+               noise_sha256=noise_sha256)  # recorded and saved by the caller (engine.records.runs)
 
 
 def scrub_every(total: int, frame_bytes: int) -> int:
@@ -195,23 +190,11 @@ def scrub_every(total: int, frame_bytes: int) -> int:
     return max(1, math.ceil(total / frames))
 
 
-def _save(images: Sequence[Image.Image], info: dict, outputs_dir: str | Path,
-          record: dict | None = None) -> tuple[tuple[str, ...], str]:
-    """Each image as a PNG with the parameters and the run's record, then a batch's grid beside them ("" for
-    one image)."""
-    paths = tuple(str(save_png(im, info, outputs_dir, "unconditional", record=record)) for im in images)
-    if len(images) == 1:
-        return paths, ""
-    return paths, str(save_png(image_grid(images), info, outputs_dir, "unconditional", suffix="-grid",
-                               record=record))
-
-
 def iter_probe(
     request: UnconditionalRequest,
     *,
     pipe: DDPMPipeline,
     cancel: CancelToken | None = None,
-    outputs_dir: str | Path | None = None,  # taken for the loops' common signature; a probe saves nothing
 ) -> Iterator[Started | Step | Done]:
     """``PROBE_STEPS`` DDIM steps of ``request``'s batch size on ``pipe``, saved nowhere: what a step of this
     model costs on this device (the UNet is most of it whatever the scheduler; see :func:`seconds_per_step`)."""
@@ -240,15 +223,6 @@ class RunEstimate:
     @property
     def seconds(self) -> float:
         return self.num_inference_steps * self.seconds_per_step
-
-
-def final_image(done: Done) -> Image.Image:
-    """What the page shows at the end: the image, or the batch as a grid, with the PNG ``parameters`` text."""
-    image = image_grid(done.images)
-    if image is done.images[0]:
-        image = image.copy()  # the Done event's own image stays as it was
-    image.info["parameters"] = a1111_parameters(done.info)
-    return image
 
 
 def _info(request: UnconditionalRequest, scheduler: SchedulerMixin, shape: tuple[int, ...]) -> dict:

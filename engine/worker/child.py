@@ -67,14 +67,17 @@ def run_events(registry, kind: str, request, *, cancel: CancelToken | None, outp
     inheriting it: the LoRA and its scale (the request's; none for a request without one, img2img's included)
     and the attention processors (the model's own: :func:`engine.sampling.fast.reset`). Compiling is the request's
     (a compiled UNet is a wrapper beside the model, never the model), and each loop builds its scheduler afresh
-    from the model's config. The loops write what was set into the run's info and record (``state``)."""
+    from the model's config. The loops write what was set into the run's info and record (``state``); the run's
+    ``Done`` is recorded and saved in ``outputs_dir`` here (a probe's is neither: :mod:`engine.records.runs`)."""
+    from engine.records.runs import iter_saved
     from engine.sampling import fast
 
     pipe = yield from registry.iter_load(request.model, MODEL_KIND[kind], cancel=cancel)  # Loading events
     if MODEL_KIND[kind] == "txt2img":
         registry.use_lora(pipe, request.model, getattr(request, "lora", ""), getattr(request, "lora_scale", 1.0))
     fast.reset(pipe)
-    yield from loop_of(kind)(request, pipe=pipe, cancel=cancel, outputs_dir=outputs_dir, **loop_options(kind, views))
+    events = loop_of(kind)(request, pipe=pipe, cancel=cancel, **loop_options(kind, views))
+    yield from events if kind == "probe" else iter_saved(kind, events, pipe=pipe, outputs_dir=outputs_dir)
 
 
 def already_drawn(array: np.ndarray) -> np.ndarray:

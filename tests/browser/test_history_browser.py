@@ -106,18 +106,23 @@ def test_reuse_and_random_seed_buttons(page):
     page.wait_for_function("() => document.querySelector('#t2i-seed input').value === '-1'")
 
 
+def replay_in_history(page, search, caption):
+    """In History: search, pick the image captioned ``caption``, replay it, and wait for "Identical"."""
+    open_tab(page, "History")
+    fill_and_enter(page.locator("#history-search textarea, #history-search input").first, search)
+    page.locator("#history-gallery button").filter(has_text=caption).first.click()
+    wait_text(page, "history-status", "From Text to image")
+    page.locator("#history-replay").click()
+    wait_text(page, "replay-progress", "Identical: the replay's image hashes as the run's did")
+
+
 def test_replay_a_past_image_is_identical(page):
     set_number(page, "t2i-seed", 77)
     set_number(page, "t2i-steps", 3)
     page.locator("#t2i-prompt textarea").fill("a handwritten digit four replayed")
     generate(page)
     page.wait_for_selector("#t2i-export", state="visible")  # every result can be exported
-    open_tab(page, "History")
-    fill_and_enter(page.locator("#history-search textarea, #history-search input").first, "four replayed")
-    page.locator("#history-gallery button").filter(has_text="77 · a handwritten digit four").first.click()
-    wait_text(page, "history-status", "From Text to image")
-    page.locator("#history-replay").click()
-    wait_text(page, "replay-progress", "Identical: the replay's image hashes as the run's did")
+    replay_in_history(page, "four replayed", "77 · a handwritten digit four")
     wait_text(page, "replay-progress", ", a new image in History")  # issue 22 (9): it says what it added
     # The replay is saved like any run: two images now; the picked one goes to the trash, the replay stays.
     fill_and_enter(page.locator("#history-search textarea, #history-search input").first, "four replayed")
@@ -157,3 +162,14 @@ def test_drop_an_a1111_png_and_send_it_to_text_to_image(page, tmp_path):
         ("7", "5.5", "DPM++ 2M Karras")
     assert (value(page, "t2i-width"), value(page, "t2i-height")) == ("40", "48")
     assert errors == []
+
+
+def test_replay_a_past_img2img_image_is_identical(page):
+    """Issue 23: an img2img run carries its record, so History replays it (the image it started from kept)."""
+    open_tab(page, "Noise")
+    page.locator("#i2i-prompt textarea").fill("a digit redrawn for replay")
+    set_number(page, "i2i-steps", 4)
+    set_number(page, "i2i-seed", 31)
+    page.locator("#i2i-run").click()
+    wait_text(page, "i2i-progress", "done")
+    replay_in_history(page, "redrawn for replay", "31 · a digit redrawn for replay")

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from engine.errors import InputError
-from engine.sampling.history import HistoryQuery, ImageHistory
-from engine.sampling.outputs import save_png
+from engine.records.history import HistoryQuery, ImageHistory
+from engine.records.outputs import save_png
 
 T0 = 1_700_000_000  # the files' modification times, one second apart, set by the test
 

@@ -11,13 +11,14 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from engine.records.runs import iter_saved
 from engine.cancel import CancelToken
 from engine.errors import Cancelled, InputError
 from engine.events import Done, Started, Step
 from engine.images import RESIZE_MODES, resize_image
 from engine.sampling.img2img import (FIXED_SIZE, Img2ImgRequest, iter_img2img, iter_sdedit, output_size, similarity,
                                      start_timestep)
-from engine.sampling.outputs import a1111_parameters, read_parameters
+from engine.records.outputs import a1111_parameters, read_parameters
 from engine.sampling.schedulers import make_scheduler
 
 
@@ -282,7 +283,7 @@ def test_events_png_and_snippet(tiny_sd, photo, tmp_path, resize_mode):
     pipe = ModelRegistry(tmp_path, resolve_device("cpu")).load("m", "txt2img")
     request = Img2ImgRequest(photo, prompt="a seven", strength=0.5, num_inference_steps=8, scheduler="Euler a",
                              seed=4, model="m", width=48, height=64, resize_mode=resize_mode)
-    events = list(iter_img2img(request, pipe=pipe, outputs_dir=tmp_path / "out"))
+    events = list(iter_saved("img2img", iter_img2img(request, pipe=pipe), pipe=pipe, outputs_dir=tmp_path / "out"))
     started, steps, done = events[0], events[1:-1], events[-1]
     assert isinstance(started, Started) and isinstance(done, Done) and all(isinstance(s, Step) for s in steps)
     assert started.total == len(steps) == 4 and [int(s.timestep) for s in steps] == list(started.timesteps)

@@ -12,13 +12,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from engine.records.runs import iter_saved
 from engine.builtin.lora_proof import digit_image, draw_frame
 from engine.cancel import CancelToken
 from engine.errors import DataError, InputError
 from engine.models.devices import resolve_device
 from engine.models.loras import METADATA_KEY, architecture
 from engine.models.registry import BUILTINS, ModelRegistry
-from engine.sampling.outputs import read_parameters
+from engine.records.outputs import read_parameters
 from engine.sampling.schedulers import make_scheduler
 from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img
 from engine.training import checkpoints as ckpt
@@ -182,8 +183,8 @@ def test_our_loop_with_a_lora_equals_the_pipeline_after_load_lora_weights(traine
     kw = dict(prompt=PROMPTS[0], num_inference_steps=8, guidance_scale=7.5, seed=11, model="digits-sd")
     # 1. Ours: the registry switches the LoRA on at ``scale``; the loop runs as always.
     registry.use_lora(pipe, "digits-sd", "lo", scale)
-    done = list(iter_txt2img(Txt2ImgRequest(**kw, lora="lo", lora_scale=scale), pipe=pipe,
-                             outputs_dir=tmp_path))[-1]
+    done = list(iter_saved("txt2img", iter_txt2img(Txt2ImgRequest(**kw, lora="lo", lora_scale=scale), pipe=pipe),
+                           pipe=pipe, outputs_dir=tmp_path))[-1]
     ours = np.asarray(done.images[0]).astype(int)
     # 2. diffusers: StableDiffusionPipeline after load_lora_weights, the scale through cross_attention_kwargs.
     reference = plain_pipeline()

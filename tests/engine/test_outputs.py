@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.sampling.outputs import save_png
+from engine.records.outputs import save_png
 
 HANG = 60  # seconds: only a guard that ends a test that would otherwise hang
 

@@ -12,8 +12,9 @@ import tracemalloc
 import pytest
 from PIL import Image, PngImagePlugin
 
+from engine.records.runs import iter_saved
 from engine.errors import InputError
-from engine.sampling.pnginfo import png_info, read_png_text
+from engine.records.pnginfo import png_info, read_png_text
 from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img
 from tests.crafted_png import chunk, crafted_png, deflated_zeros
 
@@ -159,9 +160,9 @@ def test_comfyui_sampler_without_equivalent(tmp_path):
 
 
 def test_our_own_png_gives_the_exact_request(tmp_path, tiny_sd):
-    done = list(iter_txt2img(Txt2ImgRequest(prompt="a seven", negative_prompt="blur", num_inference_steps=2,
-                                            scheduler="Heun", seed=42, model="tiny"), pipe=tiny_sd,
-                             outputs_dir=tmp_path))[-1]
+    request = Txt2ImgRequest(prompt="a seven", negative_prompt="blur", num_inference_steps=2, scheduler="Heun",
+                             seed=42, model="tiny")
+    done = list(iter_saved("txt2img", iter_txt2img(request, pipe=tiny_sd), pipe=tiny_sd, outputs_dir=tmp_path))[-1]
     info = png_info(done.paths[0], verify=True)
     assert info.source == "Diffusion Workbench" and info.kind == "txt2img"
     assert info.settings == {"model": "tiny", "prompt": "a seven", "negative_prompt": "blur",
@@ -246,7 +247,7 @@ def test_a_short_private_chunk_after_ihdr_is_skipped_not_looped_on(tmp_path):
 
 
 def test_a_history_listing_with_that_png_in_the_outputs_dir_returns(tmp_path):
-    from engine.sampling.history import HistoryQuery, ImageHistory
+    from engine.records.history import HistoryQuery, ImageHistory
 
     out = tmp_path / "outputs"
     (out / "txt2img").mkdir(parents=True)

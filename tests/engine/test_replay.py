@@ -14,9 +14,10 @@ from PIL import Image, PngImagePlugin
 
 from engine.errors import InputError
 from engine.models.registry import BUILTINS
-from engine.sampling.pnginfo import read_png_text
-from engine.sampling.replay import CANNOT, DIFFERS, IDENTICAL, WITHIN, ReplayReport
-from engine.sampling.runrecord import image_sha256
+from engine.records.pnginfo import read_png_text
+from engine.records.replay import CANNOT, DIFFERS, IDENTICAL, WITHIN, ReplayReport
+from engine.records.runrecord import image_sha256
+from engine.sampling.img2img import Img2ImgRequest
 from engine.sampling.txt2img import Txt2ImgRequest
 from engine.sampling.unconditional import UnconditionalRequest
 from engine.workbench import Folders, Workbench
@@ -155,7 +156,7 @@ def write_bundle(tmp_path, bench, image, **changes):
     (dict(version=2), "the run file is format version 2, newer than this workbench reads (up to 1); update the "
                       "workbench to replay it"),
     (dict(format="something-else"), "not a run file of this workbench: 'format' must be 'diffusion-workbench-run'"),
-    (dict(kind="noise"), "the run file's kind must be one of txt2img, unconditional; got 'noise'"),
+    (dict(kind="noise"), "the run file's kind must be one of txt2img, unconditional, img2img, sdedit; got 'noise'"),
     ("model=../outside", "the run file names model '../outside', outside the models dir; only built-ins, models "
                          "under the models dir and hub ids are replayed"),
     ("model=/etc/models/x", "the run file names model '/etc/models/x', outside the models dir; only built-ins, "
@@ -226,3 +227,33 @@ def test_a_run_with_a_lora_replays_identically_and_a_changed_lora_is_detected(be
     events, report = replay(bench, run_file)
     assert events == [] and report == ReplayReport(
         CANNOT, "Cannot replay: the LoRA 'lo' here is not the run's: its file hashes otherwise. Nothing was run.")
+
+
+def picture(size=(40, 32)) -> Image.Image:
+    """A small picture for img2img: a gradient with a block, unlike noise."""
+    x = np.linspace(0, 255, size[0], dtype=np.uint8)[None, :, None].repeat(size[1], 0).repeat(3, 2)
+    x[8:20, 10:24] = (200, 30, 60)
+    return Image.fromarray(x)
+
+
+@pytest.mark.parametrize("model, kind, scheduler", [("", "img2img", "Euler a"), ("mine", "sdedit", "DDPM")])
+def test_img2img_and_sdedit_replay_identically_from_their_png_and_file(bench, tmp_path, model, kind, scheduler):
+    """An img2img run carries a record (its request without the image, the image's hash) and keeps the image it
+    started from in the outputs dir, where a replay finds it; without it, nothing runs."""
+    request = Img2ImgRequest(image=picture(), prompt="a seven" if kind == "img2img" else "", strength=0.5,
+                             num_inference_steps=4, scheduler=scheduler, seed=-1, model=model)
+    done = list(bench.iter_img2img(request))[-1]
+    assert done.record["kind"] == kind and done.record["init_sha256"] == image_sha256(picture())
+    assert done.record["request"]["seed"] == done.info["seed"] >= 0 and "image" not in done.record["request"]
+    _, report = replay(bench, done.paths[0])
+    assert report.outcome == IDENTICAL
+    assert np.array_equal(np.asarray(Image.open(report.paths[0])), np.asarray(Image.open(done.paths[0])))
+    assert replay(bench, export(bench, tmp_path, done.paths[0]))[1].outcome == IDENTICAL
+    # The image it started from, gone: refused before anything runs.
+    (init,) = (bench.folders.outputs_dir / ".inits").iterdir()
+    init.unlink()
+    before = saved_images(bench)
+    events, report = replay(bench, done.paths[0])
+    assert events == [] and saved_images(bench) == before and report == ReplayReport(
+        CANNOT, f"Cannot replay: the image the run started from (sha256 {image_sha256(picture())[:12]}…) is not in "
+                "this outputs dir, where each img2img run keeps it (.inits/). Nothing was run.")

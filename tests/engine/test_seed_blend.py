@@ -10,7 +10,7 @@ import torch
 from engine.errors import InputError
 from engine.sampling.blend import noise_norms, seed_noise, slerp
 from engine.sampling.compare import CompareRequest
-from engine.sampling.outputs import a1111_parameters
+from engine.records.outputs import a1111_parameters
 from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img
 
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from engine.records.runs import iter_saved
 from engine.errors import InputError
-from engine.sampling.outputs import a1111_parameters
-from engine.sampling.pnginfo import parse_a1111
+from engine.records.outputs import a1111_parameters
+from engine.records.pnginfo import parse_a1111
 from engine.sampling.schedulers import make_scheduler
 from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img
 from engine.sampling.unconditional import UnconditionalRequest, iter_unconditional
@@ -141,11 +142,11 @@ def test_unconditional_refuses_an_unknown_spacing():
 
 
 def test_replay_reads_spacing_and_rescale_back_from_the_png(tiny_sd, tmp_path):
-    from engine.sampling.replay import read_bundle
+    from engine.records.replay import read_bundle
 
     request = Txt2ImgRequest(**{**KW, "num_inference_steps": 2}, timestep_spacing="trailing", guidance_rescale=0.7,
                              model="tiny")
-    done = list(iter_txt2img(request, pipe=tiny_sd, outputs_dir=tmp_path))[-1]
+    done = list(iter_saved("txt2img", iter_txt2img(request, pipe=tiny_sd), pipe=tiny_sd, outputs_dir=tmp_path))[-1]
     bundle = read_bundle(done.paths[0])
     assert (bundle.request.timestep_spacing, bundle.request.guidance_rescale) == ("trailing", 0.7)
     again = list(iter_txt2img(bundle.request, pipe=tiny_sd))[-1]

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from engine.records.runs import iter_saved
 from engine.cancel import CancelToken
 from engine.errors import Cancelled, InputError
 from engine.events import Done, Started, Step
-from engine.sampling.outputs import read_parameters
+from engine.records.outputs import read_parameters
 from engine.sampling.schedulers import SCHEDULERS, make_scheduler
 from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img
 
@@ -96,8 +97,9 @@ def test_cancel_stops_at_step(tiny_sd):
 
 
 def test_png_written_with_parameters(tiny_sd, tmp_path):
-    done = list(iter_txt2img(Txt2ImgRequest("a red seven", negative_prompt="blue", num_inference_steps=2, seed=42,
-                                            model="tiny"), pipe=tiny_sd, outputs_dir=tmp_path))[-1]
+    done = list(iter_saved("txt2img", iter_txt2img(Txt2ImgRequest("a red seven", negative_prompt="blue",
+                                                                  num_inference_steps=2, seed=42, model="tiny"),
+                                                   pipe=tiny_sd), pipe=tiny_sd, outputs_dir=tmp_path))[-1]
     (path,) = done.paths
     text = read_parameters(path)
     assert text.splitlines()[0] == "a red seven"

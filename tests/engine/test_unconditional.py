@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from engine.records.runs import iter_saved
 from engine.cancel import CancelToken
 from engine.errors import Cancelled, InputError
 from engine.events import Done, Started, Step
-from engine.sampling.outputs import read_parameters
+from engine.records.outputs import read_parameters
 from engine.sampling.schedulers import make_scheduler
 from engine.streaming import stream_latest
 from engine.sampling.unconditional import (
@@ -213,7 +214,8 @@ def test_cancel_stops_at_step(tiny_ddpm):
 
 def test_png_written_with_parameters(tiny_ddpm, tmp_path):
     request = UnconditionalRequest(scheduler="DDIM", num_inference_steps=4, seed=42, batch_size=2, model="tiny")
-    done = list(iter_unconditional(request, pipe=tiny_ddpm, outputs_dir=tmp_path))[-1]
+    done = list(iter_saved("unconditional", iter_unconditional(request, pipe=tiny_ddpm), pipe=tiny_ddpm,
+                           outputs_dir=tmp_path))[-1]
     assert len(done.paths) == 2
     for path in (*done.paths, done.grid):
         text = read_parameters(path)
@@ -225,7 +227,8 @@ def test_the_batch_grid_is_saved_beside_its_tiles(tiny_ddpm, tmp_path):
     from PIL import Image
 
     request = UnconditionalRequest(num_inference_steps=3, seed=5, batch_size=3)
-    done = list(iter_unconditional(request, pipe=tiny_ddpm, outputs_dir=tmp_path))[-1]
+    done = list(iter_saved("unconditional", iter_unconditional(request, pipe=tiny_ddpm), pipe=tiny_ddpm,
+                           outputs_dir=tmp_path))[-1]
     grid = done.grid
     assert grid.endswith("-grid.png") and all(Path(p).parent == Path(grid).parent for p in done.paths)
     with Image.open(grid) as im:
@@ -236,7 +239,8 @@ def test_the_batch_grid_is_saved_beside_its_tiles(tiny_ddpm, tmp_path):
         y, x = r * (16 + GRID_GAP), c * (16 + GRID_GAP)
         with Image.open(path) as tile:
             assert np.array_equal(saved[y:y + 16, x:x + 16], np.asarray(tile.convert("RGB")).astype(int))
-    one = list(iter_unconditional(replace(request, batch_size=1), pipe=tiny_ddpm, outputs_dir=tmp_path))[-1]
+    one = list(iter_saved("unconditional", iter_unconditional(replace(request, batch_size=1), pipe=tiny_ddpm),
+                          pipe=tiny_ddpm, outputs_dir=tmp_path))[-1]
     assert one.grid == "" and len(one.paths) == 1  # one image is its own grid: not saved twice
 
 
@@ -287,7 +291,7 @@ def test_scrub_frames_are_bounded_by_count_and_memory(tiny_ddpm, monkeypatch):
 
 def test_a_probe_times_a_few_steps_and_saves_nothing(tiny_ddpm, tmp_path):
     request = UnconditionalRequest(scheduler="DDPM", batch_size=2)
-    events = list(iter_probe(request, pipe=tiny_ddpm, outputs_dir=tmp_path))
+    events = list(iter_probe(request, pipe=tiny_ddpm))
     done = events[-1]
     assert isinstance(done, Done) and len(done.steps) == PROBE_STEPS and len(done.images) == 2
     assert done.paths == () and not any(tmp_path.iterdir())

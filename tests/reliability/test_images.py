@@ -70,8 +70,8 @@ def test_images_of_too_many_pixels_are_refused_before_decoding(tmp_path):
 
 def test_training_uploads_png_info_and_replay_refuse_them_too(tmp_path):
     from engine.errors import DataError
-    from engine.sampling.pnginfo import png_info
-    from engine.sampling.replay import read_bundle
+    from engine.records.pnginfo import png_info
+    from engine.records.replay import read_bundle
     from engine.training.data import save_uploads
 
     (tmp_path / "big.png").write_bytes(black_png(12000, 12000))

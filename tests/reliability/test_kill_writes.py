@@ -24,7 +24,7 @@ import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
 from PIL import Image
-from engine.sampling.outputs import save_png
+from engine.records.outputs import save_png
 image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (384, 384, 3), dtype=np.uint8))
 print("ready", flush=True)
 while True:

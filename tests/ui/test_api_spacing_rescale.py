@@ -11,7 +11,7 @@ from diffusers import DDPMPipeline, StableDiffusionPipeline
 from PIL import Image
 
 from engine.models.registry import BUILTIN_DIR
-from engine.sampling.pnginfo import png_info
+from engine.records.pnginfo import png_info
 from engine.sampling.schedulers import make_scheduler
 
 ARGS = dict(model="digits-sd", prompt="a handwritten digit seven", negative_prompt="blurry", steps=6,

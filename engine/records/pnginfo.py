@@ -2,7 +2,7 @@
 
 Three writers are understood:
 
-- this workbench: the ``workbench`` chunk, a run's record as JSON (:mod:`engine.sampling.runrecord`), exact;
+- this workbench: the ``workbench`` chunk, a run's record as JSON (:mod:`engine.records.runrecord`), exact;
 - A1111 and Forge: the ``parameters`` chunk, documented text (``modules/infotext_utils.py``)::
 
       a photo of a cat
@@ -36,7 +36,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from engine.errors import InputError
 from engine.images import MAX_PIXELS, check_pixels
-from engine.sampling.outputs import RECORD_CHUNK
+from engine.records.outputs import RECORD_CHUNK
 from engine.sampling.schedulers import SCHEDULERS, TIMESTEP_SPACINGS
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS
 from engine.validation import MAX_SIDE

@@ -3,7 +3,7 @@ prompt; an image's settings; deleting moves an image to a trash folder inside th
 
 Fast with many images: a page lists the folders (names and modification times, no file is opened) and
 reads the metadata of the images it shows only. Filtering by model or prompt reads every candidate's
-metadata once: the PNG's text chunks, not its pixels (:func:`engine.sampling.pnginfo.read_png_text`),
+metadata once: the PNG's text chunks, not its pixels (:func:`engine.records.pnginfo.read_png_text`),
 kept in memory per (file, size, modification time). ``bench/history.py`` measures it with 10,000 images.
 """
 
@@ -21,7 +21,7 @@ from PIL import Image
 
 from engine.errors import InputError, WorkbenchError
 from engine.files import atomic_write
-from engine.sampling.pnginfo import PngInfo, png_info
+from engine.records.pnginfo import PngInfo, png_info
 from engine.validation import check_int, given
 
 PER_PAGE = 48  # images a page: a 8x6 grid of thumbnails

@@ -15,7 +15,7 @@ from engine.files import atomic_write, process_alive
 
 _lock = threading.Lock()
 NUMBERED = re.compile(r"^\.?(\d+)[-.]")  # an image "00012-seed...png" or a claim ".00012.claim"
-RECORD_CHUNK = "workbench"  # the PNG text chunk holding a run's record as JSON (engine.sampling.runrecord)
+RECORD_CHUNK = "workbench"  # the PNG text chunk holding a run's record as JSON (engine.records.runrecord)
 
 
 def a1111_parameters(info: dict) -> str:
@@ -48,7 +48,7 @@ def save_png(image: Image.Image, info: dict, outputs_dir: str | Path, kind: str,
              record: dict | None = None) -> Path:
     """Save under ``outputs_dir/kind/YYYY-MM-DD/NNNNN-seed<suffix>.png`` (the next number), written atomically,
     with A1111's ``parameters`` text and, where given, the run's ``record`` as JSON in the ``workbench`` chunk
-    (see :mod:`engine.sampling.runrecord`). The number is claimed exclusively (:func:`_claim_number`): the server
+    (see :mod:`engine.records.runrecord`). The number is claimed exclusively (:func:`_claim_number`): the server
     (grids) and the device worker (images) save into the same folders, and each number goes to one image."""
     folder = Path(outputs_dir) / kind / date.today().isoformat()
     folder.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,9 @@ A replay ends in one of:
   (where it is at hand: the PNG given, or the one the bundle names in the outputs dir), with what differs
   between the run's environment and this one (device, dtype, library versions);
 - **differs**: they differ and the run's image is not at hand to measure by how much;
-- **cannot replay**: the model is not here, or is here but changed since the run (its files hash otherwise);
-  nothing is run.
+- **cannot replay**: the model is not here, or is here but changed since the run (its files hash otherwise), or
+  an img2img or SDEdit run's starting image (the record holds its hash) is not in the outputs dir
+  (:mod:`engine.records.runs` keeps it there); nothing is run.
 
 Run files that are not ours, from a newer format, or that name a model outside the models dir are refused
 with an :class:`InputError` before anything runs.
@@ -27,13 +28,20 @@ from PIL import Image, UnidentifiedImageError
 from engine.errors import InputError
 from engine.images import check_pixels
 from engine.validation import given
-from engine.sampling.pnginfo import read_record
-from engine.sampling.runrecord import FORMAT, VERSION, image_sha256
+from engine.records.pnginfo import read_record
+from engine.records.runrecord import FORMAT, VERSION, image_sha256
+from engine.records.runs import SHA256
+from engine.sampling.img2img import Img2ImgRequest
 from engine.sampling.txt2img import Txt2ImgRequest
 from engine.sampling.unconditional import UnconditionalRequest, image_grid
 
 MAX_BUNDLE_BYTES = 1 << 20  # a run file is a few kilobytes
-REQUESTS = {"txt2img": Txt2ImgRequest, "unconditional": UnconditionalRequest}
+REQUESTS = {"txt2img": Txt2ImgRequest, "unconditional": UnconditionalRequest, "img2img": Img2ImgRequest,
+            "sdedit": Img2ImgRequest}
+MODEL_KIND = {"txt2img": "txt2img", "unconditional": "unconditional", "img2img": "txt2img", "sdedit": "unconditional"}
+# An img2img request is checked with this in place of its image, which the record holds as a hash
+# (``init_sha256``) and the replay finds in the outputs dir (engine.records.policy).
+NO_IMAGE = Image.new("RGB", (8, 8))
 # The environment's entries, as the verdict names them.
 ENVIRONMENT = {"device": "device", "device_name": "device name", "dtype": "dtype", "torch": "torch",
                "diffusers": "diffusers", "transformers": "transformers", "gradio": "gradio"}
@@ -46,7 +54,7 @@ class RunBundle:
     the replay can measure against it."""
 
     kind: str
-    request: Txt2ImgRequest | UnconditionalRequest
+    request: Txt2ImgRequest | UnconditionalRequest | Img2ImgRequest  # img2img's: the image still to be found
     record: dict
     image: str | None = None  # the run's image, relative to the outputs dir, as the bundle names it
     original: Image.Image | None = None  # the run's image itself, where a PNG was given
@@ -117,7 +125,7 @@ def check_bundle(record) -> RunBundle:
     fields = record.get("request")
     if not isinstance(fields, dict):
         raise InputError("the run file has no request", field="run file")
-    known = {f.name for f in dataclasses.fields(REQUESTS[kind])}
+    known = {f.name for f in dataclasses.fields(REQUESTS[kind])} - {"image"}
     unknown = sorted(set(fields) - known)
     if unknown:
         raise InputError(f"the run file's request has fields this workbench does not know: {', '.join(unknown)}",
@@ -138,7 +146,12 @@ def check_bundle(record) -> RunBundle:
     if not isinstance(record.get("lora") or {}, dict):
         raise InputError(f"the run file's 'lora' must be a table (name, scale, sha256) or null; got "
                          f"{given(record['lora'])}", field="run file")
-    request = REQUESTS[kind](**fields)  # each field checked as a run from the page is
+    starts_from_image = REQUESTS[kind] is Img2ImgRequest
+    if starts_from_image and not (isinstance(record.get("init_sha256"), str) and SHA256.match(record["init_sha256"])):
+        raise InputError(f"the run file's 'init_sha256' must be the SHA-256 of the image an {kind} run started "
+                         f"from (64 hex digits); got {given(record.get('init_sha256'))}", field="run file")
+    # each field checked as a run from the page is
+    request = REQUESTS[kind](**fields, image=NO_IMAGE) if starts_from_image else REQUESTS[kind](**fields)
     if request.seed < 0:
         raise InputError("the run file's seed is -1: a replay needs the seed the run drew", field="seed")
     image = record.get("image")
