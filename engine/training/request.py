@@ -169,6 +169,15 @@ class TrainRequest:
         return replace(self, run_name=f"{base}-{how}-{slug}-{stamp}")
 
 
+def checked_run_name(run_name: str) -> str:
+    """Run names are plain folder names: nothing that could point outside the models dir."""
+    run_name = (run_name.strip() if isinstance(run_name, str) else run_name) or ""
+    if not isinstance(run_name, str) or not RUN_NAME.match(run_name):
+        raise InputError(f"run name {given(run_name)} is not allowed; give the name of a run under the models dir "
+                         "(letters, digits, '.', '_' or '-')")
+    return run_name
+
+
 def resume_request(models_dir: str | Path, run_name: str, **changes) -> TrainRequest:
     """The request a run was started with, set to resume, with run-control fields changed.
 
