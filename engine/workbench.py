@@ -18,28 +18,22 @@ from engine.events import HISTORY_MODES, BatchDone, Done, Started, Step, StepsDr
 from engine.files import Folders, shown_paths
 from engine.images import check_pixels
 from engine.forward import noise
-from engine.forward.noise import NoiseSchedule
 from engine.models.devices import default_torch_threads, resolve_device
 from engine.models.identity import file_sha256, identity_changes
 from engine.models.registry import BUILTIN_DIR, ModelRegistry, default_model
 from engine.models.tokenizers import Tokenizers
-from engine.sampling import attention, compare, prerun, unconditional
+from engine.sampling import attention, compare, img2img, prerun, txt2img, unconditional
 from engine.sampling.history import HistoryPage, HistoryQuery, ImageHistory, check_image_path
 from engine.sampling.outputs import remove_stale_claims, save_png
 from engine.sampling.pnginfo import PngInfo, png_info
 from engine.sampling.replay import ReplayReport, cannot, export_bundle, read_bundle, verdict
-from engine.sampling.compare import CompareRequest
-from engine.sampling.img2img import STRIP_STRENGTHS, Img2ImgRequest, StripFrame
 from engine.sampling.schedulers import SCHEDULERS
-from engine.sampling.attention import AttentionDone, PromptTokens
-from engine.sampling.txt2img import Txt2ImgRequest
 from engine.sampling.views import DEFAULT_VIEWS
-from engine.sampling.unconditional import UNCONDITIONAL_SCHEDULERS, RunEstimate, UnconditionalRequest
 from engine.training.base import base_size
 from engine.training.checkpoints import list_runs
-from engine.training.data import UploadLimits, check_captioned, list_sources, save_uploads
+from engine.training.data import UploadLimits, list_sources, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
-from engine.training.request import TrainRequest, checked_run_name, resume_request
+from engine.training.request import TrainRequest, check_startable, checked_run_name, resume_request
 from engine.validation import check_choice
 from engine.worker.child import MODEL_KIND, WorkerConfig
 from engine.worker.process import DeviceWorker, RunRecord
@@ -53,10 +47,9 @@ class Workbench:
     def __init__(self, folders: Folders, device: str = "auto", *, worker: bool = True,
                  torch_threads: int | None = None, preview_interval: float = 0.1,
                  upload_limits: UploadLimits = UploadLimits(), model_cache_gb: float | None = None):
-        """``worker``: sample in a process of its own (the page's way: see :mod:`engine.worker`); False
-        samples in this process, on the calling thread. ``torch_threads``: intra-op threads for sampling
-        (None: all cores but one on a CPU). ``preview_interval``: seconds between streamed steps.
-        ``model_cache_gb``: the loaded models kept, in GB (None: a share of the memory they live in)."""
+        """``worker``: sample in a process of its own (:mod:`engine.worker`), else on the calling thread here.
+        ``torch_threads``: intra-op threads for sampling (None: all cores but one on a CPU). ``preview_interval``:
+        seconds between streamed steps. ``model_cache_gb``: the models kept loaded (None: a share of memory)."""
         self.folders = folders
         self.upload_limits = upload_limits
         self.placement = resolve_device(device)
@@ -67,10 +60,10 @@ class Workbench:
         self.registry = ModelRegistry(folders.models_dir, self.placement, cache_bytes=cache_bytes)
         self.image_history = ImageHistory(folders.outputs_dir)  # the outputs dir's images, for History
         self.torch_threads = torch_threads or default_torch_threads(self.placement)
-        self.worker = DeviceWorker(WorkerConfig(
-            models_dir=Path(folders.models_dir), outputs_dir=Path(folders.outputs_dir), device=device,
-            torch_threads=self.torch_threads, min_interval=preview_interval,
-            model_cache_bytes=cache_bytes)) if worker else None
+        config = WorkerConfig(models_dir=Path(folders.models_dir), outputs_dir=Path(folders.outputs_dir), device=device,
+                              torch_threads=self.torch_threads, min_interval=preview_interval,
+                              model_cache_bytes=cache_bytes)
+        self.worker = DeviceWorker(config) if worker else None
         self.runs = Runs(self.registry, self.worker, folders.outputs_dir)  # one sampling run on the device at a time
         self.step_times = StepTimes(self.registry, self.runs)  # unconditional runs' seconds a step, for estimates
         self.tokenizers = Tokenizers(self.registry)
@@ -79,17 +72,15 @@ class Workbench:
         # so the Unconditional tab samples the new weights. accelerate picks mps itself under "auto".
         self.training = TrainingManager(folders.models_dir, folders.data_dir,
                                         device="auto" if device == "mps" else device,
-                                        on_checkpoint=lambda name, path: self._forget(name))
+                                        on_checkpoint=lambda name, path: self.runs.forget(name))
 
     def start(self) -> None:
         """Start the sampling worker now, so the first run does not wait for it to import torch."""
-        if self.worker is not None:
-            self.worker.start()
+        self.runs.start()
 
     def close(self) -> None:
         """Stop the sampling worker (the training job, if any, goes on until it ends or is stopped)."""
-        if self.worker is not None:
-            self.worker.close()
+        self.runs.close()
 
     def shown(self, text: str) -> str:
         """``text`` (a path, a code snippet) as the page shows it: the models, data and outputs dirs written as
@@ -99,20 +90,15 @@ class Workbench:
 
     def recent_runs(self) -> list[RunRecord]:
         """The worker's latest sampling runs, oldest first: when each was queued, began and ended, and how."""
-        return self.worker.recent() if self.worker is not None else []
+        return self.runs.recent()
 
     def interrupt(self) -> bool:
         """Stop the run that holds the device now, whoever started it, at its next step; False when none does."""
-        return self.worker.interrupt() if self.worker is not None else False
+        return self.runs.interrupt()
 
     def activity(self) -> str | None:
         """What holds the device now, in words ("a text-to-image run", "an unconditional run"), or None."""
         return self.runs.activity()
-
-    def _forget(self, name: str) -> None:
-        self.registry.forget(name)
-        if self.worker is not None:
-            self.worker.forget(name)
 
     # -- models ----------------------------------------------------------------------
     def list_models(self, kind: str) -> list[str]:
@@ -133,7 +119,7 @@ class Workbench:
 
     def schedulers(self, kind: str) -> tuple[str, ...]:
         """The scheduler names a tab of ``kind`` offers (and its requests accept), default first."""
-        return UNCONDITIONAL_SCHEDULERS if kind == "unconditional" else tuple(SCHEDULERS)
+        return unconditional.UNCONDITIONAL_SCHEDULERS if kind == "unconditional" else tuple(SCHEDULERS)
 
     def list_loras(self, model: str = "") -> list[str]:
         """LoRAs under ``<models-dir>/loras/`` that fit the text-to-image ``model`` (the built-in when "")."""
@@ -153,49 +139,47 @@ class Workbench:
         check_pixels(path, field)
 
     # -- text to image, attention, compare -------------------------------------------
-    def iter_txt2img(self, request: Txt2ImgRequest, *, cancel: CancelToken | None = None, history: str = "drawn",
-                     views=DEFAULT_VIEWS, batch_count: int = 1) -> Iterator[Started | Step | Done | StepsDrawn | BatchDone]:
-        """Load the request's model (the built-in when none is named), then denoise step by step; ``history`` and
-        ``views`` as :meth:`engine.worker.process.DeviceWorker.iter_run` takes them. ``batch_count`` > 1 makes that
+    def iter_txt2img(self, request: txt2img.Txt2ImgRequest, *, cancel: CancelToken | None = None,
+                     history: str = "drawn", views=DEFAULT_VIEWS,
+                     batch_count: int = 1) -> Iterator[Started | Step | Done | StepsDrawn | BatchDone]:
+        """Denoise step by step (``history``, ``views``: see ``DeviceWorker.iter_run``); ``batch_count`` > 1 makes that
         many runs, seeds s, s+1, ..., each saved, then a grid of them all (:func:`engine.worker.runs.iter_batch`)."""
         check_choice("history", history, HISTORY_MODES)
-        request = replace(request, model=request.model or default_model("txt2img"))
-        yield from iter_batch("txt2img", request, batch_count, lambda r: self.runs("txt2img", r, cancel, history, views),
-                              self.folders.outputs_dir)
+        run = functools.partial(self.runs, "txt2img", cancel=cancel, history=history, views=views)
+        yield from iter_batch("txt2img", request, batch_count, run, self.folders.outputs_dir)
 
-    def prompt_tokens(self, model: str, prompt: str) -> PromptTokens:
-        """``prompt`` as text-to-image ``model``'s tokenizer splits it (the built-in when ""), with the model's limit."""
+    def prompt_tokens(self, model: str, prompt: str) -> attention.PromptTokens:
+        """``prompt`` as text-to-image ``model``'s tokenizer splits it (the built-in when "")."""
         return attention.model_prompt_tokens(self.registry, self.tokenizers, model, prompt)
 
-    def iter_attention(self, request: Txt2ImgRequest, *,
-                       cancel: CancelToken | None = None) -> Iterator[Started | Step | Done | AttentionDone]:
-        """``request`` as :meth:`iter_txt2img` runs it, with its tokens' cross-attention maps (:class:`AttentionDone`)."""
-        request = replace(request, model=request.model or default_model("txt2img"))
-        tokens = self.prompt_tokens(request.model, request.prompt)
-        yield from attention.iter_attention(request, tokens, self.runs, self.folders.outputs_dir, cancel)
+    def iter_attention(self, request: txt2img.Txt2ImgRequest, *,
+                       cancel: CancelToken | None = None) -> Iterator[Started | Step | Done | attention.AttentionDone]:
+        """``request`` as :meth:`iter_txt2img` runs it, with its tokens' cross-attention maps (``AttentionDone``)."""
+        return attention.iter_attention(request, self.registry, self.tokenizers, self.runs, self.folders.outputs_dir,
+                                        cancel)
 
-    def compare_columns(self, request: CompareRequest) -> tuple[str, tuple]:
+    def compare_columns(self, request: compare.CompareRequest) -> tuple[str, tuple]:
         """(the kind of the compared models, each column's request), or the error the comparison would end with."""
         return compare.compare_columns(self.registry, request)
 
-    def iter_compare(self, request: CompareRequest, *, cancel: CancelToken | None = None) -> Iterator[object]:
+    def iter_compare(self, request: compare.CompareRequest, *, cancel: CancelToken | None = None) -> Iterator[object]:
         """Each column's run, one after another on the device (:func:`engine.sampling.compare.iter_compare`)."""
         return compare.iter_compare(request, self.registry, self.runs,
                                     functools.partial(noise.run_sigmas, self.registry), cancel=cancel)
 
     # -- image to image (forward, then back) -------------------------------------------
-    def iter_img2img(self, request: Img2ImgRequest, *, cancel: CancelToken | None = None,
+    def iter_img2img(self, request: img2img.Img2ImgRequest, *, cancel: CancelToken | None = None,
                      history: str = "drawn") -> Iterator[Started | Step | Done | StepsDrawn]:
         """Noise the request's image to its strength's timestep, then denoise it (img2img, or SDEdit: /ddpm's loop)."""
         check_choice("history", history, HISTORY_MODES)
         request = replace(request, model=request.model or default_model("txt2img"))
         yield from self.runs(self.check_img2img(request), request, cancel, history)
 
-    def check_img2img(self, request: Img2ImgRequest) -> str:
+    def check_img2img(self, request: img2img.Img2ImgRequest) -> str:
         """The run kind ``request`` makes ("img2img" or "sdedit"), or the error it would end with (no model load)."""
         return prerun.check_img2img(self.registry, request)
 
-    def img2img_size(self, request: Img2ImgRequest) -> dict | None:
+    def img2img_size(self, request: img2img.Img2ImgRequest) -> dict | None:
         """The size a run of ``request`` makes, from its model's configs (:func:`prerun.img2img_size`)."""
         return prerun.img2img_size(self.registry, request)
 
@@ -203,20 +187,20 @@ class Workbench:
         """Where a run of ``strength`` starts on ``model``'s schedule, before it runs (:func:`prerun.img2img_start`)."""
         return prerun.img2img_start(self.registry, model, scheduler, num_inference_steps, strength)
 
-    def iter_strength_strip(self, request: Img2ImgRequest, *, strengths=STRIP_STRENGTHS,
-                            cancel: CancelToken | None = None) -> Iterator[StripFrame]:
+    def iter_strength_strip(self, request: img2img.Img2ImgRequest, *, strengths=img2img.STRIP_STRENGTHS,
+                            cancel: CancelToken | None = None) -> Iterator[img2img.StripFrame]:
         """``request`` at each of ``strengths`` (one seed for all), one run after another on the device."""
         return prerun.iter_strength_strip(request, self.iter_img2img, strengths=strengths, cancel=cancel)
 
     # -- unconditional ---------------------------------------------------------------
-    def iter_unconditional(self, request: UnconditionalRequest, *, cancel: CancelToken | None = None,
+    def iter_unconditional(self, request: unconditional.UnconditionalRequest, *, cancel: CancelToken | None = None,
                            batch_count: int = 1) -> Iterator[Started | Step | Done | BatchDone]:
         """Denoise from pure noise, ``batch_count`` runs as :meth:`iter_txt2img`; timed for the estimates."""
-        request = replace(request, model=request.model or default_model("unconditional"))
-        yield from iter_batch("unconditional", request, batch_count, lambda r: self.step_times.timed(r, cancel),
-                              self.folders.outputs_dir)
+        run = functools.partial(self.step_times.timed, cancel=cancel)
+        yield from iter_batch("unconditional", request, batch_count, run, self.folders.outputs_dir)
 
-    def estimate_unconditional(self, request: UnconditionalRequest, *, probe: bool = True) -> RunEstimate | None:
+    def estimate_unconditional(self, request: unconditional.UnconditionalRequest, *,
+                               probe: bool = True) -> unconditional.RunEstimate | None:
         """How long ``request`` would take on this device, before it starts (:meth:`StepTimes.estimate`)."""
         return self.step_times.estimate(request, probe=probe)
 
@@ -361,18 +345,13 @@ class Workbench:
     add_noise = staticmethod(noise.add_noise)  # x_t for each of the request's timesteps, one noise sample for all
     schedule_arrays = staticmethod(noise.schedule_arrays)  # beta_t, alpha_bar_t, ... and log SNR for t = 0..T-1
     visited_timesteps = staticmethod(noise.visited_timesteps)  # what a scheduler visits in its steps on a schedule
+    sample_image = staticmethod(noise.sample_image)  # one of the forward process's sample images, by name
 
-    @staticmethod
-    def sample_image(name: str) -> Image.Image:
-        """One of the forward process's sample images (``engine.forward.noise.SAMPLE_IMAGES``)."""
-        check_choice("sample image", name, noise.SAMPLE_IMAGES)
-        return noise.load_image(None, name)
-
-    def schedule_of_model(self, model: str) -> NoiseSchedule:
+    def schedule_of_model(self, model: str) -> noise.NoiseSchedule:
         """The noise schedule ``model`` was trained with, from its scheduler config."""
         return noise.model_schedule(self.registry, model)
 
-    def schedule_facts(self, schedule: NoiseSchedule, scheduler: str = "DDIM", num_inference_steps: int = 10,
+    def schedule_facts(self, schedule: noise.NoiseSchedule, scheduler: str = "DDIM", num_inference_steps: int = 10,
                        timestep_spacing: str | None = None, model: str | None = None) -> dict:
         """What ``schedule`` (``model``'s own where one is named) leaves at T, and what ``scheduler`` visits."""
         return noise.model_schedule_facts(self.registry, schedule, scheduler, num_inference_steps, timestep_spacing,
@@ -409,8 +388,7 @@ class Workbench:
 
     def check_training(self, request: TrainRequest) -> None:
         """What starting ``request`` would be refused for at once: a LoRA run's data must have captions."""
-        if request.method == "lora":
-            check_captioned(request.data)
+        check_startable(request)
 
     def resume_training(self, run_name: str, **changes) -> TrainStatus:
         """Continue ``run_name`` from its checkpoint; ``changes`` may only touch run control (steps, intervals)."""

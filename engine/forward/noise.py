@@ -170,6 +170,12 @@ def load_image(source: str | Path | Image.Image | np.ndarray | None, sample_imag
     return open_rgb(source)
 
 
+def sample_image(name: str) -> Image.Image:
+    """One of the sample images (:data:`SAMPLE_IMAGES`)."""
+    check_choice("sample image", name, SAMPLE_IMAGES)
+    return load_image(None, name)
+
+
 def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
     """Center-crop to a square, resize to ``resolution``, scale to [-1, 1]: (1, 3, H, W)."""
     w, h = image.size

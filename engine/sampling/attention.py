@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from engine.errors import InputError
 from engine.events import Done
+from engine.models.registry import default_model
 
 START_END = ("<|startoftext|>", "<|endoftext|>")
 
@@ -239,8 +240,6 @@ class AttentionDone:
 def model_prompt_tokens(registry, tokenizers, model: str, prompt: str) -> PromptTokens:
     """``prompt`` as text-to-image ``model``'s tokenizer splits it (``tokenizers(model)``, see
     :class:`engine.models.tokenizers.Tokenizers`); an :class:`InputError` for a model with no cross-attention."""
-    from engine.models.registry import default_model
-
     model = model or default_model("txt2img")
     if registry.kind_of(model) != "txt2img":
         raise InputError(f"{model!r} is an unconditional model: it has no cross-attention and takes no prompt, so "
@@ -248,12 +247,14 @@ def model_prompt_tokens(registry, tokenizers, model: str, prompt: str) -> Prompt
     return prompt_tokens(tokenizers(model), prompt or "")
 
 
-def iter_attention(request, tokens: PromptTokens, run, outputs_dir: str | Path, cancel=None):
+def iter_attention(request, registry, tokenizers, run, outputs_dir: str | Path, cancel=None):
     """``request`` run as Text to image runs it (``run``: the device's queue, :class:`engine.worker.runs.Runs`), every
-    step carrying the cross-attention maps of ``tokens``; after ``Done``, an :class:`AttentionDone` with the maps and
-    their ``.npz``, saved beside the image (``<image>.attention.npz``)."""
+    step carrying the cross-attention maps of its prompt's tokens (:func:`model_prompt_tokens`); after ``Done``, an
+    :class:`AttentionDone` with the maps and their ``.npz``, saved beside the image (``<image>.attention.npz``)."""
     from engine.sampling.views import step_attention
 
+    request = replace(request, model=request.model or default_model("txt2img"))
+    tokens = model_prompt_tokens(registry, tokenizers, request.model, request.prompt)
     done = None
     for event in run("txt2img", request, cancel, "streamed", views=("attention",)):  # as /txt2img's
         if isinstance(event, Done):

@@ -3,7 +3,8 @@ scrubbed together, each at the step where its sampler stands at the same timeste
 
 A column's run is the very run Text to image (or Unconditional) makes for its settings: the same request, the
 same loop, the same image. This module says what the columns are (:class:`CompareRequest`), the events that
-frame them, and which step of each column matches a point of the trajectory (:func:`lockstep`).
+frame them, which step of each column matches a point of the trajectory (:func:`lockstep`), and runs the columns
+one after another on the device's queue it is given (:func:`iter_compare`).
 """
 
 from __future__ import annotations

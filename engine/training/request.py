@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.training.base import METHODS, SCRATCH
-from engine.training.data import DataReport
+from engine.training.data import DataReport, check_captioned
 from engine.errors import InputError
 from engine.sampling.schedulers import SAMPLER_BETA_SCHEDULES
 from engine.training.objectives.pixel import PRESETS, size_multiple
@@ -167,6 +167,13 @@ class TrainRequest:
         base = re.sub(r"[^A-Za-z0-9]+", "-", self.start_from.split("/")[-1]).strip("-")[:20] or "model"
         how = "lora" if self.method == "lora" else "ft"
         return replace(self, run_name=f"{base}-{how}-{slug}-{stamp}")
+
+
+def check_startable(request: TrainRequest) -> None:
+    """What starting ``request`` would be refused for at once, found without reading an image: a LoRA run's data
+    must have captions (the built-in ``digits`` have none)."""
+    if request.method == "lora":
+        check_captioned(request.data)
 
 
 def checked_run_name(run_name: str) -> str:

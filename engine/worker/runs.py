@@ -21,7 +21,7 @@ from engine.sampling.outputs import save_png
 from engine.sampling.views import DEFAULT_VIEWS
 from engine.validation import check_batch_count
 from engine.worker.child import MODEL_KIND, run_events
-from engine.worker.process import DeviceWorker
+from engine.worker.process import DeviceWorker, RunRecord
 
 ACTIVITY = {"txt2img": "a text-to-image run", "probe": "a timing probe", "img2img": "an img2img run",
             "sdedit": "an img2img run"}  # what holds the device, in words; any other kind is an unconditional run
@@ -55,9 +55,32 @@ class Runs:
                 if isinstance(event, Done) and history == "after":  # here every preview is drawn on first look
                     yield StepsDrawn(event.steps)
 
+    def start(self) -> None:
+        """Start the worker now, so the first run does not wait for it to import torch."""
+        if self.worker is not None:
+            self.worker.start()
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+
+    def recent(self) -> list[RunRecord]:
+        """The worker's latest runs, oldest first: when each was queued, began and ended, and how."""
+        return self.worker.recent() if self.worker is not None else []
+
+    def interrupt(self) -> bool:
+        """Stop the run that holds the device now, whoever started it, at its next step; False when none does."""
+        return self.worker.interrupt() if self.worker is not None else False
+
+    def forget(self, name: str) -> None:
+        """Drop ``name``'s cached pipeline here and in the worker (a training run's new checkpoint)."""
+        self.registry.forget(name)
+        if self.worker is not None:
+            self.worker.forget(name)
+
     def activity(self) -> str | None:
         """What holds the device now, in words ("a text-to-image run", "an unconditional run"), or None."""
-        for record in reversed(self.worker.recent() if self.worker is not None else []):
+        for record in reversed(self.recent()):
             if record.started is not None and record.ended is None:
                 return ACTIVITY.get(record.kind, "an unconditional run")
         return None
@@ -68,8 +91,10 @@ def iter_batch(kind: str, request, batch_count: int, run: Callable[[object], Ite
     """``batch_count`` runs of ``request`` (``run(request)`` gives one run's events), seeds s, s+1, ... from its seed
     (drawn once where it is -1); each run's events are passed on, tagged in their info with ``batch_index`` and
     ``batch_count``; then a :class:`BatchDone` with the grid of all their images, saved beside them under
-    ``outputs_dir``. One cancel token ends the whole batch: a stopped run raises and no later run starts."""
+    ``outputs_dir``. One cancel token ends the whole batch: a stopped run raises and no later run starts. A request
+    that names no model runs the built-in of ``kind``."""
     # 1. One run is one run: nothing is tagged, no grid.
+    request = replace(request, model=request.model or default_model(MODEL_KIND[kind]))
     check_batch_count(batch_count)
     batch_count = int(batch_count)
     if batch_count == 1:
