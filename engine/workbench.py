@@ -1,6 +1,5 @@
-"""The engine's front door: one object per process that holds the device, the models and the folders, and offers
-every tab's work as plain Python calls, each delegated to its wing (documented there). Everything the page can do,
-a Python caller can do through this class alone."""
+"""The engine's front door: one object per process that holds the device, the models and the folders. Everything the
+page can do, a Python caller can do through its methods, each delegated to its wing (documented there)."""
 
 from __future__ import annotations
 
@@ -27,7 +26,6 @@ from engine.sampling.history import HistoryPage, HistoryQuery, ImageHistory, che
 from engine.sampling.outputs import remove_stale_claims, save_png
 from engine.sampling.pnginfo import PngInfo, png_info
 from engine.sampling.replay import ReplayReport, cannot, export_bundle, read_bundle, verdict
-from engine.sampling.schedulers import SCHEDULERS
 from engine.sampling.views import DEFAULT_VIEWS
 from engine.training.base import base_size
 from engine.training.checkpoints import list_runs
@@ -47,9 +45,8 @@ class Workbench:
     def __init__(self, folders: Folders, device: str = "auto", *, worker: bool = True,
                  torch_threads: int | None = None, preview_interval: float = 0.1,
                  upload_limits: UploadLimits = UploadLimits(), model_cache_gb: float | None = None):
-        """``worker``: sample in a process of its own (:mod:`engine.worker`), else on the calling thread here.
-        ``torch_threads``: intra-op threads for sampling (None: all cores but one on a CPU). ``preview_interval``:
-        seconds between streamed steps. ``model_cache_gb``: the models kept loaded (None: a share of memory)."""
+        """``worker``: sample in a process of its own (:mod:`engine.worker`), else here. ``torch_threads``: for sampling
+        (None: all cores but one on a CPU). ``model_cache_gb``: the models kept loaded (None: a share of memory)."""
         self.folders = folders
         self.upload_limits = upload_limits
         self.placement = resolve_device(device)
@@ -67,7 +64,6 @@ class Workbench:
         self.runs = Runs(self.registry, self.worker, folders.outputs_dir)  # one sampling run on the device at a time
         self.step_times = StepTimes(self.registry, self.runs)  # unconditional runs' seconds a step, for estimates
         self.tokenizers = Tokenizers(self.registry)
-        self._run = self.runs  # a sampling run of a kind on the device's queue (replay's way in)
         # One training job at a time, in the background; each checkpoint drops the run's cached pipeline,
         # so the Unconditional tab samples the new weights. accelerate picks mps itself under "auto".
         self.training = TrainingManager(folders.models_dir, folders.data_dir,
@@ -83,8 +79,7 @@ class Workbench:
         self.runs.close()
 
     def shown(self, text: str) -> str:
-        """``text`` (a path, a code snippet) as the page shows it: the models, data and outputs dirs written as
-        ``models``, ``data`` and ``outputs``, so nothing a person reads holds the server's absolute paths."""
+        """``text`` as the page shows it: the models, data and outputs dirs as ``models``, ``data``, ``outputs``."""
         return shown_paths(text, {"models": self.folders.models_dir, "data": self.folders.data_dir,
                                   "outputs": self.folders.outputs_dir, "builtin_models": BUILTIN_DIR})
 
@@ -100,14 +95,18 @@ class Workbench:
         """What holds the device now, in words ("a text-to-image run", "an unconditional run"), or None."""
         return self.runs.activity()
 
+    def _run(self, kind: str, request, cancel: CancelToken | None, history: str = "drawn",
+             views=DEFAULT_VIEWS) -> Iterator[Started | Step | Done | StepsDrawn]:
+        """A sampling run of ``kind`` on the device's queue (:class:`engine.worker.runs.Runs`; replay's way in)."""
+        return self.runs(kind, request, cancel, history, views)
+
     # -- models ----------------------------------------------------------------------
     def list_models(self, kind: str) -> list[str]:
         """Built-ins of ``kind`` ("txt2img" or "unconditional") first, then the models dir's."""
         return self.registry.list_models(kind)
 
-    def default_model(self, kind: str) -> str:
-        """The built-in every tab of ``kind`` starts with; an empty model string means it."""
-        return default_model(kind)
+    default_model = staticmethod(default_model)  # the built-in every tab of a kind starts with ("" means it)
+    schedulers = staticmethod(prerun.scheduler_names)  # the schedulers a tab of a kind offers, default first
 
     def model_kind(self, model: str) -> str:
         """"txt2img" or "unconditional": the kind of ``model`` (the text-to-image built-in when none is named)."""
@@ -116,10 +115,6 @@ class Workbench:
     def check_model(self, model: str, kind: str) -> None:
         """Raise the :class:`ModelLoadError` a run of ``model`` would end with, where known without loading it."""
         self.registry.check_available(model or default_model(kind), kind)
-
-    def schedulers(self, kind: str) -> tuple[str, ...]:
-        """The scheduler names a tab of ``kind`` offers (and its requests accept), default first."""
-        return unconditional.UNCONDITIONAL_SCHEDULERS if kind == "unconditional" else tuple(SCHEDULERS)
 
     def list_loras(self, model: str = "") -> list[str]:
         """LoRAs under ``<models-dir>/loras/`` that fit the text-to-image ``model`` (the built-in when "")."""
@@ -138,12 +133,11 @@ class Workbench:
         """Raise the :class:`InputError` an image file of too many pixels gets, from its header alone."""
         check_pixels(path, field)
 
-    # -- text to image, attention, compare -------------------------------------------
+    # -- sampling: text to image, attention, compare, image to image, unconditional ----
     def iter_txt2img(self, request: txt2img.Txt2ImgRequest, *, cancel: CancelToken | None = None,
                      history: str = "drawn", views=DEFAULT_VIEWS,
                      batch_count: int = 1) -> Iterator[Started | Step | Done | StepsDrawn | BatchDone]:
-        """Denoise step by step (``history``, ``views``: see ``DeviceWorker.iter_run``); ``batch_count`` > 1 makes that
-        many runs, seeds s, s+1, ..., each saved, then a grid of them all (:func:`engine.worker.runs.iter_batch`)."""
+        """Denoise step by step (``history``, ``views``: as ``DeviceWorker.iter_run``), ``batch_count`` runs."""
         check_choice("history", history, HISTORY_MODES)
         run = functools.partial(self.runs, "txt2img", cancel=cancel, history=history, views=views)
         yield from iter_batch("txt2img", request, batch_count, run, self.folders.outputs_dir)
@@ -167,7 +161,6 @@ class Workbench:
         return compare.iter_compare(request, self.registry, self.runs,
                                     functools.partial(noise.run_sigmas, self.registry), cancel=cancel)
 
-    # -- image to image (forward, then back) -------------------------------------------
     def iter_img2img(self, request: img2img.Img2ImgRequest, *, cancel: CancelToken | None = None,
                      history: str = "drawn") -> Iterator[Started | Step | Done | StepsDrawn]:
         """Noise the request's image to its strength's timestep, then denoise it (img2img, or SDEdit: /ddpm's loop)."""
@@ -192,7 +185,6 @@ class Workbench:
         """``request`` at each of ``strengths`` (one seed for all), one run after another on the device."""
         return prerun.iter_strength_strip(request, self.iter_img2img, strengths=strengths, cancel=cancel)
 
-    # -- unconditional ---------------------------------------------------------------
     def iter_unconditional(self, request: unconditional.UnconditionalRequest, *, cancel: CancelToken | None = None,
                            batch_count: int = 1) -> Iterator[Started | Step | Done | BatchDone]:
         """Denoise from pure noise, ``batch_count`` runs as :meth:`iter_txt2img`; timed for the estimates."""
@@ -382,13 +374,11 @@ class Workbench:
         """The resolution a run starting from ``start_from`` trains at (:func:`engine.training.base.base_size`)."""
         return base_size(self.registry, start_from, method)
 
+    check_training = staticmethod(check_startable)  # what starting a request would be refused for at once
+
     def start_training(self, request: TrainRequest) -> TrainStatus:
         """Start ``request`` in the background; returns once its first step is about to run."""
         return self.training.start(request)
-
-    def check_training(self, request: TrainRequest) -> None:
-        """What starting ``request`` would be refused for at once: a LoRA run's data must have captions."""
-        check_startable(request)
 
     def resume_training(self, run_name: str, **changes) -> TrainStatus:
         """Continue ``run_name`` from its checkpoint; ``changes`` may only touch run control (steps, intervals)."""

@@ -1,6 +1,6 @@
-"""What a run will make, and what it would be refused for, read from its model's configs before it loads: an
-unconditional model's default steps, a text-to-image model's size, and img2img's kind, size and start. Also the
-strength strip, img2img at several strengths one after another.
+"""What a run will make, and what it would be refused for, read from its model's configs before it loads: the
+schedulers a kind takes, an unconditional model's default steps, a text-to-image model's size, and img2img's kind,
+size and start. Also the strength strip, img2img at several strengths one after another.
 
 Each function takes the model registry (:class:`engine.models.registry.ModelRegistry`) it reads through.
 """
@@ -18,9 +18,14 @@ from engine.models.configs import native_size, read_scheduler_config, unet_side
 from engine.models.registry import default_model, local_config_folder
 from engine.sampling.img2img import (FIXED_SIZE, STRIP_STRENGTHS, Img2ImgRequest, StripFrame, output_size, sdedit_size,
                                      similarity, size_from, start_timestep)
-from engine.sampling.schedulers import scheduler_spec
+from engine.sampling.schedulers import SCHEDULERS, scheduler_spec
 from engine.sampling.unconditional import UNCONDITIONAL_SCHEDULERS, default_num_inference_steps
 from engine.validation import check_int
+
+
+def scheduler_names(kind: str) -> tuple[str, ...]:
+    """The scheduler names a tab of ``kind`` offers (and its requests accept), default first."""
+    return UNCONDITIONAL_SCHEDULERS if kind == "unconditional" else tuple(SCHEDULERS)
 
 
 def default_steps(registry, model: str, scheduler: str) -> int | None:
