@@ -45,8 +45,9 @@ class Workbench:
     def __init__(self, folders: Folders, device: str = "auto", *, worker: bool = True,
                  torch_threads: int | None = None, preview_interval: float = 0.1,
                  upload_limits: UploadLimits = UploadLimits(), model_cache_gb: float | None = None):
-        """``worker``: sample in a process of its own (:mod:`engine.worker`), else here. ``torch_threads``: for sampling
-        (None: all cores but one on a CPU). ``model_cache_gb``: the models kept loaded (None: a share of memory)."""
+        """``worker``: sample in a process of its own (:mod:`engine.worker`), else here; ``torch_threads``: for sampling
+        (None: all cores but one on a CPU); ``preview_interval``: seconds between streamed steps; ``model_cache_gb``:
+        the loaded models kept, in GB (None: a share of the memory they live in)."""
         self.folders = folders
         self.upload_limits = upload_limits
         self.placement = resolve_device(device)

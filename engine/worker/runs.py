@@ -61,6 +61,7 @@ class Runs:
             self.worker.start()
 
     def close(self) -> None:
+        """Stop the worker process, if any."""
         if self.worker is not None:
             self.worker.close()
 
