@@ -1,4 +1,5 @@
-"""Files as the app writes and names them: the one atomic-write helper, and paths as a person reads them.
+"""Files as the app writes and names them: the one atomic-write helper, paths as a person reads them, and the
+folders a workbench owns (:class:`Folders`).
 
 Folders (training checkpoints) are swapped in whole by :mod:`engine.training.checkpoints`,
 which uses :func:`fsync_path` from here.
@@ -8,17 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import shutil
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
 from engine.errors import StorageError
 
-
+log = logging.getLogger(__name__)
 PARTIAL = re.compile(r"^\..+\.(\d+)-[^.]*\.tmp$")  # a write under way: .<name>.<pid>-<random>.tmp
 _writing: set[str] = set()  # this process's partial writes under way
 _writing_lock = threading.Lock()
@@ -136,3 +139,19 @@ def shown_paths(text: str, folders: Mapping[str, str | os.PathLike]) -> str:
     for form in sorted(forms, key=len, reverse=True):
         text = re.sub(re.escape(form) + r"(?![\w.-])", lambda _, name=forms[form]: name, text)
     return text
+
+
+@dataclass(frozen=True)
+class Folders:
+    models_dir: Path  # user models and the Training tab's checkpoints
+    data_dir: Path  # image folders for training
+    outputs_dir: Path  # generated PNGs
+
+    def prepare(self) -> None:
+        """Create the folders; what a process killed mid-write left in them (a PNG, an upload's hidden folder) goes,
+        so nothing half-written is listed."""
+        for folder in (self.models_dir, self.data_dir, self.outputs_dir):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        for folder, pattern in ((self.outputs_dir, "**/.*.tmp"), (self.data_dir, ".*.tmp")):
+            if removed := remove_partial_writes(folder, pattern):
+                log.warning("removed %d partial write(s) of a killed process from %s", len(removed), folder)

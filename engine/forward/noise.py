@@ -18,9 +18,10 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from engine.errors import InputError
+from engine.errors import InputError, ModelLoadError, WorkbenchError
 from engine.images import open_rgb
 from engine.models.configs import read_scheduler_config
+from engine.sampling.compare import sigmas_at
 from engine.sampling.schedulers import (BETA_SCHEDULES, TIMESTEP_SPACINGS, check_spacing, make_scheduler,
                                         scheduler_spec)
 from engine.validation import check_choice, check_int, check_seed, given
@@ -169,6 +170,12 @@ def load_image(source: str | Path | Image.Image | np.ndarray | None, sample_imag
     return open_rgb(source)
 
 
+def sample_image(name: str) -> Image.Image:
+    """One of the sample images (:data:`SAMPLE_IMAGES`)."""
+    check_choice("sample image", name, SAMPLE_IMAGES)
+    return load_image(None, name)
+
+
 def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
     """Center-crop to a square, resize to ``resolution``, scale to [-1, 1]: (1, 3, H, W)."""
     w, h = image.size
@@ -263,6 +270,40 @@ def visited_points(scheduler: str, num_inference_steps: int, schedules: Mapping[
 def schedule_of_model(location: str | Path) -> NoiseSchedule:
     """The noise schedule a model was trained with, from its scheduler config."""
     return NoiseSchedule.from_config(read_scheduler_config(location))
+
+
+def model_schedule(registry, model: str) -> NoiseSchedule:
+    """The noise schedule ``model`` (found by ``registry``) was trained with; an error names its folder as shown."""
+    try:
+        return schedule_of_model(registry.resolve(model).location)
+    except ModelLoadError as exc:  # it names the config's folder
+        raise ModelLoadError(registry.shown(str(exc))) from exc
+
+
+def model_schedule_facts(registry, schedule: NoiseSchedule, scheduler: str = "DDIM", num_inference_steps: int = 10,
+                         timestep_spacing: str | None = None, model: str | None = None) -> dict:
+    """:func:`schedule_facts` of ``schedule``, or of ``model``'s own schedule where one is named (with its
+    scheduler config: its steps_offset and spacing count)."""
+    if model:
+        schedule = model_schedule(registry, model)
+        config = read_scheduler_config(registry.resolve(model).location)
+        return schedule_facts(schedule, scheduler, num_inference_steps, timestep_spacing, config)
+    return schedule_facts(schedule, scheduler, num_inference_steps, timestep_spacing)
+
+
+def schedule_models(registry) -> list[str]:
+    """Models whose schedule the Noise tab can show: every model with a scheduler config."""
+    return registry.list_models("unconditional") + [m for m in registry.list_models("txt2img")
+                                                    if not m.endswith(".safetensors")]
+
+
+def run_sigmas(registry, model: str, timesteps: Sequence[float]) -> tuple[float, ...]:
+    """sigma at each of a run's ``timesteps``, from ``model``'s schedule (NaN where the schedule is unreadable)."""
+    try:
+        alpha_bar = schedule_arrays(model_schedule(registry, model))["alpha_bar"]
+    except (WorkbenchError, KeyError, TypeError, ValueError, OSError):
+        return (float("nan"),) * len(timesteps)
+    return sigmas_at(timesteps, alpha_bar)
 
 
 # -- what the schedule leaves at the end (Lin et al. 2023) ------------------------------------------------

@@ -64,6 +64,19 @@ BUILTINS: dict[str, Builtin] = {
 }
 
 
+def default_model(kind: str) -> str:
+    """The built-in every tab of ``kind`` ("txt2img" or "unconditional") starts with; an empty model string means it."""
+    return next(b.name for b in BUILTINS.values() if b.kind == kind)
+
+
+def local_config_folder(registry: "ModelRegistry", model: str) -> Path | None:
+    """The local folder of ``model``'s configs; None for a hub id not downloaded, or a model not found."""
+    try:
+        return registry.config_folder(model)
+    except ModelLoadError:
+        return None
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """Where a model string points."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import InputError
+from engine.events import Done
+from engine.models.registry import default_model
 
 START_END = ("<|startoftext|>", "<|endoftext|>")
 
@@ -233,3 +235,33 @@ class AttentionDone:
 
         image, maps = np.asarray(self.image.convert("RGB")), self.maps
         return [(attention_overlay(maps, (i,), image), f"{i}: {token}") for i, token in enumerate(self.tokens.tokens)]
+
+
+def model_prompt_tokens(registry, tokenizers, model: str, prompt: str) -> PromptTokens:
+    """``prompt`` as text-to-image ``model``'s tokenizer splits it (``tokenizers(model)``, see
+    :class:`engine.models.tokenizers.Tokenizers`); an :class:`InputError` for a model with no cross-attention."""
+    model = model or default_model("txt2img")
+    if registry.kind_of(model) != "txt2img":
+        raise InputError(f"{model!r} is an unconditional model: it has no cross-attention and takes no prompt, so "
+                         "no word has a map; pick a text-to-image model", field="model")
+    return prompt_tokens(tokenizers(model), prompt or "")
+
+
+def iter_attention(request, registry, tokenizers, run, outputs_dir: str | Path, cancel=None):
+    """``request`` run as Text to image runs it (``run``: the device's queue, :class:`engine.worker.runs.Runs`), every
+    step carrying the cross-attention maps of its prompt's tokens (:func:`model_prompt_tokens`); after ``Done``, an
+    :class:`AttentionDone` with the maps and their ``.npz``, saved beside the image (``<image>.attention.npz``)."""
+    from engine.sampling.views import step_attention
+
+    request = replace(request, model=request.model or default_model("txt2img"))
+    tokens = model_prompt_tokens(registry, tokenizers, request.model, request.prompt)
+    done = None
+    for event in run("txt2img", request, cancel, "streamed", views=("attention",)):  # as /txt2img's
+        if isinstance(event, Done):
+            done = event
+        yield event
+    per_step = np.stack([step_attention(s) for s in done.steps]).astype(np.float32)
+    image = Path(done.paths[0]) if done.paths else \
+        Path(outputs_dir) / f"attention-{done.info['seed']}.png"  # a run saved nowhere
+    path = save_maps(image.with_suffix(".attention.npz"), tokens, per_step)
+    yield AttentionDone(tokens=tokens, image=done.images[0], per_step=per_step, maps_file=str(path))

@@ -3,7 +3,8 @@ scrubbed together, each at the step where its sampler stands at the same timeste
 
 A column's run is the very run Text to image (or Unconditional) makes for its settings: the same request, the
 same loop, the same image. This module says what the columns are (:class:`CompareRequest`), the events that
-frame them, and which step of each column matches a point of the trajectory (:func:`lockstep`).
+frame them, which step of each column matches a point of the trajectory (:func:`lockstep`), and runs the columns
+one after another on the device's queue it is given (:func:`iter_compare`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
-from engine.errors import InputError
+from engine.errors import InputError, ModelLoadError
 from engine.events import Done, Step
+from engine.models.configs import latent_shape
+from engine.models.registry import default_model
+from engine.sampling import blend
 from engine.sampling.txt2img import Txt2ImgRequest
 from engine.sampling.unconditional import UnconditionalRequest, seconds_per_step
 from engine.validation import check_choice, check_int
@@ -244,3 +248,60 @@ def sigmas_at(timesteps: Sequence[float], alphas_cumprod: Sequence[float]) -> tu
         a = float(alphas_cumprod[min(max(int(round(float(t))), 0), len(alphas_cumprod) - 1)])
         out.append(math.sqrt((1 - a) / a) if a > 0 else math.inf)
     return tuple(out)
+
+
+NORM_POINTS = 20  # the seed blend's norm chart: t = 0, 0.05, ..., 1
+KIND_WORDS = {"txt2img": "a text-to-image", "unconditional": "an unconditional"}
+
+
+def compare_columns(registry, request: CompareRequest) -> tuple[str, tuple]:
+    """(the kind of the compared models, each column's request in values order), or the error the comparison would
+    end with: a value its axis does not take, or models of different kinds (``registry`` finds them)."""
+    models = [m or default_model("txt2img") for m in request.models]
+    try:
+        kinds = [registry.kind_of(m) for m in models]
+        for m, kind in zip(models, kinds):
+            registry.check_available(m, kind)
+    except ModelLoadError as exc:
+        if request.axis == "model":  # said beside the values, where the model was typed
+            raise InputError(str(exc), field="values") from None
+        raise
+    for m, kind in zip(models[1:], kinds[1:]):
+        if kind != kinds[0]:
+            raise InputError(f"{m!r} is {KIND_WORDS[kind]} model, but {models[0]!r} is {KIND_WORDS[kinds[0]]} "
+                             "one; the models compared must be of one kind", field="values")
+    columns = request.columns(kinds[0])
+    return kinds[0], tuple(replace(c, model=m) for c, m in zip(columns, models))
+
+
+def iter_compare(request: CompareRequest, registry, run, sigmas: Callable[[str, Sequence[int]], tuple], *,
+                 cancel=None) -> Iterator[object]:
+    """Each column's run, one after another on the device (``run``: its queue, :class:`engine.worker.runs.Runs`):
+    ``CompareStarted``, then for each column a ``Column`` and its run's events (``Started``, ``Step`` ...,
+    ``Done``), then ``CompareDone``. ``sigmas(model, timesteps)``: sigma at each of a run's steps."""
+    request = request.resolved()
+    kind, columns = compare_columns(registry, request)
+    yield CompareStarted(axis=request.axis, values=request.values, requests=columns, kind=kind)
+    results = []
+    for index, (value, column) in enumerate(zip(request.values, columns)):
+        yield Column(index=index, value=value)
+        done = None
+        for event in run(kind, column, cancel, "drawn"):
+            if isinstance(event, Done):
+                done = event
+            yield event
+        results.append(ColumnResult(value=value, done=done,
+                                    sigmas=sigmas(column.model, [s.timestep for s in done.steps])))
+    info = {"axis": request.axis, "values": list(request.values), "seed": request.seed, "kind": kind,
+            "columns": [r.summary() for r in results]}
+    if kind == "txt2img":
+        info.update(prompt=request.prompt, negative_prompt=request.negative_prompt)
+    if request.axis == "seed blend":  # why a lerp midpoint washes out: the noise's norm along t
+        info["seed_b"] = request.seed_b
+        folder = registry.config_folder(columns[0].model)
+        shape = latent_shape(folder, results[0].done.info["width"], results[0].done.info["height"]) if folder \
+            else None
+        if shape is not None:
+            info["noise_norms"] = blend.noise_norms(request.seed, request.seed_b, shape,
+                                                    [i / NORM_POINTS for i in range(NORM_POINTS + 1)])
+    yield CompareDone(axis=request.axis, columns=tuple(results), info=info)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import InputError, ModelLoadError
+from engine.models.configs import native_size, unet_side
 
 SCRATCH = "scratch"
 METHODS = ("full", "lora")
@@ -77,3 +78,20 @@ def check_loaded_kind(base: BaseModel, unet, method: str) -> None:
     if type(unet).__name__ != wanted:
         raise InputError(_wrong_kind(base.name, f"model with a {type(unet).__name__}", method), field="start from")
 
+
+
+def base_size(registry, start_from: str, method: str = "full") -> int | None:
+    """The resolution a run starting from ``start_from`` trains at (its model's own, read through ``registry``);
+    None for "scratch", a hub id not downloaded, or unreadable configs."""
+    if not start_from or start_from == SCRATCH:
+        return None
+    try:
+        folder = registry.config_folder(start_from)
+    except ModelLoadError:
+        return None
+    if folder is None:
+        return None
+    if method == "lora":
+        size = native_size(folder)
+        return size[0] if size else None
+    return unet_side(folder)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.training.base import METHODS, SCRATCH
-from engine.training.data import DataReport
+from engine.training.data import DataReport, check_captioned
 from engine.errors import InputError
 from engine.sampling.schedulers import SAMPLER_BETA_SCHEDULES
 from engine.training.objectives.pixel import PRESETS, size_multiple
@@ -167,6 +167,22 @@ class TrainRequest:
         base = re.sub(r"[^A-Za-z0-9]+", "-", self.start_from.split("/")[-1]).strip("-")[:20] or "model"
         how = "lora" if self.method == "lora" else "ft"
         return replace(self, run_name=f"{base}-{how}-{slug}-{stamp}")
+
+
+def check_startable(request: TrainRequest) -> None:
+    """What starting ``request`` would be refused for at once, found without reading an image: a LoRA run's data
+    must have captions (the built-in ``digits`` have none)."""
+    if request.method == "lora":
+        check_captioned(request.data)
+
+
+def checked_run_name(run_name: str) -> str:
+    """Run names are plain folder names: nothing that could point outside the models dir."""
+    run_name = (run_name.strip() if isinstance(run_name, str) else run_name) or ""
+    if not isinstance(run_name, str) or not RUN_NAME.match(run_name):
+        raise InputError(f"run name {given(run_name)} is not allowed; give the name of a run under the models dir "
+                         "(letters, digits, '.', '_' or '-')")
+    return run_name
 
 
 def resume_request(models_dir: str | Path, run_name: str, **changes) -> TrainRequest:
