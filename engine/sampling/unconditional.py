@@ -12,7 +12,6 @@ DDIM, PNDM, DPM++ and UniPC, but not for Euler), and it passes ``generator`` to
 
 from __future__ import annotations
 
-import inspect
 import math
 import secrets
 import time
@@ -29,6 +28,7 @@ from engine.cancel import CancelToken, check
 from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
 from engine.sampling import fast
+from engine.sampling.denoise import extra_step_kwargs
 from engine.sampling.outputs import a1111_parameters, save_png
 from engine.sampling.preview import PixelPreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.runrecord import run_record, tensor_sha256
@@ -122,7 +122,7 @@ def iter_unconditional(
     speed = fast.speed_for(pipe, compile=request.compile)  # the GPU path's hooks; the plain loop on a CPU
     device, unet = pipe.device, pipe.unet
     generator = torch.Generator("cpu").manual_seed(request.seed)
-    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    step_kwargs = extra_step_kwargs(scheduler, generator)
 
     with torch.no_grad():
         # 2. The initial noise, drawn as DDPMPipeline draws it (one generator, the whole batch).
@@ -281,8 +281,8 @@ def diffusers_code(pipe: DDPMPipeline, request: UnconditionalRequest) -> str:
     ref = getattr(pipe, "workbench_ref", None)
     location = ref.location if ref is not None else "<model folder>"
     cls_name, build = scheduler_code(request.scheduler, "config", **spacing_overrides(request.timestep_spacing))
-    takes_generator = "generator" in inspect.signature(getattr(diffusers, cls_name).step).parameters
-    generator_arg = ", generator=generator" if takes_generator else ""
+    generator_arg = ", generator=generator" if "generator" in extra_step_kwargs(getattr(diffusers, cls_name), None) \
+        else ""
     imports = sorted({"DDPMScheduler", "UNet2DModel", cls_name})
     dtype = f", dtype={pipe.unet.dtype}" if pipe.unet.dtype in (torch.float16, torch.bfloat16) else ""
     return (
