@@ -15,7 +15,7 @@ import contextlib
 import time
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Generator, NamedTuple
+from typing import Any, Callable, Generator, NamedTuple
 
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
@@ -28,9 +28,6 @@ from engine.sampling.attention import CrossAttentionCollector, collecting, token
 from engine.sampling.preview import LatentRGBPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.schedulers import make_scheduler, spacing_overrides
 from engine.sampling.views import step_views
-
-if TYPE_CHECKING:
-    from diffusers import SchedulerMixin
 
 # "auto" measures a decode's cost in floating-point operations (counted by torch on a 4x4 latent and scaled
 # to the run's size: a count, unlike a stopwatch, does not change when the machine is busy). On a CPU it
@@ -157,7 +154,7 @@ def iter_denoise(request, pipe, start: Callable[[Any, torch.Generator, torch.dty
         every, info["preview"] = vae_preview_every(preview, vae, latents, evaluate)
         denoise = speed.denoiser(plain.batch(latents), unet_timesteps[0], embeds)
         model = CFGDenoiser(denoise, embeds, request.guidance_scale, request.guidance_rescale, guided)
-        yield Started(total=len(visited), timesteps=tuple(int(round(t)) for t in visited), code=code,
+        yield Started(total=len(visited), timesteps=tuple(int(t) for t in visited), code=code,
                       info={**info, "compiling": denoise.pending} if denoise.pending else info)
         info.update(denoise.build())  # compiled or captured now, so that the steps' times are the steps'
 

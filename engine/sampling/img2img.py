@@ -31,7 +31,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Iterator
 
-import diffusers
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -48,7 +47,7 @@ from engine.sampling.preview import PixelPreviewer, X0Previewer, scaled, vp_scal
 from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec, spacing_overrides
 from engine.sampling.txt2img import MAX_STEPS as MAX_TXT2IMG_STEPS
 from engine.sampling.txt2img import Txt2ImgRequest, check_guidance, check_prompts, check_schedule
-from engine.sampling.unconditional import UNCONDITIONAL_SCHEDULERS, sample_shape
+from engine.sampling.unconditional import UNCONDITIONAL_SCHEDULERS, loop_code_parts, sample_shape
 from engine.validation import MAX_SIDE, check_choice, check_float, check_int, check_seed, check_side
 
 if TYPE_CHECKING:
@@ -387,12 +386,7 @@ def rescale_hook_code(guidance_rescale: float, guidance_scale: float) -> str:
 def sdedit_code(pipe: DDPMPipeline, request: Img2ImgRequest, width: int, height: int) -> str:
     """A plain-diffusers snippet that reproduces ``request``'s image: the /ddpm loop started from
     ``scheduler.add_noise`` at the strength's first timestep."""
-    ref = getattr(pipe, "workbench_ref", None)
-    location = ref.location if ref is not None else "<model folder>"
-    cls_name, build = scheduler_code(request.scheduler, "config", **spacing_overrides(request.timestep_spacing))
-    generator_arg = ", generator=generator" if "generator" in extra_step_kwargs(getattr(diffusers, cls_name), None) \
-        else ""
-    imports = sorted({"DDPMScheduler", "UNet2DModel", cls_name})
+    location, build, generator_arg, imports = loop_code_parts(pipe, request.scheduler, request.timestep_spacing)
     dtype = ", dtype=torch.float16" if pipe.unet.dtype == torch.float16 else ""
     mode = "L" if pipe.unet.config.in_channels == 1 else "RGB"
     to_chw = "x0[None]" if mode == "L" else "x0.permute(2, 0, 1)"

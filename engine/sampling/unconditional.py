@@ -276,14 +276,19 @@ def image_grid(images: Sequence[Image.Image], gap: int = GRID_GAP, color: str = 
     return grid
 
 
+def loop_code_parts(pipe: DDPMPipeline, scheduler: str, timestep_spacing: str) -> tuple[str, str, str, list[str]]:
+    """What a plain loop's snippet on ``pipe`` needs: (the model's location, the expression that builds the
+    scheduler from ``config``, ", generator=generator" where its step takes one, else "", the diffusers imports)."""
+    ref = getattr(pipe, "workbench_ref", None)
+    cls_name, build = scheduler_code(scheduler, "config", **spacing_overrides(timestep_spacing))
+    takes_generator = "generator" in extra_step_kwargs(getattr(diffusers, cls_name), None)
+    return (ref.location if ref is not None else "<model folder>", build,
+            ", generator=generator" if takes_generator else "", sorted({"DDPMScheduler", "UNet2DModel", cls_name}))
+
+
 def diffusers_code(pipe: DDPMPipeline, request: UnconditionalRequest) -> str:
     """A plain-diffusers snippet that reproduces ``request``'s images: the seed's loop."""
-    ref = getattr(pipe, "workbench_ref", None)
-    location = ref.location if ref is not None else "<model folder>"
-    cls_name, build = scheduler_code(request.scheduler, "config", **spacing_overrides(request.timestep_spacing))
-    generator_arg = ", generator=generator" if "generator" in extra_step_kwargs(getattr(diffusers, cls_name), None) \
-        else ""
-    imports = sorted({"DDPMScheduler", "UNet2DModel", cls_name})
+    location, build, generator_arg, imports = loop_code_parts(pipe, request.scheduler, request.timestep_spacing)
     dtype = f", dtype={pipe.unet.dtype}" if pipe.unet.dtype in (torch.float16, torch.bfloat16) else ""
     return (
         "import torch\n"

@@ -437,3 +437,39 @@ def test_the_size_a_run_makes_is_known_before_it_runs(photo, tmp_path):
     assert bench.img2img_size(Img2ImgRequest(photo, model="digits-sd"))["width"] == 40  # 640x427 at about 32x32
     with pytest.raises(InputError, match="^SDEdit runs an unconditional model at its fixed size, 32x32 here; "):
         bench.check_img2img(Img2ImgRequest(photo, model="digits-ddpm", scheduler="DDIM", width=64))
+
+
+def test_img2img_steps_carry_text_to_images_views_and_attention(tiny_sd, small_photo):
+    """One loop for both (engine.sampling.denoise): an img2img step has the views a Text to image step has, the
+    cross-attention maps too, and collecting them leaves the image as it was."""
+    from engine.sampling.views import step_attention, step_measures, view_array
+
+    request = Img2ImgRequest(small_photo, prompt="a seven", strength=0.6, num_inference_steps=5, scheduler="DDIM",
+                             seed=3, width=64, height=48)
+    plain = list(iter_img2img(request, pipe=tiny_sd))[-1]
+    events = list(iter_img2img(request, pipe=tiny_sd, attention=True))
+    steps, done = events[1:-1], events[-1]
+    assert len(steps) == 3 and np.array_equal(pixels(done.images[0]), pixels(plain.images[0]))
+    for step in steps:
+        assert set(step.views) == {"eps", "v", "guidance", "attention", "measures"}
+        assert view_array(step, "guidance").dtype == np.uint8 and view_array(step, "v").shape[2] == 3
+        assert step_attention(step).shape[-2:] == (6, 8)  # the 48x64 run's latent
+        assert step_measures(step)["t"] == step.timestep
+
+
+@pytest.mark.parametrize("scheduler", ["DDIM", "DDPM", "Euler a", "PNDM", "DPM++ 2M SDE", "UniPC"])
+def test_the_loops_step_arguments_and_start_are_the_pipelines(tiny_sd, scheduler):
+    """extra_step_kwargs and get_timesteps are what the pipelines' own methods give for the same scheduler."""
+    from engine.sampling.denoise import extra_step_kwargs, get_timesteps
+
+    img2img = StableDiffusionImg2ImgPipeline(**tiny_sd.components)
+    img2img.scheduler = make_scheduler(scheduler, tiny_sd.scheduler.config)
+    generator = torch.Generator("cpu")
+    assert extra_step_kwargs(img2img.scheduler, generator) == img2img.prepare_extra_step_kwargs(generator, 0.0)
+    ours = make_scheduler(scheduler, tiny_sd.scheduler.config)
+    for s in (ours, img2img.scheduler):
+        s.set_timesteps(10)
+    timesteps, steps = get_timesteps(ours, 10, 0.45)
+    theirs, their_steps = img2img.get_timesteps(10, 0.45, "cpu")
+    assert steps == their_steps == 4 and torch.equal(timesteps, theirs)
+    assert getattr(ours, "begin_index", None) == getattr(img2img.scheduler, "begin_index", None)
