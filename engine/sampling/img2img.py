@@ -9,8 +9,8 @@ Two loops, one per kind of model:
 
 - :func:`iter_img2img`, text-to-image models: the loop of diffusers' ``StableDiffusionImg2ImgPipeline``
   (the image encoded by the VAE, a latent drawn from its distribution with the run's generator, noised, then
-  the text-to-image loop with classifier-free guidance) and the same image for the same components, image,
-  strength, prompt, guidance, scheduler and seed;
+  Text to image's own loop, :func:`engine.sampling.denoise.iter_denoise`, from there) and the same image for the
+  same components, image, strength, prompt, guidance (and its rescale), scheduler (and its spacing) and seed;
 - :func:`iter_sdedit`, unconditional models: the /ddpm loop started from ``scheduler.add_noise`` at that t,
   equal to the plain-diffusers loop of its code snippet.
 

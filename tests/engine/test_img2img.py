@@ -453,7 +453,7 @@ def test_img2img_steps_carry_text_to_images_views_and_attention(tiny_sd, small_p
     for step in steps:
         assert set(step.views) == {"eps", "v", "guidance", "attention", "measures"}
         assert view_array(step, "guidance").dtype == np.uint8 and view_array(step, "v").shape[2] == 3
-        assert step_attention(step).shape[-2:] == (6, 8)  # the 48x64 run's latent
+        assert step_attention(step).shape[-2:] == step.preview_xt.tensor.shape[-2:]  # over the run's latent
         assert step_measures(step)["t"] == step.timestep
 
 
@@ -473,3 +473,30 @@ def test_the_loops_step_arguments_and_start_are_the_pipelines(tiny_sd, scheduler
     theirs, their_steps = img2img.get_timesteps(10, 0.45, "cpu")
     assert steps == their_steps == 4 and torch.equal(timesteps, theirs)
     assert getattr(ours, "begin_index", None) == getattr(img2img.scheduler, "begin_index", None)
+
+
+def test_sdedit_takes_the_timestep_spacing(tiny_ddpm, photo, tmp_path):
+    """SDEdit's scheduler is built with the request's spacing: it starts where the spaced schedule's strength says,
+    and its snippet (the scheduler built from_config(..., timestep_spacing=...)) gives the image."""
+    from engine.models.devices import resolve_device
+    from engine.models.registry import ModelRegistry
+
+    tiny_ddpm.save_pretrained(tmp_path / "m")
+    pipe = ModelRegistry(tmp_path, resolve_device("cpu")).load("m", "unconditional")
+    request = Img2ImgRequest(photo, scheduler="DDIM", strength=0.5, num_inference_steps=10, seed=6, model="m",
+                             timestep_spacing="trailing")
+    events = list(iter_sdedit(request, pipe=pipe))
+    started, done = events[0], events[-1]
+    config = pipe.scheduler.config
+    assert started.timesteps[0] == start_timestep("DDIM", config, 10, 0.5, "trailing")[0] \
+        != start_timestep("DDIM", config, 10, 0.5)[0]
+    assert done.info["timestep_spacing"] == "trailing" and "guidance_rescale" not in done.info
+    assert "timestep_spacing='trailing'" in done.code
+    photo.save(tmp_path / "original.png")
+    namespace, cwd = {}, os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(compile(done.code, "snippet", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    assert np.abs(namespace["image"][0].astype(int) - pixels(done.images[0])).max() <= 2
