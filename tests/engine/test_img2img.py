@@ -58,6 +58,18 @@ def pixels(image) -> np.ndarray:
     return np.asarray(image).astype(int)
 
 
+def run_snippet(code: str, folder) -> dict:
+    """The code box's snippet executed in ``folder`` (where its 'original.png' lies), its image not saved: its
+    names."""
+    namespace, cwd = {}, os.getcwd()
+    os.chdir(folder)
+    try:
+        exec(compile(code.replace("image.save('image.png')\n", ""), "snippet", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    return namespace
+
+
 def pipeline_image(pipe, image, scheduler, *, prompt, negative_prompt, strength, num_inference_steps,
                    guidance_scale, seed) -> np.ndarray:
     """StableDiffusionImg2ImgPipeline on the same components, given ``image`` as it is."""
@@ -294,13 +306,7 @@ def test_events_png_and_snippet(tiny_sd, photo, tmp_path, resize_mode):
     assert done.images[0].size == (48, 64)
     assert done.info["resize_mode"] == resize_mode and done.info["size_from"] == "width and height as given"
     photo.save(tmp_path / "original.png")
-    namespace = {}
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        exec(compile(done.code.replace("image.save('image.png')\n", ""), "snippet", "exec"), namespace)
-    finally:
-        os.chdir(cwd)
+    namespace = run_snippet(done.code, tmp_path)
     assert np.abs(pixels(namespace["image"]) - pixels(done.images[0])).max() <= 2
 
 
@@ -320,13 +326,7 @@ def test_sdedit_snippet_gives_the_image(tiny_ddpm, photo, tmp_path, scheduler, r
     assert f"Resize mode: {resize_mode}" in a1111_parameters(done.info)
     assert "scheduler.add_noise(x0, noise, timesteps[:1])" in done.code
     photo.save(tmp_path / "original.png")
-    namespace = {}
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        exec(compile(done.code, "snippet", "exec"), namespace)
-    finally:
-        os.chdir(cwd)
+    namespace = run_snippet(done.code, tmp_path)
     assert np.abs(namespace["image"][0].astype(int) - pixels(done.images[0])).max() <= 2
 
 
@@ -493,10 +493,5 @@ def test_sdedit_takes_the_timestep_spacing(tiny_ddpm, photo, tmp_path):
     assert done.info["timestep_spacing"] == "trailing" and "guidance_rescale" not in done.info
     assert "timestep_spacing='trailing'" in done.code
     photo.save(tmp_path / "original.png")
-    namespace, cwd = {}, os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        exec(compile(done.code, "snippet", "exec"), namespace)
-    finally:
-        os.chdir(cwd)
+    namespace = run_snippet(done.code, tmp_path)
     assert np.abs(namespace["image"][0].astype(int) - pixels(done.images[0])).max() <= 2

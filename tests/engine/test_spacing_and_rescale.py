@@ -227,13 +227,12 @@ def test_img2img_refuses_what_text_to_image_refuses(kw, message):
 def test_img2img_png_and_code_box_carry_spacing_and_rescale(tiny_sd, tmp_path):
     """The PNG's parameters say both; the code box (the pipeline, its scheduler spaced, phi by a hook) gives the
     image; the start the page shows before a run is the spaced schedule's."""
-    import os
-
     from engine.models.devices import resolve_device
     from engine.models.registry import ModelRegistry
     from engine.sampling.img2img import Img2ImgRequest, iter_img2img, start_timestep
     from engine.sampling.outputs import read_parameters
     from PIL import Image
+    from tests.engine.test_img2img import run_snippet
 
     tiny_sd.save_pretrained(tmp_path / "m")
     pipe = ModelRegistry(tmp_path, resolve_device("cpu")).load("m", "txt2img")
@@ -247,10 +246,5 @@ def test_img2img_png_and_code_box_carry_spacing_and_rescale(tiny_sd, tmp_path):
     assert "CFG rescale: 0.7" in parameters and "Timestep spacing: trailing" in parameters
     assert "timestep_spacing='trailing'" in done.code and "guidance_rescale=0.7" in done.code
     Image.fromarray(PHOTO).save(tmp_path / "original.png")
-    namespace, cwd = {}, os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        exec(compile(done.code.replace("image.save('image.png')\n", ""), "snippet", "exec"), namespace)
-    finally:
-        os.chdir(cwd)
+    namespace = run_snippet(done.code, tmp_path)
     assert np.abs(np.asarray(namespace["image"]).astype(int) - np.asarray(done.images[0]).astype(int)).max() <= 2
