@@ -178,9 +178,10 @@ class Workbench:
         """The size a run of ``request`` makes, from its model's configs (:func:`prerun.img2img_size`)."""
         return prerun.img2img_size(self.registry, request)
 
-    def img2img_start(self, model: str, scheduler: str, num_inference_steps: int, strength: float) -> dict:
+    def img2img_start(self, model: str, scheduler: str, num_inference_steps: int, strength: float,
+                      timestep_spacing: str = "") -> dict:
         """Where a run of ``strength`` starts on ``model``'s schedule, before it runs (:func:`prerun.img2img_start`)."""
-        return prerun.img2img_start(self.registry, model, scheduler, num_inference_steps, strength)
+        return prerun.img2img_start(self.registry, model, scheduler, num_inference_steps, strength, timestep_spacing)
 
     def iter_strength_strip(self, request: img2img.Img2ImgRequest, *, strengths=img2img.STRIP_STRENGTHS,
                             cancel: CancelToken | None = None) -> Iterator[img2img.StripFrame]:

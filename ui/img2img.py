@@ -15,12 +15,13 @@ from engine.images import RESIZE_MODES
 from engine.sampling.img2img import STRIP_STRENGTHS, Img2ImgRequest
 from engine.sampling.txt2img import MAX_GUIDANCE
 from ui.common import (DEVICE_QUEUE, field_messages, friendly_errors, message_html, model_dropdown, page_error,
-                       progress_html, shown_values, stream_updates, whole)
+                       progress_html, schedule_fields, shown_values, stream_updates, whole)
 from ui.noise import CUSTOM, NoiseTab
 
 # The engine's field names (as its messages say them) -> the position of their input below.
 FIELDS = {"model": 0, "image": 1, "prompt": 2, "negative prompt": 3, "strength": 4, "steps": 5, "guidance scale": 6,
-          "scheduler": 7, "seed": 8, "width": 9, "height": 10, "resize mode": 11}
+          "scheduler": 7, "seed": 8, "width": 9, "height": 10, "resize mode": 11, "timestep spacing": 12,
+          "guidance rescale": 13}
 DEFAULT_PROMPT = "a handwritten digit seven"  # the text-to-image built-in knows digits
 DEFAULT_SCHEDULER = {"txt2img": "DPM++ 2M Karras", "unconditional": "DDIM"}  # each tab's own default
 AUTO = 0  # a width or height of 0: the engine's default size (None in the request)
@@ -36,7 +37,7 @@ def build(
     iter_strength_strip: Callable,  # (Img2ImgRequest, cancel=) -> StripFrame per strength
     check_img2img: Callable,  # Img2ImgRequest -> the run's kind, or the error it would end with
     img2img_size: Callable,  # Img2ImgRequest -> {"width", "height", "size_from"} before it runs, or None
-    img2img_start: Callable,  # (model, scheduler, steps, strength) -> {"timestep", "steps_run", ...}
+    img2img_start: Callable,  # (model, scheduler, steps, strength, spacing) -> {"timestep", "steps_run", ...}
     model_kind: Callable[[str], str],
     sample_image: Callable,  # name -> a PIL image
     list_models: Callable[[], list[str]],  # every model, both kinds
@@ -80,6 +81,7 @@ def build(
                     height = gr.Number(value=AUTO, label="Height (multiple of 8; 0 = auto)", elem_id="i2i-height")
                 resize_mode = gr.Radio(list(RESIZE_MODES), value=defaults.resize_mode, label="Resize mode",
                                        elem_id="i2i-resize-mode")
+                timestep_spacing, guidance_rescale = schedule_fields("i2i", defaults, rescale=True)
                 size_line = gr.Markdown(_size_text(img2img_size, Img2ImgRequest(
                     image=sample_image(noise.sample_image.value), model=default_model)), elem_id="i2i-size")
                 strip_button = gr.Button(f"Strip: strengths {', '.join(f'{s:g}' for s in STRIP_STRENGTHS)}",
@@ -103,16 +105,18 @@ def build(
                 code = gr.Code(label="diffusers code", language="python", wrap_lines=True, elem_id="i2i-code")
     history = gr.State(None)  # {"steps": the run's Step events, "final": its PNG}
     inputs = [model, noise.image, prompt, negative_prompt, strength, steps, guidance_scale, scheduler, seed, width,
-              height, resize_mode]
+              height, resize_mode, timestep_spacing, guidance_rescale]
     outputs = [image, xt, progress, info, code]
 
     def make_request(model, image, prompt, negative_prompt, strength, steps, guidance_scale, scheduler, seed,
-                     width=AUTO, height=AUTO, resize_mode="Just resize") -> Img2ImgRequest:
+                     width=AUTO, height=AUTO, resize_mode="Just resize", timestep_spacing="",
+                     guidance_rescale=0.0) -> Img2ImgRequest:
         """The values, by keyword, as the engine's request (a size of 0 or none: the engine's default)."""
         return Img2ImgRequest(model=model or "", image=image, prompt=prompt or "",
                               negative_prompt=negative_prompt or "", strength=strength,
                               num_inference_steps=whole(steps), guidance_scale=guidance_scale, scheduler=scheduler,
-                              seed=whole(seed), width=_size(width), height=_size(height), resize_mode=resize_mode)
+                              seed=whole(seed), width=_size(width), height=_size(height), resize_mode=resize_mode,
+                              timestep_spacing=timestep_spacing or "", guidance_rescale=guidance_rescale)
 
     def page_request(*values, sample_name) -> Img2ImgRequest:
         """The page's request: with no image uploaded, the tab's sample image."""
@@ -148,10 +152,10 @@ def build(
 
     @friendly_errors
     async def img2img(model, image, prompt, negative_prompt, strength, steps, guidance_scale, scheduler, seed,
-                      width=AUTO, height=AUTO, resize_mode="Just resize"):
+                      width=AUTO, height=AUTO, resize_mode="Just resize", timestep_spacing="", guidance_rescale=0.0):
         """The API: previews streamed, then the final PNG with its parameters; errors are raised."""
         request = make_request(model, image, prompt, negative_prompt, strength, steps, guidance_scale, scheduler,
-                               seed, width, height, resize_mode)
+                               seed, width, height, resize_mode, timestep_spacing, guidance_rescale)
         run = {"steps": []}
         async for update in stream_updates(lambda cancel: iter_img2img(request, cancel=cancel, history="streamed"),
                                            lambda event: render(event, run)):
@@ -225,10 +229,10 @@ def build(
                                                                          note="result")
         return s.preview_x0.array(), s.preview_xt.array(), progress_html(s.step, s.total, s.timestep, s.elapsed)
 
-    def where_it_starts(model_name, scheduler_name, steps_value, strength_value):
+    def where_it_starts(model_name, scheduler_name, steps_value, strength_value, spacing=""):
         """The strength as the t it reaches: said here, and the tab's slider t moved there (the plots follow)."""
         try:
-            start = img2img_start(model_name, scheduler_name, whole(steps_value), strength_value)
+            start = img2img_start(model_name, scheduler_name, whole(steps_value), strength_value, spacing or "")
         except WorkbenchError as exc:
             return f"*{html.escape(str(exc))}*", gr.skip()
         return _start_line(start, strength_value, whole(steps_value)), gr.update(value=start["timestep"])
@@ -269,9 +273,9 @@ def build(
     stop.click(None, None, None, cancels=[event, strip_event], api_visibility="private")
     gr.on([scrub.release, scrub.input], show_step, [scrub, history], [image, xt, progress], api_visibility="private")
     refresh.click(lambda: gr.update(choices=list_models()), None, model, api_visibility="private")
-    start_inputs = [model, scheduler, steps, strength]
-    noise.move(gr.on([strength.release, steps.submit, scheduler.input], where_it_starts, start_inputs,
-                     [start_line, noise.t], api_visibility="private"))
+    start_inputs = [model, scheduler, steps, strength, timestep_spacing]
+    noise.move(gr.on([strength.release, steps.submit, scheduler.input, timestep_spacing.input], where_it_starts,
+                     start_inputs, [start_line, noise.t], api_visibility="private"))
     chosen = model.input(on_model, model, [scheduler, prompt, negative_prompt, noise.schedule_model, width, height],
                          api_visibility="private")
     chosen.then(show_size, page_inputs, size_line, queue=False, api_visibility="private")

@@ -9,8 +9,8 @@ Two loops, one per kind of model:
 
 - :func:`iter_img2img`, text-to-image models: the loop of diffusers' ``StableDiffusionImg2ImgPipeline``
   (the image encoded by the VAE, a latent drawn from its distribution with the run's generator, noised, then
-  the text-to-image loop with classifier-free guidance) and the same image for the same components, image,
-  strength, prompt, guidance, scheduler and seed;
+  Text to image's own loop, :func:`engine.sampling.denoise.iter_denoise`, from there) and the same image for the
+  same components, image, strength, prompt, guidance (and its rescale), scheduler (and its spacing) and seed;
 - :func:`iter_sdedit`, unconditional models: the /ddpm loop started from ``scheduler.add_noise`` at that t,
   equal to the plain-diffusers loop of its code snippet.
 
@@ -27,9 +27,9 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, fields, replace
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Iterator
 
-import diffusers
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -39,14 +39,14 @@ from engine.cancel import CancelToken, check
 from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
 from engine.images import RESIZE_MODES, open_rgb, resize_image
+from engine.sampling.denoise import Start, extra_step_kwargs, get_timesteps, iter_denoise
 from engine.sampling.fast import run_state
 from engine.sampling.hashes import tensor_sha256
-from engine.sampling.preview import LatentRGBPreviewer, PixelPreviewer, VaePreviewer, X0Previewer, scaled, vp_scale
-from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec
-from engine.sampling.txt2img import MAX_GUIDANCE, MAX_PROMPT_CHARS, Txt2ImgRequest, encode_prompt
+from engine.sampling.preview import PixelPreviewer, X0Previewer, scaled, vp_scale
+from engine.sampling.schedulers import make_scheduler, scheduler_code, scheduler_spec, spacing_overrides
 from engine.sampling.txt2img import MAX_STEPS as MAX_TXT2IMG_STEPS
-from engine.sampling.txt2img import _model_dir, _vae_preview_every  # the x0 preview chosen as Text to image does
-from engine.sampling.unconditional import UNCONDITIONAL_SCHEDULERS, sample_shape
+from engine.sampling.txt2img import Txt2ImgRequest, check_guidance, check_prompts, check_schedule
+from engine.sampling.unconditional import UNCONDITIONAL_SCHEDULERS, loop_code_parts, sample_shape
 from engine.validation import MAX_SIDE, check_choice, check_float, check_int, check_seed, check_side
 
 if TYPE_CHECKING:
@@ -73,28 +73,24 @@ class Img2ImgRequest:
     # A1111's default. The default size keeps the image's aspect, so it only scales; an image already at the
     # run's size is passed on untouched in every mode.
     resize_mode: str = "Just resize"
+    timestep_spacing: str = ""  # "" = the model's own; "trailing" starts at T - 1 (Lin et al. 2023, sec. 3.3)
+    guidance_rescale: float = 0.0  # phi of Lin et al. 2023, sec. 3.4 (text-to-image models); 0 = plain guidance
 
     def __post_init__(self):
         if self.image is None:
             raise InputError("no image given; upload one (PNG, JPEG, WebP, ...)", field="image")
         object.__setattr__(self, "image", open_rgb(self.image))  # frozen: normalised once
-        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
-            raise InputError("prompt and negative prompt must be text", field="prompt")
-        for name, text in (("prompt", self.prompt), ("negative prompt", self.negative_prompt)):
-            if len(text) > MAX_PROMPT_CHARS:
-                raise InputError(f"{name} must be at most {MAX_PROMPT_CHARS} characters; got {len(text)}", field=name)
+        check_prompts(self.prompt, self.negative_prompt)
         check_float("strength", self.strength, 0, 1, low_open=True)
         check_int("steps", self.num_inference_steps, 1, MAX_STEPS)
-        g = self.guidance_scale
-        if not isinstance(g, (int, float)) or isinstance(g, bool) or not math.isfinite(g) or not 1 <= g <= MAX_GUIDANCE:
-            raise InputError(f"guidance scale must be a number from 1 (no guidance) to {MAX_GUIDANCE:g}; got {g!r}",
-                             field="guidance scale")
+        check_guidance(self.guidance_scale)
         scheduler_spec(self.scheduler)
         check_seed(self.seed)
         for side in ("width", "height"):
             if getattr(self, side) is not None:
                 check_side(side, getattr(self, side))
         check_choice("resize mode", self.resize_mode, RESIZE_MODES)
+        check_schedule(self.timestep_spacing, self.guidance_rescale)
         steps_run(self.num_inference_steps, self.strength)  # at least one step
 
     def resolved(self) -> "Img2ImgRequest":
@@ -149,9 +145,10 @@ FIXED_SIZE = "the unconditional model's fixed size (SDEdit takes no other)"
 
 
 def steps_run(num_inference_steps: int, strength: float) -> int:
-    """How many of ``num_inference_steps`` a run of ``strength`` makes (diffusers' ``get_timesteps``); an
-    :class:`InputError` where that is none."""
-    run = min(int(num_inference_steps * strength), num_inference_steps)
+    """How many of ``num_inference_steps`` a run of ``strength`` makes (diffusers' ``get_timesteps``, counted on a
+    stand-in schedule of that many steps); an :class:`InputError` where that is none."""
+    schedule = SimpleNamespace(timesteps=torch.arange(num_inference_steps), order=1)
+    run = get_timesteps(schedule, num_inference_steps, strength)[1]
     if run < 1:
         raise InputError(f"strength {strength:g} of {num_inference_steps} steps runs no step "
                          f"(int({num_inference_steps} x {strength:g}) = 0); raise the strength to at least "
@@ -161,16 +158,17 @@ def steps_run(num_inference_steps: int, strength: float) -> int:
 
 def start_timesteps(scheduler: SchedulerMixin, num_inference_steps: int, strength: float) -> torch.Tensor:
     """The timesteps a run of ``strength`` visits, the first being where the image is noised to, with the
-    scheduler told to begin there (diffusers' ``StableDiffusionImg2ImgPipeline.get_timesteps``)."""
-    t_start = num_inference_steps - steps_run(num_inference_steps, strength)
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(t_start * scheduler.order)
-    return scheduler.timesteps[t_start * scheduler.order:]
+    scheduler told to begin there (diffusers' ``StableDiffusionImg2ImgPipeline.get_timesteps``); an
+    :class:`InputError` where it runs none."""
+    steps_run(num_inference_steps, strength)
+    return get_timesteps(scheduler, num_inference_steps, strength)[0]
 
 
-def start_timestep(scheduler_name: str, scheduler_config, num_inference_steps: int, strength: float) -> tuple[int, int]:
-    """(the timestep a run of ``strength`` noises to, the steps it runs), from a model's scheduler config alone."""
-    scheduler = make_scheduler(scheduler_name, scheduler_config)
+def start_timestep(scheduler_name: str, scheduler_config, num_inference_steps: int, strength: float,
+                   timestep_spacing: str = "") -> tuple[int, int]:
+    """(the timestep a run of ``strength`` noises to, the steps it runs), from a model's scheduler config alone
+    (``timestep_spacing``: "" = the config's own)."""
+    scheduler = make_scheduler(scheduler_name, scheduler_config, **spacing_overrides(timestep_spacing))
     scheduler.set_timesteps(int(num_inference_steps))
     timesteps = start_timesteps(scheduler, int(num_inference_steps), strength)
     return int(round(float(timesteps[0]))), steps_run(int(num_inference_steps), strength)
@@ -181,76 +179,33 @@ def iter_img2img(
     *,
     pipe: StableDiffusionPipeline,
     cancel: CancelToken | None = None,
+    attention: bool = False,
 ) -> Iterator[Started | Step | Done]:
-    """Noise the image to its strength's t, then denoise with the prompt, as ``StableDiffusionImg2ImgPipeline``."""
-    # 1. Resolve the seed, bring the image to the run's size, build a fresh scheduler from the model's config.
-    request = request.resolved()
+    """Noise the image to its strength's t, then denoise with the prompt, as ``StableDiffusionImg2ImgPipeline``:
+    Text to image's loop (engine.sampling.denoise), started there. ``attention``: as for Text to image."""
+    request = request.resolved()  # the seed drawn
     check_int("steps", request.num_inference_steps, 1, MAX_TXT2IMG_STEPS)
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
     width, height = output_size(request.image.size, (side, side), request.width, request.height)
-    image = resize_image(request.image, width, height, request.resize_mode)
-    scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
-    device, unet, vae = pipe.device, pipe.unet, pipe.vae
-    generator = torch.Generator("cpu").manual_seed(request.seed)
-    do_cfg = request.guidance_scale > 1 and unet.config.time_cond_proj_dim is None
+    image = resize_image(request.image, width, height, request.resize_mode)  # brought to the run's size
 
-    with torch.no_grad():
-        # 2. Encode the prompt and the negative prompt.
-        embeds = encode_prompt(pipe, request.prompt, request.negative_prompt, do_cfg)  # (B, seq, dim)
-
-        # 3. The timesteps from the strength's start, read to the host once.
-        scheduler.set_timesteps(request.num_inference_steps, device=device)
+    def start(scheduler: SchedulerMixin, generator: torch.Generator, dtype: torch.dtype) -> Start:
+        """The strength's timesteps, from the image's latent (drawn from the VAE's distribution) noised to the first
+        (Ho et al. 2020, eq. 4, through ``scheduler.add_noise``)."""
         timesteps = start_timesteps(scheduler, request.num_inference_steps, request.strength)
-        visited = tuple(timesteps.tolist())
+        pixels = pipe.image_processor.preprocess(image).to(device=pipe.device, dtype=dtype)  # (1, 3, H, W)
+        latents = pipe.vae.encode(pixels).latent_dist.sample(generator) * pipe.vae.config.scaling_factor
+        noise = randn_tensor(latents.shape, generator=generator, device=pipe.device, dtype=dtype)  # (1, 4, h, w)
+        return Start(timesteps, scheduler.add_noise(latents, noise, timesteps[:1]), generator, tensor_sha256(noise))
 
-        # 4. Forward: the image's latent (drawn from the VAE's distribution), noised to the first timestep.
-        pixels = pipe.image_processor.preprocess(image).to(device=device, dtype=embeds.dtype)  # (1, 3, H, W)
-        latents = vae.encode(pixels).latent_dist.sample(generator) * vae.config.scaling_factor  # (1, 4, h, w)
-        noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=embeds.dtype)
-        latents = scheduler.add_noise(latents, noise, timesteps[:1])
-        step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-        info = _info(request, scheduler, width, height, visited, size_from(request, (side, side)))
-        info["state"] = run_state(pipe)  # what this run set (run_events): no LoRA, never compiled
+    def describe(scheduler: SchedulerMixin, visited: tuple) -> tuple[dict, str]:
+        return (_info(request, scheduler, width, height, visited, size_from(request, (side, side))),
+                img2img_code(pipe, request, width, height))
 
-        def step() -> None:  # one UNet evaluation as the loop makes it: counted only where it decides
-            model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if do_cfg else latents, timesteps[0])
-            unet(model_input, timesteps[0], encoder_hidden_states=embeds)
-
-        every, info["preview"] = _vae_preview_every(AUTO_PREVIEW, vae, latents, step)
-        code = img2img_code(pipe, request, width, height)
-        yield Started(total=len(visited), timesteps=tuple(int(round(t)) for t in visited), info=info, code=code)
-
-        # 5. Back: the text-to-image loop from there (Ho & Salimans 2022, eq. 6 for the guidance).
-        previewer = LatentRGBPreviewer.for_model(_model_dir(pipe), unet.config.in_channels)
-        vae_previewer = VaePreviewer(vae) if every else None
-        steps: list[Step] = []
-        start = time.perf_counter()
-        for i, t in enumerate(timesteps):
-            check(cancel, i)
-            model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if do_cfg else latents, t)
-            noise_pred = unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
-            if do_cfg:
-                noise_uncond, noise_text = noise_pred.chunk(2)
-                noise_pred = noise_uncond + request.guidance_scale * (noise_text - noise_uncond)
-            out = scheduler.step(noise_pred, t, latents, **step_kwargs)
-            x0_previewer = vae_previewer if vae_previewer and (i + 1) % every == 0 else previewer
-            x0 = getattr(out, "pred_original_sample", None)
-            if x0 is None:
-                x0, x0_previewer = (noise_pred, latents), X0Previewer(scheduler, visited[i], x0_previewer)
-            latents = out.prev_sample
-            step = Step(step=i + 1, total=len(visited), timestep=float(visited[i]),
-                        preview_xt=Preview(latents, scaled(previewer, vp_scale(scheduler))),
-                        preview_x0=Preview(x0, x0_previewer), elapsed=time.perf_counter() - start)
-            steps.append(step)
-            yield step
-        check(cancel, len(visited))
-
-        # 6. Decode and post-process as the pipeline does.
-        decoded = vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=generator)[0]
-        images = pipe.image_processor.postprocess(decoded, output_type="pil", do_denormalize=[True])
-    info["elapsed"] = round(time.perf_counter() - start, 3)
-    yield Done(images=tuple(images), info=info, steps=tuple(steps), code=code, request=request,
-               noise_sha256=tensor_sha256(noise))  # recorded and saved by the caller (engine.records.runs)
+    run = yield from iter_denoise(request, pipe, start, describe, preview=AUTO_PREVIEW, attention=attention,
+                                  cancel=cancel)
+    yield Done(images=tuple(run.images), info=run.info, steps=tuple(run.steps), code=run.code, request=request,
+               noise_sha256=run.start.noise_sha256)  # recorded and saved by the caller (engine.records.runs)
 
 
 def iter_sdedit(
@@ -269,10 +224,10 @@ def iter_sdedit(
     train_steps = pipe.scheduler.config.num_train_timesteps
     check_int(f"steps for this model (trained with {train_steps} timesteps)", request.num_inference_steps, 1,
               train_steps)
-    scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
+    scheduler = make_scheduler(request.scheduler, pipe.scheduler.config, **spacing_overrides(request.timestep_spacing))
     device, unet = pipe.device, pipe.unet
     generator = torch.Generator("cpu").manual_seed(request.seed)
-    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    step_kwargs = extra_step_kwargs(scheduler, generator)
     picture = resize_image(request.image, width, height, request.resize_mode)
     x0 = pixel_tensor(picture, unet.config.in_channels).to(device=device, dtype=unet.dtype)  # (1, C, H, W) in [-1, 1]
 
@@ -291,7 +246,8 @@ def iter_sdedit(
         image = scheduler.add_noise(x0, noise, timesteps[:1])
         info = _info(request, scheduler, width, height, visited, FIXED_SIZE)
         info["state"] = run_state(pipe)  # what this run set (run_events): never compiled
-        info.pop("prompt"), info.pop("negative_prompt"), info.pop("guidance_scale")  # an unconditional model takes none
+        for taken_by_none in ("prompt", "negative_prompt", "guidance_scale", "guidance_rescale"):
+            info.pop(taken_by_none)  # an unconditional model takes none
         code = sdedit_code(pipe, request, width, height)
         yield Started(total=len(visited), timesteps=visited, info=info, code=code)
 
@@ -380,14 +336,15 @@ def img2img_code(pipe: StableDiffusionPipeline, request: Img2ImgRequest, width: 
     ref = getattr(pipe, "workbench_ref", None)
     location = ref.location if ref is not None else "<model folder>"
     dtype = ", dtype=torch.float16" if pipe.unet.dtype == torch.float16 else ""
-    cls_name, build = scheduler_code(request.scheduler)
+    cls_name, build = scheduler_code(request.scheduler, **spacing_overrides(request.timestep_spacing))
     return (
         "import torch\n"
         "from PIL import Image\n"
         f"from diffusers import StableDiffusionImg2ImgPipeline, {cls_name}\n\n"
         f"pipe = StableDiffusionImg2ImgPipeline.from_pretrained({location!r}{dtype},\n"
         f"    safety_checker=None, requires_safety_checker=False).to({pipe.device.type!r})\n"
-        f"pipe.scheduler = {build}\n\n"
+        f"pipe.scheduler = {build}\n"
+        + rescale_hook_code(request.guidance_rescale, request.guidance_scale) + "\n"
         + resize_code(request.resize_mode, width, height) +
         "image = pipe(\n"
         f"    {request.prompt!r},\n"
@@ -402,15 +359,30 @@ def img2img_code(pipe: StableDiffusionPipeline, request: Img2ImgRequest, width: 
     )
 
 
+def rescale_hook_code(guidance_rescale: float, guidance_scale: float) -> str:
+    """The snippet's lines for ``guidance_rescale`` > 0 under guidance (else none): ``StableDiffusionImg2ImgPipeline``
+    takes no ``guidance_rescale`` (diffusers 0.42), so a forward hook on the UNet applies diffusers' own
+    ``rescale_noise_cfg`` where ``StableDiffusionPipeline`` applies it, after the guidance."""
+    if not guidance_rescale or guidance_scale <= 1:
+        return ""
+    phi, w = float(guidance_rescale), float(guidance_scale)
+    return (
+        "\nfrom diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg\n\n\n"
+        "def rescale_guidance(unet, args, kwargs, output):\n"
+        f"    \"\"\"guidance_rescale={phi!r}: the img2img pipeline takes none; applied to its guided noise as "
+        "StableDiffusionPipeline does.\"\"\"\n"
+        "    uncond, text = output[0].chunk(2)\n"
+        f"    guided = rescale_noise_cfg(uncond + {w!r} * (text - uncond), text, guidance_rescale={phi!r})\n"
+        f"    return (torch.cat([uncond, uncond + (guided - uncond) / {w!r}]),)  # the pipeline's guidance gives "
+        "guided\n\n\n"
+        "pipe.unet.register_forward_hook(rescale_guidance, with_kwargs=True)\n"
+    )
+
+
 def sdedit_code(pipe: DDPMPipeline, request: Img2ImgRequest, width: int, height: int) -> str:
     """A plain-diffusers snippet that reproduces ``request``'s image: the /ddpm loop started from
     ``scheduler.add_noise`` at the strength's first timestep."""
-    ref = getattr(pipe, "workbench_ref", None)
-    location = ref.location if ref is not None else "<model folder>"
-    cls_name, build = scheduler_code(request.scheduler, "config")
-    takes_generator = "generator" in inspect.signature(getattr(diffusers, cls_name).step).parameters
-    generator_arg = ", generator=generator" if takes_generator else ""
-    imports = sorted({"DDPMScheduler", "UNet2DModel", cls_name})
+    location, build, generator_arg, imports = loop_code_parts(pipe, request.scheduler, request.timestep_spacing)
     dtype = ", dtype=torch.float16" if pipe.unet.dtype == torch.float16 else ""
     mode = "L" if pipe.unet.config.in_channels == 1 else "RGB"
     to_chw = "x0[None]" if mode == "L" else "x0.permute(2, 0, 1)"

@@ -80,14 +80,15 @@ def img2img_size(registry, request: Img2ImgRequest) -> dict | None:
     return {"width": width, "height": height, "size_from": FIXED_SIZE}
 
 
-def img2img_start(registry, model: str, scheduler: str, num_inference_steps: int, strength: float) -> dict:
+def img2img_start(registry, model: str, scheduler: str, num_inference_steps: int, strength: float,
+                  timestep_spacing: str = "") -> dict:
     """Where a run of ``strength`` starts on ``model``'s schedule, before it runs: ``{"timestep", "steps_run",
     "num_train_timesteps"}``, read from its scheduler config."""
     model = model or default_model("txt2img")
-    Img2ImgRequest(image=np.zeros((8, 8, 3), np.uint8), strength=strength,
-                   num_inference_steps=num_inference_steps, scheduler=scheduler)  # the same checks as a run's
+    Img2ImgRequest(image=np.zeros((8, 8, 3), np.uint8), strength=strength, num_inference_steps=num_inference_steps,
+                   scheduler=scheduler, timestep_spacing=timestep_spacing)  # the same checks as a run's
     config = read_scheduler_config(registry.resolve(model).location)
-    t, steps_run = start_timestep(scheduler, config, num_inference_steps, strength)
+    t, steps_run = start_timestep(scheduler, config, num_inference_steps, strength, timestep_spacing)
     return {"timestep": t, "steps_run": steps_run, "num_train_timesteps": int(config["num_train_timesteps"])}
 
 

@@ -12,7 +12,6 @@ DDIM, PNDM, DPM++ and UniPC, but not for Euler), and it passes ``generator`` to
 
 from __future__ import annotations
 
-import inspect
 import math
 import secrets
 import time
@@ -28,6 +27,7 @@ from engine.cancel import CancelToken, check
 from engine.errors import InputError
 from engine.events import Done, Preview, Started, Step
 from engine.sampling import fast
+from engine.sampling.denoise import extra_step_kwargs
 from engine.sampling.preview import PixelPreviewer, X0Previewer, scaled, vp_scale
 from engine.sampling.hashes import tensor_sha256
 from engine.sampling.schedulers import (check_spacing, make_scheduler, scheduler_code, scheduler_spec,
@@ -119,7 +119,7 @@ def iter_unconditional(
     speed = fast.speed_for(pipe, compile=request.compile)  # the GPU path's hooks; the plain loop on a CPU
     device, unet = pipe.device, pipe.unet
     generator = torch.Generator("cpu").manual_seed(request.seed)
-    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    step_kwargs = extra_step_kwargs(scheduler, generator)
 
     with torch.no_grad():
         # 2. The initial noise, drawn as DDPMPipeline draws it (one generator, the whole batch).
@@ -250,14 +250,19 @@ def image_grid(images: Sequence[Image.Image], gap: int = GRID_GAP, color: str = 
     return grid
 
 
+def loop_code_parts(pipe: DDPMPipeline, scheduler: str, timestep_spacing: str) -> tuple[str, str, str, list[str]]:
+    """What a plain loop's snippet on ``pipe`` needs: (the model's location, the expression that builds the
+    scheduler from ``config``, ", generator=generator" where its step takes one, else "", the diffusers imports)."""
+    ref = getattr(pipe, "workbench_ref", None)
+    cls_name, build = scheduler_code(scheduler, "config", **spacing_overrides(timestep_spacing))
+    takes_generator = "generator" in extra_step_kwargs(getattr(diffusers, cls_name), None)
+    return (ref.location if ref is not None else "<model folder>", build,
+            ", generator=generator" if takes_generator else "", sorted({"DDPMScheduler", "UNet2DModel", cls_name}))
+
+
 def diffusers_code(pipe: DDPMPipeline, request: UnconditionalRequest) -> str:
     """A plain-diffusers snippet that reproduces ``request``'s images: the seed's loop."""
-    ref = getattr(pipe, "workbench_ref", None)
-    location = ref.location if ref is not None else "<model folder>"
-    cls_name, build = scheduler_code(request.scheduler, "config", **spacing_overrides(request.timestep_spacing))
-    takes_generator = "generator" in inspect.signature(getattr(diffusers, cls_name).step).parameters
-    generator_arg = ", generator=generator" if takes_generator else ""
-    imports = sorted({"DDPMScheduler", "UNet2DModel", cls_name})
+    location, build, generator_arg, imports = loop_code_parts(pipe, request.scheduler, request.timestep_spacing)
     dtype = f", dtype={pipe.unet.dtype}" if pipe.unet.dtype in (torch.float16, torch.bfloat16) else ""
     return (
         "import torch\n"

@@ -59,6 +59,18 @@ def pixels(image) -> np.ndarray:
     return np.asarray(image).astype(int)
 
 
+def run_snippet(code: str, folder) -> dict:
+    """The code box's snippet executed in ``folder`` (where its 'original.png' lies), its image not saved: its
+    names."""
+    namespace, cwd = {}, os.getcwd()
+    os.chdir(folder)
+    try:
+        exec(compile(code.replace("image.save('image.png')\n", ""), "snippet", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    return namespace
+
+
 def pipeline_image(pipe, image, scheduler, *, prompt, negative_prompt, strength, num_inference_steps,
                    guidance_scale, seed) -> np.ndarray:
     """StableDiffusionImg2ImgPipeline on the same components, given ``image`` as it is."""
@@ -295,13 +307,7 @@ def test_events_png_and_snippet(tiny_sd, photo, tmp_path, resize_mode):
     assert done.images[0].size == (48, 64)
     assert done.info["resize_mode"] == resize_mode and done.info["size_from"] == "width and height as given"
     photo.save(tmp_path / "original.png")
-    namespace = {}
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        exec(compile(done.code.replace("image.save('image.png')\n", ""), "snippet", "exec"), namespace)
-    finally:
-        os.chdir(cwd)
+    namespace = run_snippet(done.code, tmp_path)
     assert np.abs(pixels(namespace["image"]) - pixels(done.images[0])).max() <= 2
 
 
@@ -321,13 +327,7 @@ def test_sdedit_snippet_gives_the_image(tiny_ddpm, photo, tmp_path, scheduler, r
     assert f"Resize mode: {resize_mode}" in a1111_parameters(done.info)
     assert "scheduler.add_noise(x0, noise, timesteps[:1])" in done.code
     photo.save(tmp_path / "original.png")
-    namespace = {}
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        exec(compile(done.code, "snippet", "exec"), namespace)
-    finally:
-        os.chdir(cwd)
+    namespace = run_snippet(done.code, tmp_path)
     assert np.abs(namespace["image"][0].astype(int) - pixels(done.images[0])).max() <= 2
 
 
@@ -438,3 +438,61 @@ def test_the_size_a_run_makes_is_known_before_it_runs(photo, tmp_path):
     assert bench.img2img_size(Img2ImgRequest(photo, model="digits-sd"))["width"] == 40  # 640x427 at about 32x32
     with pytest.raises(InputError, match="^SDEdit runs an unconditional model at its fixed size, 32x32 here; "):
         bench.check_img2img(Img2ImgRequest(photo, model="digits-ddpm", scheduler="DDIM", width=64))
+
+
+def test_img2img_steps_carry_text_to_images_views_and_attention(tiny_sd, small_photo):
+    """One loop for both (engine.sampling.denoise): an img2img step has the views a Text to image step has, the
+    cross-attention maps too, and collecting them leaves the image as it was."""
+    from engine.sampling.views import step_attention, step_measures, view_array
+
+    request = Img2ImgRequest(small_photo, prompt="a seven", strength=0.6, num_inference_steps=5, scheduler="DDIM",
+                             seed=3, width=64, height=48)
+    plain = list(iter_img2img(request, pipe=tiny_sd))[-1]
+    events = list(iter_img2img(request, pipe=tiny_sd, attention=True))
+    steps, done = events[1:-1], events[-1]
+    assert len(steps) == 3 and np.array_equal(pixels(done.images[0]), pixels(plain.images[0]))
+    for step in steps:
+        assert set(step.views) == {"eps", "v", "guidance", "attention", "measures"}
+        assert view_array(step, "guidance").dtype == np.uint8 and view_array(step, "v").shape[2] == 3
+        assert step_attention(step).shape[-2:] == step.preview_xt.tensor.shape[-2:]  # over the run's latent
+        assert step_measures(step)["t"] == step.timestep
+
+
+@pytest.mark.parametrize("scheduler", ["DDIM", "DDPM", "Euler a", "PNDM", "DPM++ 2M SDE", "UniPC"])
+def test_the_loops_step_arguments_and_start_are_the_pipelines(tiny_sd, scheduler):
+    """extra_step_kwargs and get_timesteps are what the pipelines' own methods give for the same scheduler."""
+    from engine.sampling.denoise import extra_step_kwargs, get_timesteps
+
+    img2img = StableDiffusionImg2ImgPipeline(**tiny_sd.components)
+    img2img.scheduler = make_scheduler(scheduler, tiny_sd.scheduler.config)
+    generator = torch.Generator("cpu")
+    assert extra_step_kwargs(img2img.scheduler, generator) == img2img.prepare_extra_step_kwargs(generator, 0.0)
+    ours = make_scheduler(scheduler, tiny_sd.scheduler.config)
+    for s in (ours, img2img.scheduler):
+        s.set_timesteps(10)
+    timesteps, steps = get_timesteps(ours, 10, 0.45)
+    theirs, their_steps = img2img.get_timesteps(10, 0.45, "cpu")
+    assert steps == their_steps == 4 and torch.equal(timesteps, theirs)
+    assert getattr(ours, "begin_index", None) == getattr(img2img.scheduler, "begin_index", None)
+
+
+def test_sdedit_takes_the_timestep_spacing(tiny_ddpm, photo, tmp_path):
+    """SDEdit's scheduler is built with the request's spacing: it starts where the spaced schedule's strength says,
+    and its snippet (the scheduler built from_config(..., timestep_spacing=...)) gives the image."""
+    from engine.models.devices import resolve_device
+    from engine.models.registry import ModelRegistry
+
+    tiny_ddpm.save_pretrained(tmp_path / "m")
+    pipe = ModelRegistry(tmp_path, resolve_device("cpu")).load("m", "unconditional")
+    request = Img2ImgRequest(photo, scheduler="DDIM", strength=0.5, num_inference_steps=10, seed=6, model="m",
+                             timestep_spacing="trailing")
+    events = list(iter_sdedit(request, pipe=pipe))
+    started, done = events[0], events[-1]
+    config = pipe.scheduler.config
+    assert started.timesteps[0] == start_timestep("DDIM", config, 10, 0.5, "trailing")[0] \
+        != start_timestep("DDIM", config, 10, 0.5)[0]
+    assert done.info["timestep_spacing"] == "trailing" and "guidance_rescale" not in done.info
+    assert "timestep_spacing='trailing'" in done.code
+    photo.save(tmp_path / "original.png")
+    namespace = run_snippet(done.code, tmp_path)
+    assert np.abs(namespace["image"][0].astype(int) - pixels(done.images[0])).max() <= 2

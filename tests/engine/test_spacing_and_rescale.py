@@ -123,12 +123,15 @@ def test_unconditional_with_spacing_matches_ddpm_pipeline(tiny_ddpm, spacing):
     assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(done.images[0]))
 
 
-@pytest.mark.parametrize("kw, message", [
+BAD_VALUES = [
     (dict(guidance_rescale=1.5), "guidance rescale must be a number from 0 to 1; got 1.5"),
     (dict(guidance_rescale=-0.1), "guidance rescale must be a number from 0 to 1; got -0.1"),
     (dict(timestep_spacing="evenly"),
      "unknown timestep spacing 'evenly'; allowed: leading, linspace, trailing, '' (the model's own)"),
-])
+]
+
+
+@pytest.mark.parametrize("kw, message", BAD_VALUES)
 def test_bad_values_are_refused_naming_the_field(kw, message):
     with pytest.raises(InputError, match=exactly(message)) as info:
         Txt2ImgRequest("a", **kw)
@@ -151,3 +154,98 @@ def test_replay_reads_spacing_and_rescale_back_from_the_png(tiny_sd, tmp_path):
     assert (bundle.request.timestep_spacing, bundle.request.guidance_rescale) == ("trailing", 0.7)
     again = list(iter_txt2img(bundle.request, pipe=tiny_sd))[-1]
     assert np.array_equal(np.asarray(again.images[0]), np.asarray(done.images[0]))
+
+
+# img2img (issue 25's leftover): the same two settings, through the loop Text to image shares (issue 23).
+PHOTO = np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (48, 1, 3))  # a ramp at the run's 64x48
+PHOTO[12:36, 16:48, 0] = 30  # and a block, so that the image has a shape to keep
+I2I = dict(prompt="a handwritten digit seven", negative_prompt="blurry", strength=0.7, num_inference_steps=6,
+           guidance_scale=6.0, seed=21, scheduler="DDIM")
+
+
+def img2img_ours(pipe, **kw) -> np.ndarray:
+    from engine.sampling.img2img import Img2ImgRequest, iter_img2img
+
+    done = list(iter_img2img(Img2ImgRequest(PHOTO, width=64, height=48, **kw), pipe=pipe))[-1]
+    return np.asarray(done.images[0]).astype(int)
+
+
+def img2img_pipeline(pipe, *, timestep_spacing="", guidance_rescale=0.0, **kw) -> np.ndarray:
+    """StableDiffusionImg2ImgPipeline on the same components, its scheduler built from_config(..., timestep_spacing=).
+    It takes no guidance_rescale (diffusers 0.42): for phi > 0, a forward hook on the UNet applies diffusers'
+    rescale_noise_cfg to the pipeline's guided noise, where StableDiffusionPipeline applies it."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+    from PIL import Image
+
+    img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+    overrides = {"timestep_spacing": timestep_spacing} if timestep_spacing else {}
+    img2img.scheduler = make_scheduler(kw["scheduler"], pipe.scheduler.config, **overrides)
+    w = kw["guidance_scale"]
+
+    def rescaled(unet, args, kwargs, output):
+        uncond, text = output[0].chunk(2)
+        guided = rescale_noise_cfg(uncond + w * (text - uncond), text, guidance_rescale=guidance_rescale)
+        return (torch.cat([uncond, uncond + (guided - uncond) / w]),)
+
+    hook = pipe.unet.register_forward_hook(rescaled, with_kwargs=True) if guidance_rescale else None
+    try:
+        out = img2img(kw["prompt"], image=Image.fromarray(PHOTO), strength=kw["strength"],
+                      negative_prompt=kw["negative_prompt"], num_inference_steps=kw["num_inference_steps"],
+                      guidance_scale=w, generator=torch.Generator("cpu").manual_seed(kw["seed"]),
+                      output_type="np").images[0]
+    finally:
+        if hook is not None:
+            hook.remove()
+    return (out * 255).round().astype(int)
+
+
+@pytest.mark.parametrize("spacing, phi", [("trailing", 0.7), ("linspace", 0.0), ("", 1.0)])
+def test_img2img_with_spacing_and_guidance_rescale_matches_the_pipeline(tiny_sd, spacing, phi):
+    mine = img2img_ours(tiny_sd, timestep_spacing=spacing, guidance_rescale=phi, **I2I)
+    theirs = img2img_pipeline(tiny_sd, timestep_spacing=spacing, guidance_rescale=phi, **I2I)
+    assert mine.shape == theirs.shape == (48, 64, 3)
+    assert np.abs(mine - theirs).max() <= 2
+
+
+def test_img2img_spacing_and_rescale_change_the_image(tiny_sd):
+    """The comparison above can fail: each setting, left out of the reference, changes the image."""
+    plain = img2img_pipeline(tiny_sd, **I2I)
+    assert np.abs(img2img_ours(tiny_sd, timestep_spacing="trailing", **I2I) - plain).max() > 10
+    assert np.abs(img2img_ours(tiny_sd, guidance_rescale=1.0, **I2I) - plain).max() > 10
+
+
+@pytest.mark.parametrize("kw, message", BAD_VALUES)
+def test_img2img_refuses_what_text_to_image_refuses(kw, message):
+    from engine.sampling.img2img import Img2ImgRequest
+
+    with pytest.raises(InputError, match=exactly(message)) as info:
+        Img2ImgRequest(PHOTO, **kw)
+    assert info.value.field == ("guidance rescale" if "guidance_rescale" in kw else "timestep spacing")
+
+
+def test_img2img_png_and_code_box_carry_spacing_and_rescale(tiny_sd, tmp_path):
+    """The PNG's parameters say both; the code box (the pipeline, its scheduler spaced, phi by a hook) gives the
+    image; the start the page shows before a run is the spaced schedule's."""
+    from engine.models.devices import resolve_device
+    from engine.models.registry import ModelRegistry
+    from engine.sampling.img2img import Img2ImgRequest, iter_img2img, start_timestep
+    from engine.records.outputs import read_parameters
+    from PIL import Image
+    from tests.engine.test_img2img import run_snippet
+
+    tiny_sd.save_pretrained(tmp_path / "m")
+    pipe = ModelRegistry(tmp_path, resolve_device("cpu")).load("m", "txt2img")
+    request = Img2ImgRequest(PHOTO, width=64, height=48, timestep_spacing="trailing", guidance_rescale=0.7, model="m",
+                             **{**I2I, "num_inference_steps": 4, "strength": 0.5})
+    events = list(iter_saved("img2img", iter_img2img(request, pipe=pipe), pipe=pipe, outputs_dir=tmp_path / "out"))
+    started, done = events[0], events[-1]
+    assert started.timesteps[0] == start_timestep("DDIM", pipe.scheduler.config, 4, 0.5, "trailing")[0] == 499
+    assert start_timestep("DDIM", pipe.scheduler.config, 4, 0.5)[0] != 499  # the model's own spacing starts elsewhere
+    parameters = read_parameters(done.paths[0])
+    assert "CFG rescale: 0.7" in parameters and "Timestep spacing: trailing" in parameters
+    assert "timestep_spacing='trailing'" in done.code and "guidance_rescale=0.7" in done.code
+    Image.fromarray(PHOTO).save(tmp_path / "original.png")
+    namespace = run_snippet(done.code, tmp_path)
+    assert np.abs(np.asarray(namespace["image"]).astype(int) - np.asarray(done.images[0]).astype(int)).max() <= 2

@@ -143,6 +143,32 @@ def test_img2img_takes_a_size_and_a_resize_mode(client, running_app, photo):
     assert "def crop_and_resize(" in final[4] and "crop_and_resize(Image.open('original.png')" in final[4]
 
 
+def test_img2img_takes_timestep_spacing_and_guidance_rescale(client, running_app, photo):
+    """/img2img passes both to the run (its image is the engine's for that request; the start line's t is the spaced
+    schedule's); the PNG says them; a phi outside 0 to 1 gets the engine's message and the server keeps serving."""
+    from engine.sampling.img2img import Img2ImgRequest
+
+    args = img2img_args(photo, scheduler="DDIM", steps=10, timestep_spacing="trailing", guidance_rescale=0.7)
+    final = client.predict(**args, api_name="/img2img")
+    info = as_dict(final[3])
+    assert (info["timestep_spacing"], info["guidance_rescale"]) == ("trailing", 0.7)
+    bench = running_app[1]
+    spaced = bench.img2img_start("digits-sd", "DDIM", 10, 0.6, "trailing")["timestep"]
+    assert info["start_timestep"] == spaced != bench.img2img_start("digits-sd", "DDIM", 10, 0.6)["timestep"]
+    with Image.open(final[0]) as im:
+        params = im.text["parameters"]
+    assert "CFG rescale: 0.7" in params and "Timestep spacing: trailing" in params
+    with Image.open(photo) as original:
+        request = Img2ImgRequest(original.convert("RGB"), prompt=args["prompt"], strength=0.6, num_inference_steps=10,
+                                 scheduler="DDIM", seed=12, model="digits-sd", timestep_spacing="trailing",
+                                 guidance_rescale=0.7)
+    alone = list(bench.iter_img2img(request))[-1]
+    assert np.array_equal(pixels(final[0]), np.asarray(alone.images[0]).astype(int))
+    with pytest.raises(Exception, match=exactly("guidance rescale must be a number from 0 to 1; got 1.5")):
+        client.predict(**img2img_args(photo, guidance_rescale=1.5), api_name="/img2img")
+    assert client.predict(**img2img_args(photo, steps=4), api_name="/img2img")[0]
+
+
 def test_img2img_on_an_unconditional_model_is_sdedit(client, photo):
     final = client.predict(**img2img_args(photo, model="digits-ddpm", scheduler="DDIM", strength=0.4),
                            api_name="/img2img")
