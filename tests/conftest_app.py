@@ -46,3 +46,10 @@ def client(running_app):
     c = Client(running_app[0], verbose=False)
     yield c
     c.close()
+
+
+@pytest.fixture()
+def no_training_job_left(running_app):
+    """The test ends with no training job on the shared app, so that the next test (and other tabs') start clean."""
+    yield
+    running_app[1].stop_training(wait=120)

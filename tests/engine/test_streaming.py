@@ -9,6 +9,7 @@ from engine.cancel import check
 from engine.errors import Cancelled, InputError
 from engine.events import Done, Started, Step
 from engine.streaming import stream_latest
+from tests.helpers import wait_until
 
 
 def step(i, total):
@@ -59,11 +60,9 @@ def test_closing_the_consumer_cancels_the_run_within_a_step():
         if event.step >= 3:
             break
     stream.close()
-    deadline = time.monotonic() + 5
-    while [t for t in threading.enumerate() if t.name == "workbench-run"] and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name == "workbench-run"], timeout=30,
+               what="the run's thread ended")
     assert stopped_at and stopped_at[0] < 20
-    assert not [t for t in threading.enumerate() if t.name == "workbench-run"]
 
 
 def test_close_returns_at_once_and_the_run_keeps_its_lock_until_it_stops():
@@ -72,25 +71,27 @@ def test_close_returns_at_once_and_the_run_keeps_its_lock_until_it_stops():
     device = threading.Lock()
     log = []
 
-    def make(name, step_seconds):
+    def make(name, gate=None):
         def events(cancel):
             with device:
                 log.append(f"{name} start")
                 try:
                     for i in range(1, 100):
                         check(cancel, i)
-                        time.sleep(step_seconds)
+                        if gate is not None and i > 1:
+                            gate.wait(30)  # a slow step: it ends when the test lets it (or after 30 s)
                         yield step(i, 100)
                 finally:
                     log.append(f"{name} end")
         return events
 
-    first = stream_latest(make("first", 0.5), min_interval=0.0)
-    next(first)
-    started = time.monotonic()
+    gate = threading.Event()
+    first = stream_latest(make("first", gate), min_interval=0.0)
+    next(first)  # step 1; the loop is inside step 2 now, held by the gate
     first.close()
-    assert time.monotonic() - started < 0.1  # not one step (0.5 s)
-    second = stream_latest(make("second", 0.0), min_interval=0.0)
+    assert log == ["first start"]  # close returned with the step still under way: it did not wait for it
+    gate.set()
+    second = stream_latest(make("second"), min_interval=0.0)
     next(second)
     second.close()
     assert log[:3] == ["first start", "first end", "second start"]
