@@ -39,7 +39,7 @@ def test_compare_grid_fills_in_then_every_column_scrubs_together(page, running_a
     assert '"outputs/txt2img/' in info and not [f for f in absolute_folders(running_app) if f in info], info
 
     type_into_slider(page, "cmp-scrub", 50)
-    halfway = wait_until(lambda: all("σ" in c for c in (found := captions(page, 3))) and found,
+    halfway = wait_until(lambda: (found := captions(page, 3)) and all("σ" in c for c in found) and found,
                          what="every column's caption at the scrubbed step")
     ts = [float(re.search(r"t = ([\d.]+)", c).group(1)) for c in halfway]
     assert all(abs(t - 500) <= 40 for t in ts), halfway  # every column at the same point of the trajectory
