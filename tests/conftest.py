@@ -42,5 +42,6 @@ def tiny_sd():
     return pipe
 
 
-from tests.conftest_app import app_dirs, client, no_training_job_left, running_app  # noqa: E402,F401  (ui/, browser/)
+from tests.conftest_app import (app_dirs, client, connected_client, no_training_job_left,  # noqa: E402,F401
+                                running_app)  # shared by ui/, reliability/ and browser/
 from tests.training_setups import trained_lora  # noqa: E402,F401  (a LoRA trained once for the session)

@@ -20,15 +20,6 @@ pytestmark = pytest.mark.usefixtures("no_training_job_left")  # each test ends w
 
 
 @pytest.fixture(scope="module")
-def client(running_app):
-    from gradio_client import Client
-
-    c = Client(running_app[0], verbose=False)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
 def captioned(running_app):
     make_captioned(running_app[2] / "data" / "api-captioned")
     return "api-captioned"

@@ -23,16 +23,6 @@ GAP_COLOUR = (229, 231, 235)
 pytestmark = pytest.mark.usefixtures("no_training_job_left")  # each test ends with no training job
 
 
-@pytest.fixture(scope="module")
-def client(running_app):
-    """One client for the module: opening and closing one costs about a second."""
-    from gradio_client import Client
-
-    c = Client(running_app[0], verbose=False)
-    yield c
-    c.close()
-
-
 def test_train_watch_stop_then_sample_the_checkpoint(client, running_app):
     _, bench, _ = running_app
     started = as_dict(client.predict(**{**RUN, "run_name": "api-digits"}, api_name="/train_start"))
