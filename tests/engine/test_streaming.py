@@ -35,11 +35,21 @@ def test_drops_stale_steps_but_keeps_order_and_last_step():
 
 
 def test_slow_producer_delivers_every_step():
+    """A producer slower than its consumer loses no step: each step is made only once the consumer has taken the
+    one before (an event, not a sleep that hopes the consumer keeps up)."""
+    taken = threading.Semaphore(0)
+
     def make(cancel):
         for i in range(1, 6):
-            time.sleep(0.03)
+            if i > 1:
+                assert taken.acquire(timeout=30), f"step {i - 1} was never taken"
             yield step(i, 5)
-    assert [e.step for e in stream_latest(make, min_interval=0.0)] == [1, 2, 3, 4, 5]
+
+    got = []
+    for event in stream_latest(make, min_interval=0.0):
+        got.append(event.step)
+        taken.release()
+    assert got == [1, 2, 3, 4, 5]
 
 
 def test_closing_the_consumer_cancels_the_run_within_a_step():
