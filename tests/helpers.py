@@ -156,9 +156,10 @@ def save_screenshot(page, name: str, part=None) -> None:
 
 def open_tab(page, name: str) -> None:
     """Click the tab whose button reads ``name``; in a narrow window, through the tab bar's "More tabs" menu."""
-    tab = page.get_by_role("tab", name=name, exact=True)
+    tab, more = page.get_by_role("tab", name=name, exact=True), page.get_by_role("button", name="More tabs")
+    tab.or_(more).first.wait_for(state="visible")  # the tab bar drawn (a page that has just loaded)
     if not tab.is_visible():
-        page.get_by_role("button", name="More tabs").click()
+        more.click()
         tab = page.locator(".overflow-dropdown").get_by_text(name, exact=True)
     tab.click()
 
