@@ -26,6 +26,14 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory):
+    """One torch.compile cache for the session, empty at its start: the compile tests (tests/engine/test_fast.py)
+    fill it with the tiny models' compiles, and bench/gpu.py's tiny run (tests/engine/test_gpu_bench.py) reads it,
+    so that the suite pays for one cold compile of each, not two."""
+    return tmp_path_factory.mktemp("torch-compile")
+
+
+@pytest.fixture(scope="session")
 def tiny_sd():
     from engine.testing.tiny import tiny_sd_pipeline
 
@@ -34,4 +42,6 @@ def tiny_sd():
     return pipe
 
 
-from tests.conftest_app import app_dirs, client, running_app  # noqa: E402,F401  (shared by ui/ and browser/)
+from tests.conftest_app import (app_dirs, client, connected_client, no_training_job_left,  # noqa: E402,F401
+                                running_app)  # shared by ui/, reliability/ and browser/
+from tests.training_setups import trained_lora  # noqa: E402,F401  (a LoRA trained once for the session)

@@ -39,10 +39,27 @@ def running_app(app_dirs, tmp_path_factory):
     bench.close()
 
 
-@pytest.fixture()
-def client(running_app):
+@pytest.fixture(scope="session")
+def connected_client(running_app):
+    """One gradio_client Client of the shared app for the session (connecting reads the app's config and API: about
+    a second each time on the test machine)."""
     from gradio_client import Client
 
     c = Client(running_app[0], verbose=False)
     yield c
     c.close()
+
+
+@pytest.fixture()
+def client(connected_client):
+    """The session's client, in a session of the app of its own (a new session hash: no state an earlier test left
+    in its gr.State, as a new browser tab gets)."""
+    connected_client.reset_session()
+    return connected_client
+
+
+@pytest.fixture()
+def no_training_job_left(running_app):
+    """The test ends with no training job on the shared app, so that the next test (and other tabs') start clean."""
+    yield
+    running_app[1].stop_training(wait=120)

@@ -1,41 +1,18 @@
 """A person types a prompt, sees its tokens as chips, clicks one, runs with the attention view, and scrubs: the map
 follows the step and the chip picked; a word not in the prompt is said beside the pick box."""
 
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
 
-from tests.helpers import console_errors, save_screenshot
+from tests.helpers import console_errors, fill_and_enter, image_src, save_screenshot, shown_pixels, wait_text
 
 pytestmark = pytest.mark.browser
 
 ATTENTION = "attention: where the picked word lands (heat map over x0)"
 
 
-def wait_text(page, elem_id, text, timeout=120_000):
-    page.wait_for_function(f"() => document.querySelector('#{elem_id}').innerText.includes({text!r})",
-                           timeout=timeout)
-
-
-def src(page, elem_id):
-    img = page.locator(f"#{elem_id} img")
-    return img.first.get_attribute("src") if img.count() else None
-
-
-def wait_new_src(page, elem_id, old):
-    """Until #elem_id shows an image other than ``old`` (its src), loaded; returns its pixels."""
-    page.wait_for_function(f"() => {{ const i = document.querySelector('#{elem_id} img');"
-                           f" return i && i.complete && i.naturalWidth > 0 && i.getAttribute('src') !== {old!r}; }}")
-    new = src(page, elem_id)
-    return new, np.asarray(Image.open(io.BytesIO(page.request.get(new).body())).convert("RGB")).astype(int)
-
-
 def scrub_to(page, step, total):
-    box = page.locator("#t2i-scrub input[type='number']")
-    box.fill(str(step))
-    box.press("Enter")
+    fill_and_enter(page.locator("#t2i-scrub input[type='number']"), step)
     wait_text(page, "t2i-progress", f"Step {step}/{total}")
 
 
@@ -65,16 +42,18 @@ def test_chips_pick_a_word_and_its_map_follows_the_steps(page):
     wait_text(page, "t2i-progress", "done")
     assert "Attention: where the picked word lands" in page.locator("#t2i-xt").inner_text()
 
-    before = src(page, "t2i-xt")
+    before = image_src(page, "t2i-xt")
     scrub_to(page, 2, 12)
-    before, early = wait_new_src(page, "t2i-xt", before)
+    early = shown_pixels(page, "t2i-xt", other_than=before)
+    before = image_src(page, "t2i-xt")
     scrub_to(page, 11, 12)
-    before, late = wait_new_src(page, "t2i-xt", before)
+    late = shown_pixels(page, "t2i-xt", other_than=before)
+    before = image_src(page, "t2i-xt")
     assert np.abs(early - late).max() > 30  # the map (and the x0 under it) moved with the step
     assert ((late[..., 0] - late[..., 2]) > 60).any()  # inferno's warm end: a heat map, not a grey preview
     save_screenshot(page, "attention")
     page.locator("#t2i-chips [data-index='1']").click()  # "a": another word's map at the same step
-    _, other = wait_new_src(page, "t2i-xt", before)
+    other = shown_pixels(page, "t2i-xt", other_than=before)
     assert "Step 11/12" in page.locator("#t2i-progress").inner_text()
     assert np.abs(other - late).max() > 30
     assert errors == []

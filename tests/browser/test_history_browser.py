@@ -1,7 +1,6 @@
 """A person makes a batch, finds one image of it in History, uses its settings and gets the same image again; reuses
 a seed; replays a past run; drops an A1111 PNG into PNG Info and sends it to Text to image."""
 
-import io
 import re
 
 import numpy as np
@@ -9,42 +8,14 @@ import pytest
 from PIL import Image
 
 from tests.engine.test_pnginfo import write_png
-from tests.helpers import console_errors, fill_and_enter, save_screenshot
+from tests.helpers import (console_errors, field_value, fill_and_enter, open_tab, pick, save_screenshot, set_number,
+                           shown_pixels, wait_text)
 
 pytestmark = pytest.mark.browser
 
 A1111_TEXT = ("a handwritten digit five\nNegative prompt: blurry\n"
               "Steps: 7, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 5.5, Seed: 777, Size: 40x48, "
               "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Version: v1.10.1")
-
-
-def open_tab(page, name):
-    page.get_by_role("tab", name=name, exact=True).click()
-
-
-def pick(page, elem_id, option):
-    page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option, exact=True).click()
-
-
-def set_number(page, elem_id, value):
-    fill_and_enter(page.locator(f"#{elem_id} input").first, value)
-
-
-def value(page, elem_id) -> str:
-    return page.locator(f"#{elem_id} input, #{elem_id} textarea").first.input_value()
-
-
-def wait_text(page, elem_id, text):
-    page.wait_for_function(f"() => document.querySelector('#{elem_id}')?.innerText.includes({text!r})")
-
-
-def shown_image(page, elem_id) -> np.ndarray:
-    """The pixels of the image #elem_id shows, fetched as the browser fetched them."""
-    page.wait_for_function(f"() => {{ const i = document.querySelector('#{elem_id} img');"
-                           " return i && i.complete && i.naturalWidth > 0; }")
-    src = page.locator(f"#{elem_id} img").first.get_attribute("src")
-    return np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"))
 
 
 def generate(page):
@@ -80,18 +51,18 @@ def test_pick_a_past_image_use_its_settings_and_get_it_again(page):
     wait_text(page, "history-info", "4244")
     wait_text(page, "history-status", "From Text to image · Diffusion Workbench")
     page.wait_for_selector("#history-export", state="visible")  # its run can be exported
-    picked = shown_image(page, "history-image")
+    picked = shown_pixels(page, "history-image")
     save_screenshot(page, "history")
     # 4. Its settings go back to Text to image, which opens; the same image comes out.
     page.locator("#history-use").click()
     page.wait_for_selector("#t2i-generate", state="visible")
     page.wait_for_function("() => document.querySelector('#t2i-seed input').value === '4244'")
-    assert value(page, "t2i-prompt") == "a handwritten digit three"
-    assert (value(page, "t2i-scheduler"), value(page, "t2i-steps"), value(page, "t2i-batch-count")) == \
+    assert field_value(page, "t2i-prompt") == "a handwritten digit three"
+    assert tuple(field_value(page, f"t2i-{name}") for name in ("scheduler", "steps", "batch-count")) == \
         ("Euler", "4", "1")
-    assert (value(page, "t2i-width"), value(page, "t2i-height")) == ("32", "32")
+    assert (field_value(page, "t2i-width"), field_value(page, "t2i-height")) == ("32", "32")
     generate(page)
-    assert np.array_equal(shown_image(page, "t2i-image"), picked)
+    assert np.array_equal(shown_pixels(page, "t2i-image"), picked)
     assert errors == []  # through a batch and two tab switches
 
 
@@ -101,7 +72,7 @@ def test_reuse_and_random_seed_buttons(page):
     generate(page)
     page.locator("#t2i-reuse-seed").click()
     page.wait_for_function("() => document.querySelector('#t2i-seed input').value !== '-1'")
-    assert re.search(rf'"seed"\s*:\s*{value(page, "t2i-seed")}\b', page.locator("#t2i-info").inner_text())
+    assert re.search(rf'"seed"\s*:\s*{field_value(page, "t2i-seed")}\b', page.locator("#t2i-info").inner_text())
     page.locator("#t2i-random-seed").click()
     page.wait_for_function("() => document.querySelector('#t2i-seed input').value === '-1'")
 
@@ -109,7 +80,7 @@ def test_reuse_and_random_seed_buttons(page):
 def replay_in_history(page, search, caption):
     """In History: search, pick the image captioned ``caption``, replay it, and wait for "Identical"."""
     open_tab(page, "History")
-    fill_and_enter(page.locator("#history-search textarea, #history-search input").first, search)
+    set_number(page, "history-search", search)
     page.locator("#history-gallery button").filter(has_text=caption).first.click()
     wait_text(page, "history-status", "From Text to image")
     page.locator("#history-replay").click()
@@ -125,7 +96,7 @@ def test_replay_a_past_image_is_identical(page):
     replay_in_history(page, "four replayed", "77 · a handwritten digit four")
     wait_text(page, "replay-progress", ", a new image in History")  # issue 22 (9): it says what it added
     # The replay is saved like any run: two images now; the picked one goes to the trash, the replay stays.
-    fill_and_enter(page.locator("#history-search textarea, #history-search input").first, "four replayed")
+    set_number(page, "history-search", "four replayed")
     page.wait_for_function("() => document.querySelectorAll('#history-gallery img').length === 2")
     page.locator("#history-gallery button").filter(has_text="77 · a handwritten digit four").first.click()
     wait_text(page, "history-status", "From Text to image")
@@ -157,10 +128,11 @@ def test_drop_an_a1111_png_and_send_it_to_text_to_image(page, tmp_path):
     page.locator("#pnginfo-send").click()
     page.wait_for_selector("#t2i-generate", state="visible")
     page.wait_for_function("() => document.querySelector('#t2i-seed input').value === '777'")
-    assert (value(page, "t2i-prompt"), value(page, "t2i-negative")) == ("a handwritten digit five", "blurry")
-    assert (value(page, "t2i-steps"), value(page, "t2i-guidance"), value(page, "t2i-scheduler")) == \
+    assert tuple(field_value(page, f"t2i-{name}") for name in ("prompt", "negative")) == \
+        ("a handwritten digit five", "blurry")
+    assert tuple(field_value(page, f"t2i-{name}") for name in ("steps", "guidance", "scheduler")) == \
         ("7", "5.5", "DPM++ 2M Karras")
-    assert (value(page, "t2i-width"), value(page, "t2i-height")) == ("40", "48")
+    assert (field_value(page, "t2i-width"), field_value(page, "t2i-height")) == ("40", "48")
     assert errors == []
 
 

@@ -2,34 +2,14 @@
 will make, runs it at the image's own size and gets a 64x48 result; a width that is not a multiple of 8 is said
 beside the field."""
 
-import io
 import re
 
 import pytest
 from PIL import Image
 
-from tests.helpers import console_errors, fill_and_enter
+from tests.helpers import console_errors, fill_and_enter, open_noise_tab, shown_image, wait_text
 
 pytestmark = pytest.mark.browser
-
-
-def open_noise_tab(page):
-    page.get_by_role("tab", name="Noise", exact=True).click()
-    page.wait_for_selector("#noise-plot-3 svg g.mark-line path")
-
-
-def wait_text(page, elem_id, text, timeout=120_000):
-    page.wait_for_function(f"() => document.querySelector('#{elem_id}').innerText.includes({text!r})",
-                           timeout=timeout)
-
-
-def shown_size(page, elem_id) -> tuple[int, int]:
-    """(width, height) of the PNG #elem_id shows, fetched as the browser fetched it."""
-    page.wait_for_function(f"() => {{ const i = document.querySelector('#{elem_id} img');"
-                           " return i && i.complete && i.naturalWidth > 0; }")
-    src = page.locator(f"#{elem_id} img").first.get_attribute("src")
-    with Image.open(io.BytesIO(page.request.get(src).body())) as im:
-        return im.size
 
 
 @pytest.fixture()
@@ -54,7 +34,7 @@ def test_an_uploaded_non_square_image_comes_back_at_its_own_shape(page, photo_64
                                 "so it goes in untouched.")
     page.locator("#i2i-run").click()
     wait_text(page, "i2i-progress", "done")
-    assert shown_size(page, "i2i-image") == (64, 48)
+    assert shown_image(page, "i2i-image").size == (64, 48)
     info = page.locator("#i2i-info").inner_text()
     assert re.search(r'"width"\s*:\s*64\b', info) and re.search(r'"height"\s*:\s*48\b', info), info
     assert "done · 64x48" in page.locator("#i2i-progress").inner_text()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.helpers import open_tab, wait_text
+from tests.helpers import TAB_SHOWN, open_tab, wait_text
 
 pytestmark = pytest.mark.browser
 
@@ -51,9 +51,8 @@ SQUEEZED_TEXT = r"""() => {
 }"""
 
 
-# What shows that each tab has been drawn.
-SHOWN = {"Text to image": "#t2i-generate", "Unconditional": "#ddpm-generate", "Noise": "#noise-strip img",
-         "Training": "#train-start", "History": "#history-gallery"}
+# The tabs a newcomer walks through.
+SHOWN = {tab: TAB_SHOWN[tab] for tab in ("Text to image", "Unconditional", "Noise", "Training", "History")}
 
 
 def test_labels_and_captions_read_whole_wide_and_narrow(page):

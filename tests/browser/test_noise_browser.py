@@ -2,12 +2,12 @@
 
 import math
 import re
-import time
 
 import pytest
 from diffusers import DDPMScheduler
 
-from tests.helpers import fill_and_enter, image_src, save_screenshot
+from tests.helpers import (fill_and_enter, image_src, open_noise_tab, open_tab, pick, save_screenshot, type_into_slider,
+                           wait_until)
 from ui.noise import CURSOR_COLOR, PALETTE, TICK_COLOR
 
 pytestmark = pytest.mark.browser
@@ -15,47 +15,22 @@ pytestmark = pytest.mark.browser
 PLOT_COUNT = 4
 
 
-def open_noise_tab(page):
-    page.get_by_role("tab", name="Noise", exact=True).click()
-    page.wait_for_selector("#noise-plot-3 svg g.mark-line path")
-
-
-def pick(page, elem_id, option):
-    page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option, exact=True).click()
-
-
-def type_into_slider(page, elem_id, value):
-    """Type a value into a slider's number box and leave it, as a person sets a slider exactly."""
-    box = page.locator(f"#{elem_id} input[data-testid='number-input']")
-    box.fill(str(value))
-    box.press("Tab")
-
-
 def captions(page) -> list[str]:
     return page.locator("#noise-strip .caption-label").all_inner_texts()
 
 
-def wait_for_captions(page, first_words: list[str], timeout: float = 60.0) -> list[str]:
+def wait_for_captions(page, first_words: list[str]) -> list[str]:
     """The strip's captions once their "t = ..." parts are ``first_words``."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        shown = captions(page)
-        if [c.split(",")[0] for c in shown] == first_words:
-            return shown
-        time.sleep(0.1)
-    raise AssertionError(f"the strip shows {captions(page)}, not {first_words}")
+    return wait_until(lambda: (shown := captions(page)) and [c.split(",")[0] for c in shown] == first_words and shown,
+                      what=f"the strip's captions {first_words}")
 
 
 def frame_caption(page) -> str:
     return page.locator("#noise-single [data-testid='block-label']").inner_text().strip()
 
 
-def wait_for_frame_caption(page, text: str, timeout: float = 60.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and frame_caption(page) != text:
-        time.sleep(0.1)
-    assert frame_caption(page) == text
+def wait_for_frame_caption(page, text: str) -> None:
+    wait_until(lambda: frame_caption(page) == text, what=f"the frame's caption {text!r}")
 
 
 def sqrt_alpha_bar(t: int, **schedule) -> str:
@@ -89,13 +64,16 @@ def centre(box: dict) -> float:
 def assert_cursor_at(page, t: int) -> None:
     """On every plot the red vertical line stands on the x axis' label for ``t``."""
     for plot in range(PLOT_COUNT):
-        deadline = time.time() + 30
-        while True:
+        def drawn():
             cursor, label = line(page, plot, CURSOR_COLOR), x_axis_label(page, plot, t)
             offset = abs(centre(cursor) - centre(label)) if cursor and label else None
-            if offset is not None and offset <= 2 or time.time() > deadline:
-                break
-            time.sleep(0.1)
+            return cursor, label, offset
+
+        try:
+            cursor, label, offset = wait_until(lambda: (found := drawn())[2] is not None and found[2] <= 2 and found,
+                                               timeout=30, what=f"plot {plot}'s cursor at t = {t}")
+        except AssertionError:
+            cursor, label, offset = drawn()  # the asserts below say what is wrong
         assert cursor is not None, f"plot {plot} has no cursor"
         assert label is not None, f"plot {plot} has no x axis label {t}"
         assert cursor["width"] <= 3, f"plot {plot}: the cursor is not a vertical line: {cursor}"  # its stroke
@@ -172,16 +150,10 @@ def test_resolution_redraws_like_every_other_field(page):
     open_noise_tab(page)
     assert natural_widths(page) == {128}
     type_into_slider(page, "noise-resolution", 64)
-    deadline = time.time() + 60
-    while time.time() < deadline and natural_widths(page) != {64}:
-        time.sleep(0.1)
-    assert natural_widths(page) == {64}, "the strip was not redrawn at 64 px"
-    before = page.locator("#noise-strip img").first.get_attribute("src")
+    wait_until(lambda: natural_widths(page) == {64}, what="the strip redrawn at 64 px")
+    before = image_src(page, "noise-strip")
     page.locator("#noise-sample").get_by_text("flower.jpg", exact=True).click()
-    deadline = time.time() + 60
-    while time.time() < deadline and page.locator("#noise-strip img").first.get_attribute("src") == before:
-        time.sleep(0.1)
-    assert page.locator("#noise-strip img").first.get_attribute("src") != before, "the sample image did not redraw"
+    wait_until(lambda: image_src(page, "noise-strip") != before, what="the strip redrawn from the sample image")
     assert natural_widths(page) == {64}
 
 
@@ -220,6 +192,14 @@ def test_schedule_labels_are_readable_whole_and_name_the_parameter(page):
     assert cut == []
 
 
+def resize_and_wait_for_the_plots(page, size: dict) -> None:
+    """Resize the window and wait until the first plot has been redrawn at its new width."""
+    width = "() => document.querySelector('#noise-plot-0 svg').getBoundingClientRect().width"
+    before = page.evaluate(width)
+    page.set_viewport_size(size)
+    page.wait_for_function(f"before => ({width})() !== before", arg=before)
+
+
 def test_using_the_tab_logs_no_browser_errors(page):
     """Redraws while the tab is hidden, a resize, overlays, a model, the slider: no console errors."""
     errors = []
@@ -234,19 +214,21 @@ def test_using_the_tab_logs_no_browser_errors(page):
     open_noise_tab(page)
     # A new schedule drawn while the person has moved on to another tab, then a resize.
     pick(page, "noise-beta-schedule", "squaredcos_cap_v2")
-    page.get_by_role("tab", name="Training", exact=True).click()
-    time.sleep(3)
+    open_tab(page, "Training")
+    cosine = [f"t = {t}, √ᾱ = {sqrt_alpha_bar(t, beta_schedule='squaredcos_cap_v2')}"
+              for t in (0, 50, 100, 200, 400, 600, 800, 999)]
+    # The strip redrawn in the hidden tab (its text is there while hidden: textContent, not innerText).
+    wait_until(lambda: page.locator("#noise-strip .caption-label").all_text_contents() == cosine,
+               what="the cosine schedule's strip drawn in the hidden tab")
     open_noise_tab(page)
-    wait_for_captions(page, ["t = 0", "t = 50", "t = 100", "t = 200", "t = 400", "t = 600", "t = 800", "t = 999"])
-    page.set_viewport_size({"width": 900, "height": 900})
-    time.sleep(1)
-    page.set_viewport_size({"width": 1400, "height": 1000})
+    assert captions(page) == cosine
+    resize_and_wait_for_the_plots(page, {"width": 900, "height": 900})
+    resize_and_wait_for_the_plots(page, {"width": 1400, "height": 1000})
     page.locator("#noise-overlay").get_by_label("linear", exact=True).check()
     page.locator("#noise-plot-2 svg g.role-legend").get_by_text("linear: noise", exact=True).wait_for()
     pick(page, "noise-model", "digits-ddpm")
     page.locator("#noise-plot-0 svg g.role-legend").get_by_text("digits-ddpm", exact=True).wait_for()
     type_into_slider(page, "noise-t", 300)
     wait_for_frame_caption(page, f"x_t at t = 300, √ᾱ = {sqrt_alpha_bar(300)}")
-    page.set_viewport_size({"width": 1000, "height": 900})
-    time.sleep(1)
+    resize_and_wait_for_the_plots(page, {"width": 1000, "height": 900})
     assert errors == []

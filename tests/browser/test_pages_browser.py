@@ -1,10 +1,8 @@
 """Every tab as a newcomer meets it: no console errors, dark mode one click away, and a run that waits says why."""
 
-import time
-
 import pytest
 
-from tests.helpers import console_errors, in_viewport, open_tab, pick
+from tests.helpers import TAB_SHOWN, console_errors, in_viewport, open_tab, pick, wait_text, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -14,10 +12,12 @@ TABS = ("Text to image", "Unconditional", "Noise", "Compare", "Training", "Histo
 def test_every_tab_opens_without_console_errors(page):
     errors = console_errors(page)
     for name in TABS:
-        page.get_by_role("tab", name=name, exact=True).click()
-        time.sleep(1.5)  # let the tab's components mount and draw
-    page.get_by_role("tab", name="Text to image", exact=True).click()
-    time.sleep(0.5)
+        open_tab(page, name)
+        page.locator(TAB_SHOWN[name]).first.wait_for(state="visible")  # the tab's components mounted and drawn
+        if name == "Noise":
+            page.wait_for_selector("#noise-plot-3 svg g.mark-line path")  # and its plots, drawn after them
+    open_tab(page, "Text to image")
+    page.locator(TAB_SHOWN["Text to image"]).wait_for(state="visible")
     assert errors == []
 
 
@@ -45,16 +45,13 @@ def test_a_run_behind_another_tabs_run_says_what_it_waits_for(page, running_app)
     client = Client(running_app[0], verbose=False, download_files=False)
     job = client.submit(model="digits-ddpm", scheduler="DDPM", steps=1000, seed=1, batch_size=16, api_name="/ddpm")
     try:
-        deadline = time.time() + 60
-        while not any("Step" in str(o[2]) for o in job.outputs()) and time.time() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: any("Step" in str(o[2]) for o in job.outputs()), what="the /ddpm run's first step")
         page.locator("#t2i-generate").click()
-        page.wait_for_function("() => document.querySelector('#t2i-progress').innerText"
-                               ".includes('waiting for an unconditional run to finish')")
+        wait_text(page, "t2i-progress", "waiting for an unconditional run to finish")
     finally:
         job.cancel()
         client.close()
-    page.wait_for_function("() => document.querySelector('#t2i-progress').innerText.includes('done')")
+    wait_text(page, "t2i-progress", "done")
 
 
 # Each tab that runs something: its run button and what the run shows (progress line, first previews).

@@ -1,56 +1,15 @@
 """A person sees what the sampler does: the Compare grid fills in and scrubs together, Text to image shows the
 views of a step it is asked for, and the Noise tab's way back returns the denoised image beside the original."""
 
-import io
 import re
-import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from tests.helpers import console_errors, image_src, save_screenshot
+from tests.helpers import (console_errors, fill_and_enter, image_src, open_tab, pick, save_screenshot, shown_pixels,
+                           type_into_slider, wait_text, wait_until, watch)
 
 pytestmark = pytest.mark.browser
-
-
-def open_tab(page, name):
-    page.get_by_role("tab", name=name, exact=True).click()
-
-
-def wait_text(page, elem_id, text, timeout=120_000):
-    page.wait_for_function(f"() => document.querySelector('#{elem_id}').innerText.includes({text!r})",
-                           timeout=timeout)
-
-
-def shown(page, elem_id) -> np.ndarray:
-    """The pixels of the image #elem_id shows, fetched as the browser fetched them."""
-    page.wait_for_function(f"() => {{ const i = document.querySelector('#{elem_id} img');"
-                           " return i && i.complete && i.naturalWidth > 0; }")
-    src = page.locator(f"#{elem_id} img").first.get_attribute("src")
-    return np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB")).astype(int)
-
-
-def type_into_slider(page, elem_id, value):
-    box = page.locator(f"#{elem_id} input[data-testid='number-input']")
-    box.fill(str(value))
-    box.press("Tab")
-
-
-def pick(page, elem_id, option):
-    page.locator(f"#{elem_id} input").click()
-    page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
-
-
-def eventually(condition, timeout=30.0) -> bool:
-    """Whether ``condition()`` comes true within ``timeout`` seconds (an image's new source can land a moment
-    after its label)."""
-    deadline = time.time() + timeout
-    while not condition():
-        if time.time() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
 
 
 def captions(page, n):
@@ -69,13 +28,10 @@ def test_compare_grid_fills_in_then_every_column_scrubs_together(page, running_a
     open_tab(page, "Compare")
     page.locator("#cmp-run").click()
     # The grid fills in column by column: a moment where the first column shows an image and the last none yet.
-    states, deadline = set(), time.time() + 120
-    while time.time() < deadline and "done" not in page.locator("#cmp-progress").inner_text():
-        states.add(tuple(bool(image_src(page, f"cmp-image-{i}")) for i in range(3)))
-        time.sleep(0.05)
+    states = watch(page, lambda: tuple(bool(image_src(page, f"cmp-image-{i}")) for i in range(3)), "cmp-progress")
     wait_text(page, "cmp-progress", "done")
     assert (True, False, False) in states or (True, True, False) in states, f"the grid never filled in: {states}"
-    finals = [shown(page, f"cmp-image-{i}") for i in range(3)]
+    finals = [shown_pixels(page, f"cmp-image-{i}") for i in range(3)]
     for text, value in zip(captions(page, 3), ("DDIM", "Euler a", "DPM++ 2M Karras")):
         assert re.fullmatch(rf"{re.escape(value)}: \d\.\d{{3}} s a step, 25 steps", text.strip()), text
     assert not np.array_equal(finals[0], finals[2])
@@ -83,20 +39,16 @@ def test_compare_grid_fills_in_then_every_column_scrubs_together(page, running_a
     assert '"outputs/txt2img/' in info and not [f for f in absolute_folders(running_app) if f in info], info
 
     type_into_slider(page, "cmp-scrub", 50)
-    deadline = time.time() + 60
-    while time.time() < deadline and not all("σ" in c for c in captions(page, 3)):
-        time.sleep(0.1)
-    halfway = captions(page, 3)
+    halfway = wait_until(lambda: (found := captions(page, 3)) and all("σ" in c for c in found) and found,
+                         what="every column's caption at the scrubbed step")
     ts = [float(re.search(r"t = ([\d.]+)", c).group(1)) for c in halfway]
     assert all(abs(t - 500) <= 40 for t in ts), halfway  # every column at the same point of the trajectory
     assert all(re.match(r"step \d+/25 · t = [\d.]+ · σ = [\d.]+", c) for c in halfway), halfway
-    assert not np.array_equal(shown(page, "cmp-image-0"), finals[0])  # a frame on the way, not the end
+    assert not np.array_equal(shown_pixels(page, "cmp-image-0"), finals[0])  # a frame on the way, not the end
     save_screenshot(page, "compare")
     type_into_slider(page, "cmp-scrub", 100)
-    deadline = time.time() + 60
-    while time.time() < deadline and "final image" not in captions(page, 1)[0]:
-        time.sleep(0.1)
-    assert np.array_equal(shown(page, "cmp-image-0"), finals[0])
+    wait_until(lambda: "final image" in captions(page, 1)[0], what="the first column's final image")
+    assert np.array_equal(shown_pixels(page, "cmp-image-0"), finals[0])
     assert errors == []
 
 
@@ -125,18 +77,16 @@ def chart_lines(page, chart: int) -> list:
 def test_views_pick_what_streams_and_scrubbing_shows_every_view(page):
     errors = console_errors(page)
     pick(page, "t2i-view-right", "guidance Δ = ε_text − ε_uncond (heat map)")
-    steps = page.locator("input[aria-label='number input for Steps']")
-    steps.fill("12")
-    steps.press("Enter")
+    fill_and_enter(page.locator("input[aria-label='number input for Steps']"), 12)
     page.locator("#t2i-generate").click()
     wait_text(page, "t2i-progress", "done")
     assert "Guidance Δ" in page.locator("#t2i-xt").inner_text()
-    assert eventually(lambda: is_heat_map(shown(page, "t2i-xt"))), "the right image is no heat map"
+    wait_until(lambda: is_heat_map(shown_pixels(page, "t2i-xt")), timeout=30, what="a heat map in the right image")
     # the live charts drew their lines: guidance rms alone (a run with guidance), then sigma and the latent's std,
     # each with a point per step
     for chart, names in ((0, ["guidance rms"]), (1, ["sigma", "latent std"])):
-        assert eventually(lambda: chart_lines(page, chart) == [[name, 12] for name in names]), \
-            chart_lines(page, chart)
+        wait_until(lambda: chart_lines(page, chart) == [[name, 12] for name in names], timeout=30,
+                   what=f"chart {chart}'s lines {names}, 12 points each")
     save_screenshot(page, "txt2img-views")
     # after the run, any view of any step: the predicted noise at step 4, on the left
     pick(page, "t2i-view-left", "predicted noise ε (after guidance)")
@@ -145,11 +95,12 @@ def test_views_pick_what_streams_and_scrubbing_shows_every_view(page):
     box.fill("4")
     box.press("Enter")
     wait_text(page, "t2i-progress", "Step 4/12")
-    eps = shown(page, "t2i-image")
+    eps = shown_pixels(page, "t2i-image")
     assert not is_heat_map(eps) and eps.std() > 0
     pick(page, "t2i-view-right", "noisy latent x_t after the step")
     wait_text(page, "t2i-xt", "Noisy latent x_t")
-    assert eventually(lambda: not is_heat_map(shown(page, "t2i-xt"))), "the right image still shows the heat map"
+    wait_until(lambda: not is_heat_map(shown_pixels(page, "t2i-xt")), timeout=30,
+               what="the right image without the heat map")
     assert errors == []
 
 
@@ -168,7 +119,7 @@ def test_img2img_denoises_from_the_strengths_t_beside_the_original(page, running
     page.locator("#i2i-run").click()
     wait_text(page, "i2i-progress", "done")
     assert image_src(page, "i2i-original"), "the original is not shown beside the result"
-    result = shown(page, "i2i-image")
+    result = shown_pixels(page, "i2i-image")
     assert result.std() > 0
     assert re.search(r'"start_timestep"\s*:\s*' + str(t), page.locator("#i2i-info").inner_text())
     code, info = page.locator("#i2i-code").inner_text(), page.locator("#i2i-info").inner_text()
@@ -176,9 +127,8 @@ def test_img2img_denoises_from_the_strengths_t_beside_the_original(page, running
     assert '"outputs/img2img/' in info
     assert not [f for f in absolute_folders(running_app) if f in code + info], code + info
     page.locator("#i2i-strip-run").click()
-    deadline = time.time() + 120
-    while time.time() < deadline and page.locator("#i2i-strip .caption-label").count() < 5:
-        time.sleep(0.2)
+    wait_until(lambda: page.locator("#i2i-strip .caption-label").count() >= 5, timeout=120,
+               what="the strength strip's five images")
     labels = page.locator("#i2i-strip .caption-label").all_inner_texts()
     assert [label.split(" · ")[0] for label in labels] == ["0.2", "0.4", "0.6", "0.8", "1"]
     assert all(re.fullmatch(r"[\d.]+ · t \d+ · -?\d\.\d\d", label) for label in labels), labels

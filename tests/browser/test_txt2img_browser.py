@@ -1,26 +1,14 @@
 """A person types a prompt, clicks Generate, watches the steps, scrubs back, stops a run, and makes mistakes."""
 
-import io
 import re
-import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from tests.helpers import console_errors, fill_and_enter, pick, save_screenshot, wait_text, watch_images
+from tests.helpers import (console_errors, fill_and_enter, pick, save_screenshot, set_number, shown_pixels, wait_text,
+                           wait_until, watch_images)
 
 pytestmark = pytest.mark.browser
-
-
-def set_number(page, label, value):
-    fill_and_enter(page.get_by_label(label, exact=True).first, value)
-
-
-def set_steps(page, value):
-    steps = page.locator("input[aria-label='number input for Steps']")
-    steps.fill(str(value))
-    steps.press("Enter")
 
 
 def progress_text(page):
@@ -28,36 +16,26 @@ def progress_text(page):
 
 
 def wait_done(page):
-    page.wait_for_function("() => document.querySelector('#t2i-progress').innerText.includes('done')")
+    wait_text(page, "t2i-progress", "done")
 
 
 def generate(page, seed, steps):
     """Set the seed and steps, click Generate and wait for the final image."""
-    set_number(page, "Seed (-1 = random)", seed)
-    set_steps(page, steps)
+    set_number(page, "t2i-seed", seed)
+    set_number(page, "t2i-steps", steps)
     page.locator("#t2i-generate").click()
     wait_done(page)
 
 
-def shown_image(page, elem_id) -> np.ndarray:
-    """The pixels of the image #elem_id shows, fetched as the browser fetched them."""
-    page.wait_for_function(f"() => {{ const i = document.querySelector('#{elem_id} img');"
-                           " return i && i.complete && i.naturalWidth > 0; }")
-    src = page.locator(f"#{elem_id} img").first.get_attribute("src")
-    return np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("L"))
-
-
 def scrub_to(page, value):
-    box = page.locator("#t2i-scrub input[type='number']")
-    box.fill(str(value))
-    box.press("Enter")
+    fill_and_enter(page.locator("#t2i-scrub input[type='number']"), value)
 
 
 def test_generate_shows_previews_then_final_image(page):
     errors = console_errors(page)
     page.locator("#t2i-prompt textarea").fill("a handwritten digit three")
-    set_number(page, "Seed (-1 = random)", 5)
-    set_steps(page, 80)  # long enough to watch a few frames
+    set_number(page, "t2i-seed", 5)
+    set_number(page, "t2i-steps", 80)  # long enough to watch a few frames
     page.locator("#t2i-generate").click()
     seen = watch_images(page, "t2i-image", "t2i-progress")
     assert "done" in progress_text(page)
@@ -75,26 +53,26 @@ def test_default_x0_preview_is_readable(page):
     from engine.builtin.digits import classifier
 
     assert page.locator("#t2i-prompt textarea").input_value() == "a handwritten digit seven"
-    set_number(page, "Seed (-1 = random)", 3)
+    set_number(page, "t2i-seed", 3)
     page.locator("#t2i-generate").click()
     wait_done(page)
     assert "VAE decode" in page.locator("#t2i-image").inner_text()  # the image's label says which preview
     scrub_to(page, 24)  # step 24 of 25: still the preview, not the final image
     page.wait_for_function("() => document.querySelector('#t2i-progress').innerText.includes('Step 24/25')")
-    preview = shown_image(page, "t2i-image")
+    preview = shown_pixels(page, "t2i-image", "L")
     scores = classifier().score(preview[None])
     assert scores.labels[0] == 7 and bool(scores.confident[0])
 
 
 def test_scrubbing_to_the_last_step_shows_the_final_image(page):
     generate(page, 8, 6)
-    final = shown_image(page, "t2i-image")
+    final = shown_pixels(page, "t2i-image", "L")
     scrub_to(page, 2)
     page.wait_for_function("() => document.querySelector('#t2i-progress').innerText.includes('Step 2/6')")
-    assert not np.array_equal(shown_image(page, "t2i-image"), final)
+    assert not np.array_equal(shown_pixels(page, "t2i-image", "L"), final)
     scrub_to(page, 6)
     page.wait_for_function("() => document.querySelector('#t2i-progress').innerText.includes('final image')")
-    assert np.array_equal(shown_image(page, "t2i-image"), final)
+    assert np.array_equal(shown_pixels(page, "t2i-image", "L"), final)
 
 
 def test_scrubbing_shows_each_steps_own_x0_once_the_skipped_frames_are_drawn(page):
@@ -106,14 +84,14 @@ def test_scrubbing_shows_each_steps_own_x0_once_the_skipped_frames_are_drawn(pag
     for k in range(1, 6):
         scrub_to(page, k)
         page.wait_for_function(f"() => document.querySelector('#t2i-progress').innerText.includes('Step {k}/6')")
-        frames.append(shown_image(page, "t2i-image"))
+        frames.append(shown_pixels(page, "t2i-image", "L"))
     assert all(not np.array_equal(a, b) for a, b in zip(frames, frames[1:])), "a step shows another step's frame"
 
 
 def test_generate_clicked_as_the_final_image_shows_runs_again(page):
     """The click lands while the run before it is still ending (drawing its skipped frames): it is not dropped."""
-    set_steps(page, 40)  # many steps the stream skips: drawing them takes a while after the final image
-    set_number(page, "Seed (-1 = random)", -1)
+    set_number(page, "t2i-steps", 40)  # many steps the stream skips: drawing them takes a while after the final image
+    set_number(page, "t2i-seed", -1)
     seeds = page.evaluate("""() => new Promise(resolve => {
         const progress = () => document.querySelector('#t2i-progress').innerText;
         const seeds = [], start = performance.now();
@@ -137,12 +115,12 @@ def test_generate_clicked_as_the_final_image_shows_runs_again(page):
     assert seeds[0] != seeds[1]
 
 
-def test_stop_says_where_it_stopped_and_the_next_run_starts(page):
+def test_stop_says_where_it_stopped_and_the_next_run_starts(page, running_app):
     errors = console_errors(page)
-    set_steps(page, 150)
-    set_number(page, "Seed (-1 = random)", 21)
-    set_number(page, "Width (multiple of 8)", 128)
-    set_number(page, "Height (multiple of 8)", 128)
+    set_number(page, "t2i-steps", 150)
+    set_number(page, "t2i-seed", 21)
+    set_number(page, "t2i-width", 128)
+    set_number(page, "t2i-height", 128)
     page.locator("#t2i-generate").click()
     page.wait_for_function(
         "() => /Step [2-9]\\d*\\/150/.test(document.querySelector('#t2i-progress').innerText)")
@@ -153,7 +131,7 @@ def test_stop_says_where_it_stopped_and_the_next_run_starts(page):
     except Exception as exc:
         raise AssertionError(f"after Stop the progress line says {progress_text(page)!r}") from exc
     first = progress_text(page)
-    time.sleep(1.5)
+    wait_until(lambda: running_app[1].activity() is None, what="the stopped run's end on the server")
     assert progress_text(page) == first, "the run went on after Stop"
     step = int(re.search(r"Stopped at step (\d+) of 150", first).group(1))
     assert 0 < step < 150
@@ -161,7 +139,7 @@ def test_stop_says_where_it_stopped_and_the_next_run_starts(page):
     assert re.search(r'"seed"\s*:\s*21\b', info) and re.search(rf'"stopped_at_step"\s*:\s*{step}\b', info)
     assert "manual_seed(21)" in page.locator("#t2i-code").inner_text()  # code and parameters agree
     assert page.locator("#t2i-scrub").is_visible() or step == 1  # the partial run can be scrubbed
-    set_steps(page, 3)
+    set_number(page, "t2i-steps", 3)
     page.locator("#t2i-generate").click()
     wait_done(page)
     assert errors == []
@@ -169,13 +147,13 @@ def test_stop_says_where_it_stopped_and_the_next_run_starts(page):
 
 def test_bad_width_is_said_beside_it_and_the_last_image_stays(page):
     generate(page, 4, 4)
-    before = shown_image(page, "t2i-image")
-    set_number(page, "Width (multiple of 8)", 30)
+    before = shown_pixels(page, "t2i-image", "L")
+    set_number(page, "t2i-width", 30)
     page.locator("#t2i-generate").click()
     message = "width must be a multiple of 8 (8 to 2048); got 30"
-    page.wait_for_function(f"() => document.querySelector('#t2i-width').innerText.includes({message!r})")
-    page.wait_for_function(f"() => document.querySelector('#t2i-progress').innerText.includes({message!r})")
-    assert np.array_equal(shown_image(page, "t2i-image"), before)
+    wait_text(page, "t2i-width", message)
+    wait_text(page, "t2i-progress", message)
+    assert np.array_equal(shown_pixels(page, "t2i-image", "L"), before)
     assert page.locator("#t2i-image .error").count() == 0 and page.locator(".error").filter(has_text="Error").count() == 0
 
 
@@ -195,8 +173,8 @@ def test_offline_hub_id_is_said_whole_beside_the_model(page):
 def test_heun_says_it_counts_model_evaluations_and_far_sizes_warn(page):
     page.locator("#t2i-scheduler input").click()
     page.get_by_role("option", name="Heun", exact=True).click()
-    set_steps(page, 5)
-    set_number(page, "Width (multiple of 8)", 128)
+    set_number(page, "t2i-steps", 5)
+    set_number(page, "t2i-width", 128)
     page.locator("#t2i-generate").click()
     page.wait_for_function("() => document.querySelector('#t2i-progress').innerText.includes('model evaluations')")
     text = progress_text(page)
@@ -206,7 +184,7 @@ def test_heun_says_it_counts_model_evaluations_and_far_sizes_warn(page):
 
 
 def test_ctrl_enter_generates_and_the_code_box_wraps(page):
-    set_steps(page, 2)
+    set_number(page, "t2i-steps", 2)
     box = page.locator("#t2i-prompt textarea")
     box.fill("a handwritten digit one")
     box.press("Control+Enter")
@@ -232,14 +210,14 @@ def test_views_and_lines_that_looked_broken_say_why(page):
     ticks = page.locator("#t2i-chart-1 svg text").all_text_contents()
     assert ticks and not any(t.startswith(("-", "−")) for t in ticks), ticks
 
-    set_steps(page, 0)
+    set_number(page, "t2i-steps", 0)
     page.locator("#t2i-generate").click()
     message = "steps must be a whole number from 1 to 150; got 0"
     wait_text(page, "t2i-steps", message)
     wait_text(page, "t2i-progress", message)
 
-    set_steps(page, 2)
-    set_number(page, "Batch count (runs: seeds s, s+1, ...)", 2)
+    set_number(page, "t2i-steps", 2)
+    set_number(page, "t2i-batch-count", 2)
     page.locator("#t2i-generate").click()
     line = wait_text(page, "t2i-progress", "Batch · done · 2 runs, seeds 3 to 4")
     assert not re.search(r"Step \d+/\d+", line), line

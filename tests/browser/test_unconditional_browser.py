@@ -2,16 +2,15 @@
 told first, a grid with gaps that the label leaves alone and that is saved, a scrubber back through the steps;
 and the browser logs no error meanwhile."""
 
-import io
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from engine.sampling.unconditional import UnconditionalRequest
-from tests.helpers import console_errors, fill_and_enter, image_src, in_viewport, pick, save_screenshot, wait_text
+from tests.helpers import (console_errors, fetched_pixels, field_value, image_src, in_viewport, pick, save_screenshot,
+                           set_number, wait_image, wait_text)
 
 pytestmark = pytest.mark.browser
 
@@ -33,37 +32,17 @@ def tab(browser, running_app):
     assert errors == [], "the browser logged errors while the tab was used"
 
 
-def value(page, elem_id):
-    return page.locator(f"#{elem_id} input").first.input_value()
-
-
 def wait_value(page, elem_id, expected):
     page.wait_for_function(f"() => document.querySelector('#{elem_id} input').value === {expected!r}")
 
 
-def set_number(page, elem_id, number):
-    fill_and_enter(page.locator(f"#{elem_id} input"), number)
-
-
-def pixels(page, src) -> np.ndarray:
-    """The image at ``src`` as the browser got it, (H, W, 3)."""
-    with Image.open(io.BytesIO(page.request.get(src).body())) as im:
-        return np.asarray(im.convert("RGB")).astype(int)
-
-
-def wait_src_change(page, elem_id, old):
-    page.wait_for_function(f"""old => {{ const i = document.querySelector('#{elem_id} img');
-                                         return i && i.getAttribute('src') !== old && i.complete; }}""", arg=old)
-    return image_src(page, elem_id)
-
-
 def test_defaults_are_fast_and_ddpm_as_trained_is_one_click_with_its_time(tab, running_app):
     page = tab
-    assert (value(page, "ddpm-scheduler"), value(page, "ddpm-steps")) == ("DDIM", "50")
+    assert (field_value(page, "ddpm-scheduler"), field_value(page, "ddpm-steps")) == ("DDIM", "50")
     assert not page.locator("#ddpm-estimate").is_visible()  # a fast run needs no warning
     page.get_by_role("button", name="DDPM as trained (1000 steps)").click()
     wait_value(page, "ddpm-steps", "1000")
-    assert value(page, "ddpm-scheduler") == "DDPM"
+    assert field_value(page, "ddpm-scheduler") == "DDPM"
     # before it starts, the page says how long it will take here: measured seconds a step times 1000
     estimate = page.locator("#ddpm-estimate")
     page.wait_for_function("() => /about \\d+ s/.test(document.querySelector('#ddpm-estimate')?.innerText)")
@@ -103,7 +82,7 @@ def test_grid_with_gaps_is_saved_and_the_scrubber_goes_back_through_the_steps(ta
     page.wait_for_function("() => { const i = document.querySelector('#ddpm-image img');"
                            " return i && i.complete && i.naturalWidth === 66; }")  # 2x2 tiles of 32 px, 2 px gaps
     final_src = image_src(page, "ddpm-image")
-    final = pixels(page, final_src)
+    final = fetched_pixels(page, final_src)
     # the gaps between the tiles are the gap's grey, and the label and buttons leave the top row alone
     assert (final[32:32 + GAP] == GAP_GREY).all() and (final[:, 32:32 + GAP] == GAP_GREY).all()
     assert final[:32, :32].std() > 0 and final[34:, 34:].std() > 0
@@ -126,21 +105,21 @@ def test_grid_with_gaps_is_saved_and_the_scrubber_goes_back_through_the_steps(ta
     slider = scrub.locator("input[type=range]")
     slider.focus()
     slider.press("Home")
-    first_src = wait_src_change(page, "ddpm-image", final_src)
+    first_src = wait_image(page, "ddpm-image", final_src)
     page.wait_for_function("() => document.querySelector('#ddpm-progress').innerText.includes('Step 2/120')")
-    early = pixels(page, first_src)
+    early = fetched_pixels(page, first_src)
     assert early.shape != final.shape or np.abs(early - final).max() > 0
     first_xt = image_src(page, "ddpm-xt")
     slider.press("ArrowRight")
     page.wait_for_function("() => document.querySelector('#ddpm-progress').innerText.includes('Step 4/120')")
-    second_src = wait_src_change(page, "ddpm-image", first_src)
-    assert image_src(page, "ddpm-xt") != first_xt and not np.array_equal(pixels(page, second_src), early)
+    second_src = wait_image(page, "ddpm-image", first_src)
+    assert image_src(page, "ddpm-xt") != first_xt and not np.array_equal(fetched_pixels(page, second_src), early)
     # the last position is the final image again
     slider.press("End")
     page.wait_for_function("() => /Step 120\\/120.*final image/.test("
                            "document.querySelector('#ddpm-progress').innerText)")
-    last_src = wait_src_change(page, "ddpm-image", second_src)
-    assert np.array_equal(pixels(page, last_src), final)
+    last_src = wait_image(page, "ddpm-image", second_src)
+    assert np.array_equal(fetched_pixels(page, last_src), final)
     save_screenshot(page, "unconditional")
 
 
@@ -159,10 +138,10 @@ def test_a_model_picked_as_the_training_tab_hands_one_over_keeps_the_fast_defaul
         page.get_by_role("option", name="tiny-t100", exact=True).click()
         as_trained = page.get_by_role("button", name="DDPM as trained (100 steps)")
         as_trained.wait_for()
-        assert (value(page, "ddpm-scheduler"), value(page, "ddpm-steps")) == ("DDIM", "50")
+        assert (field_value(page, "ddpm-scheduler"), field_value(page, "ddpm-steps")) == ("DDIM", "50")
         as_trained.click()
         wait_value(page, "ddpm-steps", "100")
-        assert value(page, "ddpm-scheduler") == "DDPM"
+        assert field_value(page, "ddpm-scheduler") == "DDPM"
         page.wait_for_function("() => /DDPM, 100 steps: about \\d+ s/.test("
                                "document.querySelector('#ddpm-estimate')?.innerText)")
     finally:
@@ -195,5 +174,5 @@ def test_stop_says_where_it_stopped_keeps_the_frames_and_the_run_stays_in_view(t
     slider = scrub.locator("input[type=range]")
     slider.focus()
     slider.press("Home")
-    wait_src_change(page, "ddpm-image", before)
+    wait_image(page, "ddpm-image", before)
     wait_text(page, "ddpm-progress", "scrubbed")

@@ -1,25 +1,10 @@
 """A person samples from a DDPM model and watches it denoise; then watches an image drown in noise."""
 
-import time
-
 import pytest
 
-from tests.helpers import fill_and_enter, image_src, watch_images
+from tests.helpers import image_src, open_tab, pick, set_number, wait_until, watch_images
 
 pytestmark = pytest.mark.browser
-
-
-def open_tab(page, name):
-    page.get_by_role("tab", name=name, exact=True).click()
-
-
-def pick(page, elem_id, option):
-    page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option, exact=True).click()
-
-
-def set_number(page, elem_id, value):
-    fill_and_enter(page.locator(f"#{elem_id} input"), value)
 
 
 def test_generate_shows_previews_then_the_grid(page):
@@ -57,19 +42,21 @@ def plot_picture(page, index):
     return page.locator(f"#noise-plot-{index}").screenshot()
 
 
+def steady_plot_picture(page, index):
+    """Plot ``index`` as it looks once drawn: the first of two pictures in a row that are the same."""
+    return wait_until(lambda: (first := plot_picture(page, index)) == plot_picture(page, index) and first,
+                      what=f"plot {index} drawn")
+
+
 def test_changing_the_schedule_changes_the_strip_and_the_plots(page):
     open_tab(page, "Noise")
     page.locator("#noise-show").click()
     page.wait_for_function("() => document.querySelectorAll('#noise-strip img').length >= 8")
-    page.wait_for_selector("#noise-plot-1 canvas, #noise-plot-1 svg")
-    time.sleep(0.5)  # let the plot finish drawing
-    before_strip, before_plot = strip_sources(page), plot_picture(page, 1)
+    page.wait_for_selector("#noise-plot-1 svg g.mark-line path")
+    before_strip, before_plot = strip_sources(page), steady_plot_picture(page, 1)
     pick(page, "noise-beta-schedule", "squaredcos_cap_v2")
-    deadline = time.time() + 30
-    while time.time() < deadline and strip_sources(page)[:8] == before_strip[:8]:
-        time.sleep(0.1)
-    time.sleep(0.5)
-    after_strip = strip_sources(page)
-    assert len(after_strip) >= 8 and after_strip[:8] != before_strip[:8], "the strip did not change"
-    assert plot_picture(page, 1) != before_plot, "the alpha_bar plot did not change"
+    after_strip = wait_until(lambda: (found := strip_sources(page))[:8] != before_strip[:8] and found,
+                             what="the strip redrawn for the new schedule")
+    assert len(after_strip) >= 8
+    wait_until(lambda: steady_plot_picture(page, 1) != before_plot, what="the alpha_bar plot redrawn")
     page.screenshot(path="/tmp/wb-noise.png", full_page=True)

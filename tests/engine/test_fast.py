@@ -230,12 +230,13 @@ def test_a_failed_compile_runs_eager_and_says_so(tiny_sd, monkeypatch):
 
 # -- the compiled UNet (torch.compile on the CPU: half a minute for a one-block UNet on 2 idle cores) -----------------
 @pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """A fresh cache for this module's compiles (a compile reads and fills it)."""
+def compiles(compile_cache):
+    """This module's compiles read and fill the session's compile cache (fresh at the session's start: the first
+    compile of each model here is a cold one)."""
     import os
 
     before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("torch-compile"))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache)
     yield
     if before is None:
         os.environ.pop("TORCHINDUCTOR_CACHE_DIR")
@@ -244,7 +245,7 @@ def compile_cache(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_compiled_txt2img_equals_the_pipeline_and_compiles_once(compile_cache):
+def test_compiled_txt2img_equals_the_pipeline_and_compiles_once(compiles):
     from tests.engine.test_txt2img import pipeline_image
 
     pipe = sd_pipeline("tiny")  # one UNet block: the least to compile
@@ -266,7 +267,7 @@ def test_compiled_txt2img_equals_the_pipeline_and_compiles_once(compile_cache):
 
 
 @pytest.mark.slow
-def test_compiled_unconditional_equals_eager(compile_cache):
+def test_compiled_unconditional_equals_eager(compiles):
     pipe = ddpm_pipeline("tiny")
     request = UnconditionalRequest(scheduler="DPM++ 2M", num_inference_steps=6, seed=4, compile=True)
     started, steps, done = run(iter_unconditional(request, pipe=pipe))

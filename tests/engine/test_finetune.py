@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.cancel import CancelToken
 from engine.errors import InputError
 from engine.models.registry import BUILTINS
 from engine.training import checkpoints as ckpt
-from engine.training.loop import NUM_BUCKETS, bucket_edges, iter_train
+from engine.training.loop import NUM_BUCKETS, bucket_edges
 from engine.training.request import TrainDone, TrainRequest, TrainStarted, TrainStep, resume_request
+from tests.training_setups import train_events, write_digits
 
 DDPM = BUILTINS["digits-ddpm"].folder
 
@@ -21,14 +21,8 @@ DDPM = BUILTINS["digits-ddpm"].folder
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """``digits32``: 24 of scikit-learn's digits as grey 32 px PNGs, the data digits-ddpm was trained on."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
     root = tmp_path_factory.mktemp("data")
-    (root / "digits32").mkdir()
-    for i, pixels in enumerate(load_digits().images[:24]):
-        image = Image.fromarray(np.round(pixels * 255 / 16).astype(np.uint8), mode="L").resize((32, 32))
-        image.save(root / "digits32" / f"{i:02d}.png")
+    write_digits(root / "digits32", 24)
     return root
 
 
@@ -37,16 +31,6 @@ def request(**kw) -> TrainRequest:
                     learning_rate=1e-4, lr_warmup_steps=0, use_ema=False, log_every=1, save_every=0, sample_every=0,
                     first_sample_step=0, seed=3)
     return TrainRequest(**{**settings, **kw})
-
-
-def run(req, models_dir, data_dir, *, cancel_at=None):
-    cancel = CancelToken()
-    events = []
-    for event in iter_train(req, models_dir=models_dir, data_dir=data_dir, cancel=cancel, device="cpu"):
-        events.append(event)
-        if cancel_at is not None and isinstance(event, TrainStep) and event.step >= cancel_at:
-            cancel.cancel()
-    return events
 
 
 def losses_of(events):
@@ -75,8 +59,8 @@ def test_fine_tune_starts_at_the_pretrained_models_loss_not_at_scratchs(tmp_path
     from diffusers import DDPMPipeline
 
     # 1. The same data, steps and seed from digits-ddpm and from a new UNet of the same shape.
-    tuned = run(request(run_name="tuned"), tmp_path, data_dir)
-    scratch = run(request(run_name="scratch", start_from="scratch", preset="digits"), tmp_path, data_dir)
+    tuned = train_events(request(run_name="tuned"), tmp_path, data_dir)
+    scratch = train_events(request(run_name="scratch", start_from="scratch", preset="digits"), tmp_path, data_dir)
     reference = pretrained_loss(data_dir)
     start_tuned, start_scratch = np.mean(losses_of(tuned)), np.mean(losses_of(scratch))
     assert 0.5 * reference < start_tuned < 2 * reference, (start_tuned, reference)
@@ -100,10 +84,10 @@ def test_fine_tune_starts_at_the_pretrained_models_loss_not_at_scratchs(tmp_path
 
 def test_resumed_fine_tune_with_ema_is_exact(tmp_path, data_dir):
     base = dict(max_steps=6, use_ema=True, lr_warmup_steps=2)
-    straight = run(request(run_name="straight", **base), tmp_path, data_dir)
-    first = run(request(run_name="stopped", **base), tmp_path, data_dir, cancel_at=3)
+    straight = train_events(request(run_name="straight", **base), tmp_path, data_dir)
+    first = train_events(request(run_name="stopped", **base), tmp_path, data_dir, cancel_at=3)
     assert first[-1].stopped and first[-1].step == 3
-    resumed = run(resume_request(tmp_path, "stopped"), tmp_path, data_dir)
+    resumed = train_events(resume_request(tmp_path, "stopped"), tmp_path, data_dir)
     assert resumed[0].start_step == 3 and resumed[0].info["start_from"] == "digits-ddpm"
     assert losses_of(resumed) == pytest.approx(losses_of(straight)[3:], rel=1e-5)
     for name in ("unet/diffusion_pytorch_model.safetensors", "trainer/unet.safetensors"):
@@ -123,7 +107,7 @@ def test_resumed_fine_tune_with_ema_is_exact(tmp_path, data_dir):
 ])
 def test_a_base_that_cannot_be_fine_tuned_is_refused_before_anything_is_written(tmp_path, data_dir, change, message):
     with pytest.raises(InputError, match="^" + re.escape(message) + "$"):
-        run(request(run_name="refused", **change), tmp_path, data_dir)
+        train_events(request(run_name="refused", **change), tmp_path, data_dir)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -132,7 +116,7 @@ def test_loss_by_timestep_bucket_and_each_steps_learning_rate(tmp_path, data_dir
 
     req = request(run_name="charts", start_from="scratch", preset="tiny", resolution=16, max_steps=3, log_every=1,
                   learning_rate=1e-3, lr_warmup_steps=2)
-    events = run(req, tmp_path, data_dir)
+    events = train_events(req, tmp_path, data_dir)
     started, steps = events[0], [e for e in events if isinstance(e, TrainStep)]
     assert isinstance(started, TrainStarted)
     assert started.bucket_edges == tuple(range(0, 1001, 100)) == bucket_edges(1000)

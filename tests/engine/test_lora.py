@@ -13,8 +13,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from engine.records.runs import iter_saved
-from engine.builtin.lora_proof import digit_image, draw_frame
-from engine.cancel import CancelToken
 from engine.errors import DataError, InputError
 from engine.models.devices import resolve_device
 from engine.models.loras import METADATA_KEY, architecture
@@ -23,57 +21,17 @@ from engine.records.outputs import read_parameters
 from engine.sampling.schedulers import make_scheduler
 from engine.sampling.txt2img import Txt2ImgRequest, iter_txt2img
 from engine.training import checkpoints as ckpt
-from engine.training.loop import iter_train
-from engine.training.request import (TrainCheckpoint, TrainDone, TrainRequest, TrainSample, TrainStarted, TrainStep,
+from engine.training.request import (TrainCheckpoint, TrainDone, TrainSample, TrainStarted, TrainStep,
                                      resume_request)
+from tests.training_setups import PROMPTS, lora_request, make_captioned, train_events
 
 BASE = BUILTINS["digits-sd"].folder
-PROMPTS = ("a framed handwritten digit seven", "a handwritten digit one")
 SCHEDULER = Txt2ImgRequest(prompt="").scheduler  # what the grids and the page sample with
 
 
 def tree_hashes(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def make_captioned(folder: Path, n: int = 16) -> None:
-    """``n`` digits, every other framed; captions in metadata.jsonl for the first half, .txt files for the rest."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    folder.mkdir(parents=True)
-    digits = load_digits()
-    rows = []
-    for i in range(n):
-        label = int(digits.target[i])
-        image = digit_image(digits.images[i])
-        framed = i % 2 == 0
-        Image.fromarray(draw_frame(image) if framed else image, mode="L").save(folder / f"{i:02d}.png")
-        text = f"a {'framed ' if framed else ''}handwritten digit {label}"
-        if i < n // 2:
-            rows.append({"file_name": f"{i:02d}.png", "text": text})
-        else:
-            (folder / f"{i:02d}.txt").write_text(text)
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def lora_request(**kw) -> TrainRequest:
-    settings = dict(data="captioned", start_from="digits-sd", method="lora", resolution=32, batch_size=4, max_steps=6,
-                    learning_rate=2e-2, lr_warmup_steps=0, lora_rank=4, lora_alpha=4.0, lora_text_encoder=True,
-                    use_ema=False, save_every=0, sample_every=6, first_sample_step=0, sample_images=2,
-                    sample_num_inference_steps=4, validation_prompts=" | ".join(PROMPTS), log_every=1, seed=1)
-    return TrainRequest(**{**settings, **kw})
-
-
-def run(req, models_dir, data_dir, *, cancel_at=None):
-    cancel = CancelToken()
-    events = []
-    for event in iter_train(req, models_dir=models_dir, data_dir=data_dir, cancel=cancel, device="cpu"):
-        events.append(event)
-        if cancel_at is not None and isinstance(event, TrainStep) and event.step >= cancel_at:
-            cancel.cancel()
-    return events
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +47,7 @@ def trained(dirs):
     """One LoRA run of 6 steps on digits-sd (UNet and text encoder adapters), and the base's hashes around it."""
     models_dir, data_dir = dirs
     before = tree_hashes(BASE)
-    events = run(lora_request(run_name="lo"), models_dir, data_dir)
+    events = train_events(lora_request(run_name="lo"), models_dir, data_dir)
     return events, before
 
 
@@ -216,10 +174,10 @@ def test_our_loop_with_a_lora_equals_the_pipeline_after_load_lora_weights(traine
 def test_stopped_and_resumed_lora_run_is_exact(dirs):
     models_dir, data_dir = dirs
     base = dict(max_steps=6, use_ema=True, lr_warmup_steps=2, sample_every=0, learning_rate=1e-2)
-    straight = run(lora_request(run_name="lo-straight", **base), models_dir, data_dir)
-    first = run(lora_request(run_name="lo-stopped", **base), models_dir, data_dir, cancel_at=3)
+    straight = train_events(lora_request(run_name="lo-straight", **base), models_dir, data_dir)
+    first = train_events(lora_request(run_name="lo-stopped", **base), models_dir, data_dir, cancel_at=3)
     assert first[-1].stopped and first[-1].step == 3
-    resumed = run(resume_request(models_dir, "lo-stopped"), models_dir, data_dir)
+    resumed = train_events(resume_request(models_dir, "lo-stopped"), models_dir, data_dir)
     assert resumed[0].start_step == 3
     straight_losses = [x for e in straight if isinstance(e, TrainStep) for x in e.losses]
     assert [x for e in resumed if isinstance(e, TrainStep) for x in e.losses] == pytest.approx(straight_losses[3:],
@@ -264,7 +222,7 @@ def test_bad_lora_input_is_refused_and_nothing_is_written(tmp_path, change, erro
     (data_dir / "not-images" / "a.png").write_text("not a png")
     (data_dir / "not-images" / "b.jpg").write_bytes(b"\x00" * 64)
     with pytest.raises(error, match="^" + re.escape(message) + "$"):
-        run(lora_request(run_name="refused", batch_size=2, **change), models_dir, data_dir)
+        train_events(lora_request(run_name="refused", batch_size=2, **change), models_dir, data_dir)
     assert not models_dir.exists() or list(models_dir.iterdir()) == []
 
 

@@ -200,17 +200,14 @@ def test_a_batch_count_grid_is_no_run_to_export(bench):
         bench.export_run(grid)
 
 
-def test_a_run_with_a_lora_replays_identically_and_a_changed_lora_is_detected(bench, tmp_path):
+def test_a_run_with_a_lora_replays_identically_and_a_changed_lora_is_detected(bench, tmp_path, trained_lora):
     """The LoRA switched on is part of the run: its file's hash is in the record, and a replay checks it."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from tests.engine.test_lora import lora_request, make_captioned
-    from engine.training.loop import iter_train
+    from tests.training_setups import install_lora
 
-    make_captioned(bench.folders.data_dir / "captioned")
-    list(iter_train(lora_request(run_name="lo", max_steps=2, sample_every=0), models_dir=bench.folders.models_dir,
-                    data_dir=bench.folders.data_dir, device="cpu"))
+    install_lora(trained_lora, bench.folders.models_dir, "lo")
     request = Txt2ImgRequest(prompt="a framed handwritten digit seven", num_inference_steps=2, seed=5, lora="lo",
                              lora_scale=0.8)
     done = list(bench.iter_txt2img(request))[-1]

@@ -14,16 +14,13 @@ IMAGE = np.tile(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None], (32, 1, 
 
 
 @pytest.fixture(scope="module")
-def benches(tmp_path_factory):
+def benches(tmp_path_factory, trained_lora):
     """A LoRA trained for two steps on digits-sd; the folders sampled through the device worker and, fresh, here."""
-    from engine.training.loop import iter_train
-    from tests.engine.test_lora import lora_request, make_captioned
+    from tests.training_setups import install_lora
 
     root = tmp_path_factory.mktemp("state")
     folders = Folders(root / "models", root / "data", root / "outputs")
-    make_captioned(folders.data_dir / "captioned")
-    list(iter_train(lora_request(run_name="lo", max_steps=2, sample_every=0), models_dir=folders.models_dir,
-                    data_dir=folders.data_dir, device="cpu"))
+    install_lora(trained_lora, folders.models_dir, "lo")
     worker = Workbench(folders, device="cpu")
     yield worker, folders
     worker.close()

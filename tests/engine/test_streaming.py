@@ -9,6 +9,7 @@ from engine.cancel import check
 from engine.errors import Cancelled, InputError
 from engine.events import Done, Started, Step
 from engine.streaming import stream_latest
+from tests.helpers import wait_until
 
 
 def step(i, total):
@@ -34,11 +35,21 @@ def test_drops_stale_steps_but_keeps_order_and_last_step():
 
 
 def test_slow_producer_delivers_every_step():
+    """A producer slower than its consumer loses no step: each step is made only once the consumer has taken the
+    one before (an event, not a sleep that hopes the consumer keeps up)."""
+    taken = threading.Semaphore(0)
+
     def make(cancel):
         for i in range(1, 6):
-            time.sleep(0.03)
+            if i > 1:
+                assert taken.acquire(timeout=30), f"step {i - 1} was never taken"
             yield step(i, 5)
-    assert [e.step for e in stream_latest(make, min_interval=0.0)] == [1, 2, 3, 4, 5]
+
+    got = []
+    for event in stream_latest(make, min_interval=0.0):
+        got.append(event.step)
+        taken.release()
+    assert got == [1, 2, 3, 4, 5]
 
 
 def test_closing_the_consumer_cancels_the_run_within_a_step():
@@ -59,11 +70,9 @@ def test_closing_the_consumer_cancels_the_run_within_a_step():
         if event.step >= 3:
             break
     stream.close()
-    deadline = time.monotonic() + 5
-    while [t for t in threading.enumerate() if t.name == "workbench-run"] and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name == "workbench-run"], timeout=30,
+               what="the run's thread ended")
     assert stopped_at and stopped_at[0] < 20
-    assert not [t for t in threading.enumerate() if t.name == "workbench-run"]
 
 
 def test_close_returns_at_once_and_the_run_keeps_its_lock_until_it_stops():
@@ -72,25 +81,27 @@ def test_close_returns_at_once_and_the_run_keeps_its_lock_until_it_stops():
     device = threading.Lock()
     log = []
 
-    def make(name, step_seconds):
+    def make(name, gate=None):
         def events(cancel):
             with device:
                 log.append(f"{name} start")
                 try:
                     for i in range(1, 100):
                         check(cancel, i)
-                        time.sleep(step_seconds)
+                        if gate is not None and i > 1:
+                            gate.wait(30)  # a slow step: it ends when the test lets it (or after 30 s)
                         yield step(i, 100)
                 finally:
                     log.append(f"{name} end")
         return events
 
-    first = stream_latest(make("first", 0.5), min_interval=0.0)
-    next(first)
-    started = time.monotonic()
+    gate = threading.Event()
+    first = stream_latest(make("first", gate), min_interval=0.0)
+    next(first)  # step 1; the loop is inside step 2 now, held by the gate
     first.close()
-    assert time.monotonic() - started < 0.1  # not one step (0.5 s)
-    second = stream_latest(make("second", 0.0), min_interval=0.0)
+    assert log == ["first start"]  # close returned with the step still under way: it did not wait for it
+    gate.set()
+    second = stream_latest(make("second"), min_interval=0.0)
     next(second)
     second.close()
     assert log[:3] == ["first start", "first end", "second start"]

@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 from engine.training import checkpoints as ckpt
-from engine.cancel import CancelToken
 from engine.errors import DataError, InputError, JobRunningError
 from engine.training.loop import iter_train
 from engine.training.request import (TrainCheckpoint, TrainDone, TrainRequest, TrainSample, TrainStarted, TrainStep,
                                      resume_request)
+from tests.helpers import wait_until
+from tests.training_setups import train_events
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 16
@@ -52,16 +52,6 @@ def request(**kw) -> TrainRequest:
     return TrainRequest(**{**settings, **kw})
 
 
-def run(req, models_dir, data_dir, *, cancel_at=None):
-    cancel = CancelToken()
-    events = []
-    for event in iter_train(req, models_dir=models_dir, data_dir=data_dir, cancel=cancel, device="cpu"):
-        events.append(event)
-        if cancel_at is not None and isinstance(event, TrainStep) and event.step >= cancel_at:
-            cancel.cancel()
-    return events
-
-
 def losses_of(events):
     return [x for e in events if isinstance(e, TrainStep) for x in e.losses]
 
@@ -86,7 +76,7 @@ def test_loss_falls_grid_matches_ddim_and_checkpoint_samples(tmp_path, data_dir)
 
     req = request(run_name="falls", batch_size=8, max_steps=40, learning_rate=2e-3, lr_warmup_steps=5, log_every=5,
                   save_every=20, sample_every=20, seed=7)
-    events = run(req, tmp_path, data_dir)
+    events = train_events(req, tmp_path, data_dir)
 
     # 1. The event stream: Started, reports every 5 steps, grids and checkpoints at 20 and 40, Done.
     assert isinstance(events[0], TrainStarted) and isinstance(events[-1], TrainDone)
@@ -131,12 +121,12 @@ def test_loss_falls_grid_matches_ddim_and_checkpoint_samples(tmp_path, data_dir)
 def test_stop_then_resume_continues_as_if_never_stopped(tmp_path, data_dir, use_ema, accumulation):
     # 16 images, batch 4: 4 (or 2, accumulating 2) steps per epoch; step 5 is inside an epoch.
     base = dict(max_steps=12, use_ema=use_ema, gradient_accumulation_steps=accumulation, seed=5)
-    straight = run(request(run_name="straight", **base), tmp_path, data_dir)
+    straight = train_events(request(run_name="straight", **base), tmp_path, data_dir)
     expected = losses_of(straight)
     assert len(expected) == 12
 
     # 1. Cancel at step 5: a checkpoint at 5, then Done(stopped), and no step after 5.
-    first = run(request(run_name="stopped", **base), tmp_path, data_dir, cancel_at=5)
+    first = train_events(request(run_name="stopped", **base), tmp_path, data_dir, cancel_at=5)
     assert [type(e).__name__ for e in first[-2:]] == ["TrainCheckpoint", "TrainDone"]
     assert first[-1].stopped and first[-1].step == 5 and first[-2].step == 5
     assert max(e.step for e in first if isinstance(e, TrainStep)) == 5
@@ -144,7 +134,7 @@ def test_stop_then_resume_continues_as_if_never_stopped(tmp_path, data_dir, use_
     assert ckpt.list_runs(tmp_path) == ["stopped", "straight"]  # what a Resume list offers
 
     # 2. Resume: starts at 5 with the history, and the same losses and LRs as the straight run.
-    resumed = run(resume_request(tmp_path, "stopped"), tmp_path, data_dir)
+    resumed = train_events(resume_request(tmp_path, "stopped"), tmp_path, data_dir)
     started = resumed[0]
     assert started.start_step == 5 and started.history == pytest.approx(expected[:5], abs=0)
     steps = [e for e in resumed if isinstance(e, TrainStep)]
@@ -180,10 +170,10 @@ def test_stop_then_resume_continues_as_if_never_stopped(tmp_path, data_dir, use_
     with pytest.raises(InputError, match="^" + re.escape(
             "resuming 'stopped' keeps its settings, but these differ: learning_rate 0.001 -> 0.5; "
             f"only {may_change} may change") + "$"):
-        run(request(run_name="stopped", resume=True, **{**base, "learning_rate": 0.5}), tmp_path, data_dir)
+        train_events(request(run_name="stopped", resume=True, **{**base, "learning_rate": 0.5}), tmp_path, data_dir)
     with pytest.raises(InputError, match="^" + re.escape(
             "run 'stopped' already reached step 12 of 12; raise max steps or epochs to train further") + "$"):
-        run(resume_request(tmp_path, "stopped"), tmp_path, data_dir)
+        train_events(resume_request(tmp_path, "stopped"), tmp_path, data_dir)
     with pytest.raises(InputError, match="^" + re.escape(
             f"a resumed run keeps its settings; cannot change seed (allowed: {may_change})") + "$"):
         resume_request(tmp_path, "stopped", seed=1)
@@ -210,12 +200,13 @@ def test_first_grid_comes_early_then_every_n_steps_and_has_gaps(tmp_path, data_d
     # 1. A first grid 3 steps in, then every 5; after a resume at step 6 the first comes 3 steps into that session.
     req = request(run_name="early", max_steps=12, sample_every=5, first_sample_step=3, sample_images=5,
                   sample_num_inference_steps=2)
-    first = run(req, tmp_path, data_dir, cancel_at=6)
+    first = train_events(req, tmp_path, data_dir, cancel_at=6)
     assert [e.step for e in first if isinstance(e, TrainSample)] == [3, 5]
-    resumed = run(resume_request(tmp_path, "early"), tmp_path, data_dir)
+    resumed = train_events(resume_request(tmp_path, "early"), tmp_path, data_dir)
     assert [e.step for e in resumed if isinstance(e, TrainSample)] == [9, 10, 12]
-    assert [e.step for e in run(request(run_name="none-early", max_steps=6, sample_every=5), tmp_path, data_dir)
-            if isinstance(e, TrainSample)] == [5, 6]  # first_sample_step 0: none early (the last step has one)
+    # first_sample_step 0: none early (the last step has one)
+    none_early = train_events(request(run_name="none-early", max_steps=6, sample_every=5), tmp_path, data_dir)
+    assert [e.step for e in none_early if isinstance(e, TrainSample)] == [5, 6]
 
     # 2. Five samples: a 3x2 grid (three columns), each sample enlarged 8x to 128 px, 8 px gaps of a light grey
     #    between them and in the empty cell, none around the edge.
@@ -340,7 +331,7 @@ def test_process_killed_mid_save_leaves_previous_checkpoint(tmp_path, data_dir):
     listed = unconditional_models(tmp_path)
 
     # Resume picks up at step 2 and clears the half-written folder.
-    events = run(resume_request(tmp_path, "killed"), tmp_path, data_dir)
+    events = train_events(resume_request(tmp_path, "killed"), tmp_path, data_dir)
     assert events[0].start_step == 2 and events[-1].step == 4 and not events[-1].stopped
     assert sorted(p.name for p in tmp_path.iterdir()) == ["killed"]
     check_listed(listed, ["killed"])  # the half-written folder was never offered for sampling
@@ -461,13 +452,12 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path, data_dir):
 
 # -- the background job ---------------------------------------------------------------------------
 def wait_for(predicate, manager, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """The job's status once ``predicate`` holds for it."""
+    def ready():
         status = manager.status()
-        if predicate(status):
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"timed out; last status: {manager.status()}")
+        return status if predicate(status) else None
+
+    return wait_until(ready, timeout=timeout, what="the job's status")
 
 
 def test_training_manager_runs_one_job_in_the_background(tmp_path, data_dir):

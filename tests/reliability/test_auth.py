@@ -9,6 +9,7 @@ import pytest
 from ui import gradio_compat
 
 from tests.conftest_app import free_port
+from tests.helpers import as_dict
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +92,12 @@ def test_a_logged_in_caller_gets_through_the_guard(app_with_auth):
     from gradio_client import Client
 
     client = Client(url, auth=("ada", "secret"), verbose=False)
-    try:
-        assert client.predict(api_name="/train_status") is not None
+    try:  # what the Training tab shows a person on a server that has trained nothing: idle, no grid
+        status, grid = client.predict(api_name="/train_status")
     finally:
         client.close()
+    status = as_dict(status)
+    assert (status["state"], status["run_name"], status["step"], status["total"], grid) == ("idle", "", 0, 0, None)
 
 
 def test_default_bind_is_this_machine_only():

@@ -1,11 +1,11 @@
 """Sampling while a training job runs: the training job (in the server) and the sampling runs (in the worker)
 both finish, the images are the pixels a quiet server gives, and the job ends finished with its checkpoint."""
 
-import json
-import time
-
 import numpy as np
 from PIL import Image
+
+from tests.helpers import wait_until
+from tests.training_setups import train_status
 
 REQUEST = dict(model="digits-sd", prompt="a handwritten digit three", negative_prompt="", steps=8, guidance_scale=7.5,
                scheduler="DDIM", width=32, height=32)
@@ -21,8 +21,7 @@ def pixels(final) -> np.ndarray:
 
 
 def state(client) -> dict:
-    value = client.predict(api_name="/train_status")[0]
-    return value if isinstance(value, dict) else json.loads(value)
+    return train_status(client)[0]
 
 
 def test_sampling_during_training_gives_the_same_pixels_and_training_ends_with_its_checkpoint(client, running_app):
@@ -37,9 +36,8 @@ def test_sampling_during_training_gives_the_same_pixels_and_training_ends_with_i
             during[seed] = pixels(client.predict(**REQUEST, seed=seed, api_name="/txt2img"))
             overlapped += before == state(client)["state"] == "running"  # the run began and ended within training
         assert overlapped >= 1, "training ended before a run could overlap it"
-        deadline = time.time() + 600
-        while (final := state(client))["state"] in ("starting", "running", "stopping") and time.time() < deadline:
-            time.sleep(0.5)
+        final = wait_until(lambda: (found := state(client))["state"] not in ("starting", "running", "stopping")
+                           and found, timeout=600, what="the training job's end")
     finally:
         running_app[1].stop_training(wait=60)
     for seed in SEEDS:

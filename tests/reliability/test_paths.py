@@ -3,13 +3,15 @@ the app's folders relative (``outputs/txt2img/...``, ``models/<run>``). The imag
 the files named exist where the names say."""
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from gradio_client import handle_file
 from PIL import Image
+
+from tests.helpers import wait_until
+from tests.training_setups import train_status
 
 TXT2IMG = dict(model="digits-sd", prompt="a handwritten digit seven", negative_prompt="", steps=2,
                guidance_scale=7.5, scheduler="DDIM", seed=1, width=32, height=32)
@@ -77,10 +79,8 @@ def test_no_endpoint_shows_an_absolute_path_of_the_apps_folders(client, running_
                    dict(run_name="paths-incomplete", resume=True)):
         seen[f"train_start {change}"] = answer(lambda: client.predict(**{**TRAIN, **change}, api_name="/train_start"))
     seen["train_start"] = answer(lambda: client.predict(**TRAIN, api_name="/train_start"))
-    deadline = time.time() + 120
-    while time.time() < deadline and json.loads(json.dumps(answer(
-            lambda: client.predict(api_name="/train_status"))[0]))["state"] in ("starting", "running", "stopping"):
-        time.sleep(0.2)
+    wait_until(lambda: train_status(client)[0]["state"] not in ("starting", "running", "stopping"), timeout=300,
+               what="the training run's end")
     seen["train_status"] = answer(lambda: client.predict(api_name="/train_status"))
     seen["train_stop"] = answer(lambda: client.predict(api_name="/train_stop"))
 

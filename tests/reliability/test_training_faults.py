@@ -9,14 +9,15 @@ from engine.training import checkpoints as ckpt
 from engine.training.jobs import FINISHED, TrainingManager
 from engine.training.loop import iter_train
 from engine.training.request import TrainCheckpoint, TrainStarted, TrainStep, resume_request
-from tests.engine.test_train import data_dir, losses_of, request, run  # noqa: F401  (data_dir is a fixture)
+from tests.engine.test_train import data_dir, losses_of, request  # noqa: F401  (data_dir is a fixture)
+from tests.training_setups import train_events
 
 
 def test_losses_stay_continuous_when_a_save_falls_between_reports(tmp_path, data_dir):  # noqa: F811
     """Losses are reported every 3 steps, a checkpoint is saved every 4, and Stop comes at the first save. The
     checkpoint used to keep only the reported three, so after a resume losses[i] was no longer step i+1's loss."""
     base = dict(max_steps=12, log_every=3, save_every=4, seed=5)
-    expected = losses_of(run(request(run_name="straight", **base), tmp_path, data_dir))
+    expected = losses_of(train_events(request(run_name="straight", **base), tmp_path, data_dir))
     assert len(expected) == 12
     cancel = CancelToken()
     for event in iter_train(request(run_name="stopped", **base), models_dir=tmp_path, data_dir=data_dir,
@@ -27,7 +28,7 @@ def test_losses_stay_continuous_when_a_save_falls_between_reports(tmp_path, data
     assert state["step"] % 3 != 0  # a save between two reports
     assert len(state["history"]) == state["step"]
     assert state["history"] == pytest.approx(expected[:state["step"]], rel=1e-5)
-    resumed = run(resume_request(tmp_path, "stopped"), tmp_path, data_dir)
+    resumed = train_events(resume_request(tmp_path, "stopped"), tmp_path, data_dir)
     started = resumed[0]
     assert isinstance(started, TrainStarted)
     assert list(started.history) + losses_of(resumed) == pytest.approx(expected, rel=1e-5)

@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -14,6 +13,9 @@ import pytest
 import webuiapi
 from gradio_client import handle_file
 from PIL import Image
+
+from tests.helpers import wait_until
+from tests.training_setups import install_lora
 
 ARGS = dict(model="digits-sd", prompt="a handwritten digit seven", negative_prompt="blurry", steps=6,
             guidance_scale=7.5, scheduler="DPM++ 2M Karras", seed=21, width=32, height=32)
@@ -45,16 +47,6 @@ def ours(client, **change):
     final = client.predict(**{**ARGS, **change}, api_name="/txt2img")
     with Image.open(final[0]) as im:
         return np.asarray(im.convert("RGB")).astype(int), im.text["parameters"]
-
-
-def until(predicate, what: str, timeout: float = 300.0):
-    """Poll what a client sees until ``predicate()`` gives something true (a guard against a hang, no timing)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if found := predicate():
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"never saw {what}")
 
 
 def png_base64(image: Image.Image) -> str:
@@ -105,13 +97,13 @@ def test_waits_in_the_pages_queue_shows_progress_and_interrupt_ends_either_run(a
     long = dict(steps=150, width=96, height=96)
     # 1. A run of the page's /txt2img holds the device.
     page_job = client.submit(**{**ARGS, **long}, api_name="/txt2img")
-    until(lambda: page_job.outputs(), "the page's run streaming")  # it holds the device
+    wait_until(lambda: page_job.outputs(), timeout=300, what="the page's run streaming")  # it holds the device
     # 2. An API run waits behind it in the page's queue (Gradio's own count says so), and /progress says it waits.
     answer, other = {}, webuiapi.WebUIApi(port=int(url.rstrip("/").rsplit(":", 1)[1]))
     thread = threading.Thread(target=lambda: answer.update(r=other.txt2img(**a1111_args(**long))))
     thread.start()
-    until(lambda: httpx.get(url + "gradio_api/queue/status", timeout=10).json()["queue_size"] >= 1,
-          "the API run in the page's queue")
+    wait_until(lambda: httpx.get(url + "gradio_api/queue/status", timeout=10).json()["queue_size"] >= 1, timeout=300,
+               what="the API run in the page's queue")
     waiting = api.get_progress()
     assert waiting["state"]["job_count"] == 1 and waiting["textinfo"] == "1 waiting for the device"
     # 3. /interrupt ends the page's run (as its Stop does): its own record says stopped.
@@ -126,7 +118,7 @@ def test_waits_in_the_pages_queue_shows_progress_and_interrupt_ends_either_run(a
         seen = api.get_progress()
         return seen if seen["current_image"] and seen["state"]["sampling_step"] >= 1 else None
 
-    progress = until(previewing, "a preview in /progress")
+    progress = wait_until(previewing, timeout=300, what="a preview in /progress")
     preview = Image.open(io.BytesIO(base64.b64decode(progress["current_image"])))
     preview.load()  # a whole PNG: the x0 preview of a square run, as the page draws it
     assert preview.mode == "RGB" and preview.size[0] == preview.size[1] > 0 and 0 < progress["progress"] < 1
@@ -139,17 +131,16 @@ def test_waits_in_the_pages_queue_shows_progress_and_interrupt_ends_either_run(a
     records = {r.run_id: r for r in bench.recent_runs()}
     page_record = records[page_runs[0].run_id]
     api_record = next(r for r in reversed(bench.recent_runs()) if r.run_id > page_record.run_id)
-    until(lambda: api_record.ended, "the worker ending the API run")  # the answer comes as the stop is asked
+    # the answer comes as the stop is asked
+    wait_until(lambda: api_record.ended, timeout=300, what="the worker ending the API run")
     assert page_record.outcome == "stopped" and api_record.outcome == "stopped"
     assert api_record.started >= page_record.ended  # it waited for the page's run
     idle = api.get_progress()
     assert idle["progress"] == 0 and idle["state"]["job_count"] == 0
 
 
-def test_model_switch_through_options_and_a_lora_in_the_prompt(api, client, running_app):
+def test_model_switch_through_options_and_a_lora_in_the_prompt(api, client, running_app, trained_lora):
     from engine.testing.tiny import tiny_sd_pipeline
-    from engine.training.loop import iter_train
-    from tests.engine.test_lora import lora_request, make_captioned
 
     bench, dirs = running_app[1], running_app[2]
     # 1. Another model in the models dir; /options switches to it and back.
@@ -165,9 +156,7 @@ def test_model_switch_through_options_and_a_lora_in_the_prompt(api, client, runn
         api.set_options({"sd_model_checkpoint": "digits-sd"})
     assert api.get_options()["sd_model_checkpoint"] == "digits-sd"
     # 2. A LoRA trained for digits-sd, in the prompt as A1111 writes it: equal to /txt2img with it.
-    make_captioned(dirs / "data" / "a1111-captioned")
-    list(iter_train(lora_request(data="a1111-captioned", run_name="a1111-lo", max_steps=2, sample_every=0),
-                    models_dir=bench.folders.models_dir, data_dir=bench.folders.data_dir, device="cpu"))
+    install_lora(trained_lora, bench.folders.models_dir, "a1111-lo")
     assert "a1111-lo" in [lora["name"] for lora in api.get_loras()]
     result = api.txt2img(**a1111_args(prompt=f"{ARGS['prompt']} <lora:a1111-lo:0.7>"))
     expected, parameters = ours(client, lora="a1111-lo", lora_scale=0.7)

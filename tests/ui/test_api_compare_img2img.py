@@ -1,7 +1,6 @@
 """/compare and /img2img through gradio_client against a launched app: the results, and bad input refused with
 the server still serving."""
 
-import json
 import re
 
 import numpy as np
@@ -13,16 +12,13 @@ from PIL import Image
 
 from engine.images import crop_and_resize
 from engine.sampling.schedulers import SCHEDULERS, make_scheduler
+from tests.helpers import as_dict
 
 COMPARE = dict(model="digits-sd", prompt="a handwritten digit seven", negative_prompt="", seed=9, axis="scheduler",
                values=["DDIM", "Euler a", "DPM++ 2M Karras"], steps=8, guidance_scale=7.5,
                scheduler="DPM++ 2M Karras", width=32, height=32)
 TXT2IMG = dict(model="digits-sd", prompt="a handwritten digit seven", negative_prompt="", steps=8, guidance_scale=7.5,
                scheduler="DDIM", seed=9, width=32, height=32)
-
-
-def as_dict(value):
-    return value if isinstance(value, dict) else json.loads(value)
 
 
 def pixels(path) -> np.ndarray:

@@ -10,12 +10,9 @@ from gradio_client import handle_file
 from PIL import Image
 
 from tests.engine.test_pnginfo import A1111_TEXT, COMFY_PROMPT, write_png
+from tests.helpers import as_dict
 
 QUOKKA = "a handwritten digit seven quokka"  # a prompt no other test uses: /history's search finds only these
-
-
-def as_dict(value):
-    return value if isinstance(value, dict) else json.loads(value)
 
 
 

@@ -1,15 +1,14 @@
 """A LoRA through the API: /train_start with method "lora", its side-by-side grids and file, then /txt2img with
 the LoRA at a scale; bad LoRA input refused with a message and nothing written."""
 
-import json
 import re
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.engine.test_lora import make_captioned
+from tests.helpers import as_dict
+from tests.training_setups import make_captioned, train_status, wait_for_status
 
 LORA_RUN = dict(dataset="api-captioned", resolution=32, batch_size=4, max_steps=400, learning_rate=1e-2,
                 lr_warmup_steps=0, mixed_precision="no", ema=False, seed=0, run_name="api-lora", save_every=0,
@@ -17,42 +16,13 @@ LORA_RUN = dict(dataset="api-captioned", resolution=32, batch_size=4, max_steps=
                 lora_alpha=4.0, lora_layers="attention", lora_text_encoder=True,
                 validation_prompts="a framed handwritten digit 7 | a handwritten digit 1")
 
-
-@pytest.fixture(scope="module")
-def client(running_app):
-    from gradio_client import Client
-
-    c = Client(running_app[0], verbose=False)
-    yield c
-    c.close()
+pytestmark = pytest.mark.usefixtures("no_training_job_left")  # each test ends with no training job
 
 
 @pytest.fixture(scope="module")
 def captioned(running_app):
     make_captioned(running_app[2] / "data" / "api-captioned")
     return "api-captioned"
-
-
-@pytest.fixture(autouse=True)
-def no_job_left(running_app):
-    yield
-    running_app[1].stop_training(wait=120)
-
-
-def as_dict(value):
-    return value if isinstance(value, dict) else json.loads(value)
-
-
-def wait_for(client, predicate, timeout=180.0, what="the status"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        s, grid = client.predict(api_name="/train_status")
-        s = as_dict(s)
-        if predicate(s, grid):
-            return s, grid
-        assert s["state"] in ("starting", "running", "stopping"), f"the job ended early: {s}"
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}: {s}")
 
 
 def test_lora_run_then_text_to_image_with_it(client, running_app, captioned):
@@ -63,7 +33,7 @@ def test_lora_run_then_text_to_image_with_it(client, running_app, captioned):
     started = as_dict(client.predict(**LORA_RUN, api_name="/train_start"))
     assert started["state"] == "running" and started["method"] == "lora"
     assert started["message"] == "16 captioned images from 'api-captioned'; converted 16 grey/RGBA image(s) to RGB"
-    s, grid = wait_for(client, lambda s, g: g is not None, what="a side-by-side grid")
+    s, grid = wait_for_status(client, lambda s, g: g is not None, timeout=180, what="a side-by-side grid")
     assert s["grid_caption"].startswith("left: LoRA scale 0 (the base model) · right: LoRA scale 1")
     with Image.open(grid) as im:
         pixels = np.asarray(im.convert("RGB"))
@@ -115,4 +85,4 @@ def test_bad_lora_requests_are_refused_and_nothing_is_written(client, running_ap
     with pytest.raises(Exception, match=re.escape(message)):
         client.predict(**{**LORA_RUN, "run_name": "api-lora-refused", **change}, api_name="/train_start")
     assert sorted(p.name for p in models_dir.rglob("*")) == before
-    assert as_dict(client.predict(api_name="/train_status")[0])["state"] in ("idle", "stopped", "finished")
+    assert train_status(client)[0]["state"] in ("idle", "stopped", "finished")

@@ -3,8 +3,6 @@
 import json
 import math
 import re
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,48 +11,16 @@ from diffusers import DDIMScheduler, DDPMPipeline
 from gradio_client import handle_file
 from PIL import Image
 
+from tests.helpers import as_dict
+from tests.training_setups import train_status, wait_for_status, write_digits
+
 # Tiny and fast on one CPU core: about 3-20 steps a second, depending on how often it samples.
 RUN = dict(dataset="digits", resolution=16, batch_size=8, max_steps=400, learning_rate=1e-3, lr_warmup_steps=5,
            mixed_precision="no", ema=False, seed=0, run_name="", save_every=0, sample_every=10, preset="tiny",
            first_sample_step=0)
 GAP_COLOUR = (229, 231, 235)
 
-
-@pytest.fixture(scope="module")
-def client(running_app):
-    """One client for the module: opening and closing one costs about a second."""
-    from gradio_client import Client
-
-    c = Client(running_app[0], verbose=False)
-    yield c
-    c.close()
-
-
-@pytest.fixture(autouse=True)
-def no_job_left(running_app):
-    """Each test ends with no training job, so the next one (and other tabs' tests) start clean."""
-    yield
-    running_app[1].stop_training(wait=60)
-
-
-def as_dict(value):
-    return value if isinstance(value, dict) else json.loads(value)
-
-
-def status(client):
-    value, grid = client.predict(api_name="/train_status")
-    return as_dict(value), grid
-
-
-def wait_for(client, predicate, timeout=60.0, what="the status"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        s, grid = status(client)
-        if predicate(s, grid):
-            return s, grid
-        assert s["state"] in ("starting", "running", "stopping"), f"the job ended early: {s}"
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}: {s}")
+pytestmark = pytest.mark.usefixtures("no_training_job_left")  # each test ends with no training job
 
 
 def test_train_watch_stop_then_sample_the_checkpoint(client, running_app):
@@ -64,11 +30,9 @@ def test_train_watch_stop_then_sample_the_checkpoint(client, running_app):
     assert "1797 images from 'digits'" in started["message"]
 
     # 1. The status advances: steps, a loss history, then a sample grid; it answers while the run goes on.
-    first, _ = wait_for(client, lambda s, g: s["step"] >= 10, what="a first loss report")
-    t0 = time.time()
-    later, grid = wait_for(client, lambda s, g: g is not None and s["step"] > first["step"],
-                           what="a sample grid and more steps")
-    assert time.time() - t0 < 60
+    first, _ = wait_for_status(client, lambda s, g: s["step"] >= 10, what="a first loss report")
+    later, grid = wait_for_status(client, lambda s, g: g is not None and s["step"] > first["step"],
+                                  what="a sample grid and more steps")
     assert len(later["losses"]) == later["step"] and len(later["smoothed"]) == later["step"]
     assert all(isinstance(x, float) and math.isfinite(x) and x > 0 for x in later["losses"])
     assert later["lr"] > 0 and later["steps_per_sec"] > 0 and later["eta"] > 0
@@ -84,7 +48,7 @@ def test_train_watch_stop_then_sample_the_checkpoint(client, running_app):
     # 2. A second Start while it runs is refused with a clear message; the first goes on.
     with pytest.raises(Exception, match="a training job is running"):
         client.predict(**{**RUN, "run_name": "api-second"}, api_name="/train_start")
-    assert status(client)[0]["state"] == "running"
+    assert train_status(client)[0]["state"] == "running"
     assert not (bench.folders.models_dir / "api-second").exists()
 
     # 3. Stop saves a checkpoint and ends the job.
@@ -111,14 +75,7 @@ def test_train_watch_stop_then_sample_the_checkpoint(client, running_app):
 @pytest.fixture(scope="module")
 def digits32(running_app):
     """``api-digits32``: 16 of the digits as grey 32 px PNGs, for fine-tuning digits-ddpm."""
-    from sklearn.datasets import load_digits
-
-    folder = running_app[2] / "data" / "api-digits32"
-    folder.mkdir(exist_ok=True)
-    for i, pixels in enumerate(load_digits().images[:16]):
-        Image.fromarray(np.round(pixels * 255 / 16).astype(np.uint8), mode="L").resize((32, 32)).save(
-            folder / f"{i:02d}.png")
-    return folder.name
+    return write_digits(running_app[2] / "data" / "api-digits32", 16)
 
 
 def test_fine_tune_from_a_built_in_with_bucket_and_lr_charts(client, running_app, digits32):
@@ -134,7 +91,7 @@ def test_fine_tune_from_a_built_in_with_bucket_and_lr_charts(client, running_app
     client.predict(**tune, start_from="digits-ddpm", api_name="/train_start")
     s = bench.training.wait(120)
     assert (s.state, s.step) == ("finished", 6), s.message
-    full, _ = status(client)
+    full, _ = train_status(client)
     assert max(full["losses"][:3]) < 0.2, full["losses"]
     # 3. The history the charts draw: every step's LR, the loss by timestep bucket at every report.
     assert len(full["lrs"]) == 6 and full["lrs"][0] == 0.0 and full["lrs"][1] == pytest.approx(5e-4)
@@ -150,14 +107,14 @@ def test_fine_tune_from_a_built_in_with_bucket_and_lr_charts(client, running_app
 
 def test_resume_continues_from_the_checkpoint(client, running_app):
     client.predict(**{**RUN, "run_name": "api-resume", "sample_every": 0}, api_name="/train_start")
-    wait_for(client, lambda s, g: s["step"] >= 10, what="a first loss report")
+    wait_for_status(client, lambda s, g: s["step"] >= 10, what="a first loss report")
     stopped = as_dict(client.predict(api_name="/train_stop"))
     step = stopped["step"]
     # The form's other settings are ignored on resume (the run keeps its own); run control may change.
     resumed = as_dict(client.predict(**{**RUN, "run_name": "api-resume", "learning_rate": 0.5, "max_steps": 500,
                                         "sample_every": 0}, resume=True, api_name="/train_start"))
     assert resumed["state"] == "running" and resumed["start_step"] == step and resumed["total"] == 500
-    s, _ = wait_for(client, lambda s, g: s["step"] > step, what="steps after the resume")
+    s, _ = wait_for_status(client, lambda s, g: s["step"] > step, what="steps after the resume")
     assert len(s["losses"]) == s["step"]  # the earlier session's losses come back with the checkpoint
     assert as_dict(client.predict(api_name="/train_stop"))["state"] == "stopped"
 
@@ -223,11 +180,11 @@ def test_bad_data_is_a_clear_error_before_any_step(client, running_app, few_imag
         (data_dir / "api-broken" / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     elif setup == "few" and not (data_dir / "api-few3").exists():
         client.predict(files=[handle_file(p) for p in few_images], folder_name="api-few3", api_name="/train_upload")
-    before, _ = status(client)
+    before, _ = train_status(client)
     with pytest.raises(Exception, match=pattern) as info:
         client.predict(**{**RUN, "run_name": "api-bad", **change}, api_name="/train_start")
     assert "Traceback" not in str(info.value)
-    after, _ = status(client)  # the server keeps serving; a refusal leaves the last run's status as it was
+    after, _ = train_status(client)  # the server keeps serving; a refusal leaves the last run's status as it was
     assert after == before and after["run_name"] != "api-bad"
     assert not (running_app[2] / "models" / "api-bad").exists()
 

@@ -1,8 +1,6 @@
 """/ddpm and /add_noise through gradio_client against a launched app."""
 
-import json
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +10,13 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
 from gradio_client import handle_file
 from PIL import Image
 
-from tests.helpers import wait_for_outputs
+from tests.helpers import as_dict, wait_for_outputs
 
 GAP, GAP_GREY = 2, 128  # the grid's gap between tiles: 2 px of mid-grey
 
 DDPM_ARGS = dict(model="digits-ddpm", scheduler="DDIM", steps=12, seed=3, batch_size=2)
 NOISE_ARGS = dict(image=None, timesteps="0, 50, 400, 999", beta_schedule="squaredcos_cap_v2",
                   num_train_timesteps=1000, seed=4)
-
-
-def as_dict(value):
-    return value if isinstance(value, dict) else json.loads(value)
 
 
 def test_ddpm_streams_previews_then_the_grid_equal_to_the_pipeline(client, running_app):
@@ -81,11 +75,9 @@ def test_ddpm_defaults_to_a_fast_sampler(client):
                             "timestep_spacing"]  # in order
     assert params["scheduler"]["parameter_default"] == "DDIM" and params["steps"]["parameter_default"] == 50
     assert params["compile"]["parameter_default"] is False
-    start = time.perf_counter()
     final = client.predict(model="digits-ddpm", seed=3, api_name="/ddpm")
     info = as_dict(final[4])
     assert (info["scheduler"], info["steps"], info["scheduler_class"]) == ("DDIM", 50, "DDIMScheduler")
-    assert time.perf_counter() - start < 15  # DDPM's 1000 steps take 20 times as long
     # DDPM as trained is still there when asked for
     assert as_dict(client.predict(model="digits-ddpm", scheduler="DDPM", steps=4, seed=3,
                                   api_name="/ddpm")[4])["scheduler_class"] == "DDPMScheduler"
@@ -249,19 +241,14 @@ def test_stop_a_1000_step_run_and_the_next_starts(running_app):
     from gradio_client import Client
 
     # gradio_client downloads each streamed update's images while holding the job's lock, which job.cancel()
-    # waits for: with downloads, the time below would be the client's (up to 1.4 s seen on a loaded machine),
-    # not the server's answer to Stop.
+    # waits for: without downloads, Stop is asked as soon as the test asks it.
     client = Client(running_app[0], verbose=False, download_files=False)
     job = client.submit(**{**DDPM_ARGS, "scheduler": "DDPM", "steps": 1000, "batch_size": 1}, api_name="/ddpm")
     assert len(wait_for_outputs(job, 3)) >= 3, "no preview arrived"
     stopped = running_app[1].recent_runs()[-1]
-    start = time.perf_counter()
-    job.cancel()
-    assert time.perf_counter() - start < 1.0
-    start = time.time()
+    job.cancel()  # how soon Stop answers is bench/page.py's figure 4, not a bound here
     final = client.predict(**{**DDPM_ARGS, "steps": 2}, api_name="/ddpm")
-    # the rest of the 1000 steps takes about 17 s: had Stop not ended the run, this one would queue behind it
-    assert final[0] and time.time() - start < 8
+    assert final[0]
     assert "done" not in str(job.outputs()[-1][2])
     following = running_app[1].recent_runs()[-1]
     assert stopped.outcome == "stopped" and stopped.ended <= following.started
