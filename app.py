@@ -158,6 +158,7 @@ def build_app(args: argparse.Namespace):
         with gr.Tab("Unconditional", id="unconditional") as unconditional_page:
             unconditional_fields = unconditional_tab.build(
                 iter_unconditional=bench.iter_unconditional,
+                iter_unconditional_views=bench.iter_unconditional_views,
                 final_image=bench.final_image,
                 default_steps=bench.default_steps,
                 estimate=bench.estimate_unconditional,

@@ -716,6 +716,11 @@ class Workbench:
         status = self.training.stop()
         return self.training.wait(wait) if wait else status
 
+    def iter_unconditional_views(self, request: UnconditionalRequest, views, *, cancel=None, batch_count: int = 1):
+        """:meth:`iter_unconditional` whose streamed steps carry ``views`` too (eps, v; its time is not kept)."""
+        return self._batch("unconditional", replace(request, model=request.model or self.default_model(
+            "unconditional")), batch_count, lambda r: self._run("unconditional", r, cancel, views=views))
+
 
 def _kind_words(kind: str) -> str:
     return {"txt2img": "a text-to-image", "unconditional": "an unconditional"}[kind]
