@@ -9,7 +9,8 @@ from PIL import Image
 
 from engine.events import Done
 from engine.sampling.unconditional import UnconditionalRequest
-from tests.helpers import console_errors, fill_and_enter, image_src, pick, wait_text
+from tests.browser.test_unconditional_browser import tab  # noqa: F401  (the tab, its console errors checked)
+from tests.helpers import fill_and_enter, image_src, pick, save_screenshot, wait_text
 
 pytestmark = pytest.mark.browser
 
@@ -21,18 +22,12 @@ def pixels(page, elem_id) -> np.ndarray:
         return np.asarray(im.convert("RGB")).astype(int)
 
 
-def test_the_left_and_right_images_show_eps_and_v_of_the_step(browser, running_app):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(120_000)
-    errors = console_errors(page)
-    page.goto(running_app[0])
-    page.get_by_role("tab", name="Unconditional", exact=True).click()
-    page.wait_for_selector("#ddpm-generate", state="visible")
+def test_the_left_and_right_images_show_eps_and_v_of_the_step(tab, running_app):  # noqa: F811
+    page = tab
     fill_and_enter(page.locator("#ddpm-steps input"), STEPS)
     fill_and_enter(page.locator("#ddpm-seed input"), SEED)
     pick(page, "ddpm-view-left", "Predicted noise ε")
-    pick(page, "ddpm-view-right", "predicted velocity v = √ᾱ ε − √(1 − ᾱ) x0")
+    pick(page, "ddpm-view-right", "Predicted velocity v = √ᾱ ε − √(1 − ᾱ) x0")
     wait_text(page, "ddpm-image", "Predicted noise ε")  # the labels follow the choice
     wait_text(page, "ddpm-xt", "Predicted velocity v")
     page.locator("#ddpm-generate").click()
@@ -48,5 +43,4 @@ def test_the_left_and_right_images_show_eps_and_v_of_the_step(browser, running_a
     assert np.array_equal(pixels(page, "ddpm-image"), eps)
     assert np.array_equal(pixels(page, "ddpm-xt"), v)
     assert not np.array_equal(eps, v)
-    context.close()
-    assert errors == [], "the browser logged errors while the tab was used"
+    save_screenshot(page, "unconditional-views", page.locator(".wb-previews:visible"))
