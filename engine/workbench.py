@@ -189,9 +189,10 @@ class Workbench:
         return prerun.iter_strength_strip(request, self.iter_img2img, strengths=strengths, cancel=cancel)
 
     def iter_unconditional(self, request: unconditional.UnconditionalRequest, *, cancel: CancelToken | None = None,
-                           batch_count: int = 1) -> Iterator[Started | Step | Done | BatchDone]:
-        """Denoise from pure noise, ``batch_count`` runs as :meth:`iter_txt2img`; timed for the estimates."""
-        run = functools.partial(self.step_times.timed, cancel=cancel)
+                           batch_count: int = 1, views=DEFAULT_VIEWS) -> Iterator[Started | Step | Done | BatchDone]:
+        """Denoise from pure noise, ``batch_count`` runs as :meth:`iter_txt2img` (``views``: as there; eps and v
+        too); timed for the estimates."""
+        run = functools.partial(self.step_times.timed, cancel=cancel, views=views)
         yield from iter_batch("unconditional", request, batch_count, run, self.folders.outputs_dir)
 
     def estimate_unconditional(self, request: unconditional.UnconditionalRequest, *,

@@ -270,9 +270,9 @@ def whole(value):
     return value
 
 
-def model_dropdown(choices: list[str], value: str, label: str = "Model") -> gr.Dropdown:
+def model_dropdown(choices: list[str], value: str, label: str = "Model", elem_id: str | None = None) -> gr.Dropdown:
     return gr.Dropdown(
-        choices=choices, value=value, label=label, allow_custom_value=True, scale=4,
+        choices=choices, value=value, label=label, allow_custom_value=True, scale=4, elem_id=elem_id,
         info="A built-in, a folder or .safetensors under the models dir, or a hub id (owner/name)",
     )
 

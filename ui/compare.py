@@ -42,7 +42,7 @@ def build(
     with gr.Row(elem_classes="wb-run-layout"):
         with gr.Column(scale=2):
             with gr.Row():
-                model = model_dropdown(list_models(), default_model)
+                model = model_dropdown(list_models(), default_model, elem_id="cmp-model")
                 refresh = gr.Button("↻ Refresh", scale=1, min_width=60)
             prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt (Ctrl+Enter compares)", lines=2,
                                 elem_id="cmp-prompt")

@@ -10,6 +10,7 @@ import gradio as gr
 from engine.errors import Cancelled, WorkbenchError
 from engine.events import BatchDone, Done, Started, Step
 from engine.sampling.unconditional import DEFAULT_STEPS, MAX_BATCH, RunEstimate, UnconditionalRequest
+from engine.sampling.views import DEFAULT_VIEWS, VIEWS, view_array
 from ui.common import (COMPILE_INFO, DEVICE_QUEUE, FILLED, SessionRuns, batch_done_html, batch_note, done_note,
                        export_update, fill_on_open, friendly_errors, last_seed, message_html, model_dropdown,
                        page_error, progress_html, schedule_fields, seed_buttons, stream_updates, whole)
@@ -17,7 +18,7 @@ from ui.common import (COMPILE_INFO, DEVICE_QUEUE, FILLED, SessionRuns, batch_do
 
 def build(
     *,
-    iter_unconditional: Callable,  # (UnconditionalRequest, cancel=) -> events
+    iter_unconditional: Callable,  # (UnconditionalRequest, cancel=, batch_count=, views=) -> events
     final_image: Callable,  # Done -> the image, or the batch's grid, with its PNG parameters
     default_steps: Callable[[str, str], int | None],  # (model, scheduler) -> steps, None if unknown
     estimate: Callable[..., RunEstimate | None],  # (UnconditionalRequest, probe=) -> the run's time here
@@ -60,14 +61,18 @@ def build(
             compile_unet = gr.Checkbox(value=defaults.compile, label="Compile for speed", elem_id="ddpm-compile",
                                        info=COMPILE_INFO)
             timestep_spacing, _ = schedule_fields("ddpm", defaults, rescale=False)
+            with gr.Row():  # inside a step: which two views the page shows (eps, x0 and v whatever the model predicts)
+                views = [gr.Dropdown([(_view_label(name), name) for name in PAGE_VIEWS], value=DEFAULT_VIEWS[k],
+                                     label=f"{side} image shows", elem_id=f"ddpm-view-{side.lower()}")
+                         for k, side in enumerate(("Left", "Right"))]
             timesteps = gr.Textbox(label="Timesteps the loop visits (scheduler.timesteps)", lines=3, max_lines=6,
                                    interactive=False, elem_id="ddpm-timesteps")
         with gr.Column(scale=3, elem_classes="wb-previews"):
             progress = gr.HTML(progress_html(0, 1, note="idle"), elem_id="ddpm-progress", elem_classes="wb-live")
             with gr.Row(elem_classes="wb-live"):
-                image = gr.Image(label="Predicted x0 → final image", format="png", type="pil", interactive=False,
+                image = gr.Image(label=_view_label("x0"), format="png", type="pil", interactive=False,
                                  height=360, elem_id="ddpm-image", elem_classes="wb-pixels")
-                xt = gr.Image(label="Noisy image after this step", format="png", interactive=False, height=360,
+                xt = gr.Image(label=_view_label("xt"), format="png", interactive=False, height=360,
                               elem_id="ddpm-xt", elem_classes="wb-pixels")
             scrub = gr.Slider(1, 2, value=1, step=1, label="Scrub through the steps", visible=False,
                               elem_id="ddpm-scrub")
@@ -92,7 +97,8 @@ def build(
         if isinstance(event, Step):
             if event.preview_xt is not None:
                 run.setdefault("steps", []).append(event)
-            return (event.preview_x0.array(), event.preview_xt.array(),
+            left, right = run.get("views", DEFAULT_VIEWS)
+            return (_or_skip(view_array(event, left)), _or_skip(view_array(event, right)),
                     progress_html(event.step, event.total, event.timestep, event.elapsed, event.eta),
                     gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
         if isinstance(event, BatchDone):  # the grid of every run's images, their files listed
@@ -109,7 +115,7 @@ def build(
             info_out["grid"] = shown(event.grid) if event.grid else None
             n = len(event.steps)
             frames = tuple(s for s in event.steps if s.preview_xt is not None)  # every k-th step, the last always
-            return (final, gr.skip(),
+            return (final if run.get("views", DEFAULT_VIEWS)[0] == "x0" else gr.skip(), gr.skip(),
                     progress_html(n, n, elapsed=event.info.get("elapsed", 0.0), note=done_note(event.info)),
                     gr.skip(), info_out, shown(event.code), _scrubber(frames, n), (frames, final))
         return None
@@ -125,11 +131,12 @@ def build(
             yield update
 
     async def ddpm_page(model, scheduler, steps, seed, batch_size, batch_count, compile, timestep_spacing,
-                        session: gr.Request):
+                        view_left=DEFAULT_VIEWS[0], view_right=DEFAULT_VIEWS[1], session: gr.Request = None):
         """The page: no Gradio overlay (the progress line says it all), an error said in that line and a toast,
         Stop's line says where the run stopped and its frames so far stay; the Export button comes with the
         run's last update."""
         run = runs.begin(session.session_hash)
+        run["views"] = (view_left, view_right)
         one_run = whole(batch_count) == 1
         try:
             request = UnconditionalRequest(model=model or "", scheduler=scheduler,
@@ -147,9 +154,10 @@ def build(
                 return update + ((export_update(export_run, run.get("shown")) if last else gr.skip(),)
                                  if exports else ())
 
-            async for update in stream_updates(
-                    lambda cancel: iter_unconditional(request, cancel=cancel, batch_count=whole(batch_count)),
-                    page_update, cancel=run["cancel"]):
+            def events(cancel):  # x0 and x_t come with every step; eps and v where the stream is asked for them
+                return iter_unconditional(request, cancel=cancel, batch_count=whole(batch_count), views=run["views"])
+
+            async for update in stream_updates(events, page_update, cancel=run["cancel"]):
                 yield update
         except Cancelled:  # the page's Stop
             if run.get("final") is None:
@@ -180,14 +188,18 @@ def build(
             return gr.skip()
         return stopped(run)[2] if run.get("ended") else message_html("Stopping at the end of this step", "stopped")
 
-    def show_step(value, last_run):
-        """A kept step's x0 and x_t; the last position shows the final image (a stopped run has none)."""
+    def show_step(value, last_run, left=DEFAULT_VIEWS[0], right=DEFAULT_VIEWS[1]):
+        """A kept step's two chosen views; the last position shows the final image on the left where it shows x0
+        (a stopped run has none). Without a run, only the images' labels follow the choice."""
+        labels = gr.update(label=_view_label(left)), gr.update(label=_view_label(right))
         if not last_run or not last_run[0]:
-            return gr.skip(), gr.skip(), gr.skip()
+            return (*labels, gr.skip())
         frames, final = last_run
         s = min(frames, key=lambda f: abs(f.step - value))
         last = s is frames[-1] and final is not None
-        return (final if last else s.preview_x0.array(), s.preview_xt.array(),
+        shown_left = final if last and left == "x0" else view_array(s, left)
+        return (gr.update(value=shown_left, label=labels[0]["label"]),
+                gr.update(value=view_array(s, right), label=labels[1]["label"]),
                 progress_html(s.step, s.total, s.timestep, s.elapsed, note="final image" if last else "scrubbed"))
 
     @friendly_errors
@@ -230,13 +242,13 @@ def build(
     # As Text to image's: no Gradio progress overlay (its error badges covered the images, and the frames so far
     # went with them), the Export button in the run's last update, and Stop through the run's own token, so the
     # line can say where it stopped (a cancelled event cannot).
-    event = generate.click(ddpm_page, inputs=run_inputs, outputs=run_outputs + exports, api_visibility="private",
+    event = generate.click(ddpm_page, inputs=run_inputs + views, outputs=run_outputs + exports, api_visibility="private",
                            concurrency_id=DEVICE_QUEUE, concurrency_limit=1, show_progress="hidden")
     stop.click(stop_page_run, None, progress, queue=False, api_visibility="private")  # the whole batch: one token
     reuse_seed.click(last_seed, info, seed, api_visibility="private")
     random_seed.click(lambda: -1, None, seed, api_visibility="private")
-    scrub.input(show_step, [scrub, history], [image, xt, progress], trigger_mode="always_last",
-                show_progress="hidden", api_visibility="private")
+    gr.on([scrub.input, *(v.input for v in views)], show_step, [scrub, history, *views], [image, xt, progress],
+          trigger_mode="always_last", show_progress="hidden", api_visibility="private")
     refresh.click(lambda: gr.update(choices=list_models()), None, model, api_visibility="private")
     fill_on_open(tab, lambda: gr.update(choices=list_models()), [model])
     # One listener on each dropdown's change: a second one (the estimate's) made Gradio send the change twice,
@@ -259,6 +271,18 @@ def build(
 
 
 STOP_WAIT = 1.0  # seconds Stop waits for the run to end before it answers "stopping"
+PAGE_VIEWS = ("x0", "xt", "eps", "v")  # what a step of an unconditional run can show (no guidance, no prompt)
+
+
+def _view_label(name: str) -> str:
+    """An image's label for view ``name``."""
+    return {"x0": "Predicted x0 → final image", "xt": "Noisy image after this step",
+            "eps": "Predicted noise ε", "v": VIEWS["v"][0].upper() + VIEWS["v"][1:]}[name]
+
+
+def _or_skip(array):
+    """A view's image, or no change where the step carries none (a view the stream did not ask for)."""
+    return gr.skip() if array is None else array
 
 
 def _as_trained_label(train_steps: int | None) -> str:

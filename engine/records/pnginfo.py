@@ -174,6 +174,8 @@ def _from_record(record: dict, text: dict) -> PngInfo:
     request = record["request"]
     kind = record.get("kind") if record.get("kind") in ("txt2img", "unconditional") else "txt2img"
     settings = {k: request[k] for k in SETTINGS if k in request}
+    if request.get("seed_blend"):  # a seed-blend run: its second seed and how far toward it
+        settings.update(seed_b=request.get("seed_b"), seed_blend=request["seed_blend"])
     if isinstance(record.get("batch_count"), int):  # a batch count's grid: its first run, and the count
         settings["batch_count"] = record["batch_count"]
     return PngInfo("Diffusion Workbench", kind, settings, (), text, record)
@@ -214,6 +216,7 @@ def parse_a1111(parameters: str) -> tuple[dict, list[str]]:
     _number(pairs.pop("CFG scale", None), settings, unused)
     _whole(pairs.pop("Seed", None), "seed", "seed", 0, 2**63 - 1, settings, unused)
     _rescale_and_spacing(pairs.pop("CFG rescale", None), pairs.pop("Timestep spacing", None), settings, unused)
+    _variation(pairs, settings, unused)
     _size(pairs.pop("Size", None), settings, unused)
     _scheduler(pairs.pop("Sampler", None), pairs.pop("Schedule type", ""), settings, unused)
     if "Model" in pairs:
@@ -237,12 +240,31 @@ def _a1111_unused(key: str, value: str) -> str:
         "Hires upscale": "there is no hires fix here", "Hires steps": "there is no hires fix here",
         "Hires upscaler": "there is no hires fix here",
         "Lora hashes": "LoRAs are not supported here",
-        "Variation seed": "variation seeds are not supported here",
-        "Variation seed strength": "variation seeds are not supported here",
+        "Variation seed strength": "it blends toward a variation seed, and none is given",
         "ENSD": "A1111's eta noise seed delta has no equivalent here",
         "Version": "the version of the program that made it",
     }.get(key, "this workbench has no such setting")
     return f"{key}: {value} — not used ({why})"
+
+
+def _variation(pairs: dict, settings: dict, unused: list[str]) -> None:
+    """A1111's "Variation seed" and "Variation seed strength" (a slerp of the two seeds' noise, as this workbench's
+    seed blend: engine/sampling/blend.py) -> ``seed_b`` and ``seed_blend``; both are needed, else said."""
+    if "Variation seed" not in pairs:
+        return  # a strength alone is said with the rest
+    seed_b, strength = pairs.pop("Variation seed"), pairs.pop("Variation seed strength", None)
+    found: dict = {}
+    _whole(seed_b, "seed_b", "variation seed", 0, 2**63 - 1, found, unused)
+    try:
+        t = float(str(strength).strip()) if strength is not None else None
+    except ValueError:
+        t = None
+    if t is None or not 0 <= t <= 1:
+        unused.append(f"Variation seed {seed_b}: not used (its strength {strength!r} is not a number from 0 to 1)"
+                      if strength is not None else f"Variation seed {seed_b}: not used (no strength given)")
+        return
+    if "seed_b" in found:
+        settings.update(seed_b=found["seed_b"], seed_blend=t)
 
 
 def _unquote(value: str) -> str:

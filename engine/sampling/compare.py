@@ -97,7 +97,7 @@ class CompareRequest:
         if self.axis == "seed blend":
             if kind == "unconditional":
                 raise InputError("seed blend takes a text-to-image model: an unconditional run's noise is a batch of "
-                                 "images, not blended here", field="axis")
+                                 "images, not blended here", field="model")
             # t = 0 and t = 1 are the two seeds' own runs, bit for bit; between them, the slerp of their noise.
             if value in (0, 1):
                 seed = self.seed_b if value == 1 else self.seed

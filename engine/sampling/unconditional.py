@@ -32,6 +32,7 @@ from engine.sampling.preview import PixelPreviewer, X0Previewer, scaled, vp_scal
 from engine.sampling.hashes import tensor_sha256
 from engine.sampling.schedulers import (check_spacing, make_scheduler, scheduler_code, scheduler_spec,
                                         spacing_overrides)
+from engine.sampling.views import step_views
 from engine.validation import check_bool, check_int, check_seed
 
 if TYPE_CHECKING:
@@ -167,9 +168,11 @@ def iter_unconditional(
                 step=i + 1, total=len(visited), timestep=visited[i],
                 preview_xt=Preview(image, speed.previewer(scaled(pixels, vp_scale(scheduler)))), preview_x0=x0_preview,
                 elapsed=time.perf_counter() - start,
+                # eps and v of this step whatever the model predicts, drawn from (output, x_t) as Text to image's
+                views=step_views(scheduler, visited[i], pixels, image, model_output, None, sample=model_input),
             )
             steps.append(step if (len(visited) - step.step) % every == 0 else
-                         replace(step, preview_xt=None, preview_x0=None))
+                         replace(step, preview_xt=None, preview_x0=None, views={}))
             yield step
         check(cancel, len(visited))
 

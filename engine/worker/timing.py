@@ -11,6 +11,7 @@ from engine.events import Done, Started, Step
 from engine.models.registry import default_model
 from engine.sampling.prerun import default_steps
 from engine.sampling.unconditional import PROBE_STEPS, RunEstimate, UnconditionalRequest, seconds_per_step
+from engine.sampling.views import DEFAULT_VIEWS
 
 
 class StepTimes:
@@ -21,11 +22,13 @@ class StepTimes:
         self.registry, self.run = registry, run
         self.seconds: dict[tuple[str, int], tuple[float, str]] = {}
 
-    def timed(self, request: UnconditionalRequest, cancel: CancelToken | None) -> Iterator[Started | Step | Done]:
-        """One unconditional run; its time a step is kept for :meth:`estimate` (a stopped run's too)."""
+    def timed(self, request: UnconditionalRequest, cancel: CancelToken | None,
+              views=DEFAULT_VIEWS) -> Iterator[Started | Step | Done]:
+        """One unconditional run (its streamed steps carrying ``views``); its time a step is kept for
+        :meth:`estimate` (a stopped run's too)."""
         last, done = None, None
         try:
-            for event in self.run("unconditional", request, cancel):
+            for event in self.run("unconditional", request, cancel, views=views):
                 if isinstance(event, Step):
                     last = event
                 elif isinstance(event, Done):

@@ -309,3 +309,29 @@ def test_a_text_chunk_stored_larger_than_the_limit_is_refused_unread(tmp_path):
     with pytest.raises(InputError, match=re.escape(f"big.png has a tEXt chunk of {len(big)} bytes; a text chunk is "
                                                    "read up to 1048576 bytes (Pillow's MAX_TEXT_CHUNK)")):
         png_info(tmp_path / "big.png")
+
+
+def test_a_seed_blend_runs_variation_seed_is_read_back_and_runs_the_same_image(tmp_path, tiny_sd):
+    """A seed-blend run writes A1111's "Variation seed" and "Variation seed strength"; PNG info reads them back as
+    seed_b and seed_blend, from its A1111 parameters alone as from its record, and they make the same image."""
+    import numpy as np
+
+    request = Txt2ImgRequest(prompt="a seven", num_inference_steps=2, scheduler="DDIM", seed=3, seed_b=8,
+                             seed_blend=0.25, model="tiny")
+    done = list(iter_txt2img(request, pipe=tiny_sd, outputs_dir=tmp_path / "out"))[-1]
+    parameters = read_png_text(done.paths[0])["parameters"]
+    assert "Variation seed: 8, Variation seed strength: 0.25" in parameters
+    ours = png_info(done.paths[0])
+    a1111 = png_info(write_png(tmp_path / "a1111.png", parameters=parameters))
+    assert (ours.settings["seed_b"], ours.settings["seed_blend"]) == (8, 0.25)
+    assert (a1111.settings["seed_b"], a1111.settings["seed_blend"]) == (8, 0.25)
+    assert not any(line.startswith("Variation seed") for line in a1111.unused), a1111.unused
+    again = list(iter_txt2img(Txt2ImgRequest(**a1111.settings), pipe=tiny_sd))[-1]
+    assert np.array_equal(np.asarray(again.images[0]), np.asarray(done.images[0]))
+
+
+def test_a_variation_seed_without_a_usable_strength_is_said_not_used(tmp_path):
+    text = "a seven\nSteps: 4, Seed: 1, Variation seed: 9, Variation seed strength: 1.5, Size: 64x64"
+    info = png_info(write_png(tmp_path / "a.png", parameters=text))
+    assert "seed_b" not in info.settings and "seed_blend" not in info.settings
+    assert info.unused == ("Variation seed 9: not used (its strength '1.5' is not a number from 0 to 1)",)

@@ -98,7 +98,7 @@ def test_a_blend_compare_has_the_single_seed_runs_at_its_ends_bit_for_bit(bench)
                                 "from 0 to 1; got 1.5", "values"),
     (dict(seed_b=-1), f"seed blend needs a second seed (seed_b) from 0 to {2**63 - 1}; got -1", "seed_b"),
     (dict(model="digits-ddpm"), "seed blend takes a text-to-image model: an unconditional run's noise is a batch of "
-                                "images, not blended here", "axis"),
+                                "images, not blended here", "model"),
 ])
 def test_bad_blends_are_said_on_their_field(bench, change, message, field):
     with pytest.raises(InputError, match="^" + re.escape(message) + "$") as info:
