@@ -631,15 +631,20 @@ def _grid_label(s: TrainStatus) -> str:
 
 
 def _checkpoint_text(s: TrainStatus) -> str:
+    """Where the checkpoint is, then its Python line in a code block of its own: a narrow window scrolls the code
+    instead of cutting the sentence."""
     if not s.checkpoint:
         return "No checkpoint yet."
     if s.lora:
         name = s.lora.rsplit("/", 1)[-1].removesuffix(".safetensors")
         folder, file = s.lora.rsplit("/", 1)
-        return (f"LoRA at step {s.checkpoint_step}: **`{name}`** in the Text to image tab's LoRA list (for models "
-                f"like its base); in Python `pipe.load_lora_weights(\"{folder}\", weight_name=\"{file}\")`.")
-    return (f"Checkpoint at step {s.checkpoint_step}: model **`{s.run_name}`** in the Unconditional tab's list; "
-            f"in Python `DDPMPipeline.from_pretrained(\"{s.checkpoint}\")`.")
+        where = (f"LoRA at step {s.checkpoint_step}: **`{name}`** in the Text to image tab's LoRA list (for models "
+                 "like its base).")
+        code = f'pipe.load_lora_weights("{folder}", weight_name="{file}")'
+    else:
+        where = f"Checkpoint at step {s.checkpoint_step}: model **`{s.run_name}`** in the Unconditional tab's list."
+        code = f'DDPMPipeline.from_pretrained("{s.checkpoint}")'
+    return f"{where} In Python:\n\n```python\n{code}\n```"
 
 
 def _duration(seconds: float) -> str:

@@ -12,14 +12,15 @@ from engine.events import Done
 from engine.sampling.schedulers import make_scheduler
 from engine.sampling.unconditional import UnconditionalRequest, iter_unconditional
 from engine.training.request import TrainRequest
-from tests.engine.test_train import data_dir, request, run  # noqa: F401  (data_dir: the fixture)
+from tests.engine.test_train import data_dir, request  # noqa: F401  (data_dir: the fixture)
+from tests.training_setups import train_events
 
 
 def test_a_v_prediction_zero_snr_run_samples_as_ddpm_pipeline(tmp_path, data_dir):  # noqa: F811
     from diffusers import DDPMPipeline
 
     req = request(run_name="vpred", max_steps=6, seed=3, prediction_type="v_prediction", rescale_betas_zero_snr=True)
-    events = run(req, tmp_path, data_dir)
+    events = train_events(req, tmp_path, data_dir)
     pipe = DDPMPipeline.from_pretrained(events[-1].path, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.scheduler.config.prediction_type == "v_prediction"

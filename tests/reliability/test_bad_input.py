@@ -13,8 +13,9 @@ from tests.crafted_png import black_png, header_only_png
 # Each endpoint's parameters in their order, with values that run (quickly).
 TXT2IMG = dict(model="digits-sd", prompt="a handwritten digit seven", negative_prompt="", steps=2,
                guidance_scale=7.5, scheduler="DDIM", seed=1, width=32, height=32, vae_preview_every=0, preview="auto",
-               lora="", lora_scale=1.0, batch_count=1, compile=False)
-DDPM = dict(model="digits-ddpm", scheduler="DDIM", steps=2, seed=1, batch_size=1, batch_count=1, compile=False)
+               lora="", lora_scale=1.0, batch_count=1, compile=False, timestep_spacing="", guidance_rescale=0.0)
+DDPM = dict(model="digits-ddpm", scheduler="DDIM", steps=2, seed=1, batch_size=1, batch_count=1, compile=False,
+            timestep_spacing="")
 NOISE = dict(image=None, timesteps="0, 500", beta_schedule="linear", num_train_timesteps=1000, seed=0,
              beta_start=0.0001, beta_end=0.02, rescale_betas_zero_snr=False, resolution=32, sample_image="china.jpg",
              model="(the settings below)", overlay=[], marker_scheduler="DDIM", marker_steps=50, t=500)
@@ -23,7 +24,8 @@ TRAIN = dict(dataset="digits", resolution=16, batch_size=8, max_steps=2, learnin
              preset="tiny", epochs=50, gradient_accumulation_steps=1, beta_schedule="linear",
              num_train_timesteps=1000, resume=False, clamp_batch_size=False, random_flip=False, first_sample_step=0,
              start_from="scratch", method="full", lora_rank=4, lora_alpha=4.0, lora_layers="attention",
-             lora_text_encoder=False, snr_gamma=0.0, validation_prompts="")
+             lora_text_encoder=False, snr_gamma=0.0, validation_prompts="", prediction_type="",
+             rescale_betas_zero_snr=False)
 UPLOAD = dict(files=[], folder_name="raw-bad-upload")
 BASE = {"txt2img": TXT2IMG, "ddpm": DDPM, "add_noise": NOISE, "train_start": TRAIN, "train_upload": UPLOAD}
 HUGE = "x" * 1_000_000
@@ -165,7 +167,8 @@ def test_endpoints_without_parameters_ignore_what_a_raw_client_adds(running_app)
 
 
 COMPARE = dict(model="digits-sd", prompt="a seven", negative_prompt="", seed=1, axis="steps", values=["2", "3"],
-               steps=2, guidance_scale=7.5, scheduler="DDIM", width=32, height=32)
+               steps=2, guidance_scale=7.5, scheduler="DDIM", width=32, height=32, timestep_spacing="",
+               guidance_rescale=0.0, seed_b=-1)
 
 
 @pytest.mark.parametrize("change, expected", [
