@@ -179,7 +179,8 @@ def open_noise_tab(page) -> None:
 def pick(page, elem_id: str, option: str) -> None:
     """Open dropdown #elem_id and click its option ``option``, as a person picks one."""
     page.locator(f"#{elem_id} input").first.click()
-    page.get_by_role("option", name=option, exact=True).click()
+    page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()  # its own list: another
+    # dropdown's list of the same options may still be in the page
 
 
 def wait_text(page, elem_id: str, text, timeout: float = 120_000) -> str:

@@ -318,7 +318,8 @@ def test_a_seed_blend_runs_variation_seed_is_read_back_and_runs_the_same_image(t
 
     request = Txt2ImgRequest(prompt="a seven", num_inference_steps=2, scheduler="DDIM", seed=3, seed_b=8,
                              seed_blend=0.25, model="tiny")
-    done = list(iter_txt2img(request, pipe=tiny_sd, outputs_dir=tmp_path / "out"))[-1]
+    done = list(iter_saved("txt2img", iter_txt2img(request, pipe=tiny_sd), pipe=tiny_sd,
+                           outputs_dir=tmp_path / "out"))[-1]
     parameters = read_png_text(done.paths[0])["parameters"]
     assert "Variation seed: 8, Variation seed strength: 0.25" in parameters
     ours = png_info(done.paths[0])
