@@ -13,6 +13,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pytest  # noqa: E402
 
 
+# The suite runs in two processes (pytest-xdist, `make test`'s `-n 2 --dist loadgroup`): each file is one unit of
+# work, kept whole on one worker with its module fixtures; the files that compile share one unit (and so one worker
+# and its compile cache, below). The files with a test marked slow go first, so that neither worker is left alone
+# with a long one at the end.
+COMPILE_GROUP = ("tests/engine/test_fast.py", "tests/engine/test_gpu_bench.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group("compile" if path in COMPILE_GROUP else path))
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)  # stable: the files' order kept
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """One torch thread for the whole suite: on the 2-core test machine the server, Chromium and the
