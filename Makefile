@@ -29,7 +29,7 @@ chromium:
 	  fi; }
 
 test: $(BIN)/.test-installed chromium
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
 
 # The README's screenshots, taken by the browser tests from the real page.
 screenshots: $(BIN)/.test-installed chromium

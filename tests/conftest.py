@@ -13,21 +13,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pytest  # noqa: E402
 
 
-# The suite runs in two processes (pytest-xdist, `make test`'s `-n 2 --dist loadgroup`): each file is one unit of
-# work, kept whole on one worker with its module fixtures; the files that compile share one unit (and so one worker
-# and its compile cache, below). The files with a test marked slow go first, so that neither worker is left alone
-# with a long one at the end.
+# The suite runs in two processes (pytest-xdist: `make test`'s `-n 2`). Each file is one unit of work, kept whole on
+# one worker with its module fixtures; the two files that compile are one unit (one worker, so one compile cache:
+# `compile_cache` below). The files with a test marked slow go first, so that neither worker is left alone with a
+# long one at the end. (xdist's own `--dist loadgroup` cannot group under pytest 9: it renames `item._nodeid`,
+# which pytest 9 no longer reads; the scheduler below groups by path instead.)
 COMPILE_GROUP = ("tests/engine/test_fast.py", "tests/engine/test_gpu_bench.py")
 
 
-@pytest.hookimpl(tryfirst=True)
+def unit_of_work(nodeid: str) -> str:
+    path = nodeid.split("::")[0]
+    return "compile" if path in COMPILE_GROUP else path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        """xdist's loadscope, with the scope of a test its :func:`unit_of_work`, in the collection's order."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of_work(nodeid)
+
+    config.option.loadscopereorder = False  # the order below (slow files first), not the largest units first
+    return FileScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
-    for item in items:
-        path = item.nodeid.split("::")[0]
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group("compile" if path in COMPILE_GROUP else path))
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)  # stable: the files' order kept
+    slow_units = {unit_of_work(item.nodeid) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: unit_of_work(item.nodeid) not in slow_units)  # stable: the files' order kept
 
 
 @pytest.fixture(scope="session", autouse=True)
