@@ -10,7 +10,7 @@ from tests.training_setups import train_status
 REQUEST = dict(model="digits-sd", prompt="a handwritten digit three", negative_prompt="", steps=8, guidance_scale=7.5,
                scheduler="DDIM", width=32, height=32)
 SEEDS = (31, 32, 33)
-TRAIN = dict(dataset="digits", resolution=16, batch_size=8, max_steps=200, learning_rate=1e-3, lr_warmup_steps=5,
+TRAIN = dict(dataset="digits", resolution=16, batch_size=8, max_steps=80, learning_rate=1e-3, lr_warmup_steps=5,
              mixed_precision="no", ema=False, seed=0, run_name="load-train", save_every=0, sample_every=0,
              preset="tiny", first_sample_step=0)
 
@@ -43,6 +43,6 @@ def test_sampling_during_training_gives_the_same_pixels_and_training_ends_with_i
     for seed in SEEDS:
         assert np.array_equal(during[seed], quiet[seed]), f"seed {seed}: not the quiet server's pixels"
     assert (final["state"], final["step"], final["checkpoint"], final["checkpoint_step"]) == \
-        ("finished", 200, "models/load-train", 200)
+        ("finished", 80, "models/load-train", 80)
     assert (dirs / "models" / "load-train" / "model_index.json").is_file()
     assert "load-train" in running_app[1].list_runs()  # a complete checkpoint, resumable
