@@ -35,7 +35,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from engine.errors import InputError
-from engine.images import MAX_PIXELS, check_pixels
+from engine.images import check_pixels
 from engine.records.outputs import RECORD_CHUNK
 from engine.sampling.schedulers import SCHEDULERS, TIMESTEP_SPACINGS
 from engine.sampling.txt2img import MAX_GUIDANCE, MAX_STEPS
