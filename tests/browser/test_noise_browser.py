@@ -6,8 +6,9 @@ import re
 import pytest
 from diffusers import DDPMScheduler
 
-from tests.helpers import (fill_and_enter, image_src, open_noise_tab, open_tab, pick, save_screenshot, type_into_slider,
-                           wait_until)
+from tests.conftest_app import free_port
+from tests.helpers import (field_value, fill_and_enter, image_src, open_noise_tab, open_tab, pick, save_screenshot,
+                           set_number, type_into_slider, wait_until)
 from ui.noise import CURSOR_COLOR, PALETTE, TICK_COLOR
 
 pytestmark = pytest.mark.browser
@@ -232,3 +233,44 @@ def test_using_the_tab_logs_no_browser_errors(page):
     wait_for_frame_caption(page, f"x_t at t = 300, √ᾱ = {sqrt_alpha_bar(300)}")
     resize_and_wait_for_the_plots(page, {"width": 1000, "height": 900})
     assert errors == []
+
+
+@pytest.fixture()
+def noise_tab_alone(running_app):
+    """The Noise tab alone in a page, on the shared app's engine: (its url, the (beta_schedule, seed) of each strip
+    it has drawn since the page was built)."""
+    import gradio as gr
+    from ui import noise
+
+    bench, strips = running_app[1], []
+
+    def add_noise(request, image):
+        if len(request.timesteps) > 1:  # the strip (the slider's frame is one timestep)
+            strips.append((request.schedule.beta_schedule, request.seed))
+        return bench.add_noise(request, image)
+
+    with gr.Blocks() as demo:
+        noise.build(add_noise=add_noise, schedule_arrays=bench.schedule_arrays,
+                    visited_timesteps=bench.visited_timesteps, schedule_of_model=bench.schedule_of_model,
+                    list_models=bench.list_schedule_models, schedulers=list(bench.schedulers("txt2img")),
+                    schedule_facts=bench.schedule_facts)
+    strips.clear()  # the drawing the tab opens with
+    _, url, _ = demo.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield url, strips
+    demo.close()
+
+
+def test_a_pick_draws_the_strip_once(browser, noise_tab_alone):
+    """Gradio's dropdown says `input` twice for one pick: the tab draws once."""
+    url, strips = noise_tab_alone
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.wait_for_selector("#noise-plot-3 svg g.mark-line path")
+    seed = int(field_value(page, "noise-seed"))
+    pick(page, "noise-beta-schedule", "squaredcos_cap_v2")
+    page.locator("#noise-plot-1 svg g.role-legend").get_by_text("squaredcos_cap_v2", exact=True).wait_for()
+    set_number(page, "noise-seed", seed + 1)  # a later change: drawn after any redraw the pick set off
+    wait_until(lambda: strips[-1:] == [("squaredcos_cap_v2", seed + 1)], what="the strip drawn with the new seed")
+    page.close()
+    assert strips == [("squaredcos_cap_v2", seed), ("squaredcos_cap_v2", seed + 1)]
