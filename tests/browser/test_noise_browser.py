@@ -7,8 +7,8 @@ import pytest
 from diffusers import DDPMScheduler
 
 from tests.conftest_app import free_port
-from tests.helpers import (field_value, fill_and_enter, image_src, open_noise_tab, open_tab, pick, save_screenshot,
-                           set_number, type_into_slider, wait_until)
+from tests.helpers import (app_page, field_value, fill_and_enter, image_src, open_noise_tab, open_tab, pick,
+                           save_screenshot, set_number, type_into_slider, wait_until)
 from ui.noise import CURSOR_COLOR, PALETTE, TICK_COLOR
 
 pytestmark = pytest.mark.browser
@@ -201,17 +201,16 @@ def resize_and_wait_for_the_plots(page, size: dict) -> None:
     page.wait_for_function(f"before => ({width})() !== before", arg=before)
 
 
-def test_using_the_tab_logs_no_browser_errors(page):
+def test_using_the_tab_logs_no_browser_errors(browser, running_app):
     """Redraws while the tab is hidden, a resize, overlays, a model, the slider: no console errors."""
-    errors = []
-    # A second page of the fixture's browser, listened to from its first request on (reloading the
-    # fixture's page instead would log its own aborted connections).
-    page, url = page.context.new_page(), page.url
-    page.set_default_timeout(60_000)
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(url)
-    page.wait_for_selector("#t2i-generate")
+    with app_page(browser, running_app[0]) as (page, errors):  # listened to from its first request on
+        use_the_noise_tab(page)
+        assert errors == []
+
+
+def use_the_noise_tab(page) -> None:
+    """A person's tour of the tab: a schedule drawn while another tab is shown, resizes, an overlay, a model's
+    schedule, the slider."""
     open_noise_tab(page)
     # A new schedule drawn while the person has moved on to another tab, then a resize.
     pick(page, "noise-beta-schedule", "squaredcos_cap_v2")
@@ -232,7 +231,6 @@ def test_using_the_tab_logs_no_browser_errors(page):
     type_into_slider(page, "noise-t", 300)
     wait_for_frame_caption(page, f"x_t at t = 300, √ᾱ = {sqrt_alpha_bar(300)}")
     resize_and_wait_for_the_plots(page, {"width": 1000, "height": 900})
-    assert errors == []
 
 
 @pytest.fixture()
