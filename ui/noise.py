@@ -247,14 +247,19 @@ def build(
 
     @friendly_errors
     def move_t(image, timesteps, beta_schedule, num_train_timesteps, seed, beta_start, beta_end,
-               rescale_betas_zero_snr, resolution, sample_image, model, overlay, marker_scheduler, marker_steps, t):
-        """The frame at the slider's t and the plots with their cursor there; the strip stays."""
+               rescale_betas_zero_snr, resolution, sample_image, model, overlay, marker_scheduler, marker_steps, t,
+               shown=None):
+        """The frame at the slider's t and the plots with their cursor there; the strip stays. ``shown``: the
+        fields of the drawing shown (``drawn_fields``), returned with the new t while only t has changed."""
         drawing = draw(image=image, timesteps=timesteps, beta_schedule=beta_schedule,
                        num_train_timesteps=num_train_timesteps, seed=seed, beta_start=beta_start, beta_end=beta_end,
                        rescale_betas_zero_snr=rescale_betas_zero_snr, resolution=resolution,
                        sample_image=sample_image, model=model, overlay=overlay, marker_scheduler=marker_scheduler,
                        marker_steps=marker_steps, t=t, with_strip=False)
-        return [drawing.frame, *drawing.plots.values(), drawing.colors, drawing.frame_caption, None]  # drawn_fields
+        fields = [image, timesteps, beta_schedule, num_train_timesteps, seed, beta_start, beta_end,
+                  rescale_betas_zero_snr, resolution, sample_image, model, overlay, marker_scheduler, marker_steps]
+        shown = [*fields, t] if shown is not None and shown[:-1] == fields else None
+        return [drawing.frame, *drawing.plots.values(), drawing.colors, drawing.frame_caption, shown]
 
     def dress(colors, frame_caption):
         """The frame's caption and the plots' colours. Gradio 6.31's plot applies a new color_map before
@@ -282,7 +287,8 @@ def build(
     outputs = [strip, single, *plots, note, colors, frame_caption]
     # One queue for the tab's events, the last trigger always run: what is shown follows the last change.
     queue = dict(concurrency_id="noise", concurrency_limit=1, trigger_mode="always_last")
-    # The fields of the drawing shown, as a person's change drew it; None once anything else has drawn.
+    # The fields of the drawing shown, as a person's change drew it (then the slider's t with it); None once anything
+    # else has drawn (the Show button: the API's draw).
     drawn_fields = gr.State(None)
 
     @friendly_errors
@@ -291,9 +297,9 @@ def build(
         dropdown says `input` twice for one pick (as the option is picked, and again as the box loses focus,
         which also happens on a click in and out with no pick): every pick drew the strip and the plots twice."""
         *fields, shown = values
-        if repr(fields) == shown:
+        if fields == shown:
             return [gr.skip()] * (len(outputs) + 1)
-        return [*add_noise_endpoint(*fields), repr(fields)]
+        return [*add_noise_endpoint(*fields), fields]
 
     def fit_slider_and_forget(num_train_timesteps, t):
         """:func:`fit_slider` after a drawing that no person's change asked for: the next change redraws."""
@@ -325,7 +331,7 @@ def build(
                                                    [*outputs, drawn_fields], api_visibility="private", **queue),
         by_change=True)
     moved = [single, *plots, colors, frame_caption, drawn_fields]
-    single_t.release(move_t, inputs, moved, api_visibility="private", **queue).success(
+    single_t.release(move_t, [*inputs, drawn_fields], moved, api_visibility="private", **queue).success(
         dress, [colors, frame_caption], [single, *plots], api_visibility="private")
     refresh.click(lambda: gr.update(choices=[CUSTOM] + list_models()), None, model, api_visibility="private")
     fill_on_open(tab, lambda: gr.update(choices=[CUSTOM] + list_models()), [model])
@@ -333,13 +339,13 @@ def build(
     def redraw(dependency):
         drawn = dependency.success(
             fill_schedule, model, [beta_schedule, num_train_timesteps, beta_start, beta_end, rescale],
-            api_visibility="private", **queue).success(add_noise_endpoint, inputs, outputs, api_visibility="private",
-                                                       **queue)
-        then_dress_and_fit(drawn)
+            api_visibility="private", **queue).success(redraw_if_changed, [*inputs, drawn_fields],
+                                                       [*outputs, drawn_fields], api_visibility="private", **queue)
+        then_dress_and_fit(drawn, by_change=True)
         return drawn
 
     def move(dependency) -> None:
-        dependency.success(move_t, inputs, moved, api_visibility="private", **queue).success(
+        dependency.success(move_t, [*inputs, drawn_fields], moved, api_visibility="private", **queue).success(
             dress, [colors, frame_caption], [single, *plots], api_visibility="private")
 
     return NoiseTab(image=image, sample_image=sample_image, schedule_model=model, t=single_t, redraw=redraw, move=move)
