@@ -4,6 +4,7 @@ Waiting: every wait is on what a person sees (the page's text, an image loaded) 
 fixed sleep; ``wait_until`` is the one poll loop, for states that no event announces (a gradio_client job's outputs,
 a status read through the API)."""
 
+import contextlib
 import io
 import json
 import re
@@ -129,6 +130,23 @@ def type_into_slider(page, elem_id: str, value) -> None:
     box = page.locator(f"#{elem_id} input[data-testid='number-input']")
     box.fill(str(value))
     box.press("Tab")
+
+
+@contextlib.contextmanager
+def app_page(browser, url: str, viewport: dict | None = None):
+    """The app at ``url`` in a new page of a browser context of its own (its own cookies, storage and gradio
+    session), drawn: (the page, the console errors and uncaught exceptions it logs from its first request on).
+    The context closes after."""
+    context = browser.new_context(viewport=viewport or {"width": 1400, "height": 1000})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        errors = console_errors(page)
+        page.goto(url)
+        page.wait_for_selector("#t2i-generate")
+        yield page, errors
+    finally:
+        context.close()
 
 
 def console_errors(page) -> list:

@@ -247,14 +247,19 @@ def build(
 
     @friendly_errors
     def move_t(image, timesteps, beta_schedule, num_train_timesteps, seed, beta_start, beta_end,
-               rescale_betas_zero_snr, resolution, sample_image, model, overlay, marker_scheduler, marker_steps, t):
-        """The frame at the slider's t and the plots with their cursor there; the strip stays."""
+               rescale_betas_zero_snr, resolution, sample_image, model, overlay, marker_scheduler, marker_steps, t,
+               shown=None):
+        """The frame at the slider's t and the plots with their cursor there; the strip stays. ``shown``: the
+        fields of the drawing shown (``drawn_fields``), returned with the new t while only t has changed."""
         drawing = draw(image=image, timesteps=timesteps, beta_schedule=beta_schedule,
                        num_train_timesteps=num_train_timesteps, seed=seed, beta_start=beta_start, beta_end=beta_end,
                        rescale_betas_zero_snr=rescale_betas_zero_snr, resolution=resolution,
                        sample_image=sample_image, model=model, overlay=overlay, marker_scheduler=marker_scheduler,
                        marker_steps=marker_steps, t=t, with_strip=False)
-        return [drawing.frame, *drawing.plots.values(), drawing.colors, drawing.frame_caption]
+        fields = [image, timesteps, beta_schedule, num_train_timesteps, seed, beta_start, beta_end,
+                  rescale_betas_zero_snr, resolution, sample_image, model, overlay, marker_scheduler, marker_steps]
+        shown = [*fields, t] if shown is not None and shown[:-1] == fields else None
+        return [drawing.frame, *drawing.plots.values(), drawing.colors, drawing.frame_caption, shown]
 
     def dress(colors, frame_caption):
         """The frame's caption and the plots' colours. Gradio 6.31's plot applies a new color_map before
@@ -282,10 +287,31 @@ def build(
     outputs = [strip, single, *plots, note, colors, frame_caption]
     # One queue for the tab's events, the last trigger always run: what is shown follows the last change.
     queue = dict(concurrency_id="noise", concurrency_limit=1, trigger_mode="always_last")
+    # The fields of the drawing shown, as a person's change drew it (then the slider's t with it); None once anything
+    # else has drawn (the Show button: the API's draw).
+    drawn_fields = gr.State(None)
 
-    def then_dress_and_fit(drawn):
+    @friendly_errors
+    def redraw_if_changed(*values):
+        """A person's change: the tab redrawn, unless the fields are those of the drawing shown. Gradio 6.31's
+        dropdown says `input` twice for one pick (as the option is picked, and again as the box loses focus,
+        which also happens on a click in and out with no pick): every pick drew the strip and the plots twice."""
+        *fields, shown = values
+        if fields == shown:
+            return [gr.skip()] * (len(outputs) + 1)
+        return [*add_noise_endpoint(*fields), fields]
+
+    def fit_slider_and_forget(num_train_timesteps, t):
+        """:func:`fit_slider` after a drawing that no person's change asked for: the next change redraws."""
+        return fit_slider(num_train_timesteps, t), None
+
+    def then_dress_and_fit(drawn, by_change=False):
         drawn.success(dress, [colors, frame_caption], [single, *plots], api_visibility="private")
-        drawn.success(fit_slider, [num_train_timesteps, single_t], single_t, api_visibility="private")
+        if by_change:
+            drawn.success(fit_slider, [num_train_timesteps, single_t], single_t, api_visibility="private")
+        else:
+            drawn.success(fit_slider_and_forget, [num_train_timesteps, single_t], [single_t, drawn_fields],
+                          api_visibility="private")
 
     # The API takes values as sent (preprocess=False): the engine checks each, and its message names the field and
     # what it takes, where Gradio's own checks (a number box's bounds, a dropdown's choices) name neither.
@@ -297,27 +323,30 @@ def build(
         [image.upload, image.clear, sample_image.input, resolution.release, seed.submit, timesteps.submit,
          beta_schedule.input, num_train_timesteps.submit, beta_start.submit, beta_end.submit, rescale.input,
          overlay.input, marker_scheduler.input, marker_steps.submit],
-        add_noise_endpoint, inputs, outputs, api_visibility="private", **queue))
+        redraw_if_changed, [*inputs, drawn_fields], [*outputs, drawn_fields], api_visibility="private", **queue),
+        by_change=True)
     then_dress_and_fit(model.input(
         fill_schedule, model, [beta_schedule, num_train_timesteps, beta_start, beta_end, rescale],
-        api_visibility="private", **queue).success(add_noise_endpoint, inputs, outputs, api_visibility="private",
-                                                   **queue))
-    single_t.release(move_t, inputs, [single, *plots, colors, frame_caption], api_visibility="private",
-                     **queue).success(dress, [colors, frame_caption], [single, *plots], api_visibility="private")
+        api_visibility="private", **queue).success(redraw_if_changed, [*inputs, drawn_fields],
+                                                   [*outputs, drawn_fields], api_visibility="private", **queue),
+        by_change=True)
+    moved = [single, *plots, colors, frame_caption, drawn_fields]
+    single_t.release(move_t, [*inputs, drawn_fields], moved, api_visibility="private", **queue).success(
+        dress, [colors, frame_caption], [single, *plots], api_visibility="private")
     refresh.click(lambda: gr.update(choices=[CUSTOM] + list_models()), None, model, api_visibility="private")
     fill_on_open(tab, lambda: gr.update(choices=[CUSTOM] + list_models()), [model])
 
     def redraw(dependency):
         drawn = dependency.success(
             fill_schedule, model, [beta_schedule, num_train_timesteps, beta_start, beta_end, rescale],
-            api_visibility="private", **queue).success(add_noise_endpoint, inputs, outputs, api_visibility="private",
-                                                       **queue)
-        then_dress_and_fit(drawn)
+            api_visibility="private", **queue).success(redraw_if_changed, [*inputs, drawn_fields],
+                                                       [*outputs, drawn_fields], api_visibility="private", **queue)
+        then_dress_and_fit(drawn, by_change=True)
         return drawn
 
     def move(dependency) -> None:
-        dependency.success(move_t, inputs, [single, *plots, colors, frame_caption], api_visibility="private",
-                           **queue).success(dress, [colors, frame_caption], [single, *plots], api_visibility="private")
+        dependency.success(move_t, [*inputs, drawn_fields], moved, api_visibility="private", **queue).success(
+            dress, [colors, frame_caption], [single, *plots], api_visibility="private")
 
     return NoiseTab(image=image, sample_image=sample_image, schedule_model=model, t=single_t, redraw=redraw, move=move)
 

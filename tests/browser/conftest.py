@@ -21,10 +21,8 @@ def browser():
 
 @pytest.fixture()
 def page(browser, running_app):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    page.goto(running_app[0])
-    page.wait_for_selector("#t2i-generate")
-    yield page
-    context.close()
+    """The app in a new page of a browser context of its own: a session of its own, as a person's new window."""
+    from tests.helpers import app_page
+
+    with app_page(browser, running_app[0]) as (page, _):
+        yield page

@@ -6,8 +6,9 @@ import re
 import pytest
 from diffusers import DDPMScheduler
 
-from tests.helpers import (fill_and_enter, image_src, open_noise_tab, open_tab, pick, save_screenshot, type_into_slider,
-                           wait_until)
+from tests.conftest_app import free_port
+from tests.helpers import (app_page, field_value, fill_and_enter, image_src, open_noise_tab, open_tab, pick,
+                           save_screenshot, set_number, type_into_slider, wait_until)
 from ui.noise import CURSOR_COLOR, PALETTE, TICK_COLOR
 
 pytestmark = pytest.mark.browser
@@ -200,17 +201,16 @@ def resize_and_wait_for_the_plots(page, size: dict) -> None:
     page.wait_for_function(f"before => ({width})() !== before", arg=before)
 
 
-def test_using_the_tab_logs_no_browser_errors(page):
+def test_using_the_tab_logs_no_browser_errors(browser, running_app):
     """Redraws while the tab is hidden, a resize, overlays, a model, the slider: no console errors."""
-    errors = []
-    # A second page of the fixture's browser, listened to from its first request on (reloading the
-    # fixture's page instead would log its own aborted connections).
-    page, url = page.context.new_page(), page.url
-    page.set_default_timeout(60_000)
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(url)
-    page.wait_for_selector("#t2i-generate")
+    with app_page(browser, running_app[0]) as (page, errors):  # listened to from its first request on
+        use_the_noise_tab(page)
+        assert errors == []
+
+
+def use_the_noise_tab(page) -> None:
+    """A person's tour of the tab: a schedule drawn while another tab is shown, resizes, an overlay, a model's
+    schedule, the slider."""
     open_noise_tab(page)
     # A new schedule drawn while the person has moved on to another tab, then a resize.
     pick(page, "noise-beta-schedule", "squaredcos_cap_v2")
@@ -231,4 +231,44 @@ def test_using_the_tab_logs_no_browser_errors(page):
     type_into_slider(page, "noise-t", 300)
     wait_for_frame_caption(page, f"x_t at t = 300, √ᾱ = {sqrt_alpha_bar(300)}")
     resize_and_wait_for_the_plots(page, {"width": 1000, "height": 900})
-    assert errors == []
+
+
+@pytest.fixture()
+def noise_tab_alone(running_app):
+    """The Noise tab alone in a page, on the shared app's engine: (its url, the (beta_schedule, seed) of each strip
+    it has drawn since the page was built)."""
+    import gradio as gr
+    from ui import noise
+
+    bench, strips = running_app[1], []
+
+    def add_noise(request, image):
+        if len(request.timesteps) > 1:  # the strip (the slider's frame is one timestep)
+            strips.append((request.schedule.beta_schedule, request.seed))
+        return bench.add_noise(request, image)
+
+    with gr.Blocks() as demo:
+        noise.build(add_noise=add_noise, schedule_arrays=bench.schedule_arrays,
+                    visited_timesteps=bench.visited_timesteps, schedule_of_model=bench.schedule_of_model,
+                    list_models=bench.list_schedule_models, schedulers=list(bench.schedulers("txt2img")),
+                    schedule_facts=bench.schedule_facts)
+    strips.clear()  # the drawing the tab opens with
+    _, url, _ = demo.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield url, strips
+    demo.close()
+
+
+def test_a_pick_draws_the_strip_once(browser, noise_tab_alone):
+    """Gradio's dropdown says `input` twice for one pick: the tab draws once."""
+    url, strips = noise_tab_alone
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.wait_for_selector("#noise-plot-3 svg g.mark-line path")
+    seed = int(field_value(page, "noise-seed"))
+    pick(page, "noise-beta-schedule", "squaredcos_cap_v2")
+    page.locator("#noise-plot-1 svg g.role-legend").get_by_text("squaredcos_cap_v2", exact=True).wait_for()
+    set_number(page, "noise-seed", seed + 1)  # a later change: drawn after any redraw the pick set off
+    wait_until(lambda: strips[-1:] == [("squaredcos_cap_v2", seed + 1)], what="the strip drawn with the new seed")
+    page.close()
+    assert strips == [("squaredcos_cap_v2", seed), ("squaredcos_cap_v2", seed + 1)]

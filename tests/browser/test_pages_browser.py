@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.helpers import TAB_SHOWN, console_errors, in_viewport, open_tab, pick, wait_text, wait_until
+from tests.helpers import TAB_SHOWN, app_page, console_errors, in_viewport, open_tab, pick, wait_text, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -69,12 +69,7 @@ RUN_AND_PREVIEWS = {
 def test_run_buttons_and_previews_are_on_screen_together(browser, running_app, viewport):
     """Issue 22 (2): in every tab that runs something, Generate (or its like), Stop and the previews are all on
     screen at once, wide and narrow: pressing Generate leaves the run in view."""
-    context = browser.new_context(viewport=viewport)
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    try:
-        page.goto(running_app[0])
-        page.wait_for_selector("#t2i-generate")
+    with app_page(browser, running_app[0], viewport) as (page, _):
         for tab, selectors in RUN_AND_PREVIEWS.items():
             open_tab(page, tab)
             page.locator(selectors[0]).wait_for(state="visible")
@@ -84,8 +79,6 @@ def test_run_buttons_and_previews_are_on_screen_together(browser, running_app, v
                 page.evaluate("() => window.scrollTo(0, 0)")
             off = [s for s in selectors if not in_viewport(page, s)]
             assert not off, f"{tab} at {viewport['width']} px: {off} off screen"
-    finally:
-        context.close()
 
 
 def test_lists_are_filled_when_the_page_loads_and_a_tab_opens(page, running_app):

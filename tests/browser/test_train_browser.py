@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from tests.helpers import console_errors, in_viewport, open_tab, save_screenshot, set_number, wait_text
+from tests.helpers import app_page, in_viewport, open_tab, save_screenshot, set_number, wait_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("no_training_job_left")]
 
@@ -101,16 +101,10 @@ VIEWPORT = {"width": 1400, "height": 1000}
 @pytest.fixture()
 def watched_page(browser, running_app):
     """A page at 1400x1000 whose console errors and uncaught exceptions are collected from before it loads."""
-    context = browser.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    errors = console_errors(page)
-    page.goto(running_app[0])
-    page.wait_for_selector("#t2i-generate")
-    open_tab(page, "Training")
-    page.locator("#train-start").wait_for(state="visible")
-    yield page, errors
-    context.close()
+    with app_page(browser, running_app[0], VIEWPORT) as (page, errors):
+        open_tab(page, "Training")
+        page.locator("#train-start").wait_for(state="visible")
+        yield page, errors
 
 
 def test_start_and_stop_in_reach_flip_off_and_recipes_fill_the_form(watched_page):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from engine.sampling.unconditional import UnconditionalRequest
-from tests.helpers import (console_errors, fetched_pixels, field_value, image_src, in_viewport, pick, save_screenshot,
+from tests.helpers import (app_page, fetched_pixels, field_value, image_src, in_viewport, pick, save_screenshot,
                            set_number, wait_image, wait_text)
 
 pytestmark = pytest.mark.browser
@@ -20,15 +20,10 @@ GAP, GAP_GREY = 2, 128  # the grid's gap between tiles: 2 px of mid-grey
 @pytest.fixture()
 def tab(browser, running_app):
     """The Unconditional tab, with every console error and uncaught page error collected from the first load."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    errors = console_errors(page)
-    page.goto(running_app[0])
-    page.get_by_role("tab", name="Unconditional", exact=True).click()
-    page.wait_for_selector("#ddpm-generate", state="visible")
-    yield page
-    context.close()
+    with app_page(browser, running_app[0]) as (page, errors):
+        page.get_by_role("tab", name="Unconditional", exact=True).click()
+        page.wait_for_selector("#ddpm-generate", state="visible")
+        yield page
     assert errors == [], "the browser logged errors while the tab was used"
 
 
