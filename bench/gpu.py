@@ -62,7 +62,7 @@ BOUNDS = dict(speedup_txt2img=2.5, preview_cost=0.03, speedup_ddpm=2.0, restart_
 def settings(tiny: bool) -> dict:
     """What each section runs: the issue's sizes, or the smallest that exercise every line."""
     if tiny:
-        return dict(sd="tiny", cat="tiny", size=16, steps=6, ddpm_steps=50, repeats=2, probe_steps=2)
+        return dict(sd="tiny", cat="tiny", size=16, steps=3, ddpm_steps=5, repeats=1, probe_steps=2)
     return dict(sd="sd15", cat="cat256", size=512, steps=30, ddpm_steps=1000, repeats=5, probe_steps=3)
 
 
