@@ -29,7 +29,8 @@ from engine.sampling import attention, compare, img2img, prerun, txt2img, uncond
 from engine.sampling.views import DEFAULT_VIEWS
 from engine.training.base import base_size
 from engine.training.checkpoints import list_runs
-from engine.training.data import UploadLimits, list_sources, save_uploads
+from engine.training.data import list_sources
+from engine.training.uploads import UploadLimits, save_uploads
 from engine.training.jobs import TrainingManager, TrainStatus
 from engine.training.request import TrainRequest, check_startable, checked_run_name, resume_request
 from engine.validation import check_choice

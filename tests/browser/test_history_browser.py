@@ -62,6 +62,9 @@ def test_pick_a_past_image_use_its_settings_and_get_it_again(page):
         ("Euler", "4", "1")
     assert (field_value(page, "t2i-width"), field_value(page, "t2i-height")) == ("32", "32")
     generate(page)
+    # The image as it shows once the run's saved PNG is swapped in (the progress line may say "done" a moment
+    # before: until then the batch's grid, 00012-4242-grid.png, or the last preview is still there).
+    page.wait_for_function(r"() => /\/\d{5}-4244\.png$/.test(document.querySelector('#t2i-image img')?.src || '')")
     assert np.array_equal(shown_pixels(page, "t2i-image"), picked)
     assert errors == []  # through a batch and two tab switches
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.training.data import (DIGITS, EpochSampler, attach_transform, extract_zip, list_sources, load_image_data,
-                         random_flip, save_uploads)
+from engine.training.data import DIGITS, EpochSampler, attach_transform, list_sources, load_image_data, random_flip
+from engine.training.uploads import extract_zip, save_uploads
 from engine.errors import DataError, InputError
 
 

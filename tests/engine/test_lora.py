@@ -232,7 +232,8 @@ def test_an_upload_keeps_its_captions(tmp_path):
 
     from PIL import Image
 
-    from engine.training.data import load_captioned_data, save_uploads
+    from engine.training.data import load_captioned_data
+    from engine.training.uploads import save_uploads
 
     src = tmp_path / "src"
     make_captioned(src / "zipped", n=4)

@@ -72,7 +72,7 @@ def test_training_uploads_png_info_and_replay_refuse_them_too(tmp_path):
     from engine.errors import DataError
     from engine.records.pnginfo import png_info
     from engine.records.replay import read_bundle
-    from engine.training.data import save_uploads
+    from engine.training.uploads import save_uploads
 
     (tmp_path / "big.png").write_bytes(black_png(12000, 12000))
     with pytest.raises(DataError, match=re.escape("files 'big.png' is 12000 x 12000 pixels (144000000); images of "

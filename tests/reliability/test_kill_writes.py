@@ -33,7 +33,7 @@ while True:
 UPLOAD_WRITER = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from engine.training.data import save_uploads
+from engine.training.uploads import save_uploads
 import os
 files = sys.argv[3:]
 print("ready", flush=True)

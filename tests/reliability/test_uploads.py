@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from engine.errors import DataError
-from engine.training.data import UploadLimits, list_sources, save_uploads
+from engine.training.data import list_sources
+from engine.training.uploads import UploadLimits, save_uploads
 
 
 def png(seed=0) -> bytes:
