@@ -243,9 +243,10 @@ def build(
     api_trigger = gr.Button(visible=False)  # the public /compare endpoint; the page's button below validates
     api_trigger.click(compare, inputs=inputs, outputs=[finals, progress, info], api_name="compare",
                       concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
-    run.click(before_run, inputs, progress, queue=False, api_visibility="private")
-    event = run.click(compare_page, inputs=inputs, outputs=page_outputs, validator=validate,
-                      api_visibility="private", concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
+    # The check answers before the run is sent (as in img2img.py: a later answer erased the validator's messages).
+    event = run.click(before_run, inputs, progress, queue=False, api_visibility="private") \
+        .then(compare_page, inputs=inputs, outputs=page_outputs, validator=validate,
+              api_visibility="private", concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
     stop.click(None, None, None, cancels=[event], api_visibility="private")
     scrub.input(scrub_to, [scrub, history], grid_outputs, trigger_mode="always_last", show_progress="hidden",
                 api_visibility="private")

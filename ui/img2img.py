@@ -265,9 +265,12 @@ def build(
     api_trigger = gr.Button(visible=False)  # the public /img2img endpoint; the page's button below validates
     api_trigger.click(img2img, inputs=inputs, outputs=outputs, api_name="img2img", concurrency_id=DEVICE_QUEUE,
                       concurrency_limit=1)
-    run.click(before_run, page_inputs, progress, queue=False, api_visibility="private")
-    event = run.click(img2img_page, inputs=page_inputs, outputs=page_outputs, validator=validate,
-                      api_visibility="private", concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
+    # The check in the progress line answers before the run is sent: Gradio clears an event's inputs' field
+    # messages at its first answer, so a check answering after the run's validator erased the message it had just
+    # put beside a bad field (seen under load: test_spacing_rescale_browser's bad phi said nowhere).
+    event = run.click(before_run, page_inputs, progress, queue=False, api_visibility="private") \
+        .then(img2img_page, inputs=page_inputs, outputs=page_outputs, validator=validate,
+              api_visibility="private", concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
     strip_event = strip_button.click(strip_page, inputs=page_inputs, outputs=[strip, progress], validator=validate,
                                      api_visibility="private", concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
     stop.click(None, None, None, cancels=[event, strip_event], api_visibility="private")
