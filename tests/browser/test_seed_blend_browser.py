@@ -29,7 +29,7 @@ def test_a_seed_blend_compare_fills_its_grid_and_draws_the_norm_chart(page):
     expect(chart).to_contain_text("||noise|| / √d along the blend t", timeout=WAIT_MS)
     expect(chart.locator("polyline[data-series='lerp']")).to_have_count(1, timeout=WAIT_MS)
     expect(chart.locator("polyline[data-series='slerp']")).to_have_count(1, timeout=WAIT_MS)
-    # The figures of the run's own noise: digits-sd at its 32 px, a (1, 4, 4, 4) latent, so 64 numbers a seed.
+    # The figures of the run's own noise: digits-sd at its 32 px, a (1, 4, 8, 8) latent, so 256 numbers a seed.
     norms = noise_norms(7, 12, latent_shape(BUILTIN_DIR / "digits-sd", 32, 32), [0.5])
     expect(chart).to_contain_text(f"At t = 0.5: lerp {norms['lerp'][0]:.3f}, slerp {norms['slerp'][0]:.3f}.",
                                   timeout=WAIT_MS)
